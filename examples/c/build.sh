@@ -23,7 +23,8 @@ if [[ -z "$CC" ]]; then
         if command -v "$candidate" >/dev/null 2>&1; then CC="$candidate"; break; fi
     done
 fi
-[[ -n "$CC" ]] && command -v "$CC" >/dev/null 2>&1 || die "no clang found (need clang-14, lld-14, wasi-libc, libclang-rt-14-dev-wasm32)"
+[[ -n "$CC" ]] || die "no clang found (need clang-14, lld-14, wasi-libc, libclang-rt-14-dev-wasm32)"
+command -v "$CC" >/dev/null 2>&1 || die "C compiler '$CC' (from \$CC) not found"
 WASI_SYSROOT="${WASI_SYSROOT:-/usr}"
 [[ -f "$WASI_SYSROOT/lib/wasm32-wasi/libc.a" || -f "$WASI_SYSROOT/lib/libc.a" ]] \
     || die "wasi-libc not found under $WASI_SYSROOT (Debian package wasi-libc)"

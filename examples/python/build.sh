@@ -29,6 +29,7 @@ else
 fi
 
 mkdir -p "$OUT_DIR"
+export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ in the source tree
 # componentize-py finds the module `app` through -p (the source dir).
 "$COMPONENTIZE_PY" -d "$ROOT/wit" -w task componentize app -p "$HERE" -o "$OUT" >/dev/null \
     || die "componentize-py failed to build app.py"
