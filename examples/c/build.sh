@@ -32,9 +32,11 @@ WASI_SYSROOT="${WASI_SYSROOT:-/usr}"
 mkdir -p "$OUT_DIR"
 # --target=wasm32-wasi is wasm32-wasip1 (the name clang 14 knows).
 # --strip-all drops the name section and debug info: the module is smaller.
+# --stack-first puts the stack below the data, so that a stack overflow
+# traps (out of bounds) instead of silently overwriting static data.
 "$CC" --target=wasm32-wasi --sysroot="$WASI_SYSROOT" \
     -O2 -std=c11 -Wall -Wextra -Werror \
-    -Wl,--strip-all \
+    -Wl,--strip-all -Wl,--stack-first \
     -o "$OUT" "$HERE/wordfreq.c" \
     || die "compiling wordfreq.c with $CC failed (is lld / libclang-rt-14-dev-wasm32 installed?)"
 

@@ -61,13 +61,19 @@ static void buf_push(Buf *b, char c) {
     b->data[b->len++] = c;
 }
 
-/* Reads all of stdin. */
+/* Reads all of stdin, straight into a growing heap buffer (the wasm stack
+   is small: 64 KiB by default). */
 static Buf read_stdin(void) {
     Buf b = {0};
-    char chunk[65536];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, stdin)) > 0)
-        for (size_t i = 0; i < n; i++) buf_push(&b, chunk[i]);
+    for (;;) {
+        if (b.cap - b.len < 65536) {
+            b.cap = b.cap ? b.cap * 2 : 65536;
+            b.data = xrealloc(b.data, b.cap);
+        }
+        size_t n = fread(b.data + b.len, 1, b.cap - b.len, stdin);
+        b.len += n;
+        if (n == 0) break;
+    }
     if (ferror(stdin)) fail("cannot read stdin");
     return b;
 }
@@ -194,51 +200,67 @@ static int parse_number(Json *j, size_t *value) {
     return integer;
 }
 
-/* Skips any JSON value (validating it). */
-static void skip_value(Json *j, int depth) {
-    if (depth > 512) json_fail(j, "nesting too deep");
+/* Parses `"key":` (the key is not kept). */
+static void skip_key(Json *j) {
     skip_ws(j);
-    if (j->s >= j->end) json_fail(j, "unexpected end");
+    if (j->s >= j->end || *j->s != '"') json_fail(j, "expected a key");
+    parse_string(j, NULL);
+    skip_ws(j);
+    if (j->s >= j->end || *j->s != ':') json_fail(j, "expected ':'");
+    j->s++;
+}
+
+/*
+ * Skips any JSON value, validating it. Iterative, with the open containers
+ * ('[' or '{') on a heap stack: deep nesting cannot overflow the small wasm
+ * stack.
+ */
+static void skip_value(Json *j) {
+    Buf open = {0};
     size_t ignored;
-    switch (*j->s) {
-    case '"': parse_string(j, NULL); return;
-    case 't': expect_literal(j, "true"); return;
-    case 'f': expect_literal(j, "false"); return;
-    case 'n': expect_literal(j, "null"); return;
-    case '[':
-        j->s++;
+    for (;;) {
+        /* One value, or the opening of a container. */
         skip_ws(j);
-        if (j->s < j->end && *j->s == ']') { j->s++; return; }
-        for (;;) {
-            skip_value(j, depth + 1);
-            skip_ws(j);
-            if (j->s < j->end && *j->s == ',') { j->s++; continue; }
-            if (j->s < j->end && *j->s == ']') { j->s++; return; }
-            json_fail(j, "expected ',' or ']'");
-        }
-    case '{':
-        j->s++;
-        skip_ws(j);
-        if (j->s < j->end && *j->s == '}') { j->s++; return; }
-        for (;;) {
-            skip_ws(j);
-            if (j->s >= j->end || *j->s != '"') json_fail(j, "expected a key");
-            parse_string(j, NULL);
-            skip_ws(j);
-            if (j->s >= j->end || *j->s != ':') json_fail(j, "expected ':'");
+        if (j->s >= j->end) json_fail(j, "unexpected end");
+        switch (*j->s) {
+        case '"': parse_string(j, NULL); break;
+        case 't': expect_literal(j, "true"); break;
+        case 'f': expect_literal(j, "false"); break;
+        case 'n': expect_literal(j, "null"); break;
+        case '[':
+        case '{': {
+            char close = *j->s == '[' ? ']' : '}';
             j->s++;
-            skip_value(j, depth + 1);
             skip_ws(j);
-            if (j->s < j->end && *j->s == ',') { j->s++; continue; }
-            if (j->s < j->end && *j->s == '}') { j->s++; return; }
-            json_fail(j, "expected ',' or '}'");
+            if (j->s < j->end && *j->s == close) { j->s++; break; }
+            buf_push(&open, close == ']' ? '[' : '{');
+            if (close == '}') skip_key(j);
+            continue; /* parse the first element */
         }
-    default:
-        if (*j->s == '-' || (*j->s >= '0' && *j->s <= '9')) {
-            parse_number(j, &ignored);
-            return;
+        default:
+            if (*j->s == '-' || (*j->s >= '0' && *j->s <= '9')) {
+                parse_number(j, &ignored);
+                break;
+            }
+            json_fail(j, "unexpected character");
         }
-        json_fail(j, "unexpected character");
+        /* After a value: close containers until one has a next element. */
+        for (;;) {
+            if (open.len == 0) { free(open.data); return; }
+            char container = open.data[open.len - 1];
+            skip_ws(j);
+            if (j->s < j->end && *j->s == ',') {
+                j->s++;
+                if (container == '{') skip_key(j);
+                break;
+            }
+            if (j->s < j->end && *j->s == (container == '[' ? ']' : '}')) {
+                j->s++;
+                open.len--;
+                continue;
+            }
+            json_fail(j, container == '[' ? "expected ',' or ']'" : "expected ',' or '}'");
+        }
     }
 }
 
@@ -281,7 +303,7 @@ static Request parse_request(const Buf *input) {
                     parse_string(&j, &req.text);
                     req.has_text = 1;
                 } else {
-                    skip_value(&j, 1);
+                    skip_value(&j);
                     req.has_text = 0;
                 }
             } else if (key.len == 3 && memcmp(key.data, "top", 3) == 0) {
@@ -289,7 +311,7 @@ static Request parse_request(const Buf *input) {
                     !parse_number(&j, &req.top))
                     fail("\"top\" must be a non-negative integer");
             } else {
-                skip_value(&j, 1);
+                skip_value(&j);
             }
 
             skip_ws(&j);

@@ -46,10 +46,16 @@ pub fn main() !u8 {
 
     const input = try std.io.getStdIn().readToEndAlloc(alloc, std.math.maxInt(usize));
 
-    // Parse the whole document; std.json decodes the string escapes.
-    const parsed = std.json.parseFromSlice(std.json.Value, alloc, input, .{
+    // Parse the whole document; std.json decodes the string escapes. The
+    // diagnostics say where a syntax error is.
+    var scanner = std.json.Scanner.initCompleteInput(alloc, input);
+    var diagnostics = std.json.Diagnostics{};
+    scanner.enableDiagnostics(&diagnostics);
+    const parsed = std.json.parseFromTokenSource(std.json.Value, alloc, &scanner, .{
         .duplicate_field_behavior = .use_last,
-    }) catch |err| return invalid("invalid input JSON: {s}", .{@errorName(err)});
+    }) catch |err| return invalid("invalid input JSON: {s} at line {d}, column {d}", .{
+        @errorName(err), diagnostics.getLine(), diagnostics.getColumn(),
+    });
     const request = switch (parsed.value) {
         .object => |o| o,
         else => return invalid("invalid input JSON: expected an object", .{}),
