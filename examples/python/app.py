@@ -21,8 +21,27 @@ DEFAULT_TOP = 10
 WORD = re.compile(rb"[A-Za-z0-9]+")
 
 
+MAX_DEPTH = 200
+STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def check_depth(input: bytes) -> None:
+    """Rejects JSON nested deeper than MAX_DEPTH: CPython's JSON decoder
+    recurses in C, and would exhaust the wasm stack (a trap) long before
+    its own recursion limit."""
+    if input.count(b"[") + input.count(b"{") <= MAX_DEPTH:
+        return
+    depth = 0
+    for b in BRACKET.findall(STRING.sub(b"", input)):
+        depth += 1 if b in (b"[", b"{") else -1
+        if depth > MAX_DEPTH:
+            raise ValueError(f"invalid input JSON: nested deeper than {MAX_DEPTH}")
+
+
 def wordfreq(input: bytes) -> dict:
     """Computes the output object; raises ValueError on invalid input."""
+    check_depth(input)
     try:
         req = json.loads(input)
     except (ValueError, UnicodeDecodeError) as e:
