@@ -1,0 +1,6 @@
+#[wpool_guest::task]
+fn run(input: String) {
+    drop(input);
+}
+
+fn main() {}

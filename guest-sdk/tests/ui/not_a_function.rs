@@ -1,0 +1,4 @@
+#[wpool_guest::task]
+struct Task;
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[wpool_guest::task]
+fn run(input: String) -> String {
+    input
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[wpool_guest::task(json)]
+fn run(input: String) -> Result<String, String> {
+    Ok(input)
+}
+
+fn main() {}
