@@ -15,7 +15,7 @@
 # Idempotent and non-interactive: each step checks first and installs only
 # what is missing, so a second run takes about a second. Runs as root (CI);
 # as another user, apt-get goes through `sudo -n` when a package is missing.
-set -euo pipefail
+set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLCHAINS="${WPOOL_TOOLCHAINS_DIR:-$ROOT/target/toolchains}"
