@@ -91,14 +91,11 @@ static void skip_ws(Json *j) {
         j->s++;
 }
 
-static long offset_of(Json *j, const unsigned char *start) {
-    return (long)(j->s - start);
-}
-
+/* Start of the document, for the byte offsets in error messages. */
 static const unsigned char *doc_start;
 
 static void json_fail(Json *j, const char *what) {
-    fail("invalid input JSON: %s at byte %ld", what, offset_of(j, doc_start));
+    fail("invalid input JSON: %s at byte %ld", what, (long)(j->s - doc_start));
 }
 
 static void expect_literal(Json *j, const char *lit) {
@@ -347,8 +344,6 @@ static uint32_t fnv1a(const char *p, size_t n) {
     for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 16777619u;
     return h;
 }
-
-static void table_add(Table *t, const char *word, size_t len);
 
 static void table_grow(Table *t) {
     Table bigger = {.cap = t->cap ? t->cap * 2 : 1024};
