@@ -99,10 +99,13 @@
 //!
 //! **WASI command module** (`--target wasm32-wasip1`, selected by
 //! `cfg(all(target_os = "wasi", target_env = "p1"))`). The macro exports
-//! `_start` from the cdylib; the cdylib also exports `_initialize` (the
-//! reactor convention), which the host calls first. `_start` reads all of
-//! stdin as the input, runs the function and writes the output to stdout.
-//! stderr is the task's log: [`log`] writes the line and a newline to it.
+//! `_start` from the cdylib, which the linker then treats as a command: the
+//! module exports `memory` and `_start` (wrapped to run static constructors
+//! and destructors around it) and no `_initialize`; a host that follows the
+//! reactor convention calls `_initialize` first only where a module has one.
+//! `_start` reads all of stdin as the input, runs the function and writes
+//! the output to stdout. stderr is the task's log: [`log`] writes the line
+//! and a newline to it.
 //!
 //! A command module has no channel for progress but stderr, so
 //! [`progress`] writes a line of its own there, exactly
