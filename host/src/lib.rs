@@ -1,1 +1,89 @@
+//! wpool: a WebAssembly task-pool host.
+//!
+//! A task is a compiled WASM module plus input bytes (usually JSON). wpool
+//! runs tasks on a fixed pool of wasmtime instances under fuel, epoch and
+//! memory limits, so that a runaway task is really killed.
+//!
+//! ```
+//! use wpool::{EngineConfig, Executor, Job, LimitOverrides, Outcome};
+//!
+//! // A WASI command that writes "hi" to stdout.
+//! let wasm = wat::parse_str(r#"
+//!     (module
+//!       (import "wasi_snapshot_preview1" "fd_write"
+//!         (func $fd_write (param i32 i32 i32 i32) (result i32)))
+//!       (memory (export "memory") 1)
+//!       (data (i32.const 16) "hi")
+//!       (func (export "_start")
+//!         (i32.store (i32.const 0) (i32.const 16))
+//!         (i32.store (i32.const 4) (i32.const 2))
+//!         (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+//! "#)?;
+//!
+//! let executor = Executor::new(EngineConfig::new().workers(2))?;
+//! let module = executor.register(&wasm)?;
+//! let limits = executor.limits(&LimitOverrides::default())?;
+//! let report = executor
+//!     .spawn(Job { module, input: b"{}".to_vec(), limits, on_progress: None, env: Vec::new() })
+//!     .wait_blocking();
+//! assert_eq!(report.outcome, Outcome::Success);
+//! assert_eq!(report.output, b"hi");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Core concepts
+//!
+//! - [`Executor`]: one wasmtime engine (pooling allocator sized for the
+//!   workers, fuel metering, epoch interruption), its compiled modules, and
+//!   a fixed set of workers.
+//! - [`CompiledModule`]: a module registered by its bytes, identified by
+//!   [`ModuleHash`] (SHA-256), validated and compiled once.
+//! - Two task ABIs, told apart by the bytes ([`ModuleKind`]): a WASI
+//!   command (input on stdin, output on stdout, log on stderr, exit code) or
+//!   a component of the `wpool:task` world (`run(input) -> result<output,
+//!   error>`, host `log` and `progress`).
+//! - [`Limits`]: timeout, fuel, memory, output and log size, with pool-wide
+//!   defaults and per-task [`LimitOverrides`].
+//! - [`RunReport`] and [`Outcome`]: what a run produced and how it ended.
+//!
+//! # Killing
+//!
+//! A guest spinning in wasm is stopped by epoch interruption within about a
+//! tick (1 ms by default) of its deadline or cancel; a guest blocked in a
+//! host call is stopped by dropping its async call. Either way the store is
+//! dropped before the report is sent. Capabilities are deny-by-default: no
+//! files, no environment variables, no sockets.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `cli` | yes | the `wpool` binary (command line) |
 
+mod abi;
+mod engine;
+mod error;
+mod executor;
+mod limits;
+mod outcome;
+mod pool;
+mod registry;
+pub mod store;
+pub mod units;
+
+pub use engine::EngineConfig;
+pub use error::{Error, Result};
+pub use executor::{Execution, Executor, Job, ProgressFn};
+pub use limits::{LimitOverrides, Limits, MAX_OUTPUT, MAX_TIMEOUT};
+pub use outcome::{Outcome, RunReport};
+pub use pool::events::{Event, EventKind, Events, EventsError};
+pub use pool::task::{
+    Attempt, Backoff, MAX_ATTEMPTS, MAX_KEY_LEN, MAX_LABELS, Millis, ModuleRef, StartAt, TaskId,
+    TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,
+};
+pub use pool::{CancelResult, Pool, PoolConfig, Stats, TaskHandle};
+pub use registry::{CompiledModule, ModuleHash, ModuleKind};
+pub use tokio_util::sync::CancellationToken;
+
+#[cfg(feature = "cli")]
+pub mod cli;

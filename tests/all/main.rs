@@ -1,1 +1,8 @@
+//! Integration tests of wpool: real WASM through real wasmtime, the real
+//! binary. One test binary; shared helpers in `util`.
 
+mod cli_run;
+mod examples;
+mod executor;
+mod pool;
+mod util;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `wpool` command: dispatches to `wpool::cli`.
+
+fn main() -> std::process::ExitCode {
+    wpool::cli::main()
+}

@@ -1,1 +1,3 @@
+//! Paths of the guest programs built for the tests (see `build.rs`).
 
+include!(concat!(env!("OUT_DIR"), "/programs.rs"));

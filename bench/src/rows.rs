@@ -1,0 +1,351 @@
+//! The benchmark's sections; each returns its rows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Linker, Store};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wpool::{
+    CancellationToken, EngineConfig, Executor, Job, LimitOverrides, Pool, PoolConfig, TaskSpec,
+};
+use wpool_test_artifacts as programs;
+
+use crate::{Row, Scale};
+
+type Section = fn(Scale, usize) -> Result<Vec<Row>, Box<dyn std::error::Error>>;
+
+pub(crate) const ALL: &[Section] = &[overhead, cpu_bound, spawn_per_task, kill_latency, memory];
+
+fn read(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn engine_config(workers: usize, fuel: bool) -> EngineConfig {
+    let mut config = EngineConfig::new();
+    config.workers(workers).fuel_metering(fuel);
+    config
+}
+
+/// The raw wasmtime limit: threads in a tight loop of new store + WASI
+/// context + instantiate + call, with the pool's own engine configuration,
+/// no queue, no scheduler. Returns tasks per second.
+fn raw_wasmtime(wasm: &[u8], threads: usize, duration: Duration) -> f64 {
+    let config = engine_config(threads, true);
+    let engine = wasmtime::Engine::new(&config.wasmtime_config().unwrap()).unwrap();
+    let module = wasmtime::Module::new(&engine, wasm).unwrap();
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s).unwrap();
+    let pre = Arc::new(linker.instantiate_pre(&module).unwrap());
+    let deadline = Instant::now() + duration;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let engine = engine.clone();
+            let pre = pre.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let wasi = WasiCtxBuilder::new()
+                        .stdin(MemoryInputPipe::new(&b""[..]))
+                        .stdout(MemoryOutputPipe::new(1 << 20))
+                        .stderr(MemoryOutputPipe::new(1 << 16))
+                        .build_p1();
+                    let mut store = Store::new(&engine, wasi);
+                    store.set_fuel(u64::MAX).unwrap();
+                    store.set_epoch_deadline(1_000_000);
+                    let instance = pre.instantiate(&mut store).unwrap();
+                    let start = instance
+                        .get_typed_func::<(), ()>(&mut store, "_start")
+                        .unwrap();
+                    start.call(&mut store, ()).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    total as f64 / started.elapsed().as_secs_f64().max(duration.as_secs_f64())
+}
+
+/// Tasks per second through the executor's workers (no scheduler).
+fn executor_rate(wasm: &[u8], workers: usize, count: usize) -> f64 {
+    let executor = Executor::new(&engine_config(workers, true)).unwrap();
+    let module = executor.register(wasm).unwrap();
+    let limits = executor.limits(&LimitOverrides::default()).unwrap();
+    let started = Instant::now();
+    let runs: Vec<_> = (0..count)
+        .map(|_| {
+            executor.spawn(Job {
+                module: module.clone(),
+                input: Vec::new(),
+                limits: limits.clone(),
+                on_progress: None,
+                env: Vec::new(),
+            })
+        })
+        .collect();
+    for run in runs {
+        assert!(run.wait_blocking().outcome.is_success());
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Tasks per second through the `Pool` (in-memory store).
+pub(crate) fn pool_rate(pool: &Pool, wasm: &[u8], count: usize, input: &[u8]) -> f64 {
+    let hash = pool.register(wasm).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let started = Instant::now();
+        let mut handles = Vec::with_capacity(count);
+        for _ in 0..count {
+            handles.push(
+                pool.submit(TaskSpec::new(hash, input.to_vec()))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for handle in handles {
+            let result = handle.wait().await.unwrap();
+            assert!(result.is_success(), "{:?}", result.outcome);
+        }
+        count as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+fn overhead(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let wasm = read(programs::P1_TRIVIAL);
+    let count = scale.n(5_000, 50_000);
+    let window = scale.time(Duration::from_secs(2), Duration::from_secs(5));
+    let mut rows = Vec::new();
+    for workers in [1, cores] {
+        let raw = raw_wasmtime(&wasm, workers, window);
+        let executor = executor_rate(&wasm, workers, count);
+        let mut config = PoolConfig::new();
+        config.workers(workers);
+        let pool = Pool::new(config)?;
+        let pooled = pool_rate(&pool, &wasm, count, b"");
+        rows.push(Row::new(
+            &format!("trivial task, executor, {workers} worker(s)"),
+            "tasks/s",
+            executor,
+            "raw wasmtime loop",
+            raw,
+            &format!("{:.1} µs/task", 1e6 / executor),
+        ));
+        rows.push(Row::new(
+            &format!("trivial task, Pool (memory store), {workers} worker(s)"),
+            "tasks/s",
+            pooled,
+            "raw wasmtime loop",
+            raw,
+            &format!("{:.1} µs/task vs {:.1}", 1e6 / pooled, 1e6 / raw),
+        ));
+    }
+    Ok(rows)
+}
+
+fn cpu_bound(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let wasm = read(programs::EXAMPLE_P1_HASH);
+    let rounds = scale.n(20_000, 200_000) as u64;
+    let tasks = scale.n(cores * 2, cores * 8);
+    let input = serde_json::to_vec(&serde_json::json!({ "data": "wpool", "rounds": rounds }))?;
+
+    let native = {
+        let started = Instant::now();
+        let per_thread = tasks.div_ceil(cores);
+        let threads: Vec<_> = (0..cores)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    for _ in 0..per_thread {
+                        std::hint::black_box(hash::sha256_rounds(b"wpool", rounds));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        (per_thread * cores) as f64 / started.elapsed().as_secs_f64()
+    };
+    let mut rows = Vec::new();
+    for (fuel, name) in [(false, "epochs only"), (true, "epochs + fuel")] {
+        let mut config = PoolConfig::new();
+        config.engine(engine_config(cores, fuel));
+        let pool = Pool::new(config)?;
+        let rate = pool_rate(&pool, &wasm, tasks, &input);
+        rows.push(Row::new(
+            &format!("sha256 ×{rounds}, Pool, {name}"),
+            "tasks/s",
+            rate,
+            "native Rust, same threads",
+            native,
+            "higher is better",
+        ));
+    }
+    Ok(rows)
+}
+
+fn spawn_per_task(scale: Scale, _cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let wasm_path = programs::P1_TRIVIAL;
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().unwrap().join("wpool");
+    if !bin.exists() {
+        return Err(format!(
+            "{} is missing: build it first (cargo build -p wpool --bin wpool, with the same profile)",
+            bin.display()
+        )
+        .into());
+    }
+    let count = scale.n(20, 100);
+    let started = Instant::now();
+    for _ in 0..count {
+        let out = std::process::Command::new(&bin)
+            .args(["run", wasm_path])
+            .output()?;
+        assert!(out.status.success());
+    }
+    let spawned = count as f64 / started.elapsed().as_secs_f64();
+    let mut config = PoolConfig::new();
+    config.workers(1);
+    let pool = Pool::new(config)?;
+    let pooled = pool_rate(&pool, &read(wasm_path), scale.n(2_000, 20_000), b"");
+    Ok(vec![Row::new(
+        "trivial task, Pool, 1 worker",
+        "tasks/s",
+        pooled,
+        "`wpool run` process per task",
+        spawned,
+        "why a pool exists (wasmtime CLI not installed here)",
+    )])
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn kill_latency(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let timeout = Duration::from_millis(20);
+    let count = scale.n(30, 200);
+    let executor = Executor::new(&engine_config(cores, true))?;
+    let limits = executor.limits(&LimitOverrides {
+        timeout: Some(timeout),
+        ..Default::default()
+    })?;
+
+    // Baseline: how late a plain timer of the same length fires here.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut timer: Vec<f64> = (0..count)
+        .map(|_| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                tokio::time::sleep(timeout).await;
+                (started.elapsed().as_secs_f64() - timeout.as_secs_f64()) * 1e3
+            })
+        })
+        .collect();
+    timer.sort_by(f64::total_cmp);
+
+    let mut rows = Vec::new();
+    for (program, input, what) in [
+        (programs::P1_SPIN, &b""[..], "spinning in wasm"),
+        (programs::P1_SLEEP, &b""[..], "blocked in a host call"),
+    ] {
+        let module = executor.register(&read(program))?;
+        let mut late: Vec<f64> = Vec::with_capacity(count);
+        for chunk in (0..count).collect::<Vec<_>>().chunks(cores) {
+            let runs: Vec<_> = chunk
+                .iter()
+                .map(|_| {
+                    executor.spawn(Job {
+                        module: module.clone(),
+                        input: input.to_vec(),
+                        limits: limits.clone(),
+                        on_progress: None,
+                        env: Vec::new(),
+                    })
+                })
+                .collect();
+            for run in runs {
+                let report = run.wait_blocking();
+                assert_eq!(report.outcome, wpool::Outcome::Timeout);
+                late.push((report.duration.as_secs_f64() - timeout.as_secs_f64()) * 1e3);
+            }
+        }
+        late.sort_by(f64::total_cmp);
+        for (label, p) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+            rows.push(Row::new(
+                &format!("kill latency, {what}, {label}"),
+                "ms",
+                percentile(&late, p),
+                "tokio timer overshoot",
+                percentile(&timer, p),
+                "deadline → slot free; lower is better",
+            ));
+        }
+    }
+    let _ = CancellationToken::new();
+    Ok(rows)
+}
+
+fn rss_kib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn memory(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let before = rss_kib();
+    let mut config = PoolConfig::new();
+    config.workers(cores);
+    let pool = Pool::new(config)?;
+    let echo = pool.register(&read(programs::P1_ECHO))?;
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = rss_kib();
+    let queued = scale.n(20_000, 100_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        for i in 0..queued {
+            pool.submit(
+                TaskSpec::new(echo, format!("{{\"n\":{i}}}").into_bytes())
+                    .delay(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    let full = rss_kib();
+    let per_100k = (full - idle) * 100_000.0 / queued as f64;
+    Ok(vec![
+        Row::new(
+            &format!("resident memory, {cores} idle workers"),
+            "MiB",
+            (idle - before) / 1024.0,
+            "process before the pool",
+            before / 1024.0,
+            "",
+        ),
+        Row::new(
+            "resident memory per 100,000 queued tasks",
+            "MiB",
+            per_100k / 1024.0,
+            "their input bytes",
+            (queued as f64 * 9.0 * 100_000.0 / queued as f64) / 1024.0 / 1024.0,
+            "memory store; ~10-byte inputs",
+        ),
+    ])
+}

@@ -1,0 +1,143 @@
+//! `wpool run`: run one task locally, no daemon, no data directory.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{Failure, exit, write_stdout};
+use crate::units::{format_duration, parse_count, parse_duration, parse_size};
+use crate::{EngineConfig, Executor, Job, LimitOverrides, Outcome};
+
+/// Run one task locally and print its output.
+///
+/// The output goes to stdout; the outcome, fuel and time to stderr. The
+/// exit code is 0 when the task succeeded, 1 when it failed.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The task: a WASI command module (.wasm) or a `wpool:task` component.
+    module: PathBuf,
+    /// The input: a file, or `-` for stdin. Default: no input.
+    #[arg(short, long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Wall-clock timeout, e.g. `500ms`, `5s`, `2m`. Default: 30s.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Fuel budget, e.g. `1000000` or `10M`. Default: unlimited.
+    #[arg(long, value_parser = parse_count)]
+    fuel: Option<u64>,
+    /// Memory limit, e.g. `64MiB`. Default: 128MiB.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Output size limit, e.g. `1MiB`. Default: 16MiB.
+    #[arg(long, value_parser = parse_size)]
+    max_output: Option<u64>,
+    /// Print the log (the task's stderr) after the run.
+    #[arg(long)]
+    log: bool,
+    /// Print the whole report as JSON on stdout instead of the raw output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn execute(args: RunArgs) -> Result<u8, Failure> {
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read the module {}", args.module.display()))
+        .map_err(Failure::bad_input)?;
+    let input = read_input(args.input.as_deref()).map_err(Failure::bad_input)?;
+
+    let mut config = EngineConfig::new();
+    config.workers(1);
+    if let Some(memory) = args.memory {
+        // Let the engine hold a memory as large as asked for.
+        config.max_memory(memory.max(1 << 30));
+    }
+    let executor = Executor::new(&config).map_err(Failure::internal)?;
+    let module = executor
+        .register(&bytes)
+        .with_context(|| format!("{}", args.module.display()))
+        .map_err(Failure::bad_input)?;
+    let limits = executor
+        .limits(&LimitOverrides {
+            timeout: args.timeout,
+            fuel: args.fuel,
+            memory: args.memory,
+            max_output: args.max_output,
+            max_log: None,
+        })
+        .map_err(Failure::bad_input)?;
+    let report = executor
+        .spawn(Job {
+            module,
+            input,
+            limits,
+            on_progress: None,
+            env: Vec::new(),
+        })
+        .wait_blocking();
+
+    if args.json {
+        let mut json = serde_json::to_vec_pretty(&serde_json::json!({
+            "outcome": report.outcome,
+            "output": String::from_utf8_lossy(&report.output),
+            "log": report.log,
+            "fuel_consumed": report.fuel_consumed,
+            "duration_us": u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
+            "progress": report.progress,
+        }))
+        .map_err(Failure::internal)?;
+        json.push(b'\n');
+        write_stdout(&json)?;
+    } else {
+        write_stdout(&report.output)?;
+        if args.log && !report.log.is_empty() {
+            eprint!("{}", report.log);
+            if !report.log.ends_with('\n') {
+                eprintln!();
+            }
+        }
+        let fuel = report
+            .fuel_consumed
+            .map(|f| format!(", fuel {f}"))
+            .unwrap_or_default();
+        eprintln!(
+            "wpool: task {} in {}{fuel}",
+            report.outcome,
+            format_duration(report.duration)
+        );
+        if !report.outcome.is_success() && !args.log && !report.log.is_empty() {
+            eprintln!("wpool: log tail:\n{}", tail_lines(&report.log, 10));
+        }
+    }
+    Ok(match report.outcome {
+        Outcome::Success => exit::OK,
+        _ => exit::TASK_FAILED,
+    })
+}
+
+fn read_input(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    match path {
+        None => Ok(Vec::new()),
+        Some(p) if p.as_os_str() == "-" => {
+            let mut input = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .context("cannot read the input from stdin")?;
+            Ok(input)
+        }
+        Some(p) => {
+            std::fs::read(p).with_context(|| format!("cannot read the input {}", p.display()))
+        }
+    }
+}
+
+fn tail_lines(text: &str, n: usize) -> &str {
+    let trimmed = text.trim_end_matches('\n');
+    let start = trimmed
+        .rmatch_indices('\n')
+        .nth(n - 1)
+        .map_or(0, |(i, _)| i + 1);
+    &trimmed[start..]
+}

@@ -1,0 +1,246 @@
+//! The wasmtime engine behind a pool: one per pool, sized for its workers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::{Error, Limits, Result};
+
+/// How a pool's engine and workers are set up.
+///
+/// Setters take `&mut self` and return `&mut Self`; each says its default.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub(crate) workers: usize,
+    pub(crate) max_workers: Option<usize>,
+    pub(crate) max_memory: u64,
+    pub(crate) fuel_metering: bool,
+    pub(crate) epoch_tick: Duration,
+    pub(crate) max_wasm_stack: usize,
+    pub(crate) instances_per_task: u32,
+    pub(crate) default_limits: Limits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_workers: None,
+            max_memory: 1 << 30,
+            fuel_metering: true,
+            epoch_tick: Duration::from_millis(1),
+            max_wasm_stack: 1 << 20,
+            instances_per_task: 32,
+            default_limits: Limits::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// A configuration with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many tasks run at once. Default: the number of CPU cores.
+    pub fn workers(&mut self, workers: usize) -> &mut Self {
+        self.workers = workers;
+        self
+    }
+
+    /// The most workers the pool can ever be resized to while it runs; the
+    /// engine's instance pool is sized for this many. Default: `workers`.
+    pub fn max_workers(&mut self, max_workers: usize) -> &mut Self {
+        self.max_workers = Some(max_workers);
+        self
+    }
+
+    /// The largest memory limit any task may have, in bytes; the pooling
+    /// allocator reserves address space for this much per memory slot.
+    /// Default: 1 GiB.
+    pub fn max_memory(&mut self, bytes: u64) -> &mut Self {
+        self.max_memory = bytes;
+        self
+    }
+
+    /// Whether the engine meters fuel. With it, every run reports the fuel
+    /// it consumed and fuel budgets work; without it, CPU-bound guests run
+    /// faster (roughly 1.3× on this kind of code) and a task asking for a
+    /// fuel budget is refused. Default: on.
+    pub fn fuel_metering(&mut self, on: bool) -> &mut Self {
+        self.fuel_metering = on;
+        self
+    }
+
+    /// How often the epoch ticker advances the engine's epoch; the
+    /// resolution of timeouts and cancels for a guest spinning in wasm.
+    /// Default: 1 ms.
+    pub fn epoch_tick(&mut self, tick: Duration) -> &mut Self {
+        self.epoch_tick = tick;
+        self
+    }
+
+    /// The maximum wasm stack of a task, in bytes; deeper recursion traps
+    /// with a stack overflow. Default: 1 MiB.
+    pub fn max_wasm_stack(&mut self, bytes: usize) -> &mut Self {
+        self.max_wasm_stack = bytes;
+        self
+    }
+
+    /// How many core instances (and so memories and tables) one task may
+    /// create. A plain command module needs one; components made by
+    /// language toolchains (Python, JavaScript) bundle several. Default: 32.
+    pub fn instances_per_task(&mut self, count: u32) -> &mut Self {
+        self.instances_per_task = count;
+        self
+    }
+
+    /// The limits of a task that asks for none. Default: [`Limits::default`].
+    pub fn default_limits(&mut self, limits: Limits) -> &mut Self {
+        self.default_limits = limits;
+        self
+    }
+
+    /// The number of worker slots the engine is sized for.
+    pub fn slots(&self) -> usize {
+        self.max_workers.unwrap_or(self.workers).max(self.workers)
+    }
+
+    /// The wasmtime configuration this describes: the pooling allocator
+    /// sized for [`EngineConfig::slots`], fuel and epochs, the wasm stack
+    /// and features. Public so that a baseline (the benchmark's raw
+    /// wasmtime loop) can use exactly the same engine.
+    pub fn wasmtime_config(&self) -> Result<wasmtime::Config> {
+        self.validate()?;
+        let config = self;
+        let slots = u32::try_from(config.slots()).expect("validated: at most 4096");
+        let per_task = config.instances_per_task;
+        let max_memory = usize::try_from(config.max_memory)
+            .map_err(|_| Error::Config("`max_memory` does not fit this platform".into()))?;
+
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_core_instances(slots * per_task)
+            .total_component_instances(slots)
+            .total_memories(slots * per_task)
+            .total_tables(slots * per_task)
+            .total_stacks(slots)
+            .max_core_instances_per_component(per_task)
+            .max_memories_per_component(per_task)
+            .max_tables_per_component(per_task)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .table_elements(100_000)
+            .max_memory_size(max_memory)
+            .max_core_instance_size(1 << 20)
+            .max_component_instance_size(1 << 20)
+            // Per-task cost is dominated by giving memory back to the kernel
+            // when a store is dropped; batching and keeping a little resident
+            // (with pagemap scanning to reset it) cut it by 3-4x.
+            .decommit_batch_size(16)
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(Enabled::Auto);
+
+        let mut wasm = wasmtime::Config::new();
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
+            .consume_fuel(config.fuel_metering)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            // The fiber stack must hold the wasm stack plus host frames.
+            .async_stack_size(config.max_wasm_stack + (1 << 20))
+            .wasm_component_model(true)
+            // A task host runs single-threaded guests: shared memories and
+            // GC heaps are compiled out (cargo features), stack switching and
+            // 64-bit memories are turned off here.
+            .wasm_gc(false)
+            .wasm_stack_switching(false)
+            .wasm_memory64(false)
+            .parallel_compilation(true);
+        Ok(wasm)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.workers == 0 {
+            return Err(Error::Config("`workers` must be at least 1".into()));
+        }
+        if self.slots() > 4096 {
+            return Err(Error::Config(format!(
+                "{} worker slots is more than the maximum of 4096",
+                self.slots()
+            )));
+        }
+        if self.max_memory < 65_536 || self.max_memory > (1 << 34) {
+            return Err(Error::Config(format!(
+                "`max_memory` must be between 64 KiB and 16 GiB, not {}",
+                crate::units::format_size(self.max_memory)
+            )));
+        }
+        if self.epoch_tick.is_zero() || self.epoch_tick > Duration::from_secs(1) {
+            return Err(Error::Config(
+                "`epoch_tick` must be between 1 ns and 1 s".into(),
+            ));
+        }
+        if self.max_wasm_stack < 64 << 10 || self.max_wasm_stack > 64 << 20 {
+            return Err(Error::Config(
+                "`max_wasm_stack` must be between 64 KiB and 64 MiB".into(),
+            ));
+        }
+        if self.instances_per_task == 0 || self.instances_per_task > 1024 {
+            return Err(Error::Config(
+                "`instances_per_task` must be between 1 and 1024".into(),
+            ));
+        }
+        self.default_limits.validate(self.max_memory)
+    }
+}
+
+/// A wasmtime engine and the thread that ticks its epoch.
+///
+/// The ticker holds only a weak reference to the engine and stops when this
+/// value is dropped (or when the engine is gone).
+#[derive(Debug)]
+pub(crate) struct WasmEngine {
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) fuel_metering: bool,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl WasmEngine {
+    pub(crate) fn new(config: &EngineConfig) -> Result<Self> {
+        let wasm = config.wasmtime_config()?;
+        let engine = wasmtime::Engine::new(&wasm)
+            .map_err(|e| Error::Config(format!("wasmtime refused the configuration: {e}")))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = stop_ticker.clone();
+        let tick = config.epoch_tick;
+        std::thread::Builder::new()
+            .name("wpool-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| Error::Host(format!("cannot start the epoch ticker thread: {e}")))?;
+
+        Ok(Self {
+            engine,
+            fuel_metering: config.fuel_metering,
+            stop_ticker,
+        })
+    }
+}
+
+impl Drop for WasmEngine {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,76 @@
+//! The library's error type.
+
+use std::path::PathBuf;
+
+/// What went wrong in a call to the wpool library.
+///
+/// Every message says what happened and, where there is one, what to do
+/// about it. Task failures are not errors: they are [`Outcome`]s of a run.
+///
+/// [`Outcome`]: crate::Outcome
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes are not a module wpool can run. The message names the
+    /// problem (not WebAssembly, fails validation, imports something the
+    /// host does not provide, lacks the entry point, implements another
+    /// world).
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+
+    /// No module with this hash has been registered.
+    #[error("unknown module {0}: register its bytes first")]
+    UnknownModule(crate::ModuleHash),
+
+    /// A limit given for a task or the pool is out of range.
+    #[error("invalid limit `{name}`: {reason}")]
+    InvalidLimit {
+        /// The limit's name, as in the configuration (`timeout`, `memory`, ...).
+        name: &'static str,
+        /// Why the value is refused, and the accepted range.
+        reason: String,
+    },
+
+    /// The engine could not be built from the configuration.
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+
+    /// A task spec or query is malformed; the message says which field.
+    #[error("invalid task: {0}")]
+    InvalidTask(String),
+
+    /// No task has this id (it never existed, or retention removed it).
+    #[error("no task {0}")]
+    NotFound(crate::TaskId),
+
+    /// The queue holds as many tasks as the pool allows
+    /// ([`PoolConfig::max_queued`](crate::PoolConfig::max_queued)).
+    #[error("the queue is full ({0} tasks waiting); retry later or raise `max_queued`")]
+    QueueFull(usize),
+
+    /// The pool no longer accepts work (it is closing or stopped).
+    #[error("the pool is shut down and accepts no new tasks")]
+    ShutDown,
+
+    /// The store failed (I/O error, disk full, corruption). What was being
+    /// done did not happen; what was stored before is intact.
+    #[error("store: {0}")]
+    Store(String),
+
+    /// An I/O error on a file the library was asked to read or write.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An unexpected failure inside the host (not the task's fault).
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

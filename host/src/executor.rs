@@ -1,0 +1,278 @@
+//! The executor: an engine, its compiled modules, and a fixed set of
+//! workers that turn (module, input, limits) into a [`RunReport`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::abi::{RunContext, command, component};
+use crate::engine::{EngineConfig, WasmEngine};
+use crate::registry::{CompiledModule, Prepared, Registry};
+use crate::{LimitOverrides, Limits, ModuleHash, Outcome, Result, RunReport};
+
+/// A callback for the progress a task reports, as `(done, total)`.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// One task for the executor's workers.
+pub struct Job {
+    /// The compiled module to run.
+    pub module: CompiledModule,
+    /// The input bytes.
+    pub input: Vec<u8>,
+    /// The limits to run under (see [`Executor::limits`]).
+    pub limits: Limits,
+    /// Called with each progress report of the task.
+    pub on_progress: Option<ProgressFn>,
+    /// Environment variables for the guest (none from the host).
+    pub env: Vec<(String, String)>,
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("module", &self.module)
+            .field("input_len", &self.input.len())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Queued {
+    job: Job,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<RunReport>,
+}
+
+/// Runs WASM tasks on a fixed set of workers over one wasmtime engine.
+///
+/// Cloning is cheap and shares everything. When the last clone is dropped,
+/// running tasks are killed (as by [`Execution::cancel`]) and the workers
+/// stop.
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: WasmEngine,
+    registry: Registry,
+    config: EngineConfig,
+    runtime: Option<tokio::runtime::Runtime>,
+    queue: async_channel::Sender<Queued>,
+    shutdown: CancellationToken,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor")
+            .field("config", &self.inner.config)
+            .field("registry", &self.inner.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Executor {
+    /// Builds the engine (sized for [`EngineConfig::slots`] workers), its
+    /// epoch ticker, and starts `workers` workers on a dedicated runtime, so
+    /// guests never compete with the caller's own async tasks.
+    pub fn new(config: &EngineConfig) -> Result<Self> {
+        let engine = WasmEngine::new(config)?;
+        let registry = Registry::new(&engine.engine)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.slots())
+            .thread_name("wpool-worker")
+            .enable_time()
+            .build()
+            .map_err(|e| crate::Error::Host(format!("cannot start the worker threads: {e}")))?;
+        let (queue, receiver) = async_channel::unbounded::<Queued>();
+        let inner = Arc::new(Inner {
+            engine,
+            registry,
+            config: config.clone(),
+            runtime: Some(runtime),
+            queue,
+            shutdown: CancellationToken::new(),
+        });
+        let executor = Executor { inner };
+        for _ in 0..config.workers {
+            let receiver = receiver.clone();
+            // Workers hold a weak reference: they must not keep the executor
+            // alive once its users are gone.
+            let weak = Arc::downgrade(&executor.inner);
+            executor.handle().spawn(async move {
+                while let Ok(queued) = receiver.recv().await {
+                    let Some(inner) = weak.upgrade() else { break };
+                    let executor = Executor { inner };
+                    let report = executor
+                        .run(
+                            &queued.job.module,
+                            queued.job.input,
+                            &queued.job.limits,
+                            &queued.cancel,
+                            queued.job.on_progress,
+                            &queued.job.env,
+                        )
+                        .await;
+                    // The caller may have dropped its handle: that is fine.
+                    let _ = queued.reply.send(report);
+                }
+            });
+        }
+        Ok(executor)
+    }
+
+    /// The handle of the runtime the workers run on.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.inner
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as the executor")
+            .handle()
+    }
+
+    /// The configuration the executor was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Validates and compiles `bytes` (once: a module registered before is
+    /// returned from the cache), checking that it is a WASI command or a
+    /// component of the `wpool:task` world whose imports the host provides.
+    pub fn register(&self, bytes: &[u8]) -> Result<CompiledModule> {
+        self.inner.registry.register(bytes)
+    }
+
+    /// A registered module, by hash.
+    pub fn module(&self, hash: &ModuleHash) -> Option<CompiledModule> {
+        self.inner.registry.get(hash)
+    }
+
+    /// How many modules have been compiled since the executor started.
+    pub fn compilations(&self) -> u64 {
+        self.inner.registry.compilations()
+    }
+
+    /// The pool's default limits with `overrides` applied, checked.
+    pub fn limits(&self, overrides: &LimitOverrides) -> Result<Limits> {
+        let config = &self.inner.config;
+        if overrides.fuel.is_some() && !config.fuel_metering {
+            return Err(crate::Error::InvalidLimit {
+                name: "fuel",
+                reason: "this pool does not meter fuel; enable fuel metering in its configuration"
+                    .into(),
+            });
+        }
+        config
+            .default_limits
+            .with_overrides(overrides, config.max_memory)
+    }
+
+    /// Queues `job` for the next free worker (first in, first out) and
+    /// returns a handle to its result.
+    pub fn spawn(&self, job: Job) -> Execution {
+        let cancel = self.inner.shutdown.child_token();
+        let (reply, receiver) = oneshot::channel();
+        let queued = Queued {
+            job,
+            cancel: cancel.clone(),
+            reply,
+        };
+        // The channel is unbounded and open while `self` is alive.
+        let _ = self.inner.queue.try_send(queued);
+        Execution { cancel, receiver }
+    }
+
+    /// Runs one task on the calling async task, under `limits`, until it
+    /// ends, its timeout passes or `cancel` fires. Must be called on the
+    /// executor's runtime ([`Executor::handle`]). `env` is the guest's whole
+    /// environment.
+    pub async fn run(
+        &self,
+        module: &CompiledModule,
+        input: Vec<u8>,
+        limits: &Limits,
+        cancel: &CancellationToken,
+        on_progress: Option<ProgressFn>,
+        env: &[(String, String)],
+    ) -> RunReport {
+        if cancel.is_cancelled() {
+            return RunReport::without_run(Outcome::Cancelled);
+        }
+        let cx = RunContext {
+            limits,
+            cancel,
+            on_progress,
+            fuel_metering: self.inner.engine.fuel_metering,
+            env,
+        };
+        let engine = &self.inner.engine.engine;
+        let report = match module.prepared() {
+            Prepared::Command(pre) => command::run(engine, pre, input, &cx).await,
+            Prepared::Component(pre) => component::run(engine, pre, input, &cx).await,
+        };
+        tracing::debug!(
+            module = %module.hash(),
+            outcome = report.outcome.kind(),
+            duration_us = report.duration.as_micros() as u64,
+            fuel = report.fuel_consumed,
+            "task run finished"
+        );
+        report
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.queue.close();
+        self.shutdown.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Cannot block inside an async context; the cancel above
+                // already ends every guest at its next epoch tick.
+                runtime.shutdown_background();
+            } else {
+                runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A task queued or running on an [`Executor`].
+///
+/// Dropping it does not cancel the task.
+#[derive(Debug)]
+pub struct Execution {
+    cancel: CancellationToken,
+    receiver: oneshot::Receiver<RunReport>,
+}
+
+impl Execution {
+    /// Cancels the task: if it has not started it never runs; if it runs it
+    /// is killed, whether it spins in wasm or waits in a host call. Its
+    /// outcome is then [`Outcome::Cancelled`].
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A token that cancels this task when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits for the task's report.
+    pub async fn wait(self) -> RunReport {
+        self.receiver.await.unwrap_or_else(|_| {
+            RunReport::without_run(Outcome::HostError("the executor shut down".into()))
+        })
+    }
+
+    /// Waits for the task's report, blocking the thread. Must not be called
+    /// from async code (use [`Execution::wait`]).
+    pub fn wait_blocking(self) -> RunReport {
+        self.receiver.blocking_recv().unwrap_or_else(|_| {
+            RunReport::without_run(Outcome::HostError("the executor shut down".into()))
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! The pool's event stream.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::Outcome;
+use crate::pool::task::{Millis, TaskId};
+
+/// Something that happened to a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The task.
+    pub id: TaskId,
+    /// When, in milliseconds since the Unix epoch.
+    pub at: Millis,
+    /// What.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened to a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// Accepted (and durable, with a durable store).
+    Submitted,
+    /// An attempt started.
+    Started {
+        /// 1 for the first.
+        attempt: u32,
+    },
+    /// The guest reported progress.
+    Progress {
+        /// Units done.
+        done: u64,
+        /// Units in all (0 when unknown).
+        total: u64,
+    },
+    /// An attempt failed; another is scheduled.
+    Retrying {
+        /// The attempt that failed.
+        attempt: u32,
+        /// How it ended.
+        outcome: Outcome,
+        /// When the next attempt may start.
+        run_at: Millis,
+    },
+    /// Finished with success.
+    Succeeded,
+    /// Finished with failure.
+    Failed {
+        /// How the last attempt ended.
+        outcome: Outcome,
+    },
+    /// Cancelled.
+    Cancelled,
+    /// Not started before its expiry.
+    Expired,
+    /// Stopped by a pool shutdown while it ran; queued again for the next
+    /// start.
+    Requeued,
+}
+
+/// Why [`Events::recv`] returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventsError {
+    /// The subscriber fell behind and this many events were dropped for it
+    /// (the stream goes on after them).
+    #[error("missed {0} events: the subscriber fell behind")]
+    Lagged(u64),
+    /// The pool is gone.
+    #[error("the pool is closed")]
+    Closed,
+}
+
+/// A subscription to the pool's events ([`Pool::subscribe`](crate::Pool::subscribe)).
+///
+/// Events of one task arrive in the order they happened. A subscriber that
+/// falls more than 16,384 events behind is told how many it missed.
+#[derive(Debug)]
+pub struct Events(pub(crate) broadcast::Receiver<Event>);
+
+impl Events {
+    /// The next event.
+    pub async fn recv(&mut self) -> Result<Event, EventsError> {
+        self.0.recv().await.map_err(|e| match e {
+            broadcast::error::RecvError::Lagged(n) => EventsError::Lagged(n),
+            broadcast::error::RecvError::Closed => EventsError::Closed,
+        })
+    }
+
+    /// The next event if there is one already.
+    pub fn try_recv(&mut self) -> Result<Option<Event>, EventsError> {
+        match self.0.try_recv() {
+            Ok(event) => Ok(Some(event)),
+            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(EventsError::Lagged(n)),
+            Err(broadcast::error::TryRecvError::Closed) => Err(EventsError::Closed),
+        }
+    }
+}

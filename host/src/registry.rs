@@ -1,0 +1,294 @@
+//! Modules: content-addressed, validated and compiled once, cached ready to
+//! instantiate.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasmtime::InstancePre;
+use wasmtime::component::Component;
+
+use crate::abi::command::{self, CommandState};
+use crate::abi::component::{self, ComponentState, TaskPre};
+use crate::{Error, Result};
+
+/// The SHA-256 of a module's bytes: its identity everywhere in wpool.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleHash([u8; 32]);
+
+impl ModuleHash {
+    /// The hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// The raw 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Builds a hash from its raw 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl fmt::Display for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModuleHash({self})")
+    }
+}
+
+impl FromStr for ModuleHash {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.strip_prefix("sha256:").unwrap_or(s);
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(s, &mut bytes).map_err(|_| {
+            Error::InvalidModule(format!(
+                "`{s}` is not a module hash: expected 64 hexadecimal digits (a SHA-256)"
+            ))
+        })?;
+        Ok(Self(bytes))
+    }
+}
+
+impl Serialize for ModuleHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ModuleHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which ABI a module speaks, told from its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleKind {
+    /// A core module run as a WASI (preview 1) command.
+    Command,
+    /// A component of the `wpool:task` world.
+    Component,
+}
+
+impl ModuleKind {
+    /// Tells a core module from a component by the header, or says why the
+    /// bytes are neither.
+    pub fn detect(bytes: &[u8]) -> Result<Self> {
+        match bytes {
+            [0, b'a', b's', b'm', 1, 0, 0, 0, ..] => Ok(ModuleKind::Command),
+            [0, b'a', b's', b'm', _, _, 1, 0, ..] => Ok(ModuleKind::Component),
+            [0, b'a', b's', b'm', ..] => Err(Error::InvalidModule(
+                "unsupported WebAssembly binary version (expected a core module, version 1, or a \
+                 component)"
+                    .into(),
+            )),
+            _ if bytes.trim_ascii_start().starts_with(b"(") => Err(Error::InvalidModule(
+                "this looks like WebAssembly text (.wat): compile it to a binary first, e.g. \
+                 with `wasm-tools parse`"
+                    .into(),
+            )),
+            _ => Err(Error::InvalidModule(format!(
+                "not a WebAssembly binary: it does not start with the `\\0asm` magic ({} bytes)",
+                bytes.len()
+            ))),
+        }
+    }
+}
+
+pub(crate) enum Prepared {
+    Command(InstancePre<CommandState>),
+    Component(TaskPre<ComponentState>),
+}
+
+/// A module compiled and checked, ready to instantiate. Cheap to clone
+/// (shared).
+#[derive(Clone)]
+pub struct CompiledModule {
+    inner: Arc<CompiledInner>,
+}
+
+struct CompiledInner {
+    hash: ModuleHash,
+    kind: ModuleKind,
+    size: usize,
+    prepared: Prepared,
+}
+
+impl CompiledModule {
+    /// The module's hash.
+    pub fn hash(&self) -> ModuleHash {
+        self.inner.hash
+    }
+
+    /// The module's ABI.
+    pub fn kind(&self) -> ModuleKind {
+        self.inner.kind
+    }
+
+    /// The size of the module's bytes.
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    pub(crate) fn prepared(&self) -> &Prepared {
+        &self.inner.prepared
+    }
+}
+
+impl fmt::Debug for CompiledModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledModule")
+            .field("hash", &self.inner.hash)
+            .field("kind", &self.inner.kind)
+            .field("size", &self.inner.size)
+            .finish()
+    }
+}
+
+/// Compiled modules by hash. Registering validates and compiles a module
+/// once; every later registration of the same bytes, and every task, reuses
+/// the compiled form.
+pub(crate) struct Registry {
+    engine: wasmtime::Engine,
+    command_linker: wasmtime::Linker<CommandState>,
+    component_linker: wasmtime::component::Linker<ComponentState>,
+    modules: RwLock<HashMap<ModuleHash, CompiledModule>>,
+    compilations: AtomicU64,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("compilations", &self.compilations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(engine: &wasmtime::Engine) -> Result<Self> {
+        Ok(Self {
+            engine: engine.clone(),
+            command_linker: command::linker(engine)?,
+            component_linker: component::linker(engine)?,
+            modules: RwLock::new(HashMap::new()),
+            compilations: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn get(&self, hash: &ModuleHash) -> Option<CompiledModule> {
+        self.modules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hash)
+            .cloned()
+    }
+
+    pub(crate) fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn register(&self, bytes: &[u8]) -> Result<CompiledModule> {
+        let hash = ModuleHash::of(bytes);
+        if let Some(module) = self.get(&hash) {
+            return Ok(module);
+        }
+        let kind = ModuleKind::detect(bytes)?;
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%hash, ?kind, size = bytes.len(), "compiling module");
+        let prepared = match kind {
+            ModuleKind::Command => {
+                let module = wasmtime::Module::new(&self.engine, bytes).map_err(|e| {
+                    Error::InvalidModule(format!(
+                        "the module does not validate: {}",
+                        crate::abi::error_chain(&e)
+                    ))
+                })?;
+                Prepared::Command(command::prepare(&self.command_linker, &module)?)
+            }
+            ModuleKind::Component => {
+                let component = Component::new(&self.engine, bytes).map_err(|e| {
+                    Error::InvalidModule(format!(
+                        "the component does not validate: {}",
+                        crate::abi::error_chain(&e)
+                    ))
+                })?;
+                Prepared::Component(component::prepare(&self.component_linker, &component)?)
+            }
+        };
+        let module = CompiledModule {
+            inner: Arc::new(CompiledInner {
+                hash,
+                kind,
+                size: bytes.len(),
+                prepared,
+            }),
+        };
+        // Two threads may compile the same new module at once; the first to
+        // insert wins and both get the same compiled module.
+        let mut modules = self.modules.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(modules.entry(hash).or_insert(module).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_round_trips_and_rejects_garbage() {
+        let hash = ModuleHash::of(b"abc");
+        assert_eq!(
+            hash.to_string(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(hash.to_string().parse::<ModuleHash>().unwrap(), hash);
+        assert!(
+            "xyz"
+                .parse::<ModuleHash>()
+                .unwrap_err()
+                .to_string()
+                .contains("64 hexadecimal")
+        );
+    }
+
+    #[test]
+    fn kinds_are_told_apart() {
+        assert_eq!(
+            ModuleKind::detect(b"\0asm\x01\0\0\0").unwrap(),
+            ModuleKind::Command
+        );
+        assert_eq!(
+            ModuleKind::detect(b"\0asm\x0d\0\x01\0").unwrap(),
+            ModuleKind::Component
+        );
+        assert!(
+            ModuleKind::detect(b"(module)")
+                .unwrap_err()
+                .to_string()
+                .contains(".wat")
+        );
+        assert!(
+            ModuleKind::detect(b"hello")
+                .unwrap_err()
+                .to_string()
+                .contains("magic")
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! A store in memory: fast, and gone when the process ends. For tests,
+//! benchmarks and embedders that do not need durability.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
+use crate::pool::task::{Millis, TaskId, TaskRecord, TaskState};
+use crate::{ModuleHash, Result};
+
+/// A [`Store`] in memory. One lock guards everything, held only for the
+/// duration of a call.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tasks: BTreeMap<TaskId, TaskRecord>,
+    keys: HashMap<String, TaskId>,
+    finished: BTreeSet<(Millis, TaskId)>,
+    modules: HashMap<ModuleHash, Arc<[u8]>>,
+    counts: StateCounts,
+    seq: u64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn finished_key(task: &TaskRecord) -> Option<(Millis, TaskId)> {
+    task.state
+        .is_final()
+        .then(|| (task.finished_at.unwrap_or(task.updated_at), task.id))
+}
+
+impl Store for MemoryStore {
+    fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()> {
+        self.lock()
+            .modules
+            .entry(*hash)
+            .or_insert_with(|| bytes.into());
+        Ok(())
+    }
+
+    fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().modules.get(hash).map(|b| b.to_vec()))
+    }
+
+    fn modules(&self) -> Result<Vec<StoredModule>> {
+        let mut modules: Vec<StoredModule> = self
+            .lock()
+            .modules
+            .iter()
+            .map(|(hash, bytes)| StoredModule {
+                hash: *hash,
+                size: bytes.len() as u64,
+            })
+            .collect();
+        modules.sort_by_key(|m| m.hash);
+        Ok(modules)
+    }
+
+    fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
+        Ok(self.lock().modules.remove(hash).is_some())
+    }
+
+    fn next_seq(&self) -> Result<u64> {
+        let mut inner = self.lock();
+        inner.seq += 1;
+        Ok(inner.seq)
+    }
+
+    fn insert(&self, task: &TaskRecord) -> Result<Inserted> {
+        let mut inner = self.lock();
+        if let Some(key) = &task.idempotency_key {
+            if let Some(existing) = inner.keys.get(key) {
+                return Ok(Inserted::Existing(*existing));
+            }
+            inner.keys.insert(key.clone(), task.id);
+        }
+        if let Some(old) = inner.tasks.insert(task.id, task.clone()) {
+            // Ids are unique; a second insert of one id replaces nothing.
+            inner.tasks.insert(old.id, old);
+            return Err(crate::Error::Store(format!(
+                "task {} already exists",
+                task.id
+            )));
+        }
+        inner.counts.moved(None, Some(task.state));
+        if let Some(key) = finished_key(task) {
+            inner.finished.insert(key);
+        }
+        Ok(Inserted::New)
+    }
+
+    fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(stored) = inner.tasks.get_mut(&task.id) else {
+            return Ok(false);
+        };
+        if stored.state != expected {
+            return Ok(false);
+        }
+        if let Some(key) = finished_key(stored) {
+            inner.finished.remove(&key);
+        }
+        inner.counts.moved(Some(stored.state), Some(task.state));
+        *stored = task.clone();
+        if let Some(key) = finished_key(task) {
+            inner.finished.insert(key);
+        }
+        Ok(true)
+    }
+
+    fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        Ok(self.lock().tasks.get(id).cloned())
+    }
+
+    fn by_key(&self, key: &str) -> Result<Option<TaskId>> {
+        Ok(self.lock().keys.get(key).copied())
+    }
+
+    fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let inner = self.lock();
+        let upper = match filter.before {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        Ok(inner
+            .tasks
+            .range((Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, t)| t)
+            .filter(|t| filter.matches(t))
+            .take(filter.page_size())
+            .cloned()
+            .collect())
+    }
+
+    fn unfinished(&self) -> Result<Vec<TaskRecord>> {
+        let mut tasks: Vec<TaskRecord> = self
+            .lock()
+            .tasks
+            .values()
+            .filter(|t| !t.state.is_final())
+            .cloned()
+            .collect();
+        tasks.sort_by_key(|t| t.seq);
+        Ok(tasks)
+    }
+
+    fn module_in_use(&self, module: &ModuleHash) -> Result<bool> {
+        Ok(self
+            .lock()
+            .tasks
+            .values()
+            .any(|t| !t.state.is_final() && t.module == *module))
+    }
+
+    fn counts(&self) -> Result<StateCounts> {
+        Ok(self.lock().counts.clone())
+    }
+
+    fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let excess = keep.map_or(0, |keep| (inner.finished.len() as u64).saturating_sub(keep));
+        let mut doomed = Vec::new();
+        for (i, &(finished_at, id)) in inner.finished.iter().enumerate() {
+            if finished_at < before || (i as u64) < excess {
+                doomed.push((finished_at, id));
+            } else {
+                break;
+            }
+        }
+        for key in &doomed {
+            inner.finished.remove(key);
+            if let Some(task) = inner.tasks.remove(&key.1) {
+                inner.counts.moved(Some(task.state), None);
+                if let Some(k) = &task.idempotency_key {
+                    inner.keys.remove(k);
+                }
+            }
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn is_durable(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,139 @@
+//! Where tasks, results and modules live: the [`Store`] trait and its
+//! in-memory implementation.
+//!
+//! Every state change of a task is one call, applied atomically: a reader
+//! never sees a task in two states or in none, and the per-state counts
+//! always add up to the number of tasks.
+
+mod memory;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use memory::MemoryStore;
+
+use crate::pool::task::{Millis, TaskId, TaskRecord, TaskState};
+use crate::{ModuleHash, Result};
+
+/// The result of [`Store::insert`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// The task is new and stored.
+    New,
+    /// Its idempotency key already belongs to this task; nothing was written.
+    Existing(TaskId),
+}
+
+/// Which tasks [`Store::list`] returns: newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// Only tasks carrying all these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Only tasks older than this one (the cursor of the previous page).
+    pub before: Option<TaskId>,
+    /// At most this many. 0 means the default page size (100).
+    pub limit: usize,
+}
+
+impl TaskFilter {
+    /// The page size this filter asks for.
+    pub fn page_size(&self) -> usize {
+        match self.limit {
+            0 => 100,
+            n => n.min(10_000),
+        }
+    }
+
+    /// Whether `task` passes the state and label filters.
+    pub fn matches(&self, task: &TaskRecord) -> bool {
+        self.state.is_none_or(|s| s == task.state)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| task.labels.get(k) == Some(v))
+    }
+}
+
+/// The number of tasks in each state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateCounts(pub BTreeMap<TaskState, u64>);
+
+impl StateCounts {
+    /// Tasks in `state`.
+    pub fn get(&self, state: TaskState) -> u64 {
+        self.0.get(&state).copied().unwrap_or(0)
+    }
+
+    /// All tasks.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    pub(crate) fn moved(&mut self, from: Option<TaskState>, to: Option<TaskState>) {
+        if let Some(from) = from {
+            let n = self.0.entry(from).or_insert(0);
+            *n = n.saturating_sub(1);
+        }
+        if let Some(to) = to {
+            *self.0.entry(to).or_insert(0) += 1;
+        }
+    }
+}
+
+/// A stored module.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredModule {
+    /// Its hash.
+    pub hash: ModuleHash,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Durable (or not) storage of tasks and modules.
+///
+/// Implementations apply each call atomically. The pool keeps its own
+/// in-memory scheduling index and rebuilds it from
+/// [`Store::unfinished`] when it opens, so a store only has to answer
+/// these calls; a shared backend for several hosts would add leases behind
+/// the same calls.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Stores a module's bytes under its hash (idempotent).
+    fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()>;
+    /// A module's bytes.
+    fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>>;
+    /// Every stored module.
+    fn modules(&self) -> Result<Vec<StoredModule>>;
+    /// Removes a module; `false` if there was none.
+    fn delete_module(&self, hash: &ModuleHash) -> Result<bool>;
+
+    /// The next submission sequence number (increasing, never reused).
+    fn next_seq(&self) -> Result<u64>;
+    /// Stores a new task, with its idempotency key if it has one. If the key
+    /// is in use, writes nothing and says whose it is.
+    fn insert(&self, task: &TaskRecord) -> Result<Inserted>;
+    /// Replaces a task's record if its stored state is `expected`
+    /// (compare-and-swap); `false` if it was not.
+    fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool>;
+    /// A task by id.
+    fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>>;
+    /// The task holding an idempotency key.
+    fn by_key(&self, key: &str) -> Result<Option<TaskId>>;
+    /// Tasks matching `filter`, newest first.
+    fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>>;
+    /// Every task not yet final (queued, scheduled, running), in submission
+    /// order.
+    fn unfinished(&self) -> Result<Vec<TaskRecord>>;
+    /// Whether any unfinished task uses `module`.
+    fn module_in_use(&self, module: &ModuleHash) -> Result<bool>;
+    /// How many tasks are in each state.
+    fn counts(&self) -> Result<StateCounts>;
+    /// Removes final tasks that finished before `before`, and beyond the
+    /// `keep` most recent final tasks; returns how many were removed.
+    fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64>;
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<()>;
+    /// Whether [`Store::flush`] makes writes survive a crash.
+    fn is_durable(&self) -> bool;
+}

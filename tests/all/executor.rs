@@ -1,0 +1,527 @@
+//! The executor: limits, kills, ABIs, isolation, parallelism, caching.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wpool::{Job, LimitOverrides, ModuleKind, Outcome};
+use wpool_test_artifacts as programs;
+
+use crate::util::{assert_healthy, executor, fixture, read, run, spawn, timeout};
+
+/// A kill must come within this bound of the deadline. Generous: these
+/// machines are shared; the benchmark reports the real figure.
+const KILL_BOUND: Duration = Duration::from_secs(1);
+
+#[test]
+fn command_echoes_input_and_keeps_log() {
+    let ex = executor(1);
+    let report = run(
+        &ex,
+        programs::P1_ECHO,
+        b"{\"hello\":1}",
+        LimitOverrides::default(),
+    );
+    assert_eq!(report.outcome, Outcome::Success);
+    assert_eq!(report.output, b"{\"hello\":1}");
+    assert_eq!(report.log, "echoing 11 bytes\n");
+    assert!(report.fuel_consumed.unwrap() > 0);
+}
+
+#[test]
+fn spinning_guest_is_killed_at_its_timeout() {
+    let ex = executor(1);
+    let limit = Duration::from_millis(300);
+    let started = Instant::now();
+    let report = run(&ex, programs::P1_SPIN, b"", timeout(limit));
+    let elapsed = started.elapsed();
+    assert_eq!(report.outcome, Outcome::Timeout);
+    assert!(
+        report.duration >= limit,
+        "stopped early: {:?}",
+        report.duration
+    );
+    assert!(
+        report.duration < limit + KILL_BOUND,
+        "killed late: {:?}",
+        report.duration
+    );
+    assert!(elapsed < limit + KILL_BOUND, "reported late: {elapsed:?}");
+    assert_healthy(&ex);
+}
+
+#[test]
+fn sleeping_guest_is_killed_at_its_timeout() {
+    // The guest asks WASI to sleep for an hour; epoch checks never run while
+    // it waits in the host, so this shows the second kill mechanism.
+    let ex = executor(1);
+    let limit = Duration::from_millis(300);
+    let report = run(&ex, programs::P1_SLEEP, b"", timeout(limit));
+    assert_eq!(report.outcome, Outcome::Timeout);
+    assert!(
+        report.duration >= limit,
+        "stopped early: {:?}",
+        report.duration
+    );
+    assert!(
+        report.duration < limit + KILL_BOUND,
+        "killed late: {:?}",
+        report.duration
+    );
+    assert_healthy(&ex);
+}
+
+#[test]
+fn cancel_kills_running_guests() {
+    let ex = executor(2);
+    for (program, input) in [
+        (programs::P1_SPIN, &b""[..]),
+        (programs::P1_SLEEP, &b""[..]),
+    ] {
+        let module = ex.register(&read(program)).unwrap();
+        let execution = spawn(&ex, &module, input, timeout(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(200));
+        let cancelled_at = Instant::now();
+        execution.cancel();
+        let report = execution.wait_blocking();
+        assert_eq!(report.outcome, Outcome::Cancelled, "{program}");
+        assert!(
+            report.duration >= Duration::from_millis(150),
+            "{program}: it did run"
+        );
+        assert!(
+            cancelled_at.elapsed() < KILL_BOUND,
+            "{program}: slow cancel {:?}",
+            cancelled_at.elapsed()
+        );
+    }
+    assert_healthy(&ex);
+}
+
+#[test]
+fn cancel_before_start_means_never_run() {
+    let ex = executor(1);
+    let sleeper = ex.register(&read(programs::P1_SLEEP)).unwrap();
+    let first = spawn(&ex, &sleeper, b"300", LimitOverrides::default());
+    let second = spawn(&ex, &sleeper, b"10", LimitOverrides::default());
+    second.cancel();
+    let report = second.wait_blocking();
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    assert_eq!(
+        report.duration,
+        Duration::ZERO,
+        "a cancelled queued task never starts"
+    );
+    assert_eq!(first.wait_blocking().output, b"slept 300 ms");
+}
+
+#[test]
+fn fuel_exhaustion_is_reported_with_fuel_consumed() {
+    let ex = executor(1);
+    let report = run(
+        &ex,
+        programs::P1_COUNT,
+        b"1000000000",
+        LimitOverrides {
+            fuel: Some(200_000),
+            ..Default::default()
+        },
+    );
+    assert_eq!(report.outcome, Outcome::OutOfFuel);
+    assert_eq!(report.fuel_consumed, Some(200_000));
+
+    // Fuel is exactly repeatable, and grows with the work done.
+    let small = run(&ex, programs::P1_COUNT, b"1000", LimitOverrides::default());
+    let again = run(&ex, programs::P1_COUNT, b"1000", LimitOverrides::default());
+    let large = run(
+        &ex,
+        programs::P1_COUNT,
+        b"100000",
+        LimitOverrides::default(),
+    );
+    assert_eq!(small.outcome, Outcome::Success);
+    assert_eq!(small.fuel_consumed, again.fuel_consumed);
+    assert!(large.fuel_consumed.unwrap() > 10 * small.fuel_consumed.unwrap());
+    assert_healthy(&ex);
+}
+
+#[test]
+fn memory_bomb_hits_the_memory_limit() {
+    let ex = executor(1);
+    let report = run(
+        &ex,
+        programs::P1_MEMORY_BOMB,
+        b"",
+        LimitOverrides {
+            memory: Some(32 << 20),
+            ..Default::default()
+        },
+    );
+    assert_eq!(report.outcome, Outcome::MemoryLimit, "log: {}", report.log);
+
+    let report = ex
+        .spawn(Job {
+            module: ex.register(&fixture("grow_loop.wat")).unwrap(),
+            input: Vec::new(),
+            limits: ex
+                .limits(&LimitOverrides {
+                    memory: Some(8 << 20),
+                    ..Default::default()
+                })
+                .unwrap(),
+            on_progress: None,
+            env: Vec::new(),
+        })
+        .wait_blocking();
+    assert_eq!(report.outcome, Outcome::MemoryLimit);
+
+    // A module whose initial memory is over the limit never starts.
+    let report = ex
+        .spawn(Job {
+            module: ex.register(&fixture("huge_memory.wat")).unwrap(),
+            input: Vec::new(),
+            limits: ex
+                .limits(&LimitOverrides {
+                    memory: Some(64 << 20),
+                    ..Default::default()
+                })
+                .unwrap(),
+            on_progress: None,
+            env: Vec::new(),
+        })
+        .wait_blocking();
+    assert_eq!(report.outcome, Outcome::MemoryLimit);
+    assert_healthy(&ex);
+}
+
+#[test]
+fn unbounded_recursion_is_a_stack_overflow_trap() {
+    let ex = executor(1);
+    // Pure wasm recursion exhausts the wasm stack.
+    let report = ex
+        .spawn(Job {
+            module: ex.register(&fixture("recurse.wat")).unwrap(),
+            input: Vec::new(),
+            limits: ex.limits(&LimitOverrides::default()).unwrap(),
+            on_progress: None,
+            env: Vec::new(),
+        })
+        .wait_blocking();
+    assert_eq!(report.outcome, Outcome::Trap("stack overflow".into()));
+    // Rust keeps big frames on a stack in linear memory, which runs out
+    // first: a trap all the same, and the host is unharmed.
+    let report = run(&ex, programs::P1_RECURSE, b"", LimitOverrides::default());
+    assert!(
+        matches!(report.outcome, Outcome::Trap(_)),
+        "{:?}",
+        report.outcome
+    );
+    assert_healthy(&ex);
+}
+
+#[test]
+fn unreachable_is_a_trap() {
+    let ex = executor(1);
+    let report = run(
+        &ex,
+        programs::P1_UNREACHABLE,
+        b"",
+        LimitOverrides::default(),
+    );
+    match &report.outcome {
+        Outcome::Trap(message) => assert!(message.contains("unreachable"), "{message}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(report.log, "about to trap\n");
+    assert_healthy(&ex);
+}
+
+#[test]
+fn nonzero_exit_carries_code_and_log_tail() {
+    let ex = executor(1);
+    let report = run(
+        &ex,
+        programs::P1_EXIT_CODE,
+        b"",
+        LimitOverrides {
+            max_log: Some(64),
+            ..Default::default()
+        },
+    );
+    assert_eq!(report.outcome, Outcome::Exit(3));
+    assert!(
+        report.log.ends_with("log line 19\nlog line 20\n"),
+        "{:?}",
+        report.log
+    );
+    assert!(report.log.len() <= 64);
+    assert!(
+        !report.log.contains("log line 1\n"),
+        "only the tail is kept"
+    );
+    assert_eq!(report.output, b"partial output");
+}
+
+#[test]
+fn endless_output_is_stopped_at_the_cap() {
+    let ex = executor(1);
+    let cap = 1u64 << 20;
+    let report = run(
+        &ex,
+        programs::P1_OUTPUT_FLOOD,
+        b"",
+        LimitOverrides {
+            max_output: Some(cap),
+            timeout: Some(Duration::from_secs(20)),
+            ..Default::default()
+        },
+    );
+    assert_eq!(report.outcome, Outcome::OutputTooLarge);
+    assert!(
+        report.output.len() as u64 <= cap,
+        "host buffered {} bytes",
+        report.output.len()
+    );
+    assert!(
+        report.duration < Duration::from_secs(10),
+        "stopped by the cap, not the timeout"
+    );
+    assert_healthy(&ex);
+}
+
+#[test]
+fn invalid_modules_are_rejected_at_registration() {
+    let ex = executor(1);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("garbage", b"definitely not wasm".to_vec(), "magic"),
+        ("text", b"(module)".to_vec(), ".wat"),
+        (
+            "truncated",
+            read(programs::P1_ECHO)[..100].to_vec(),
+            "does not validate",
+        ),
+        (
+            "unknown import",
+            fixture("imports_unknown.wat"),
+            "env::launch_missiles",
+        ),
+        (
+            "no _start",
+            fixture("no_start.wat"),
+            "does not export `_start`",
+        ),
+        (
+            "bad _start",
+            fixture("bad_start.wat"),
+            "`_start` is exported but",
+        ),
+        (
+            "other world",
+            read(programs::P2_ECHO_COMMAND),
+            "does not implement the `wpool:task/task` world",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let err = ex.register(&bytes).expect_err(name).to_string();
+        assert!(err.starts_with("invalid module: "), "{name}: {err}");
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+    assert_eq!(
+        ex.compilations(),
+        5,
+        "each bad module compiled at most once"
+    );
+    assert_healthy(&ex);
+}
+
+#[test]
+fn guests_get_no_files_env_or_sockets() {
+    let ex = executor(1);
+    let report = run(
+        &ex,
+        programs::P1_CAPABILITIES,
+        b"",
+        LimitOverrides::default(),
+    );
+    assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+    let seen: serde_json::Value = serde_json::from_slice(&report.output).unwrap();
+    assert!(
+        seen["file"].as_str().unwrap().starts_with("error"),
+        "{seen}"
+    );
+    assert!(seen["dir"].as_str().unwrap().starts_with("error"), "{seen}");
+    assert!(
+        seen["socket"].as_str().unwrap().starts_with("error"),
+        "{seen}"
+    );
+    assert_eq!(seen["env_count"], 0, "{seen}");
+    assert_eq!(seen["home"], serde_json::Value::Null, "{seen}");
+    assert_eq!(seen["args"], 0, "{seen}");
+    assert_healthy(&ex);
+}
+
+#[test]
+fn workers_run_tasks_in_parallel() {
+    let workers = 4;
+    let ex = executor(workers);
+    let sleeper = ex.register(&read(programs::P1_SLEEP)).unwrap();
+    // Warm up: the first instantiation of a slot costs more.
+    spawn(&ex, &sleeper, b"1", LimitOverrides::default()).wait_blocking();
+    let started = Instant::now();
+    let runs: Vec<_> = (0..workers)
+        .map(|_| spawn(&ex, &sleeper, b"200", LimitOverrides::default()))
+        .collect();
+    for run in runs {
+        assert_eq!(run.wait_blocking().outcome, Outcome::Success);
+    }
+    let elapsed = started.elapsed();
+    // Serially this would take 800 ms.
+    assert!(
+        elapsed < Duration::from_millis(600),
+        "not parallel: {elapsed:?}"
+    );
+}
+
+#[test]
+fn a_module_is_compiled_once_for_a_thousand_tasks() {
+    let ex = executor(2);
+    let bytes = read(programs::P1_TRIVIAL);
+    let before = ex.compilations();
+    let runs: Vec<_> = (0..1000)
+        .map(|_| {
+            let module = ex.register(&bytes).unwrap();
+            spawn(&ex, &module, b"", LimitOverrides::default())
+        })
+        .collect();
+    for run in runs {
+        assert_eq!(run.wait_blocking().outcome, Outcome::Success);
+    }
+    assert_eq!(ex.compilations() - before, 1);
+}
+
+#[test]
+fn command_progress_lines_are_reported_not_logged() {
+    let ex = executor(1);
+    let module = ex.register(&read(programs::P1_PROGRESS)).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let report = ex
+        .spawn(Job {
+            module,
+            input: Vec::new(),
+            limits: ex.limits(&LimitOverrides::default()).unwrap(),
+            on_progress: Some(Arc::new(move |done, total| {
+                sink.lock().unwrap().push((done, total))
+            })),
+            env: Vec::new(),
+        })
+        .wait_blocking();
+    assert_eq!(report.outcome, Outcome::Success);
+    assert_eq!(report.progress, Some((4, 4)));
+    assert_eq!(*seen.lock().unwrap(), vec![(1, 4), (2, 4), (3, 4), (4, 4)]);
+    assert_eq!(report.log, "step 1\nstep 2\nstep 3\nstep 4\n");
+}
+
+mod component {
+    use super::*;
+
+    fn op(json: &str) -> Vec<u8> {
+        json.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn runs_and_returns_output_log_and_progress() {
+        let ex = executor(1);
+        let module = ex.register(&read(programs::P2_COMPONENT)).unwrap();
+        assert_eq!(module.kind(), ModuleKind::Component);
+        let report = spawn(
+            &ex,
+            &module,
+            &op(r#"{"op":"echo","text":"héllo"}"#),
+            LimitOverrides::default(),
+        )
+        .wait_blocking();
+        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+        let out: serde_json::Value = serde_json::from_slice(&report.output).unwrap();
+        assert_eq!(out["text"], "héllo");
+        assert!(report.log.contains("echoing 6 bytes"), "{}", report.log);
+        assert!(report.fuel_consumed.unwrap() > 0);
+
+        let report = spawn(
+            &ex,
+            &module,
+            &op(r#"{"op":"progress","steps":3}"#),
+            LimitOverrides::default(),
+        )
+        .wait_blocking();
+        assert_eq!(report.outcome, Outcome::Success);
+        assert_eq!(report.progress, Some((3, 3)));
+    }
+
+    #[test]
+    fn an_error_is_a_failure_with_its_message() {
+        let ex = executor(1);
+        let module = ex.register(&read(programs::P2_COMPONENT)).unwrap();
+        let report = spawn(
+            &ex,
+            &module,
+            &op(r#"{"op":"fail","message":"no such customer"}"#),
+            LimitOverrides::default(),
+        )
+        .wait_blocking();
+        assert_eq!(report.outcome, Outcome::Failed("no such customer".into()));
+        assert!(report.output.is_empty());
+    }
+
+    #[test]
+    fn spinning_and_sleeping_components_are_killed() {
+        let ex = executor(2);
+        let module = ex.register(&read(programs::P2_COMPONENT)).unwrap();
+        let limit = Duration::from_millis(300);
+        for input in [r#"{"op":"spin"}"#, r#"{"op":"sleep","ms":3600000}"#] {
+            let report = spawn(&ex, &module, &op(input), timeout(limit)).wait_blocking();
+            assert_eq!(report.outcome, Outcome::Timeout, "{input}");
+            assert!(
+                report.duration < limit + KILL_BOUND,
+                "{input}: {:?}",
+                report.duration
+            );
+
+            let execution = spawn(&ex, &module, &op(input), timeout(Duration::from_secs(60)));
+            std::thread::sleep(Duration::from_millis(100));
+            execution.cancel();
+            assert_eq!(
+                execution.wait_blocking().outcome,
+                Outcome::Cancelled,
+                "{input}"
+            );
+        }
+        let report = spawn(
+            &ex,
+            &module,
+            &op(r#"{"op":"echo","text":"ok"}"#),
+            LimitOverrides::default(),
+        )
+        .wait_blocking();
+        assert_eq!(report.outcome, Outcome::Success);
+    }
+
+    #[test]
+    fn memory_limit_holds_for_components() {
+        let ex = executor(1);
+        let module = ex.register(&read(programs::P2_COMPONENT)).unwrap();
+        let small = LimitOverrides {
+            memory: Some(16 << 20),
+            ..Default::default()
+        };
+        let report = spawn(
+            &ex,
+            &module,
+            &op(r#"{"op":"alloc","mib":64}"#),
+            small.clone(),
+        )
+        .wait_blocking();
+        assert_eq!(report.outcome, Outcome::MemoryLimit, "log: {}", report.log);
+        let report = spawn(&ex, &module, &op(r#"{"op":"alloc","mib":4}"#), small).wait_blocking();
+        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+    }
+}

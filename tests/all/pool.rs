@@ -1,0 +1,790 @@
+//! The pool: scheduling, retries, cancel, idempotency, shutdown, events,
+//! stats, concurrency.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wpool::store::{MemoryStore, Store, TaskFilter};
+use wpool::{
+    Backoff, CancelResult, Error, EventKind, LimitOverrides, ModuleHash, Outcome, Pool, PoolConfig,
+    TaskSpec, TaskState,
+};
+use wpool_test_artifacts as programs;
+
+use crate::util::read;
+
+fn config(workers: usize) -> PoolConfig {
+    let mut config = PoolConfig::new();
+    config.workers(workers);
+    config
+}
+
+fn pool(workers: usize) -> Pool {
+    Pool::new(config(workers)).unwrap()
+}
+
+fn module(pool: &Pool, path: &str) -> ModuleHash {
+    pool.register(&read(path)).unwrap()
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(1),
+        multiplier: 2.0,
+        jitter: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_and_wait_for_the_result() {
+    let pool = pool(2);
+    let echo = module(&pool, programs::P1_ECHO);
+    let handle = pool
+        .submit(TaskSpec::new(echo, b"hello".to_vec()).label("team", "a"))
+        .await
+        .unwrap();
+    let result = handle.wait().await.unwrap();
+    assert_eq!(result.state, TaskState::Succeeded);
+    assert_eq!(result.outcome, Some(Outcome::Success));
+    assert_eq!(result.output, b"hello");
+    assert_eq!(result.attempts.len(), 1);
+    assert!(result.fuel_consumed.unwrap() > 0);
+    assert!(result.finished_at >= result.submitted_at);
+    let status = pool.status(handle.id()).unwrap();
+    assert_eq!(status.labels.get("team").map(String::as_str), Some("a"));
+    assert_eq!(pool.result(handle.id()).unwrap().unwrap(), result);
+
+    // Submitting the bytes works too, and registers the module once.
+    let compiled = pool.executor().compilations();
+    let result = pool
+        .submit(TaskSpec::new(
+            wpool::ModuleRef::Bytes(read(programs::P1_ECHO)),
+            b"again".to_vec(),
+        ))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(result.output, b"again");
+    assert_eq!(pool.executor().compilations(), compiled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_refused_with_a_reason() {
+    let pool = pool(1);
+    let echo = module(&pool, programs::P1_ECHO);
+    let unknown: ModuleHash = "00".repeat(32).parse().unwrap();
+    let cases: Vec<(TaskSpec, &str)> = vec![
+        (TaskSpec::new(unknown, Vec::new()), "unknown module"),
+        (
+            TaskSpec::new(wpool::ModuleRef::Bytes(b"nope".to_vec()), Vec::new()),
+            "not a WebAssembly binary",
+        ),
+        (
+            TaskSpec::new(echo, Vec::new()).max_attempts(0),
+            "max attempts",
+        ),
+        (
+            TaskSpec::new(echo, Vec::new()).timeout(Duration::ZERO),
+            "timeout",
+        ),
+        (
+            TaskSpec::new(echo, Vec::new()).limits(LimitOverrides {
+                memory: Some(1 << 40),
+                ..Default::default()
+            }),
+            "memory",
+        ),
+        (
+            TaskSpec::new(echo, Vec::new()).idempotency_key(""),
+            "idempotency key",
+        ),
+        (TaskSpec::new(echo, Vec::new()).label("", "x"), "label"),
+    ];
+    for (spec, expected) in cases {
+        let err = pool.submit(spec).await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+    // Nothing was stored by the refused submissions.
+    assert_eq!(pool.stats().unwrap().total, 0);
+}
+
+/// Submits a sleeper that keeps the only worker busy, so that what is
+/// submitted next waits in the queue.
+async fn occupy(pool: &Pool, ms: u64) -> wpool::TaskHandle {
+    let sleep = module(pool, programs::P1_SLEEP);
+    let handle = pool
+        .submit(TaskSpec::new(sleep, ms.to_string().into_bytes()))
+        .await
+        .unwrap();
+    while pool.status(handle.id()).unwrap().state != TaskState::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_first_then_fifo() {
+    let pool = pool(1);
+    let echo = module(&pool, programs::P1_ECHO);
+    let mut events = pool.subscribe();
+    let blocker = occupy(&pool, 300).await;
+    let mut names = HashMap::new();
+    for (i, priority) in [1, 5, 3, 5, 0, 3, 5].into_iter().enumerate() {
+        let name = format!("p{priority}-{i}");
+        let handle = pool
+            .submit(TaskSpec::new(echo, name.clone().into_bytes()).priority(priority))
+            .await
+            .unwrap();
+        names.insert(handle.id(), name);
+    }
+    blocker.wait().await.unwrap();
+    let mut started = Vec::new();
+    while started.len() < names.len() {
+        let event = events.recv().await.unwrap();
+        if let EventKind::Started { .. } = event.kind
+            && let Some(name) = names.get(&event.id)
+        {
+            started.push(name.clone());
+        }
+    }
+    assert_eq!(
+        started,
+        ["p5-1", "p5-3", "p5-6", "p3-2", "p3-5", "p1-0", "p0-4"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_task_starts_at_its_time() {
+    let pool = pool(1);
+    let echo = module(&pool, programs::P1_ECHO);
+    let handle = pool
+        .submit(TaskSpec::new(echo, b"later".to_vec()).delay(Duration::from_millis(400)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        pool.status(handle.id()).unwrap().state,
+        TaskState::Scheduled
+    );
+    let result = handle.wait().await.unwrap();
+    assert_eq!(result.output, b"later");
+    let waited = result.started_at.unwrap() - result.submitted_at;
+    assert!(waited >= 400, "started after {waited} ms");
+    assert!(waited < 2_000, "started after {waited} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_not_started_before_its_expiry_expires() {
+    let pool = pool(1);
+    let echo = module(&pool, programs::P1_ECHO);
+    let mut events = pool.subscribe();
+    let blocker = occupy(&pool, 400).await;
+    let doomed = pool
+        .submit(TaskSpec::new(echo, b"too late".to_vec()).expire_after(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    let fine = pool
+        .submit(TaskSpec::new(echo, b"in time".to_vec()).expire_after(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let result = doomed.wait().await.unwrap();
+    assert_eq!(result.state, TaskState::Expired);
+    assert_eq!(result.outcome, None);
+    assert!(result.attempts.is_empty(), "it never ran");
+    // Expired at its time, while the worker was still busy.
+    assert_eq!(pool.status(blocker.id()).unwrap().state, TaskState::Running);
+    assert_eq!(fine.wait().await.unwrap().output, b"in time");
+    let mut saw_expired = false;
+    while let Ok(Some(event)) = events.try_recv() {
+        if event.id == doomed.id() {
+            assert!(!matches!(event.kind, EventKind::Started { .. }));
+            saw_expired |= event.kind == EventKind::Expired;
+        }
+    }
+    assert!(saw_expired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_with_backoff() {
+    let pool = pool(1);
+    let flaky = module(&pool, programs::P1_FLAKY);
+    let mut events = pool.subscribe();
+    let handle = pool
+        .submit(
+            TaskSpec::new(flaky, b"3".to_vec())
+                .max_attempts(5)
+                .backoff(fast_backoff()),
+        )
+        .await
+        .unwrap();
+    let result = handle.wait().await.unwrap();
+    assert_eq!(result.state, TaskState::Succeeded);
+    assert_eq!(result.output, b"succeeded on attempt 3");
+    let outcomes: Vec<_> = result
+        .attempts
+        .iter()
+        .map(|a| a.outcome.clone().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [Outcome::Exit(1), Outcome::Exit(1), Outcome::Success]
+    );
+    let starts: Vec<u64> = result.attempts.iter().map(|a| a.started_at).collect();
+    assert!(starts[1] - starts[0] >= 50, "first backoff {:?}", starts);
+    assert!(
+        starts[2] - starts[1] >= 100,
+        "second backoff grows {:?}",
+        starts
+    );
+
+    let mut kinds = Vec::new();
+    while let Ok(Some(event)) = events.try_recv() {
+        if event.id == handle.id() {
+            kinds.push(match event.kind {
+                EventKind::Submitted => "submitted".to_string(),
+                EventKind::Started { attempt } => format!("started {attempt}"),
+                EventKind::Retrying { attempt, .. } => format!("retrying after {attempt}"),
+                EventKind::Succeeded => "succeeded".to_string(),
+                other => format!("{other:?}"),
+            });
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            "submitted",
+            "started 1",
+            "retrying after 1",
+            "started 2",
+            "retrying after 2",
+            "started 3",
+            "succeeded"
+        ]
+    );
+
+    // Out of attempts: failed, with every attempt in the history.
+    let result = pool
+        .submit(
+            TaskSpec::new(flaky, b"10".to_vec())
+                .max_attempts(3)
+                .backoff(fast_backoff()),
+        )
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(result.state, TaskState::Failed);
+    assert_eq!(result.outcome, Some(Outcome::Exit(1)));
+    assert_eq!(result.attempts.len(), 3);
+    assert_eq!(result.log, "failing on attempt 3 of 10\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_that_cannot_change_are_not_retried() {
+    let pool = pool(1);
+    let flood = module(&pool, programs::P1_OUTPUT_FLOOD);
+    let result = pool
+        .submit(
+            TaskSpec::new(flood, Vec::new())
+                .max_attempts(3)
+                .backoff(fast_backoff())
+                .limits(LimitOverrides {
+                    max_output: Some(1024),
+                    ..Default::default()
+                }),
+        )
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(result.outcome, Some(Outcome::OutputTooLarge));
+    assert_eq!(result.attempts.len(), 1);
+
+    let spin = module(&pool, programs::P1_SPIN);
+    let handle = pool
+        .submit(
+            TaskSpec::new(spin, Vec::new())
+                .max_attempts(3)
+                .backoff(fast_backoff()),
+        )
+        .await
+        .unwrap();
+    while pool.status(handle.id()).unwrap().state != TaskState::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(handle.cancel().unwrap(), CancelResult::Killed);
+    let result = handle.wait().await.unwrap();
+    assert_eq!(result.state, TaskState::Cancelled);
+    assert_eq!(result.attempts.len(), 1, "a cancel is not retried");
+
+    // A timeout can change on retry: it is retried.
+    let result = pool
+        .submit(
+            TaskSpec::new(spin, Vec::new())
+                .max_attempts(2)
+                .backoff(fast_backoff())
+                .timeout(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(result.outcome, Some(Outcome::Timeout));
+    assert_eq!(result.attempts.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_returns_the_existing_task() {
+    let pool = pool(1);
+    let echo = module(&pool, programs::P1_ECHO);
+    let first = pool
+        .submit(TaskSpec::new(echo, b"once".to_vec()).idempotency_key("order-42"))
+        .await
+        .unwrap();
+    let second = pool
+        .submit(TaskSpec::new(echo, b"twice".to_vec()).idempotency_key("order-42"))
+        .await
+        .unwrap();
+    assert_eq!(first.id(), second.id());
+    assert_eq!(second.wait().await.unwrap().output, b"once");
+    assert_eq!(pool.stats().unwrap().total, 1);
+    let third = pool
+        .submit(TaskSpec::new(echo, b"other".to_vec()).idempotency_key("order-43"))
+        .await
+        .unwrap();
+    assert_ne!(third.id(), first.id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_in_every_state() {
+    let pool = pool(1);
+    let echo = module(&pool, programs::P1_ECHO);
+    let sleep = module(&pool, programs::P1_SLEEP);
+
+    let done = pool
+        .submit(TaskSpec::new(echo, b"x".to_vec()))
+        .await
+        .unwrap();
+    done.wait().await.unwrap();
+    assert_eq!(
+        done.cancel().unwrap(),
+        CancelResult::AlreadyFinished(TaskState::Succeeded)
+    );
+
+    let running = pool.submit(TaskSpec::new(sleep, Vec::new())).await.unwrap();
+    while pool.status(running.id()).unwrap().state != TaskState::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let queued = pool
+        .submit(TaskSpec::new(echo, b"q".to_vec()))
+        .await
+        .unwrap();
+    let scheduled = pool
+        .submit(TaskSpec::new(echo, b"s".to_vec()).delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(pool.status(queued.id()).unwrap().state, TaskState::Queued);
+    assert_eq!(
+        pool.status(scheduled.id()).unwrap().state,
+        TaskState::Scheduled
+    );
+
+    assert_eq!(queued.cancel().unwrap(), CancelResult::Cancelled);
+    assert_eq!(scheduled.cancel().unwrap(), CancelResult::Cancelled);
+    assert_eq!(running.cancel().unwrap(), CancelResult::Killed);
+    for handle in [&queued, &scheduled, &running] {
+        let result = handle.wait().await.unwrap();
+        assert_eq!(result.state, TaskState::Cancelled);
+        assert_eq!(result.outcome, Some(Outcome::Cancelled));
+    }
+    assert!(
+        pool.result(queued.id())
+            .unwrap()
+            .unwrap()
+            .attempts
+            .is_empty(),
+        "never ran"
+    );
+    assert_eq!(
+        pool.result(running.id()).unwrap().unwrap().attempts.len(),
+        1
+    );
+    assert_eq!(
+        queued.cancel().unwrap(),
+        CancelResult::AlreadyFinished(TaskState::Cancelled)
+    );
+
+    let unknown = wpool::TaskId::new();
+    assert!(matches!(pool.cancel(unknown), Err(Error::NotFound(id)) if id == unknown));
+    // The pool is unharmed.
+    let result = pool
+        .submit(TaskSpec::new(echo, b"ok".to_vec()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(result.output, b"ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_keeps_the_queue_and_a_new_pool_resumes_it() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let pool = Pool::with_store(config(1), store.clone()).unwrap();
+    let echo = module(&pool, programs::P1_ECHO);
+    let spin = module(&pool, programs::P1_SPIN);
+    let spinner = pool
+        .submit(
+            TaskSpec::new(spin, Vec::new())
+                .max_attempts(2)
+                .timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    while pool.status(spinner.id()).unwrap().state != TaskState::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        queued.push(
+            pool.submit(TaskSpec::new(echo, format!("{i}").into_bytes()))
+                .await
+                .unwrap()
+                .id(),
+        );
+    }
+    let later = pool
+        .submit(TaskSpec::new(echo, b"later".to_vec()).delay(Duration::from_millis(300)))
+        .await
+        .unwrap()
+        .id();
+    pool.stop_with_grace(Duration::from_millis(100))
+        .await
+        .unwrap();
+    pool.stop().await.unwrap(); // idempotent
+    assert!(matches!(
+        pool.submit(TaskSpec::new(echo, Vec::new())).await,
+        Err(Error::ShutDown)
+    ));
+
+    // The spinner was killed after the grace period and queued again, its
+    // interrupted run counted; nothing else ran.
+    let spinner_record = store.get(&spinner.id()).unwrap().unwrap();
+    assert_eq!(spinner_record.state, TaskState::Queued);
+    assert_eq!(spinner_record.attempts.len(), 1);
+    for id in &queued {
+        assert_eq!(store.get(id).unwrap().unwrap().state, TaskState::Queued);
+    }
+    assert_eq!(
+        store.get(&later).unwrap().unwrap().state,
+        TaskState::Scheduled
+    );
+    drop(pool);
+
+    let pool = Pool::with_store(config(1), store.clone()).unwrap();
+    // The spinner was first in line: it runs again, its second and last
+    // attempt, until its timeout.
+    let spun = pool.wait(spinner.id()).await.unwrap();
+    assert_eq!(spun.state, TaskState::Failed);
+    assert_eq!(spun.outcome, Some(Outcome::Timeout));
+    assert_eq!(spun.attempts.len(), 2);
+    assert_eq!(spun.attempts[0].outcome, Some(Outcome::Cancelled));
+    for (i, id) in queued.iter().enumerate() {
+        assert_eq!(
+            pool.wait(*id).await.unwrap().output,
+            format!("{i}").into_bytes()
+        );
+    }
+    assert_eq!(pool.wait(later).await.unwrap().output, b"later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_drains_everything_then_refuses_work() {
+    let pool = pool(2);
+    let echo = module(&pool, programs::P1_ECHO);
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let mut spec = TaskSpec::new(echo, format!("{i}").into_bytes());
+        if i % 10 == 0 {
+            spec = spec.delay(Duration::from_millis(200));
+        }
+        ids.push(pool.submit(spec).await.unwrap().id());
+    }
+    pool.close().await.unwrap();
+    for id in &ids {
+        assert_eq!(pool.status(*id).unwrap().state, TaskState::Succeeded);
+    }
+    assert!(matches!(
+        pool.submit(TaskSpec::new(echo, Vec::new())).await,
+        Err(Error::ShutDown)
+    ));
+    pool.close().await.unwrap();
+    pool.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_pushes_back() {
+    let mut config = config(1);
+    config.max_queued(2);
+    let pool = Pool::new(config).unwrap();
+    let echo = module(&pool, programs::P1_ECHO);
+    let blocker = occupy(&pool, 300).await;
+    pool.try_submit(TaskSpec::new(echo, b"1".to_vec()))
+        .await
+        .unwrap();
+    pool.try_submit(TaskSpec::new(echo, b"2".to_vec()))
+        .await
+        .unwrap();
+    let full = pool
+        .try_submit(TaskSpec::new(echo, b"3".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(matches!(full, Error::QueueFull(2)), "{full}");
+    assert!(full.to_string().contains("queue is full"));
+    // `submit` waits for room instead, and gets it when the queue moves.
+    let waiting = pool.submit(TaskSpec::new(echo, b"3".to_vec()));
+    let handle = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        pool.status(blocker.id()).unwrap().state,
+        TaskState::Succeeded
+    );
+    assert_eq!(handle.wait().await.unwrap().output, b"3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_can_be_added_while_running() {
+    let mut config = config(1);
+    config.engine_mut().max_workers(4);
+    let pool = Pool::new(config).unwrap();
+    let sleep = module(&pool, programs::P1_SLEEP);
+    let handles: Vec<_> = futures_join(&pool, sleep, 4).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pool.stats().unwrap().busy, 1);
+    pool.set_workers(4).unwrap();
+    let mut busy = 0;
+    for _ in 0..100 {
+        busy = pool.stats().unwrap().busy;
+        if busy == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(busy, 4);
+    assert!(pool.set_workers(5).is_err());
+    pool.set_workers(1).unwrap();
+    for handle in handles {
+        assert_eq!(handle.wait().await.unwrap().state, TaskState::Succeeded);
+    }
+}
+
+async fn futures_join(pool: &Pool, sleep: ModuleHash, n: usize) -> Vec<wpool::TaskHandle> {
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        handles.push(
+            pool.submit(TaskSpec::new(sleep, b"800".to_vec()))
+                .await
+                .unwrap(),
+        );
+    }
+    handles
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reaches_subscribers() {
+    let pool = pool(1);
+    let progress = module(&pool, programs::P1_PROGRESS);
+    let mut events = pool.subscribe();
+    let handle = pool
+        .submit(TaskSpec::new(progress, Vec::new()))
+        .await
+        .unwrap();
+    handle.wait().await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) = events.try_recv() {
+        if let EventKind::Progress { done, total } = event.kind {
+            seen.push((done, total));
+        }
+    }
+    assert_eq!(seen, [(1, 4), (2, 4), (3, 4), (4, 4)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_and_pages_newest_first() {
+    let pool = pool(2);
+    let echo = module(&pool, programs::P1_ECHO);
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let team = if i % 2 == 0 { "even" } else { "odd" };
+        ids.push(
+            pool.submit(TaskSpec::new(echo, Vec::new()).label("team", team))
+                .await
+                .unwrap(),
+        );
+    }
+    for handle in &ids {
+        handle.wait().await.unwrap();
+    }
+    let mut labels = BTreeMap::new();
+    labels.insert("team".to_string(), "even".to_string());
+    let mut seen = Vec::new();
+    let mut filter = TaskFilter {
+        labels,
+        limit: 5,
+        state: Some(TaskState::Succeeded),
+        ..Default::default()
+    };
+    loop {
+        let page = pool.list(&filter).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 5);
+        filter.before = Some(page.last().unwrap().id);
+        seen.extend(page.into_iter().map(|t| t.id));
+    }
+    let expected: Vec<_> = ids.iter().step_by(2).rev().map(|h| h.id()).collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_old_results() {
+    let mut config = config(2);
+    config.retention(Duration::from_millis(200));
+    let pool = Pool::new(config).unwrap();
+    let echo = module(&pool, programs::P1_ECHO);
+    let handle = pool.submit(TaskSpec::new(echo, Vec::new())).await.unwrap();
+    handle.wait().await.unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if matches!(pool.status(handle.id()), Err(Error::NotFound(_))) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the result outlived its retention");
+    assert_eq!(pool.stats().unwrap().total, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_add_up_after_a_mixed_run() {
+    let pool = pool(2);
+    let echo = module(&pool, programs::P1_ECHO);
+    let flaky = module(&pool, programs::P1_FLAKY);
+    let sleep = module(&pool, programs::P1_SLEEP);
+    let mut handles = Vec::new();
+    for i in 0..3000u32 {
+        let spec = match i % 6 {
+            0..=2 => TaskSpec::new(echo, i.to_string().into_bytes()),
+            3 => TaskSpec::new(flaky, b"2".to_vec()).max_attempts(1),
+            4 => TaskSpec::new(echo, Vec::new()).delay(Duration::from_secs(3600)),
+            _ => TaskSpec::new(sleep, b"1".to_vec()).expire_after(Duration::from_millis(1)),
+        };
+        handles.push((i, pool.submit(spec).await.unwrap()));
+    }
+    let mut cancelled = 0;
+    for (i, handle) in &handles {
+        if i % 6 == 4 {
+            assert_eq!(handle.cancel().unwrap(), CancelResult::Cancelled);
+            cancelled += 1;
+        }
+    }
+    let mut by_state: HashMap<TaskState, u64> = HashMap::new();
+    for (_, handle) in &handles {
+        *by_state
+            .entry(handle.wait().await.unwrap().state)
+            .or_default() += 1;
+    }
+    let stats = pool.stats().unwrap();
+    assert_eq!(stats.total, 3000);
+    assert_eq!(stats.counts.total(), 3000);
+    for state in TaskState::ALL {
+        assert_eq!(
+            stats.counts.get(state),
+            by_state.get(&state).copied().unwrap_or(0),
+            "{state}"
+        );
+    }
+    assert_eq!(stats.counts.get(TaskState::Cancelled), cancelled);
+    assert_eq!(stats.counts.get(TaskState::Failed), 500);
+    assert!(stats.counts.get(TaskState::Succeeded) >= 1500);
+    assert_eq!(
+        stats.counts.get(TaskState::Succeeded) + stats.counts.get(TaskState::Expired),
+        2000
+    );
+    assert_eq!(stats.busy, 0);
+}
+
+#[test]
+fn many_threads_submit_and_cancel_and_nothing_is_lost() {
+    let pool = pool(2);
+    let echo = module(&pool, programs::P1_ECHO);
+    let sleep = module(&pool, programs::P1_SLEEP);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let pool = pool.clone();
+            let handle = runtime.handle().clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..500u32 {
+                    let spec = if i % 5 == 0 {
+                        TaskSpec::new(sleep, b"2".to_vec())
+                    } else {
+                        TaskSpec::new(echo, format!("{t}-{i}").into_bytes())
+                    };
+                    let task = handle.block_on(pool.submit(spec)).unwrap();
+                    if i % 3 == 0 {
+                        let _ = task.cancel().unwrap();
+                    }
+                    mine.push(task.id());
+                }
+                mine
+            })
+        })
+        .collect();
+    let ids: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2000);
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        2000,
+        "ids are unique"
+    );
+    let mut finals = HashMap::new();
+    for id in &ids {
+        let result = runtime.block_on(pool.wait(*id)).unwrap();
+        assert!(result.state.is_final());
+        *finals.entry(result.state).or_insert(0u64) += 1;
+        let runs = result.attempts.len();
+        assert!(runs <= 1, "ran {runs} times");
+        if result.state == TaskState::Succeeded {
+            assert_eq!(runs, 1);
+        }
+    }
+    let stats = pool.stats().unwrap();
+    assert_eq!(stats.total, 2000);
+    for (state, n) in finals {
+        assert_eq!(stats.counts.get(state), n, "{state}");
+    }
+    assert_eq!(
+        stats.counts.get(TaskState::Succeeded) + stats.counts.get(TaskState::Cancelled),
+        2000
+    );
+}
