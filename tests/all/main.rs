@@ -2,6 +2,7 @@
 //! binary. One test binary; shared helpers in `util`.
 
 mod cli_run;
+mod durable;
 mod examples;
 mod executor;
 mod pool;

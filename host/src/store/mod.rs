@@ -6,10 +6,12 @@
 //! always add up to the number of tasks.
 
 mod memory;
+mod sled;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use self::sled::{CheckReport, SCHEMA_VERSION, SledOptions, SledStore, SyncMode};
 pub use memory::MemoryStore;
 
 use crate::pool::task::{Millis, TaskId, TaskRecord, TaskState};
