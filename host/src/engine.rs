@@ -21,6 +21,7 @@ pub struct EngineConfig {
     pub(crate) max_wasm_stack: usize,
     pub(crate) instances_per_task: u32,
     pub(crate) default_limits: Limits,
+    pub(crate) artifact_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +35,7 @@ impl Default for EngineConfig {
             max_wasm_stack: 1 << 20,
             instances_per_task: 32,
             default_limits: Limits::default(),
+            artifact_dir: None,
         }
     }
 }
@@ -100,6 +102,16 @@ impl EngineConfig {
     /// The limits of a task that asks for none. Default: [`Limits::default`].
     pub fn default_limits(&mut self, limits: Limits) -> &mut Self {
         self.default_limits = limits;
+        self
+    }
+
+    /// A directory for compiled artifacts, so that a module compiled once is
+    /// loaded, not compiled again, after a restart (see
+    /// [`ArtifactCache`](crate::ArtifactCache)). Default: none (compiled
+    /// modules live in memory only). [`Pool::open`](crate::Pool::open) sets
+    /// it to `<data-dir>/artifacts`.
+    pub fn artifact_dir(&mut self, dir: impl Into<std::path::PathBuf>) -> &mut Self {
+        self.artifact_dir = Some(dir.into());
         self
     }
 

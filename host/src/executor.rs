@@ -79,7 +79,11 @@ impl Executor {
     /// guests never compete with the caller's own async tasks.
     pub fn new(config: &EngineConfig) -> Result<Self> {
         let engine = WasmEngine::new(config)?;
-        let registry = Registry::new(&engine.engine)?;
+        let artifacts = match &config.artifact_dir {
+            Some(dir) => Some(crate::ArtifactCache::open(dir)?),
+            None => None,
+        };
+        let registry = Registry::new(&engine.engine, artifacts)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.slots())
             .thread_name("wpool-worker")
@@ -152,6 +156,12 @@ impl Executor {
     /// How many modules have been compiled since the executor started.
     pub fn compilations(&self) -> u64 {
         self.inner.registry.compilations()
+    }
+
+    /// How many modules were loaded from the on-disk artifact cache
+    /// ([`EngineConfig::artifact_dir`]) instead of compiled.
+    pub fn cache_loads(&self) -> u64 {
+        self.inner.registry.cache_loads()
     }
 
     /// The pool's default limits with `overrides` applied, checked.

@@ -2,10 +2,12 @@
 //!
 //! A task is a compiled WASM module plus input bytes (usually JSON). wpool
 //! runs tasks on a fixed pool of wasmtime instances under fuel, epoch and
-//! memory limits, so that a runaway task is really killed.
+//! memory limits, so that a runaway task is really killed, and keeps queued
+//! work and results in a [`Store`](store::Store).
 //!
 //! ```
-//! use wpool::{EngineConfig, Executor, Job, LimitOverrides, Outcome};
+//! use std::time::Duration;
+//! use wpool::{Pool, PoolConfig, TaskSpec, TaskState};
 //!
 //! // A WASI command that writes "hi" to stdout.
 //! let wasm = wat::parse_str(r#"
@@ -20,19 +22,31 @@
 //!         (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
 //! "#)?;
 //!
-//! let executor = Executor::new(EngineConfig::new().workers(2))?;
-//! let module = executor.register(&wasm)?;
-//! let limits = executor.limits(&LimitOverrides::default())?;
-//! let report = executor
-//!     .spawn(Job { module, input: b"{}".to_vec(), limits, on_progress: None, env: Vec::new() })
-//!     .wait_blocking();
-//! assert_eq!(report.outcome, Outcome::Success);
-//! assert_eq!(report.output, b"hi");
+//! let pool = Pool::new(PoolConfig::new().workers(2).clone())?;
+//! let module = pool.register(&wasm)?;
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! let result = runtime.block_on(async {
+//!     let task = pool
+//!         .submit(TaskSpec::new(module, b"{}".to_vec()).timeout(Duration::from_secs(5)).max_attempts(3))
+//!         .await?;
+//!     task.wait().await
+//! })?;
+//! assert_eq!(result.state, TaskState::Succeeded);
+//! assert_eq!(result.output, b"hi");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Core concepts
 //!
+//! - [`Pool`]: the public face. [`Pool::submit`] a [`TaskSpec`] (module,
+//!   input, priority, limits, attempts and backoff, delay, expiry,
+//!   idempotency key, labels) and get a [`TaskHandle`] that resolves to a
+//!   [`TaskResult`]; [`Pool::cancel`], [`Pool::status`], [`Pool::list`],
+//!   [`Pool::subscribe`] to [`Event`]s, [`Pool::stats`], and a graceful
+//!   [`Pool::close`] (finish the queue) or [`Pool::stop`] (finish running
+//!   work, keep the queue).
+//! - [`store::Store`]: where tasks live; every state change is one atomic
+//!   call. [`store::MemoryStore`] is the in-memory one.
 //! - [`Executor`]: one wasmtime engine (pooling allocator sized for the
 //!   workers, fuel metering, epoch interruption), its compiled modules, and
 //!   a fixed set of workers.
@@ -52,7 +66,8 @@
 //! tick (1 ms by default) of its deadline or cancel; a guest blocked in a
 //! host call is stopped by dropping its async call. Either way the store is
 //! dropped before the report is sent. Capabilities are deny-by-default: no
-//! files, no environment variables, no sockets.
+//! files, no sockets, nothing of the host's environment (a pooled task sees
+//! exactly two variables, `WPOOL_TASK_ID` and `WPOOL_ATTEMPT`).
 //!
 //! # Features
 //!
@@ -61,6 +76,7 @@
 //! | `cli` | yes | the `wpool` binary (command line) |
 
 mod abi;
+mod cache;
 mod engine;
 mod error;
 mod executor;
@@ -71,6 +87,7 @@ mod registry;
 pub mod store;
 pub mod units;
 
+pub use cache::{ARTIFACTS_DIR, ArtifactCache, CacheStats};
 pub use engine::EngineConfig;
 pub use error::{Error, Result};
 pub use executor::{Execution, Executor, Job, ProgressFn};

@@ -167,10 +167,12 @@ impl fmt::Debug for CompiledModule {
 /// the compiled form.
 pub(crate) struct Registry {
     engine: wasmtime::Engine,
+    artifacts: Option<crate::ArtifactCache>,
     command_linker: wasmtime::Linker<CommandState>,
     component_linker: wasmtime::component::Linker<ComponentState>,
     modules: RwLock<HashMap<ModuleHash, CompiledModule>>,
     compilations: AtomicU64,
+    loads: AtomicU64,
 }
 
 impl fmt::Debug for Registry {
@@ -182,14 +184,24 @@ impl fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(engine: &wasmtime::Engine) -> Result<Self> {
+    pub(crate) fn new(
+        engine: &wasmtime::Engine,
+        artifacts: Option<crate::ArtifactCache>,
+    ) -> Result<Self> {
         Ok(Self {
             engine: engine.clone(),
+            artifacts,
             command_linker: command::linker(engine)?,
             component_linker: component::linker(engine)?,
             modules: RwLock::new(HashMap::new()),
             compilations: AtomicU64::new(0),
+            loads: AtomicU64::new(0),
         })
+    }
+
+    /// Modules loaded from the on-disk artifact cache instead of compiled.
+    pub(crate) fn cache_loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
     }
 
     pub(crate) fn get(&self, hash: &ModuleHash) -> Option<CompiledModule> {
@@ -210,26 +222,36 @@ impl Registry {
             return Ok(module);
         }
         let kind = ModuleKind::detect(bytes)?;
-        self.compilations.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%hash, ?kind, size = bytes.len(), "compiling module");
+        // An artifact is kept on disk only for a module that passed every
+        // check, so that a cached artifact is always one worth loading.
         let prepared = match kind {
             ModuleKind::Command => {
-                let module = wasmtime::Module::new(&self.engine, bytes).map_err(|e| {
-                    Error::InvalidModule(format!(
-                        "the module does not validate: {}",
-                        crate::abi::error_chain(&e)
-                    ))
-                })?;
-                Prepared::Command(command::prepare(&self.command_linker, &module)?)
+                let (module, fresh) = match self.load_module(&hash) {
+                    Some(module) => (module, false),
+                    None => (
+                        self.compile(&hash, kind, bytes, |e, b| wasmtime::Module::new(e, b))?,
+                        true,
+                    ),
+                };
+                let prepared = command::prepare(&self.command_linker, &module)?;
+                if fresh {
+                    self.store_artifact(&hash, kind, module.serialize());
+                }
+                Prepared::Command(prepared)
             }
             ModuleKind::Component => {
-                let component = Component::new(&self.engine, bytes).map_err(|e| {
-                    Error::InvalidModule(format!(
-                        "the component does not validate: {}",
-                        crate::abi::error_chain(&e)
-                    ))
-                })?;
-                Prepared::Component(component::prepare(&self.component_linker, &component)?)
+                let (component, fresh) = match self.load_component(&hash) {
+                    Some(component) => (component, false),
+                    None => (
+                        self.compile(&hash, kind, bytes, |e, b| Component::new(e, b))?,
+                        true,
+                    ),
+                };
+                let prepared = component::prepare(&self.component_linker, &component)?;
+                if fresh {
+                    self.store_artifact(&hash, kind, component.serialize());
+                }
+                Prepared::Component(prepared)
             }
         };
         let module = CompiledModule {
@@ -244,6 +266,66 @@ impl Registry {
         // insert wins and both get the same compiled module.
         let mut modules = self.modules.write().unwrap_or_else(PoisonError::into_inner);
         Ok(modules.entry(hash).or_insert(module).clone())
+    }
+}
+
+impl Registry {
+    /// Validates and compiles; the only place a module is compiled.
+    fn compile<T>(
+        &self,
+        hash: &ModuleHash,
+        kind: ModuleKind,
+        bytes: &[u8],
+        compile: impl FnOnce(&wasmtime::Engine, &[u8]) -> wasmtime::Result<T>,
+    ) -> Result<T> {
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%hash, ?kind, size = bytes.len(), "compiling module");
+        compile(&self.engine, bytes).map_err(|e| {
+            let what = match kind {
+                ModuleKind::Command => "module",
+                ModuleKind::Component => "component",
+            };
+            Error::InvalidModule(format!(
+                "the {what} does not validate: {}",
+                crate::abi::error_chain(&e)
+            ))
+        })
+    }
+
+    fn load_module(&self, hash: &ModuleHash) -> Option<wasmtime::Module> {
+        let module = self.artifacts.as_ref()?.load_module(&self.engine, hash)?;
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        Some(module)
+    }
+
+    fn load_component(&self, hash: &ModuleHash) -> Option<Component> {
+        let component = self
+            .artifacts
+            .as_ref()?
+            .load_component(&self.engine, hash)?;
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        Some(component)
+    }
+
+    /// Keeps a compiled artifact on disk. A failure costs a compilation at
+    /// the next start, nothing more: it is logged, not returned.
+    fn store_artifact(
+        &self,
+        hash: &ModuleHash,
+        kind: ModuleKind,
+        serialized: wasmtime::Result<Vec<u8>>,
+    ) {
+        let Some(cache) = &self.artifacts else { return };
+        let stored = match serialized {
+            Ok(bytes) => match kind {
+                ModuleKind::Command => cache.store_module(&self.engine, hash, &bytes),
+                ModuleKind::Component => cache.store_component(&self.engine, hash, &bytes),
+            },
+            Err(e) => Err(Error::Host(crate::abi::error_chain(&e))),
+        };
+        if let Err(e) = stored {
+            tracing::warn!(%hash, error = %e, "cannot keep the compiled module on disk");
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests of wpool: real WASM through real wasmtime, the real
 //! binary. One test binary; shared helpers in `util`.
 
+mod cache;
 mod cli_run;
 mod durable;
 mod examples;

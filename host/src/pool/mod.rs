@@ -171,6 +171,7 @@ pub(crate) struct Inner {
     finished: AtomicU64,
     recent: Mutex<sched::RateWindow>,
     started: Instant,
+    background: Arc<Background>,
 }
 
 /// A pool of WASM workers with a durable (or in-memory) queue.
@@ -188,8 +189,75 @@ struct Shared {
 }
 
 impl Drop for Shared {
+    /// Stops at once (running tasks are killed and queued again) and waits
+    /// for the workers to let go of the store, so that the data directory
+    /// can be opened again as soon as this returns.
     fn drop(&mut self) {
         self.inner.halt();
+        self.inner.background.wait_for_none(Duration::from_secs(30));
+    }
+}
+
+/// Counts the pool's background tasks (workers, timer) still alive.
+#[derive(Default)]
+struct Background {
+    live: Mutex<usize>,
+    gone: std::sync::Condvar,
+}
+
+impl Background {
+    fn started(&self) {
+        *self.live.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    }
+
+    fn ended(&self) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        *live -= 1;
+        if *live == 0 {
+            self.gone.notify_all();
+        }
+    }
+
+    fn wait_for_none(&self, at_most: Duration) {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let (live, timeout) = self
+            .gone
+            .wait_timeout_while(live, at_most, |live| *live > 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        if timeout.timed_out() {
+            tracing::warn!(
+                tasks = *live,
+                "pool tasks still running after the pool was dropped"
+            );
+        }
+    }
+}
+
+/// A background task's hold on the pool; marks the task's end, however it
+/// ends, after letting go of the pool.
+struct BackgroundGuard {
+    inner: Option<Arc<Inner>>,
+    background: Arc<Background>,
+}
+
+impl BackgroundGuard {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.background.started();
+        Self {
+            inner: Some(inner.clone()),
+            background: inner.background.clone(),
+        }
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        self.inner.as_ref().expect("held until drop")
+    }
+}
+
+impl Drop for BackgroundGuard {
+    fn drop(&mut self) {
+        drop(self.inner.take());
+        self.background.ended();
     }
 }
 
@@ -234,18 +302,32 @@ impl Pool {
             finished: AtomicU64::new(0),
             recent: Mutex::new(sched::RateWindow::default()),
             started: Instant::now(),
+            background: Arc::default(),
             config,
         });
         inner.recover()?;
         let handle = inner.executor.handle().clone();
         for index in 0..slots {
-            handle.spawn(worker(inner.clone(), index));
+            handle.spawn(worker(BackgroundGuard::new(&inner), index));
         }
-        handle.spawn(timer(inner.clone()));
+        handle.spawn(timer(BackgroundGuard::new(&inner)));
         handle.spawn(sweeper(Arc::downgrade(&inner)));
         Ok(Pool {
             shared: Arc::new(Shared { inner }),
         })
+    }
+
+    /// A pool over the data directory `dir`: the sled store in it (created
+    /// if missing) and its compiled-artifact cache (`dir/artifacts`, unless
+    /// the configuration names another). Reopening the same directory is
+    /// all a restart needs: unfinished tasks resume.
+    pub fn open(mut config: PoolConfig, dir: impl AsRef<std::path::Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let store = crate::store::SledStore::open(dir, &crate::store::SledOptions::default())?;
+        if config.engine.artifact_dir.is_none() {
+            config.engine.artifact_dir(dir.join(crate::ARTIFACTS_DIR));
+        }
+        Self::with_store(config, Arc::new(store))
     }
 
     fn inner(&self) -> &Arc<Inner> {
@@ -1053,7 +1135,8 @@ impl Inner {
     }
 }
 
-async fn worker(inner: Arc<Inner>, index: usize) {
+async fn worker(guard: BackgroundGuard, index: usize) {
+    let inner = guard.inner();
     loop {
         let notified = inner.work.notified();
         tokio::pin!(notified);
@@ -1076,7 +1159,8 @@ async fn worker(inner: Arc<Inner>, index: usize) {
     inner.quiet.notify_waiters();
 }
 
-async fn timer(inner: Arc<Inner>) {
+async fn timer(guard: BackgroundGuard) {
+    let inner = guard.inner();
     loop {
         let notified = inner.timer.notified();
         tokio::pin!(notified);
