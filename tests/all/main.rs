@@ -2,9 +2,11 @@
 //! binary. One test binary; shared helpers in `util`.
 
 mod cache;
+mod cli;
 mod cli_run;
 mod durable;
 mod examples;
 mod executor;
 mod pool;
+mod server;
 mod util;

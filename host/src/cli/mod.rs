@@ -2,7 +2,22 @@
 //! struct and an `execute` function; this module only parses and
 //! dispatches, and turns errors into messages and exit codes.
 
+mod cancel;
+mod client;
+mod embedded;
+mod list;
+mod modules;
+mod result;
 mod run;
+mod serve;
+mod stats;
+mod status;
+mod submit;
+
+/// The HTTP daemon behind `wpool serve`. It lives with the command line,
+/// behind the `cli` feature: the library proper does not know HTTP exists.
+#[path = "../server/mod.rs"]
+pub mod server;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -19,6 +34,16 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The input was refused: invalid module, unreadable file, bad limit.
     pub const BAD_INPUT: u8 = 3;
+    /// No server answered at `--server`.
+    pub const UNREACHABLE: u8 = 4;
+    /// No such task or module.
+    pub const NOT_FOUND: u8 = 5;
+    /// The task has not finished (yet): `result` without `--wait`, or a
+    /// wait that ran out.
+    pub const NOT_FINISHED: u8 = 6;
+    /// The server refused for a reason that is not the input's: a missing
+    /// or wrong token, a full queue, a shutdown, a conflict.
+    pub const REFUSED: u8 = 7;
     /// Something failed inside wpool itself.
     pub const INTERNAL: u8 = 70;
 }
@@ -34,6 +59,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Serve(serve::ServeArgs),
+    Submit(submit::SubmitArgs),
+    Status(status::StatusArgs),
+    Result(result::ResultArgs),
+    Cancel(cancel::CancelArgs),
+    List(list::ListArgs),
+    Stats(stats::StatsArgs),
+    Modules(modules::ModulesArgs),
     Run(run::RunArgs),
 }
 
@@ -45,6 +78,21 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
+    pub(crate) fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code,
+            error: error.into(),
+        }
+    }
+
+    /// The same failure, with `context` before its message.
+    pub(crate) fn context(self, context: impl std::fmt::Display + Send + Sync + 'static) -> Self {
+        Self {
+            code: self.code,
+            error: self.error.context(context),
+        }
+    }
+
     pub(crate) fn bad_input(error: impl Into<anyhow::Error>) -> Self {
         Self {
             code: exit::BAD_INPUT,
@@ -66,6 +114,14 @@ pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::execute(args),
+        Command::Submit(args) => submit::execute(args),
+        Command::Status(args) => status::execute(args),
+        Command::Result(args) => result::execute(args),
+        Command::Cancel(args) => cancel::execute(args),
+        Command::List(args) => list::execute(args),
+        Command::Stats(args) => stats::execute(args),
+        Command::Modules(args) => modules::execute(args),
         Command::Run(args) => run::execute(args),
     };
     match result {

@@ -1,0 +1,257 @@
+//! `wpool serve`: the daemon. Opens the data directory, runs the pool and
+//! serves the HTTP API until SIGINT or SIGTERM.
+//!
+//! Settings come from, highest first: flags, environment variables
+//! (`WPOOL_*`), the config file (`--config`, TOML or JSON), the defaults.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use serde::Deserialize;
+
+use super::server::types::{HumanDuration, HumanSize};
+use super::server::{self, ServerConfig};
+use super::{Failure, exit};
+use crate::store::{SledOptions, SledStore};
+use crate::units::{format_duration, parse_duration, parse_size};
+use crate::{Pool, PoolConfig};
+
+/// Run the daemon: a pool over a data directory, and its HTTP API.
+///
+/// Binds 127.0.0.1:7878 by default. Binding any other address requires a
+/// bearer token, which every request must then carry. SIGINT or SIGTERM
+/// stops accepting, lets running tasks finish within the grace period,
+/// kills the rest (they run again at the next start) and exits 0.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Where tasks, results and modules are kept. Default: ./wpool-data.
+    #[arg(long, env = "WPOOL_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The address to listen on; port 0 picks a free port. Default:
+    /// 127.0.0.1:7878.
+    #[arg(long, env = "WPOOL_LISTEN", value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// How many tasks run at once. Default: one per core.
+    #[arg(long, env = "WPOOL_WORKERS")]
+    workers: Option<usize>,
+    /// A bearer token every request must carry (required to listen on a
+    /// non-loopback address).
+    #[arg(long, env = "WPOOL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A config file, TOML (`.toml`) or JSON, with any of: data_dir,
+    /// listen, workers, token, max_module_size, max_input_size,
+    /// max_queued, stop_grace, body_timeout.
+    #[arg(long, env = "WPOOL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The largest module accepted, e.g. `64MiB`. Default: 64MiB.
+    #[arg(long, env = "WPOOL_MAX_MODULE_SIZE", value_parser = parse_size)]
+    max_module_size: Option<u64>,
+    /// The largest task input accepted, e.g. `16MiB`. Default: 16MiB.
+    #[arg(long, env = "WPOOL_MAX_INPUT_SIZE", value_parser = parse_size)]
+    max_input_size: Option<u64>,
+    /// The most tasks waiting at once; past it submissions get 429.
+    /// Default: 1000000.
+    #[arg(long, env = "WPOOL_MAX_QUEUED")]
+    max_queued: Option<usize>,
+    /// How long running tasks may finish at shutdown before they are
+    /// killed (and queued again). Default: 30s.
+    #[arg(long, env = "WPOOL_STOP_GRACE", value_parser = parse_duration)]
+    stop_grace: Option<Duration>,
+    /// How long a request body may take to arrive. Default: 30s.
+    #[arg(long, env = "WPOOL_BODY_TIMEOUT", value_parser = parse_duration)]
+    body_timeout: Option<Duration>,
+}
+
+/// The config file's settings; every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    workers: Option<usize>,
+    token: Option<String>,
+    max_module_size: Option<HumanSize>,
+    max_input_size: Option<HumanSize>,
+    max_queued: Option<usize>,
+    stop_grace: Option<HumanDuration>,
+    body_timeout: Option<HumanDuration>,
+}
+
+fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    if is_json {
+        serde_json::from_str(&text)
+            .with_context(|| format!("the config file {} is not valid", path.display()))
+    } else {
+        toml::from_str(&text)
+            .with_context(|| format!("the config file {} is not valid", path.display()))
+    }
+}
+
+pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
+    let file = match &args.config {
+        Some(path) => read_config(path).map_err(Failure::bad_input)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("wpool-data"));
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:7878".into());
+    let token = args.token.or(file.token).filter(|t| !t.is_empty());
+    let mut server_config = ServerConfig {
+        token: token.clone(),
+        ..ServerConfig::default()
+    };
+    if let Some(size) = args.max_module_size.or(file.max_module_size.map(|s| s.0)) {
+        server_config.max_module_size = size;
+    }
+    if let Some(size) = args.max_input_size.or(file.max_input_size.map(|s| s.0)) {
+        server_config.max_input_size = size;
+    }
+    if let Some(d) = args.body_timeout.or(file.body_timeout.map(|d| d.0)) {
+        server_config.body_timeout = d;
+    }
+
+    let addr = resolve(&listen).map_err(Failure::bad_input)?;
+    if !addr.ip().is_loopback() && token.is_none() {
+        return Err(Failure::bad_input(anyhow!(
+            "refusing to listen on {addr} without a token: anyone who reaches it could run \
+             code on this machine; set --token (or WPOOL_TOKEN), or listen on 127.0.0.1"
+        )));
+    }
+
+    let mut pool_config = PoolConfig::new();
+    if let Some(workers) = args.workers.or(file.workers) {
+        if workers == 0 {
+            return Err(Failure::bad_input(anyhow!("--workers must be at least 1")));
+        }
+        pool_config.workers(workers);
+    }
+    if let Some(max) = args.max_queued.or(file.max_queued) {
+        pool_config.max_queued(max);
+    }
+    let grace = args
+        .stop_grace
+        .or(file.stop_grace.map(|d| d.0))
+        .unwrap_or(Duration::from_secs(30));
+    pool_config.stop_grace(grace);
+    pool_config
+        .engine_mut()
+        .artifact_dir(data_dir.join("artifacts"));
+
+    let store = SledStore::open(&data_dir, &SledOptions::new())
+        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))
+        .map_err(|e| Failure::new(exit::REFUSED, e))?;
+    let pool = Pool::with_store(pool_config, Arc::new(store))
+        .context("cannot start the pool")
+        .map_err(Failure::internal)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wpool-http")
+        .enable_all()
+        .build()
+        .context("cannot start the server's threads")
+        .map_err(Failure::internal)?;
+    let outcome = runtime.block_on(run(pool.clone(), addr, server_config, &data_dir, grace));
+    drop(runtime);
+    drop(pool);
+    outcome.map(|()| exit::OK)
+}
+
+fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {
+    listen
+        .to_socket_addrs()
+        .with_context(|| {
+            format!("`{listen}` is not an address to listen on: write e.g. 127.0.0.1:7878")
+        })?
+        .next()
+        .ok_or_else(|| anyhow!("`{listen}` resolves to no address"))
+}
+
+async fn run(
+    pool: Pool,
+    addr: SocketAddr,
+    config: ServerConfig,
+    data_dir: &Path,
+    grace: Duration,
+) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+        .map_err(|e| Failure::new(exit::REFUSED, e))?;
+    let local = listener
+        .local_addr()
+        .context("the listener has no address")
+        .map_err(Failure::internal)?;
+    let workers = pool.stats().map(|s| s.workers).unwrap_or(0);
+    eprintln!(
+        "wpool: listening on http://{local} (data {}, {workers} workers{})",
+        data_dir.display(),
+        if config.token.is_some() {
+            ", token required"
+        } else {
+            ""
+        }
+    );
+    server::serve(listener, pool.clone(), config, shutdown_signal())
+        .await
+        .context("the server failed")
+        .map_err(Failure::internal)?;
+    eprintln!(
+        "wpool: shutting down: running tasks have {} to finish",
+        format_duration(grace)
+    );
+    tokio::select! {
+        stopped = pool.stop() => stopped.context("stopping the pool").map_err(Failure::internal)?,
+        () = shutdown_signal() => {
+            eprintln!("wpool: second signal: killing running tasks (they run again at the next start)");
+            pool.stop_with_grace(Duration::ZERO)
+                .await
+                .context("stopping the pool")
+                .map_err(Failure::internal)?;
+        }
+    }
+    let waiting = pool
+        .stats()
+        .map(|s| {
+            s.counts.get(crate::TaskState::Queued)
+                + s.counts.get(crate::TaskState::Scheduled)
+                + s.counts.get(crate::TaskState::Running)
+        })
+        .unwrap_or(0);
+    eprintln!("wpool: stopped; {waiting} unfinished tasks kept for the next start");
+    Ok(())
+}
+
+/// Completes at SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,49 @@
+//! `wpool status ID`: a task's state.
+
+use clap::Args;
+
+use super::client::{Client, ServerArgs};
+use super::server::types::TaskAnswer;
+use super::submit::print_json;
+use super::{Failure, exit, write_stdout};
+
+/// Show a task's state, attempts and outcome.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The task's id.
+    id: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+pub(crate) fn execute(args: StatusArgs) -> Result<u8, Failure> {
+    let client = Client::new(&args.server);
+    let answer: TaskAnswer = client
+        .get(&format!("/v1/tasks/{}", args.id))
+        .and_then(|a| a.json())
+        .map_err(|e| e.into_failure(client.base()))?;
+    if args.server.json {
+        print_json(&answer)?;
+        return Ok(exit::OK);
+    }
+    let t = &answer.task;
+    let mut text = format!(
+        "id        {}\nstate     {}\nmodule    {}\npriority  {}\nattempts  {}/{}\n",
+        t.id, t.state, t.module, t.priority, t.attempts, t.max_attempts
+    );
+    if let Some(outcome) = &t.outcome {
+        text.push_str(&format!("outcome   {}\n", outcome.message));
+    }
+    if let Some((done, total)) = t.progress {
+        text.push_str(&format!("progress  {done}/{total}\n"));
+    }
+    if !t.labels.is_empty() {
+        let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        text.push_str(&format!("labels    {}\n", labels.join(",")));
+    }
+    if let Some(key) = &t.idempotency_key {
+        text.push_str(&format!("key       {key}\n"));
+    }
+    write_stdout(text.as_bytes())?;
+    Ok(exit::OK)
+}

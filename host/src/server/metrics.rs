@@ -1,0 +1,210 @@
+//! Prometheus metrics: counts per state, queue depth and worker use from
+//! the pool's stats at scrape time; task durations, fuel and outcomes
+//! collected from the pool's events as tasks finish.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{EventKind, EventsError, Pool, Stats, TaskState};
+
+/// Upper bounds of the duration histogram's buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+];
+
+/// What the collector accumulates.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    /// Finished tasks per (state, outcome kind).
+    outcomes: Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    /// Cumulative bucket counts, one per [`BUCKETS`] bound.
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    fuel: AtomicU64,
+    lagged: AtomicU64,
+}
+
+impl Metrics {
+    fn observe(&self, state: TaskState, outcome: &str, duration_us: u64, fuel: Option<u64>) {
+        *self
+            .outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((state.to_string(), outcome.to_string()))
+            .or_insert(0) += 1;
+        let secs = duration_us as f64 / 1e6;
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(duration_us, Ordering::Relaxed);
+        if let Some(fuel) = fuel {
+            self.fuel.fetch_add(fuel, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Follows the pool's events until `shutdown`, recording every finished
+/// task. Does nothing outside a tokio runtime.
+pub(crate) fn spawn_collector(
+    pool: &Pool,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let mut events = pool.subscribe();
+    let pool = pool.clone();
+    runtime.spawn(async move {
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = shutdown.cancelled() => return,
+            };
+            match event {
+                Ok(event) => {
+                    let finished = matches!(
+                        event.kind,
+                        EventKind::Succeeded
+                            | EventKind::Failed { .. }
+                            | EventKind::Cancelled
+                            | EventKind::Expired
+                    );
+                    if !finished {
+                        continue;
+                    }
+                    if let Ok(Some(result)) = pool.result(event.id) {
+                        let outcome = result.outcome.as_ref().map_or("none", |o| o.kind());
+                        metrics.observe(
+                            result.state,
+                            outcome,
+                            result.duration_us,
+                            result.fuel_consumed,
+                        );
+                    }
+                }
+                Err(EventsError::Lagged(n)) => {
+                    metrics.lagged.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+/// The Prometheus text of `stats` and `metrics`.
+pub(crate) fn render(stats: &Stats, metrics: &Metrics) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP wpool_tasks Tasks in the store, by state.");
+    let _ = writeln!(out, "# TYPE wpool_tasks gauge");
+    for state in TaskState::ALL {
+        let _ = writeln!(
+            out,
+            "wpool_tasks{{state=\"{state}\"}} {}",
+            stats.counts.get(state)
+        );
+    }
+    let depth = stats.counts.get(TaskState::Queued) + stats.counts.get(TaskState::Scheduled);
+    let _ = writeln!(
+        out,
+        "# HELP wpool_queue_depth Tasks waiting to run (queued and scheduled)."
+    );
+    let _ = writeln!(out, "# TYPE wpool_queue_depth gauge");
+    let _ = writeln!(out, "wpool_queue_depth {depth}");
+    let _ = writeln!(out, "# HELP wpool_workers Workers allowed to take tasks.");
+    let _ = writeln!(out, "# TYPE wpool_workers gauge");
+    let _ = writeln!(out, "wpool_workers {}", stats.workers);
+    let _ = writeln!(out, "# HELP wpool_workers_busy Workers running a task now.");
+    let _ = writeln!(out, "# TYPE wpool_workers_busy gauge");
+    let _ = writeln!(out, "wpool_workers_busy {}", stats.busy);
+    let utilisation = if stats.workers == 0 {
+        0.0
+    } else {
+        stats.busy as f64 / stats.workers as f64
+    };
+    let _ = writeln!(
+        out,
+        "# HELP wpool_worker_utilisation Busy workers over workers, 0 to 1."
+    );
+    let _ = writeln!(out, "# TYPE wpool_worker_utilisation gauge");
+    let _ = writeln!(out, "wpool_worker_utilisation {utilisation}");
+    let _ = writeln!(
+        out,
+        "# HELP wpool_tasks_finished_total Tasks finished since the server started, by state and outcome."
+    );
+    let _ = writeln!(out, "# TYPE wpool_tasks_finished_total counter");
+    for ((state, outcome), n) in metrics
+        .outcomes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "wpool_tasks_finished_total{{state=\"{state}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wpool_task_duration_seconds Wall time of finished tasks, all attempts."
+    );
+    let _ = writeln!(out, "# TYPE wpool_task_duration_seconds histogram");
+    for (bound, bucket) in BUCKETS.iter().zip(&metrics.buckets) {
+        let _ = writeln!(
+            out,
+            "wpool_task_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+            bucket.load(Ordering::Relaxed)
+        );
+    }
+    let count = metrics.count.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "wpool_task_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        out,
+        "wpool_task_duration_seconds_sum {}",
+        metrics.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "wpool_task_duration_seconds_count {count}");
+    let _ = writeln!(
+        out,
+        "# HELP wpool_fuel_consumed_total Fuel consumed by finished tasks."
+    );
+    let _ = writeln!(out, "# TYPE wpool_fuel_consumed_total counter");
+    let _ = writeln!(
+        out,
+        "wpool_fuel_consumed_total {}",
+        metrics.fuel.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wpool_tasks_per_second Tasks finished per second over the last 10 s."
+    );
+    let _ = writeln!(out, "# TYPE wpool_tasks_per_second gauge");
+    let _ = writeln!(out, "wpool_tasks_per_second {}", stats.finished_per_sec);
+    let _ = writeln!(
+        out,
+        "# HELP wpool_metrics_events_missed_total Events the metrics collector missed (it fell behind)."
+    );
+    let _ = writeln!(out, "# TYPE wpool_metrics_events_missed_total counter");
+    let _ = writeln!(
+        out,
+        "wpool_metrics_events_missed_total {}",
+        metrics.lagged.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wpool_uptime_seconds Seconds since the server started."
+    );
+    let _ = writeln!(out, "# TYPE wpool_uptime_seconds gauge");
+    let _ = writeln!(out, "wpool_uptime_seconds {}", stats.uptime_secs);
+    out
+}

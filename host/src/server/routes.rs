@@ -1,0 +1,544 @@
+//! The handlers, each with the OpenAPI description it is published under.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::Stream;
+use utoipa::OpenApi;
+
+use super::error::{ApiError, ErrorBody};
+use super::types::{
+    CancelAnswer, ModuleInfo, ModuleList, ResultView, SpecError, StatsView, SubmitTask, TaskAnswer,
+    TaskList, TaskView,
+};
+use super::{AppState, metrics};
+use crate::store::TaskFilter;
+use crate::{CancelResult, EventsError, ModuleHash, TaskId, TaskState};
+
+/// The OpenAPI document of the API, built from the handlers and types.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "wpool",
+        description = "Run WebAssembly tasks on a pool of wasmtime instances."
+    ),
+    paths(
+        upload_module,
+        list_modules,
+        get_module,
+        delete_module,
+        submit_task,
+        list_tasks,
+        get_task,
+        get_result,
+        cancel_task,
+        stats,
+        events,
+        healthz,
+        metrics_text
+    ),
+    components(schemas(ErrorBody, SubmitTask, TaskAnswer, TaskView, ResultView, TaskList))
+)]
+pub struct ApiDoc;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/modules", get(list_modules).post(upload_module))
+        .route("/v1/modules/{hash}", get(get_module).delete(delete_module))
+        .route("/v1/tasks", get(list_tasks).post(submit_task))
+        .route("/v1/tasks/{id}", get(get_task).delete(cancel_task))
+        .route("/v1/tasks/{id}/result", get(get_result))
+        .route("/v1/stats", get(stats))
+        .route("/v1/events", get(events))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(no_route)
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {}: the API lives under /v1 (see /v1/openapi.json)",
+        uri.path()
+    ))
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// Runs blocking work (compiling, store reads and writes) off the
+/// async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+}
+
+fn parse_hash(text: &str) -> Result<ModuleHash, ApiError> {
+    text.parse()
+        .map_err(|e: crate::Error| ApiError::bad_request("invalid_request", e.to_string()))
+}
+
+fn parse_id(text: &str) -> Result<TaskId, ApiError> {
+    text.parse()
+        .map_err(|e: crate::Error| ApiError::bad_request("invalid_request", e.to_string()))
+}
+
+/// The query parameters, refusing any not in `known`.
+fn query(uri: &Uri, known: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|_| ApiError::bad_request("invalid_request", "the query string is not valid"))?;
+    if let Some((name, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "unknown query parameter `{name}`; this route takes: {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    Ok(pairs)
+}
+
+/// `?wait=DURATION`, capped at the server's longest wait.
+fn wait_param(state: &AppState, pairs: &[(String, String)]) -> Result<Option<Duration>, ApiError> {
+    let Some((_, text)) = pairs.iter().find(|(k, _)| k == "wait") else {
+        return Ok(None);
+    };
+    let wait = crate::units::parse_duration(text)
+        .map_err(|e| ApiError::bad_request("invalid_request", format!("`wait`: {e}")))?;
+    Ok(Some(wait.min(state.config.max_wait)))
+}
+
+/// Waits for a result, at most `wait`, or until the server shuts down.
+async fn wait_for(
+    state: &AppState,
+    id: TaskId,
+    wait: Duration,
+) -> Result<Option<crate::TaskResult>, ApiError> {
+    tokio::select! {
+        result = state.pool.wait_timeout(id, wait) => Ok(result?),
+        () = state.shutdown.cancelled() => Ok(state.pool.result(id)?),
+    }
+}
+
+/// Upload a module (raw wasm bytes); answers with its hash.
+///
+/// Idempotent: uploading the same bytes again answers 200 with the same
+/// hash.
+#[utoipa::path(
+    post, path = "/v1/modules",
+    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    responses(
+        (status = 201, description = "stored", body = ModuleInfo),
+        (status = 200, description = "already stored", body = ModuleInfo),
+        (status = 400, description = "not a module wpool can run", body = ErrorBody),
+        (status = 413, description = "larger than the module limit", body = ErrorBody),
+    )
+)]
+async fn upload_module(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_module",
+            "the body is empty: send the module's bytes (Content-Type: application/wasm)",
+        ));
+    }
+    let pool = state.pool.clone();
+    let (hash, existed) = blocking(move || {
+        let hash = ModuleHash::of(&body);
+        let existed = pool.store().module(&hash)?.is_some();
+        pool.register(&body)?;
+        Ok((hash, existed))
+    })
+    .await?;
+    let size = state
+        .pool
+        .store()
+        .module(&hash)?
+        .map_or(0, |b| b.len() as u64);
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let info = ModuleInfo {
+        hash: hash.to_string(),
+        size,
+    };
+    Ok((status, Json(info)).into_response())
+}
+
+/// Every stored module.
+#[utoipa::path(get, path = "/v1/modules", responses((status = 200, body = ModuleList)))]
+async fn list_modules(State(state): State<AppState>) -> Result<Json<ModuleList>, ApiError> {
+    let pool = state.pool.clone();
+    let modules = blocking(move || Ok(pool.modules()?)).await?;
+    Ok(Json(ModuleList {
+        modules: modules
+            .into_iter()
+            .map(|m| ModuleInfo {
+                hash: m.hash.to_string(),
+                size: m.size,
+            })
+            .collect(),
+    }))
+}
+
+/// Whether a module is stored (the CLI asks before uploading).
+#[utoipa::path(
+    get, path = "/v1/modules/{hash}",
+    params(("hash" = String, Path, description = "the module's SHA-256, hex")),
+    responses((status = 200, body = ModuleInfo), (status = 404, body = ErrorBody))
+)]
+async fn get_module(
+    State(state): State<AppState>,
+    Path(hash): Path<String>,
+) -> Result<Json<ModuleInfo>, ApiError> {
+    let hash = parse_hash(&hash)?;
+    let pool = state.pool.clone();
+    let size = blocking(move || Ok(pool.store().module(&hash)?.map(|b| b.len() as u64))).await?;
+    match size {
+        Some(size) => Ok(Json(ModuleInfo {
+            hash: hash.to_string(),
+            size,
+        })),
+        None => Err(crate::Error::UnknownModule(hash).into()),
+    }
+}
+
+/// Delete a module; refused (409) while unfinished tasks use it.
+#[utoipa::path(
+    delete, path = "/v1/modules/{hash}",
+    params(("hash" = String, Path, description = "the module's SHA-256, hex")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "unfinished tasks use it", body = ErrorBody),
+    )
+)]
+async fn delete_module(
+    State(state): State<AppState>,
+    Path(hash): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let hash = parse_hash(&hash)?;
+    let pool = state.pool.clone();
+    blocking(move || {
+        if pool.store().module_in_use(&hash)? {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "module_in_use",
+                format!(
+                    "module {hash} is used by unfinished tasks; cancel them or wait until \
+                     they finish"
+                ),
+            ));
+        }
+        if pool.store().delete_module(&hash)? {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(crate::Error::UnknownModule(hash).into())
+        }
+    })
+    .await
+}
+
+/// Submit a task. With `?wait=DURATION`, answers once the task finished
+/// (200, with its result) or the wait is over (202, without).
+#[utoipa::path(
+    post, path = "/v1/tasks",
+    request_body = SubmitTask,
+    params(("wait" = Option<String>, Query, description = "long-poll for the result, e.g. `30s`")),
+    responses(
+        (status = 201, description = "accepted (durable)", body = TaskAnswer),
+        (status = 200, description = "an existing task (idempotency key), or finished within `wait`", body = TaskAnswer),
+        (status = 202, description = "accepted; not finished within `wait`", body = TaskAnswer),
+        (status = 400, body = ErrorBody),
+        (status = 404, description = "unknown module", body = ErrorBody),
+        (status = 413, description = "input too large", body = ErrorBody),
+        (status = 429, description = "the queue is full", body = ErrorBody),
+    )
+)]
+async fn submit_task(
+    State(state): State<AppState>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let pairs = query(&uri, &["wait"])?;
+    let wait = wait_param(&state, &pairs)?;
+    let request: SubmitTask = serde_json::from_slice(&body)?;
+    let spec_error = |e: SpecError| match e {
+        SpecError::Invalid(code, message) => ApiError::bad_request(code, message),
+        SpecError::InputTooLarge(size, limit) => ApiError::too_large(format!(
+            "the input is {size} bytes, more than the limit of {limit}"
+        )),
+    };
+    let input = request.input_bytes().map_err(spec_error)?;
+    let limit = state.config.max_input_size;
+    if input.len() as u64 > limit {
+        return Err(spec_error(SpecError::InputTooLarge(
+            input.len() as u64,
+            limit,
+        )));
+    }
+    let spec = request.to_spec(input).map_err(spec_error)?;
+    let existing = match &request.idempotency_key {
+        Some(key) => state.pool.store().by_key(key)?,
+        None => None,
+    };
+    let handle = state.pool.try_submit(spec).await?;
+    let id = handle.id();
+    let created = existing != Some(id);
+    let result = match wait {
+        Some(wait) => wait_for(&state, id, wait).await?,
+        None => None,
+    };
+    let record = state.pool.status(id)?;
+    let status = if result.is_some() || !created {
+        StatusCode::OK
+    } else if wait.is_some() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    let answer = TaskAnswer {
+        task: TaskView::from(&record),
+        result: result.as_ref().map(ResultView::from),
+        created: Some(created),
+    };
+    let mut response = (status, Json(answer)).into_response();
+    if let Ok(location) = format!("/v1/tasks/{id}").parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// List tasks, newest first, filtered by state and labels, a page at a
+/// time.
+#[utoipa::path(
+    get, path = "/v1/tasks",
+    params(
+        ("state" = Option<String>, Query, description = "queued, scheduled, running, succeeded, failed, cancelled or expired"),
+        ("label" = Option<String>, Query, description = "`key=value`; repeat for several"),
+        ("limit" = Option<usize>, Query, description = "page size, 1 to 10000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = TaskList), (status = 400, body = ErrorBody))
+)]
+async fn list_tasks(State(state): State<AppState>, uri: Uri) -> Result<Json<TaskList>, ApiError> {
+    let pairs = query(&uri, &["state", "label", "limit", "cursor"])?;
+    let mut filter = TaskFilter::default();
+    for (key, value) in &pairs {
+        match key.as_str() {
+            "state" => {
+                filter.state = Some(value.parse::<TaskState>().map_err(|e: crate::Error| {
+                    ApiError::bad_request("invalid_request", e.to_string())
+                })?);
+            }
+            "label" => {
+                let (k, v) = value.split_once('=').ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        format!("label `{value}` must be written key=value"),
+                    )
+                })?;
+                filter.labels.insert(k.to_string(), v.to_string());
+            }
+            "limit" => {
+                filter.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_request",
+                            format!("limit `{value}` must be a number from 1 to 10000"),
+                        )
+                    })?;
+            }
+            "cursor" => filter.before = Some(parse_id(value)?),
+            _ => {}
+        }
+    }
+    let page = filter.page_size();
+    let pool = state.pool.clone();
+    let tasks = blocking(move || Ok(pool.list(&filter)?)).await?;
+    let next_cursor = (tasks.len() == page)
+        .then(|| tasks.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(Json(TaskList {
+        tasks: tasks.iter().map(TaskView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// A task's state, and its result once final.
+#[utoipa::path(
+    get, path = "/v1/tasks/{id}",
+    params(("id" = String, Path, description = "the task's id")),
+    responses((status = 200, body = TaskAnswer), (status = 404, body = ErrorBody))
+)]
+async fn get_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskAnswer>, ApiError> {
+    let id = parse_id(&id)?;
+    let record = state.pool.status(id)?;
+    Ok(Json(TaskAnswer {
+        task: TaskView::from(&record),
+        result: record.result().as_ref().map(ResultView::from),
+        created: None,
+    }))
+}
+
+/// A task's result. Without a result yet: 202 with the task; with
+/// `?wait=DURATION`, waits for it first.
+#[utoipa::path(
+    get, path = "/v1/tasks/{id}/result",
+    params(
+        ("id" = String, Path, description = "the task's id"),
+        ("wait" = Option<String>, Query, description = "long-poll, e.g. `30s`"),
+    ),
+    responses(
+        (status = 200, description = "final", body = ResultView),
+        (status = 202, description = "not finished yet", body = TaskView),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn get_result(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let pairs = query(&uri, &["wait"])?;
+    let wait = wait_param(&state, &pairs)?;
+    let id = parse_id(&id)?;
+    let result = match wait {
+        Some(wait) => wait_for(&state, id, wait).await?,
+        None => state.pool.result(id)?,
+    };
+    Ok(match result {
+        Some(result) => Json(ResultView::from(&result)).into_response(),
+        None => {
+            let record = state.pool.status(id)?;
+            (StatusCode::ACCEPTED, Json(TaskView::from(&record))).into_response()
+        }
+    })
+}
+
+/// Cancel a task: a waiting one never runs, a running one is killed.
+/// A finished task is left alone (409).
+#[utoipa::path(
+    delete, path = "/v1/tasks/{id}",
+    params(("id" = String, Path, description = "the task's id")),
+    responses(
+        (status = 200, body = CancelAnswer),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "already finished", body = ErrorBody),
+    )
+)]
+async fn cancel_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CancelAnswer>, ApiError> {
+    let id = parse_id(&id)?;
+    let cancel = match state.pool.cancel(id)? {
+        CancelResult::Cancelled => "cancelled",
+        CancelResult::Killed => "killed",
+        CancelResult::AlreadyFinished(s) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_finished",
+                format!("task {id} already finished ({s}); nothing to cancel"),
+            ));
+        }
+    };
+    Ok(Json(CancelAnswer {
+        id: id.to_string(),
+        cancel: cancel.to_string(),
+    }))
+}
+
+/// Counts per state, workers, throughput.
+#[utoipa::path(get, path = "/v1/stats", responses((status = 200, body = StatsView)))]
+async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
+    Ok(Json(StatsView::from(&state.pool.stats()?)))
+}
+
+/// Server-sent events of every task transition and progress report, as
+/// they happen. Each event's name is its kind (`submitted`, `started`,
+/// `progress`, `retrying`, `succeeded`, `failed`, `cancelled`, `expired`,
+/// `requeued`), its data the JSON event. `?task=ID` keeps one task's
+/// events. A client that falls behind gets a `lagged` event saying how
+/// many it missed.
+#[utoipa::path(
+    get, path = "/v1/events",
+    params(("task" = Option<String>, Query, description = "only this task's events")),
+    responses((status = 200, description = "text/event-stream"))
+)]
+async fn events(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let pairs = query(&uri, &["task"])?;
+    let only = match pairs.iter().find(|(k, _)| k == "task") {
+        Some((_, id)) => Some(parse_id(id)?),
+        None => None,
+    };
+    let events = state.pool.subscribe();
+    let shutdown = state.shutdown.clone();
+    let stream = futures_util::stream::unfold(
+        (events, shutdown),
+        move |(mut events, shutdown)| async move {
+            loop {
+                let next = tokio::select! {
+                    next = events.recv() => next,
+                    () = shutdown.cancelled() => return None,
+                };
+                let event = match next {
+                    Ok(event) if only.is_none_or(|id| id == event.id) => {
+                        let json = serde_json::to_value(&event).unwrap_or_default();
+                        let name = json
+                            .get("event")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or("event")
+                            .to_string();
+                        SseEvent::default().event(name).data(json.to_string())
+                    }
+                    Ok(_) => continue,
+                    Err(EventsError::Lagged(n)) => SseEvent::default()
+                        .event("lagged")
+                        .data(format!("{{\"missed\":{n}}}")),
+                    Err(_) => return None,
+                };
+                return Some((Ok(event), (events, shutdown)));
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Liveness: 200 while the server answers. Needs no token.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "`{\"status\": \"ok\"}`")))]
+async fn healthz() -> Json<BTreeMap<&'static str, &'static str>> {
+    Json(BTreeMap::from([("status", "ok")]))
+}
+
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
+async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let stats = state.pool.stats()?;
+    let text = metrics::render(&stats, &state.metrics);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}

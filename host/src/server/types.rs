@@ -1,0 +1,536 @@
+//! The JSON shapes of the API: what clients send and what they get back.
+//! The CLI uses the same types, so the two cannot disagree.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use utoipa::ToSchema;
+
+use crate::{Backoff, LimitOverrides, ModuleHash, TaskRecord, TaskResult, TaskSpec};
+
+/// A duration in a request: a string with a unit (`"500ms"`, `"5s"`,
+/// `"10m"`) or a number of milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+/// A size in a request: a string with a unit (`"64MiB"`) or a number of
+/// bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanSize(pub u64);
+
+/// A count in a request: a number, or a string such as `"10M"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanCount(pub u64);
+
+macro_rules! human {
+    ($ty:ident, $inner:ty, $what:literal, $parse:path, $from_u64:expr, $show:expr) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$ty, E> {
+                        Ok($ty($from_u64(v)))
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$ty, E> {
+                        u64::try_from(v)
+                            .map(|v| $ty($from_u64(v)))
+                            .map_err(|_| E::custom(format!("{v} is negative: expected {}", $what)))
+                    }
+                    fn visit_f64<E: de::Error>(self, v: f64) -> Result<$ty, E> {
+                        Err(E::custom(format!(
+                            "{v} is not a whole number: expected {}",
+                            $what
+                        )))
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
+                        $parse(v).map($ty).map_err(E::custom)
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let show: fn(&$inner) -> String = $show;
+                s.serialize_str(&show(&self.0))
+            }
+        }
+    };
+}
+
+human!(
+    HumanDuration,
+    Duration,
+    "a duration such as \"500ms\", \"5s\" or \"10m\", or a number of milliseconds",
+    crate::units::parse_duration,
+    Duration::from_millis,
+    |d| format!("{}ms", d.as_millis())
+);
+human!(
+    HumanSize,
+    u64,
+    "a size such as \"64MiB\", or a number of bytes",
+    crate::units::parse_size,
+    std::convert::identity,
+    |n| n.to_string()
+);
+human!(
+    HumanCount,
+    u64,
+    "a count such as 1000000 or \"10M\"",
+    crate::units::parse_count,
+    std::convert::identity,
+    |n| n.to_string()
+);
+
+/// The waits between attempts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffRequest {
+    /// The wait before the second attempt. Default: 1s.
+    #[schema(value_type = Option<String>, example = "1s")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<HumanDuration>,
+    /// The longest wait. Default: 5m.
+    #[schema(value_type = Option<String>, example = "5m")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<HumanDuration>,
+    /// Growth per attempt, 1 to 100. Default: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    /// Randomise each wait. Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<bool>,
+}
+
+/// `POST /v1/tasks`: a task to run.
+///
+/// Durations are strings with a unit (`"5s"`) or milliseconds; sizes are
+/// strings with a unit (`"64MiB"`) or bytes. Unknown fields are refused.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitTask {
+    /// The module's hash (64 hex digits), uploaded before with
+    /// `POST /v1/modules`.
+    #[schema(example = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")]
+    pub module: String,
+    /// The input as a JSON value; the task receives its JSON text.
+    #[schema(value_type = Option<Object>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// The input as raw bytes, base64 (standard alphabet). Not with `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_base64: Option<String>,
+    /// Higher runs first. Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Wall-clock timeout of each attempt.
+    #[schema(value_type = Option<String>, example = "5s")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Fuel budget of each attempt.
+    #[schema(value_type = Option<u64>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<HumanCount>,
+    /// Memory limit.
+    #[schema(value_type = Option<String>, example = "64MiB")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<HumanSize>,
+    /// Output size limit.
+    #[schema(value_type = Option<String>, example = "1MiB")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output: Option<HumanSize>,
+    /// How much of the log is kept.
+    #[schema(value_type = Option<String>, example = "64KiB")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_log: Option<HumanSize>,
+    /// How many times the task may run in all, 1 to 100. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// The waits between attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffRequest>,
+    /// Start no sooner than this after submission. Not with `run_at`.
+    #[schema(value_type = Option<String>, example = "10m")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<HumanDuration>,
+    /// Start no sooner than this time, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<u64>,
+    /// Expire (never start) if not started within this of submission.
+    #[schema(value_type = Option<String>, example = "1h")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<HumanDuration>,
+    /// Expire if not started by this time (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<u64>,
+    /// A second submission with the same key returns the first task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Free-form labels; tasks can be listed by label.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a [`SubmitTask`] is refused before it reaches the pool.
+#[derive(Debug)]
+pub enum SpecError {
+    /// Malformed field (the message names it).
+    Invalid(&'static str, String),
+    /// The input is larger than allowed.
+    InputTooLarge(u64, u64),
+}
+
+impl SubmitTask {
+    /// The input bytes: the JSON text of `input`, or the decoded
+    /// `input_base64`, or nothing.
+    pub fn input_bytes(&self) -> Result<Vec<u8>, SpecError> {
+        match (&self.input, &self.input_base64) {
+            (Some(_), Some(_)) => Err(SpecError::Invalid(
+                "invalid_request",
+                "give either `input` (a JSON value) or `input_base64` (bytes), not both".into(),
+            )),
+            (Some(value), None) => Ok(serde_json::to_vec(value).unwrap_or_default()),
+            (None, Some(text)) => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| {
+                    SpecError::Invalid(
+                        "invalid_base64",
+                        format!("`input_base64` is not valid base64 (standard alphabet): {e}"),
+                    )
+                }),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+
+    /// The task spec this request asks for, with its input already decoded.
+    pub fn to_spec(&self, input: Vec<u8>) -> Result<TaskSpec, SpecError> {
+        let module: ModuleHash = self.module.parse().map_err(|e: crate::Error| {
+            SpecError::Invalid("invalid_request", format!("`module`: {e}"))
+        })?;
+        let mut spec = TaskSpec::new(module, input);
+        if let Some(priority) = self.priority {
+            spec = spec.priority(priority);
+        }
+        spec = spec.limits(LimitOverrides {
+            timeout: self.timeout.map(|d| d.0),
+            fuel: self.fuel.map(|c| c.0),
+            memory: self.memory.map(|s| s.0),
+            max_output: self.max_output.map(|s| s.0),
+            max_log: self.max_log.map(|s| s.0),
+        });
+        if let Some(attempts) = self.max_attempts {
+            spec = spec.max_attempts(attempts);
+        }
+        if let Some(b) = &self.backoff {
+            let mut backoff = Backoff::default();
+            if let Some(d) = b.initial {
+                backoff.initial = d.0;
+            }
+            if let Some(d) = b.max {
+                backoff.max = d.0;
+            }
+            if let Some(m) = b.multiplier {
+                backoff.multiplier = m;
+            }
+            if let Some(j) = b.jitter {
+                backoff.jitter = j;
+            }
+            spec = spec.backoff(backoff);
+        }
+        match (self.delay, self.run_at) {
+            (Some(_), Some(_)) => {
+                return Err(SpecError::Invalid(
+                    "invalid_request",
+                    "give either `delay` or `run_at`, not both".into(),
+                ));
+            }
+            (Some(d), None) => spec = spec.delay(d.0),
+            (None, Some(at)) => spec = spec.run_at(epoch_millis(at)?),
+            (None, None) => {}
+        }
+        match (self.expire_after, self.expire_at) {
+            (Some(_), Some(_)) => {
+                return Err(SpecError::Invalid(
+                    "invalid_request",
+                    "give either `expire_after` or `expire_at`, not both".into(),
+                ));
+            }
+            (Some(d), None) => spec = spec.expire_after(d.0),
+            (None, Some(at)) => spec = spec.expire_at(epoch_millis(at)?),
+            (None, None) => {}
+        }
+        if let Some(key) = &self.idempotency_key {
+            spec = spec.idempotency_key(key.clone());
+        }
+        for (k, v) in &self.labels {
+            spec = spec.label(k.clone(), v.clone());
+        }
+        Ok(spec)
+    }
+}
+
+fn epoch_millis(at: u64) -> Result<std::time::SystemTime, SpecError> {
+    std::time::UNIX_EPOCH
+        .checked_add(Duration::from_millis(at))
+        .ok_or_else(|| SpecError::Invalid("invalid_request", format!("time {at} is out of range")))
+}
+
+/// A stored module.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModuleInfo {
+    /// Its SHA-256, hex.
+    pub hash: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// `GET /v1/modules`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModuleList {
+    /// Every stored module.
+    pub modules: Vec<ModuleInfo>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct OutcomeView {
+    /// `success`, `failed`, `exit`, `trap`, `timeout`, `out_of_fuel`,
+    /// `memory_limit`, `output_too_large`, `cancelled`, `invalid_module`,
+    /// `host_error`.
+    pub kind: String,
+    /// What it means, in words.
+    pub message: String,
+}
+
+impl From<&crate::Outcome> for OutcomeView {
+    fn from(outcome: &crate::Outcome) -> Self {
+        Self {
+            kind: outcome.kind().to_string(),
+            message: outcome.to_string(),
+        }
+    }
+}
+
+/// A task's state and settings.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    /// The task's id (a ULID).
+    pub id: String,
+    /// The module's hash.
+    pub module: String,
+    /// `queued`, `scheduled`, `running`, `succeeded`, `failed`,
+    /// `cancelled` or `expired`.
+    pub state: String,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Attempts so far.
+    pub attempts: usize,
+    /// The most attempts.
+    pub max_attempts: u32,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The idempotency key, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Submitted at (ms since the Unix epoch).
+    pub submitted_at: u64,
+    /// Last change (ms since the Unix epoch).
+    pub updated_at: u64,
+    /// Not before (ms since the Unix epoch).
+    pub run_at: u64,
+    /// Expires if not started by (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Finished at (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    /// The final outcome, once final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<OutcomeView>,
+    /// The last progress reported: `[done, total]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<(u64, u64)>,
+    /// The timeout of each attempt, in ms.
+    pub timeout_ms: u64,
+    /// The memory limit, in bytes.
+    pub memory: u64,
+    /// The fuel budget, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+}
+
+impl From<&TaskRecord> for TaskView {
+    fn from(r: &TaskRecord) -> Self {
+        Self {
+            id: r.id.to_string(),
+            module: r.module.to_string(),
+            state: r.state.to_string(),
+            priority: r.priority,
+            attempts: r.attempts.len(),
+            max_attempts: r.max_attempts,
+            labels: r.labels.clone(),
+            idempotency_key: r.idempotency_key.clone(),
+            submitted_at: r.submitted_at,
+            updated_at: r.updated_at,
+            run_at: r.run_at,
+            expires_at: r.expires_at,
+            finished_at: r.finished_at,
+            outcome: r.outcome.as_ref().map(OutcomeView::from),
+            progress: r.progress,
+            timeout_ms: u64::try_from(r.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            memory: r.limits.memory,
+            fuel: r.limits.fuel,
+        }
+    }
+}
+
+/// A task's final result.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResultView {
+    /// The task's id.
+    pub id: String,
+    /// Its final state.
+    pub state: String,
+    /// How it ended (absent for an expired task: it never ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<OutcomeView>,
+    /// The output as text, when it is valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The output bytes, base64.
+    pub output_base64: String,
+    /// The log tail of the last attempt.
+    pub log: String,
+    /// How many attempts ran.
+    pub attempts: usize,
+    /// Wall time of all attempts, in microseconds.
+    pub duration_us: u64,
+    /// Fuel of all attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel_consumed: Option<u64>,
+    /// Submitted at (ms since the Unix epoch).
+    pub submitted_at: u64,
+    /// First attempt started at (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// Finished at (ms since the Unix epoch).
+    pub finished_at: u64,
+}
+
+impl From<&TaskResult> for ResultView {
+    fn from(r: &TaskResult) -> Self {
+        Self {
+            id: r.id.to_string(),
+            state: r.state.to_string(),
+            outcome: r.outcome.as_ref().map(OutcomeView::from),
+            output: std::str::from_utf8(&r.output).ok().map(str::to_string),
+            output_base64: base64::engine::general_purpose::STANDARD.encode(&r.output),
+            log: r.log.clone(),
+            attempts: r.attempts.len(),
+            duration_us: r.duration_us,
+            fuel_consumed: r.fuel_consumed,
+            submitted_at: r.submitted_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+impl ResultView {
+    /// The output bytes.
+    pub fn output_bytes(&self) -> Vec<u8> {
+        match &self.output {
+            Some(text) => text.clone().into_bytes(),
+            None => base64::engine::general_purpose::STANDARD
+                .decode(&self.output_base64)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `POST /v1/tasks` and `GET /v1/tasks/{id}`: the task, and its result
+/// when it has one (`?wait=` on submit).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskAnswer {
+    /// The task.
+    pub task: TaskView,
+    /// Its result, once final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultView>,
+    /// On submit: whether this call created the task (false when an
+    /// idempotency key named an existing one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+}
+
+/// `GET /v1/tasks`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    /// Tasks, newest first.
+    pub tasks: Vec<TaskView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `DELETE /v1/tasks/{id}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CancelAnswer {
+    /// The task.
+    pub id: String,
+    /// `cancelled` (it was waiting and never runs) or `killed` (it was
+    /// running and is being stopped).
+    pub cancel: String,
+}
+
+/// `GET /v1/stats`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatsView {
+    /// Tasks in each state.
+    pub counts: BTreeMap<String, u64>,
+    /// All tasks in the store.
+    pub total: u64,
+    /// Workers allowed to take tasks.
+    pub workers: usize,
+    /// Workers running a task now.
+    pub busy: usize,
+    /// Workers free now.
+    pub idle: usize,
+    /// Tasks finished since the server started.
+    pub finished: u64,
+    /// Tasks finished per second over the last 10 seconds.
+    pub finished_per_sec: f64,
+    /// Seconds since the server started.
+    pub uptime_secs: f64,
+    /// The server's version.
+    pub version: String,
+}
+
+impl From<&crate::Stats> for StatsView {
+    fn from(s: &crate::Stats) -> Self {
+        Self {
+            counts: crate::TaskState::ALL
+                .iter()
+                .map(|state| (state.to_string(), s.counts.get(*state)))
+                .collect(),
+            total: s.total,
+            workers: s.workers,
+            busy: s.busy,
+            idle: s.idle,
+            finished: s.finished,
+            finished_per_sec: s.finished_per_sec,
+            uptime_secs: s.uptime_secs,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
