@@ -788,6 +788,8 @@ fn remove_index(
 impl Store for SledStore {
     fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()> {
         let key = hash.as_bytes();
+        // Not while `gc_modules` decides what to remove.
+        let _writes = self.lock_writes();
         // Content-addressed: an existing, sound record is the same bytes. A
         // corrupted one is replaced.
         if let Some(existing) = self
