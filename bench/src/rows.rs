@@ -7,8 +7,10 @@ use wasmtime::{Linker, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wpool::store::{SledOptions, SledStore, Store as _, SyncMode};
 use wpool::{
-    CancellationToken, EngineConfig, Executor, Job, LimitOverrides, Pool, PoolConfig, TaskSpec,
+    Backoff, EngineConfig, Executor, Job, LimitOverrides, Limits, ModuleHash, Pool, PoolConfig,
+    TaskId, TaskRecord, TaskSpec, TaskState,
 };
 use wpool_test_artifacts as programs;
 
@@ -16,7 +18,17 @@ use crate::{Row, Scale};
 
 type Section = fn(Scale, usize) -> Result<Vec<Row>, Box<dyn std::error::Error>>;
 
-pub(crate) const ALL: &[Section] = &[overhead, cpu_bound, spawn_per_task, kill_latency, memory];
+pub(crate) const ALL: &[Section] = &[
+    overhead,
+    durable_submit,
+    cpu_bound,
+    spawn_per_task,
+    kill_latency,
+    cold_start,
+    recovery,
+    http_submit,
+    memory,
+];
 
 fn read(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -292,7 +304,6 @@ fn kill_latency(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::err
             ));
         }
     }
-    let _ = CancellationToken::new();
     Ok(rows)
 }
 
@@ -330,22 +341,343 @@ fn memory(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Er
     });
     let full = rss_kib();
     let per_100k = (full - idle) * 100_000.0 / queued as f64;
+    // What the same records take serialized: the information itself.
+    let record = serde_json::to_vec(&queued_record(echo, 1))?.len() as f64;
     Ok(vec![
         Row::new(
-            &format!("resident memory, {cores} idle workers"),
+            &format!("resident memory, pool with {cores} idle workers"),
             "MiB",
             (idle - before) / 1024.0,
             "process before the pool",
             before / 1024.0,
-            "",
+            "pooling allocator reserves address space, not memory",
         ),
         Row::new(
             "resident memory per 100,000 queued tasks",
             "MiB",
             per_100k / 1024.0,
-            "their input bytes",
-            (queued as f64 * 9.0 * 100_000.0 / queued as f64) / 1024.0 / 1024.0,
-            "memory store; ~10-byte inputs",
+            "their records, serialized (JSON)",
+            record * 100_000.0 / (1 << 20) as f64,
+            "memory store: index + store copy",
         ),
     ])
+}
+
+/// Submissions per second from `concurrency` concurrent submitters (the
+/// tasks run meanwhile; only acknowledgement is timed).
+fn submit_rate(pool: &Pool, hash: ModuleHash, count: usize, concurrency: usize) -> f64 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let started = Instant::now();
+        let per = count / concurrency;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per {
+                        pool.submit(TaskSpec::new(hash, Vec::new())).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (per * concurrency) as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+fn durable_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let wasm = read(programs::P1_TRIVIAL);
+    let count = scale.n(4_000, 40_000);
+    let concurrency = 64;
+    let mut config = PoolConfig::new();
+    config.workers(cores);
+    let memory = {
+        let pool = Pool::new(config.clone())?;
+        let hash = pool.register(&wasm)?;
+        submit_rate(&pool, hash, count, concurrency)
+    };
+    let mut rows = Vec::new();
+    for (name, sync) in [
+        ("durable (group commit)", SyncMode::Durable),
+        (
+            "relaxed (flush every 100 ms)",
+            SyncMode::Relaxed {
+                interval: Duration::from_millis(100),
+            },
+        ),
+    ] {
+        let dir = tempfile_dir("durable");
+        let store = SledStore::open(&dir, SledOptions::new().sync(sync))?;
+        let pool = Pool::with_store(config.clone(), Arc::new(store))?;
+        let hash = pool.register(&wasm)?;
+        let rate = submit_rate(&pool, hash, count, concurrency);
+        drop(pool);
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push(Row::new(
+            &format!("submit, sled store, {name}, {concurrency} submitters"),
+            "tasks/s",
+            rate,
+            "memory store, same submitters",
+            memory,
+            "acknowledged submissions",
+        ));
+    }
+    Ok(rows)
+}
+
+fn tempfile_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "wpool-bench-{what}-{}-{}",
+        std::process::id(),
+        TaskId::new()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn queued_record(module: ModuleHash, seq: u64) -> TaskRecord {
+    let now = wpool::now_millis();
+    TaskRecord {
+        id: TaskId::new(),
+        module,
+        input: format!("{{\"n\":{seq}}}").into_bytes(),
+        priority: 0,
+        limits: Limits::default(),
+        max_attempts: 1,
+        backoff: Backoff::default(),
+        run_at: now,
+        expires_at: None,
+        idempotency_key: None,
+        labels: Default::default(),
+        state: TaskState::Queued,
+        seq,
+        submitted_at: now,
+        updated_at: now,
+        finished_at: None,
+        attempts: Vec::new(),
+        outcome: None,
+        output: Vec::new(),
+        log: String::new(),
+        progress: None,
+    }
+}
+
+fn recovery(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let count = scale.n(10_000, 100_000);
+    let dir = tempfile_dir("recovery");
+    let wasm = read(programs::P1_ECHO);
+    let hash = ModuleHash::of(&wasm);
+    let first = {
+        let store = SledStore::open(&dir, &SledOptions::new())?;
+        store.put_module(&hash, &wasm)?;
+        let mut first = None;
+        for _ in 0..count {
+            let record = queued_record(hash, store.next_seq()?);
+            first.get_or_insert(record.id);
+            store.insert(&record)?;
+        }
+        store.flush()?;
+        first.unwrap()
+    };
+
+    // The limit: open the same database and read every record, no decoding.
+    let raw = {
+        let started = Instant::now();
+        let db = sled::open(dir.join("sled"))?;
+        let mut n = 0usize;
+        for name in db.tree_names() {
+            for entry in db.open_tree(name)?.iter() {
+                std::hint::black_box(entry?);
+                n += 1;
+            }
+        }
+        assert!(n >= count);
+        started.elapsed().as_secs_f64() * 1e3
+    };
+
+    let started = Instant::now();
+    let mut config = PoolConfig::new();
+    config.workers(cores);
+    let pool = Pool::open(config, &dir)?;
+    loop {
+        let state = pool.status(first)?.state;
+        if state != TaskState::Queued {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let reopen = started.elapsed().as_secs_f64() * 1e3;
+    drop(pool);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(vec![Row::new(
+        &format!("reopen a data dir with {count} queued tasks → first start"),
+        "ms",
+        reopen,
+        "sled open + read every record",
+        raw,
+        "lower is better; includes compiling the module",
+    )])
+}
+
+fn cold_start(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    // The full run uses the Python component (tens of MB); the quick one a
+    // Rust component, to stay within a minute.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (name, wasm, input) = if scale.quick {
+        (
+            "Rust wordfreq component",
+            read(programs::EXAMPLE_P2_WORDFREQ),
+            br#"{"text": "a b a"}"#.to_vec(),
+        )
+    } else {
+        let path = root.join("target/examples/python/wordfreq.wasm");
+        if !path.exists() {
+            let status = std::process::Command::new("bash")
+                .arg(root.join("examples/python/build.sh"))
+                .status()?;
+            if !status.success() {
+                return Err("examples/python/build.sh failed".into());
+            }
+        }
+        (
+            "Python wordfreq component",
+            std::fs::read(&path)?,
+            br#"{"text": "a b a"}"#.to_vec(),
+        )
+    };
+    let size_mib = wasm.len() as f64 / (1 << 20) as f64;
+    let dir = tempfile_dir("artifacts");
+    let first_task = |artifacts: bool| -> Result<(f64, f64), Box<dyn std::error::Error>> {
+        let mut config = engine_config(cores, true);
+        if artifacts {
+            config.artifact_dir(&dir);
+        }
+        let executor = Executor::new(&config)?;
+        let limits = executor.limits(&LimitOverrides {
+            memory: Some(512 << 20),
+            timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        })?;
+        let run = |executor: &Executor| -> f64 {
+            let started = Instant::now();
+            let module = executor.register(&wasm).unwrap();
+            let report = executor
+                .spawn(Job {
+                    module,
+                    input: input.clone(),
+                    limits: limits.clone(),
+                    on_progress: None,
+                    env: Vec::new(),
+                })
+                .wait_blocking();
+            assert!(
+                report.outcome.is_success(),
+                "{:?}: {}",
+                report.outcome,
+                report.log
+            );
+            started.elapsed().as_secs_f64() * 1e3
+        };
+        let first = run(&executor);
+        let second = run(&executor);
+        Ok((first, second))
+    };
+    let (uncached, in_memory) = first_task(false)?;
+    let _ = first_task(true)?; // fills the disk cache
+    let (disk, _) = first_task(true)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(vec![
+        Row::new(
+            &format!("first task, {name} ({size_mib:.1} MiB), disk cache"),
+            "ms",
+            disk,
+            "first task, no cache (compile)",
+            uncached,
+            "register + instantiate + run",
+        ),
+        Row::new(
+            &format!("next task, {name}, in-memory cache"),
+            "ms",
+            in_memory,
+            "first task, no cache (compile)",
+            uncached,
+            "register + instantiate + run",
+        ),
+    ])
+}
+
+fn http_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let wasm = read(programs::P1_TRIVIAL);
+    let count = scale.n(2_000, 20_000);
+    let clients = 16;
+    let mut config = PoolConfig::new();
+    config.workers(cores);
+    let embedded = {
+        let pool = Pool::new(config.clone())?;
+        let hash = pool.register(&wasm)?;
+        submit_rate(&pool, hash, count, clients)
+    };
+
+    let pool = Pool::new(config)?;
+    let hash = pool.register(&wasm)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(wpool::cli::server::serve(
+        listener,
+        pool.clone(),
+        wpool::cli::server::ServerConfig::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let body = serde_json::json!({ "module": hash.to_string(), "input": {} }).to_string();
+    let started = Instant::now();
+    let per = count / clients;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let url = format!("{url}/v1/tasks");
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(60)))
+                    .build()
+                    .into();
+                for _ in 0..per {
+                    let response = agent
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .send(body.as_bytes())
+                        .expect("submit over HTTP");
+                    assert!(response.status().is_success());
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| "an HTTP client thread panicked")?;
+    }
+    let http = (per * clients) as f64 / started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    runtime.block_on(server)??;
+    Ok(vec![Row::new(
+        &format!("submit over HTTP, {clients} keep-alive clients"),
+        "tasks/s",
+        http,
+        "embedded Pool::submit, same concurrency",
+        embedded,
+        "memory store on both sides",
+    )])
 }
