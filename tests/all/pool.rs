@@ -677,6 +677,44 @@ async fn retention_removes_old_results() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_can_collect_unused_modules() {
+    let mut config = config(1);
+    config
+        .retention(Duration::from_millis(200))
+        .gc_modules(true);
+    let pool = Pool::new(config).unwrap();
+    let echo = module(&pool, programs::P1_ECHO);
+    assert_eq!(pool.modules().unwrap().len(), 1);
+    pool.submit(TaskSpec::new(echo, Vec::new()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let mut collected = false;
+    for _ in 0..100 {
+        if pool.modules().unwrap().is_empty() {
+            collected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(collected, "the unused module was kept");
+    // Submitting the bytes brings it back.
+    let result = pool
+        .submit(TaskSpec::new(
+            wpool::ModuleRef::Bytes(read(programs::P1_ECHO)),
+            b"back".to_vec(),
+        ))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(result.output, b"back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_add_up_after_a_mixed_run() {
     let pool = pool(2);
     let echo = module(&pool, programs::P1_ECHO);

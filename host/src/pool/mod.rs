@@ -43,6 +43,7 @@ pub struct PoolConfig {
     pub(crate) retention: Duration,
     pub(crate) max_results: Option<u64>,
     pub(crate) stop_grace: Duration,
+    pub(crate) gc_modules: bool,
 }
 
 impl Default for PoolConfig {
@@ -53,6 +54,7 @@ impl Default for PoolConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             max_results: None,
             stop_grace: Duration::from_secs(30),
+            gc_modules: false,
         }
     }
 }
@@ -99,6 +101,16 @@ impl PoolConfig {
     /// (only [`PoolConfig::retention`] applies).
     pub fn max_results(&mut self, max: u64) -> &mut Self {
         self.max_results = Some(max);
+        self
+    }
+
+    /// Whether retention also removes stored modules that no task
+    /// references any more, so that the data directory does not grow with
+    /// modules nobody uses. A module collected this way must be registered
+    /// again before tasks name it by hash (submitting its bytes always
+    /// works). Default: off.
+    pub fn gc_modules(&mut self, on: bool) -> &mut Self {
+        self.gc_modules = on;
         self
     }
 
@@ -1194,7 +1206,18 @@ async fn sweeper(inner: std::sync::Weak<Inner>) {
         let before = now_millis().saturating_sub(retention);
         match inner.store.purge_finished(before, inner.config.max_results) {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "retention removed finished tasks"),
+            Ok(n) => {
+                tracing::debug!(removed = n, "retention removed finished tasks");
+                if inner.config.gc_modules {
+                    match inner.store.gc_modules() {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(removed = n, "removed modules no task uses"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "module collection failed; will retry")
+                        }
+                    }
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
         }
     }

@@ -196,6 +196,16 @@ impl Store for MemoryStore {
         Ok(doomed.len() as u64)
     }
 
+    fn gc_modules(&self) -> Result<u64> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let used: std::collections::HashSet<ModuleHash> =
+            inner.tasks.values().map(|t| t.module).collect();
+        let before = inner.modules.len();
+        inner.modules.retain(|hash, _| used.contains(hash));
+        Ok((before - inner.modules.len()) as u64)
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }

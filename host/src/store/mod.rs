@@ -134,6 +134,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Removes final tasks that finished before `before`, and beyond the
     /// `keep` most recent final tasks; returns how many were removed.
     fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64>;
+    /// Removes stored modules that no task references; returns how many.
+    /// Stores that cannot tell keep everything (the default).
+    fn gc_modules(&self) -> Result<u64> {
+        Ok(0)
+    }
     /// Makes every write so far durable.
     fn flush(&self) -> Result<()>;
     /// Whether [`Store::flush`] makes writes survive a crash.

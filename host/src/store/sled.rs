@@ -786,6 +786,10 @@ fn remove_index(
 }
 
 impl Store for SledStore {
+    fn gc_modules(&self) -> Result<u64> {
+        SledStore::gc_modules(self)
+    }
+
     fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()> {
         let key = hash.as_bytes();
         // Not while `gc_modules` decides what to remove.
