@@ -923,7 +923,7 @@ impl Inner {
                     record.attempts.pop();
                     record.run_at = now + 1000;
                     record.state = TaskState::Scheduled;
-                    sched.insert_unstored(Pending {
+                    sched.insert(Pending {
                         record,
                         holds_room: pending.holds_room,
                     });
@@ -962,26 +962,13 @@ impl Inner {
                 if holds_room {
                     self.queue_room.add_permits(1);
                 }
-                let waiters = self
-                    .waiters
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&record.id);
-                if let Some(waiters) = waiters
-                    && let Some(result) = record.result()
-                {
-                    for waiter in waiters {
-                        let _ = waiter.send(result.clone());
-                    }
-                }
-                self.emit(record.id, EventKind::Expired);
-                self.finished.fetch_add(1, Ordering::Relaxed);
+                self.finished(&record, EventKind::Expired);
             }
             Err(e) => {
                 tracing::error!(task = %record.id, error = %e, "cannot mark task expired");
                 record.state = from;
                 record.finished_at = None;
-                sched.insert_unstored(Pending { record, holds_room });
+                sched.insert(Pending { record, holds_room });
             }
         }
     }
@@ -1071,7 +1058,7 @@ impl Inner {
             && self.phase() < Phase::Stopping
             && matches!(stored, Ok(true));
         if waiting_again {
-            sched.insert_unstored(Pending {
+            sched.insert(Pending {
                 record: record.clone(),
                 holds_room: false,
             });
@@ -1117,7 +1104,7 @@ impl Inner {
                         tracing::error!(task = %record.id, error = %e, "cannot queue due task; retrying in 1 s");
                         record.state = TaskState::Scheduled;
                         record.run_at = now + 1000;
-                        sched.insert_unstored(Pending {
+                        sched.insert(Pending {
                             record,
                             holds_room: pending.holds_room,
                         });
@@ -1125,7 +1112,7 @@ impl Inner {
                     }
                 }
             }
-            sched.insert_unstored(Pending {
+            sched.insert(Pending {
                 record,
                 holds_room: pending.holds_room,
             });

@@ -61,12 +61,6 @@ impl Sched {
         earliest.is_some_and(|e| next.is_none_or(|n| e < n))
     }
 
-    /// The same as [`Sched::insert`], for a task whose state the caller has
-    /// already stored.
-    pub(crate) fn insert_unstored(&mut self, pending: Pending) {
-        self.insert(pending);
-    }
-
     pub(crate) fn remove_pending(&mut self, id: &TaskId) -> Option<Pending> {
         self.pending.remove(id)
     }
