@@ -22,6 +22,10 @@ pub enum Error {
     #[error("unknown module {0}: register its bytes first")]
     UnknownModule(crate::ModuleHash),
 
+    /// The module cannot be deleted: unfinished tasks use it.
+    #[error("module {0} is used by unfinished tasks; cancel them or wait until they finish")]
+    ModuleInUse(crate::ModuleHash),
+
     /// A limit given for a task or the pool is out of range.
     #[error("invalid limit `{name}`: {reason}")]
     InvalidLimit {

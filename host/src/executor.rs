@@ -153,6 +153,12 @@ impl Executor {
         self.inner.registry.get(hash)
     }
 
+    /// Drops a module from the in-memory cache (runs already holding it
+    /// finish; the next registration compiles or loads it again).
+    pub fn forget_module(&self, hash: &ModuleHash) {
+        self.inner.registry.forget(hash);
+    }
+
     /// How many modules have been compiled since the executor started.
     pub fn compilations(&self) -> u64 {
         self.inner.registry.compilations()

@@ -212,6 +212,13 @@ impl Registry {
             .cloned()
     }
 
+    pub(crate) fn forget(&self, hash: &ModuleHash) {
+        self.modules
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(hash);
+    }
+
     pub(crate) fn compilations(&self) -> u64 {
         self.compilations.load(Ordering::Relaxed)
     }

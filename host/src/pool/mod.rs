@@ -364,6 +364,15 @@ impl Pool {
         Ok(module.hash())
     }
 
+    /// Deletes a module from the store and the compiled cache, unless an
+    /// unfinished task uses it ([`Error::ModuleInUse`]); `false` if there
+    /// was no such module.
+    pub fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
+        let deleted = self.inner().store.delete_module(hash)?;
+        self.inner().executor.forget_module(hash);
+        Ok(deleted)
+    }
+
     /// The modules in the store.
     pub fn modules(&self) -> Result<Vec<StoredModule>> {
         self.inner().store.modules()

@@ -96,6 +96,7 @@ impl From<Error> for ApiError {
                 "unknown_module",
                 format!("unknown module {hash}: upload its bytes first with POST /v1/modules"),
             ),
+            Error::ModuleInUse(_) => Self::new(StatusCode::CONFLICT, "module_in_use", message),
             Error::InvalidLimit { .. } => Self::bad_request("invalid_limit", message),
             Error::InvalidTask(_) => Self::bad_request("invalid_task", message),
             Error::NotFound(_) => Self::not_found(message),

@@ -234,22 +234,9 @@ async fn delete_module(
 ) -> Result<StatusCode, ApiError> {
     let hash = parse_hash(&hash)?;
     let pool = state.pool.clone();
-    blocking(move || {
-        if pool.store().module_in_use(&hash)? {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "module_in_use",
-                format!(
-                    "module {hash} is used by unfinished tasks; cancel them or wait until \
-                     they finish"
-                ),
-            ));
-        }
-        if pool.store().delete_module(&hash)? {
-            Ok(StatusCode::NO_CONTENT)
-        } else {
-            Err(crate::Error::UnknownModule(hash).into())
-        }
+    blocking(move || match pool.delete_module(&hash)? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(crate::Error::UnknownModule(hash).into()),
     })
     .await
 }

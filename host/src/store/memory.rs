@@ -71,7 +71,15 @@ impl Store for MemoryStore {
     }
 
     fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
-        Ok(self.lock().modules.remove(hash).is_some())
+        let mut inner = self.lock();
+        if inner
+            .tasks
+            .values()
+            .any(|t| !t.state.is_final() && t.module == *hash)
+        {
+            return Err(crate::Error::ModuleInUse(*hash));
+        }
+        Ok(inner.modules.remove(hash).is_some())
     }
 
     fn next_seq(&self) -> Result<u64> {

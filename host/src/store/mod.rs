@@ -107,7 +107,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>>;
     /// Every stored module.
     fn modules(&self) -> Result<Vec<StoredModule>>;
-    /// Removes a module; `false` if there was none.
+    /// Removes a module unless an unfinished task uses it
+    /// ([`Error::ModuleInUse`](crate::Error::ModuleInUse)), checked and done
+    /// atomically with respect to [`Store::insert`]; `false` if there was
+    /// none.
     fn delete_module(&self, hash: &ModuleHash) -> Result<bool>;
 
     /// The next submission sequence number (increasing, never reused).

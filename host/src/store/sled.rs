@@ -848,7 +848,12 @@ impl Store for SledStore {
     }
 
     fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
+        // Under the write lock, which `insert` also takes: no task can name
+        // the module between the check and the removal.
         let _writes = self.lock_writes();
+        if self.module_in_use(hash)? {
+            return Err(Error::ModuleInUse(*hash));
+        }
         Ok(self
             .trees
             .modules
