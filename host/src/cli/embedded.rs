@@ -15,12 +15,8 @@ use anyhow::{Context, anyhow};
 use super::server::types::{ResultView, SpecError};
 use super::submit::{BatchLine, SubmitArgs, print_json, print_result, write_line};
 use super::{Failure, exit, write_stdout};
-use crate::pool::task::resolve_time;
-use crate::store::{Inserted, SledOptions, SledStore, Store};
-use crate::{
-    EngineConfig, Executor, ModuleHash, Pool, PoolConfig, TaskId, TaskRecord, TaskSpec, TaskState,
-    now_millis,
-};
+use crate::store::{SledOptions, SledStore, Store};
+use crate::{EngineConfig, Executor, ModuleHash, Pool, PoolConfig, TaskId, TaskSpec};
 
 pub(crate) fn execute(args: &SubmitArgs, bytes: &[u8], inputs: &[Vec<u8>]) -> Result<u8, Failure> {
     let hash = ModuleHash::of(bytes);
@@ -91,52 +87,20 @@ fn args_module(args: &SubmitArgs) -> String {
     args.module.display().to_string()
 }
 
-/// One task into the store, as [`Pool::submit`] would store it.
+/// One task into the store, exactly as [`Pool::submit`] stores it.
 fn queue_one(
     store: &dyn Store,
     executor: &Executor,
     module: ModuleHash,
     spec: TaskSpec,
 ) -> Result<TaskId, Failure> {
-    spec.validate().map_err(Failure::bad_input)?;
-    if let Some(key) = &spec.idempotency_key
-        && let Some(existing) = store.by_key(key).map_err(Failure::internal)?
-    {
-        return Ok(existing);
-    }
-    let limits = executor.limits(&spec.limits).map_err(Failure::bad_input)?;
-    let now = now_millis();
-    let run_at = resolve_time(spec.start, now);
-    let record = TaskRecord {
-        id: TaskId::new(),
-        module,
-        input: spec.input,
-        priority: spec.priority,
-        limits,
-        max_attempts: spec.max_attempts,
-        backoff: spec.backoff,
-        run_at,
-        expires_at: spec.expires.map(|e| resolve_time(e, now)),
-        idempotency_key: spec.idempotency_key,
-        labels: spec.labels,
-        state: if run_at > now {
-            TaskState::Scheduled
-        } else {
-            TaskState::Queued
-        },
-        seq: store.next_seq().map_err(Failure::internal)?,
-        submitted_at: now,
-        updated_at: now,
-        finished_at: None,
-        attempts: Vec::new(),
-        outcome: None,
-        output: Vec::new(),
-        log: String::new(),
-        progress: None,
-    };
-    match store.insert(&record).map_err(Failure::internal)? {
-        Inserted::New => Ok(record.id),
-        Inserted::Existing(id) => Ok(id),
+    match crate::pool::store_task(executor, store, module, spec) {
+        Ok(crate::pool::Stored::New(record)) => Ok(record.id),
+        Ok(crate::pool::Stored::Existing(id)) => Ok(id),
+        Err(e @ (crate::Error::InvalidTask(_) | crate::Error::InvalidLimit { .. })) => {
+            Err(Failure::bad_input(e))
+        }
+        Err(e) => Err(Failure::internal(e)),
     }
 }
 

@@ -617,9 +617,63 @@ impl TaskHandle {
     }
 }
 
-enum Stored {
+/// What storing a new task did.
+pub(crate) enum Stored {
+    /// Stored this new record.
     New(Box<TaskRecord>),
+    /// Its idempotency key belongs to this task; nothing was stored.
     Existing(TaskId),
+}
+
+/// Stores a new task naming `module` (already stored), as submitted: the
+/// one place a task record is made. Used by the pool, and by the command
+/// line to queue a task in a data directory without running a pool.
+pub(crate) fn store_task(
+    executor: &Executor,
+    store: &dyn Store,
+    module: ModuleHash,
+    spec: TaskSpec,
+) -> Result<Stored> {
+    spec.validate()?;
+    if let Some(key) = &spec.idempotency_key
+        && let Some(existing) = store.by_key(key)?
+    {
+        return Ok(Stored::Existing(existing));
+    }
+    let limits = executor.limits(&spec.limits)?;
+    let now = now_millis();
+    let run_at = resolve_time(spec.start, now);
+    let record = TaskRecord {
+        id: TaskId::new(),
+        module,
+        input: spec.input,
+        priority: spec.priority,
+        limits,
+        max_attempts: spec.max_attempts,
+        backoff: spec.backoff,
+        run_at,
+        expires_at: spec.expires.map(|e| resolve_time(e, now)),
+        idempotency_key: spec.idempotency_key,
+        labels: spec.labels,
+        state: if run_at > now {
+            TaskState::Scheduled
+        } else {
+            TaskState::Queued
+        },
+        seq: store.next_seq()?,
+        submitted_at: now,
+        updated_at: now,
+        finished_at: None,
+        attempts: Vec::new(),
+        outcome: None,
+        output: Vec::new(),
+        log: String::new(),
+        progress: None,
+    };
+    match store.insert(&record)? {
+        Inserted::New => Ok(Stored::New(Box::new(record))),
+        Inserted::Existing(id) => Ok(Stored::Existing(id)),
+    }
 }
 
 impl Inner {
@@ -685,40 +739,7 @@ impl Inner {
             return Ok(Stored::Existing(existing));
         }
         let module = self.module_for(&spec.module)?;
-        let limits = self.executor.limits(&spec.limits)?;
-        let now = now_millis();
-        let run_at = resolve_time(spec.start, now);
-        let record = TaskRecord {
-            id: TaskId::new(),
-            module: module.hash(),
-            input: spec.input,
-            priority: spec.priority,
-            limits,
-            max_attempts: spec.max_attempts,
-            backoff: spec.backoff,
-            run_at,
-            expires_at: spec.expires.map(|e| resolve_time(e, now)),
-            idempotency_key: spec.idempotency_key,
-            labels: spec.labels,
-            state: if run_at > now {
-                TaskState::Scheduled
-            } else {
-                TaskState::Queued
-            },
-            seq: self.store.next_seq()?,
-            submitted_at: now,
-            updated_at: now,
-            finished_at: None,
-            attempts: Vec::new(),
-            outcome: None,
-            output: Vec::new(),
-            log: String::new(),
-            progress: None,
-        };
-        match self.store.insert(&record)? {
-            Inserted::New => Ok(Stored::New(Box::new(record))),
-            Inserted::Existing(id) => Ok(Stored::Existing(id)),
-        }
+        store_task(&self.executor, self.store.as_ref(), module.hash(), spec)
     }
 
     /// Puts a stored waiting task into the index and wakes whoever should
