@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use wpool::{Job, LimitOverrides, ModuleKind, Outcome};
 use wpool_test_artifacts as programs;
 
-use crate::util::{assert_healthy, executor, fixture, read, run, spawn, timeout};
+use crate::util::{assert_healthy, executor, fixture, read, run, run_wasm, spawn, timeout};
 
 /// A kill must come within this bound of the deadline. Generous: these
 /// machines are shared; the benchmark reports the real figure.
@@ -158,37 +158,27 @@ fn memory_bomb_hits_the_memory_limit() {
     );
     assert_eq!(report.outcome, Outcome::MemoryLimit, "log: {}", report.log);
 
-    let report = ex
-        .spawn(Job {
-            module: ex.register(&fixture("grow_loop.wat")).unwrap(),
-            input: Vec::new(),
-            limits: ex
-                .limits(&LimitOverrides {
-                    memory: Some(8 << 20),
-                    ..Default::default()
-                })
-                .unwrap(),
-            on_progress: None,
-            env: Vec::new(),
-        })
-        .wait_blocking();
+    let report = run_wasm(
+        &ex,
+        &fixture("grow_loop.wat"),
+        b"",
+        LimitOverrides {
+            memory: Some(8 << 20),
+            ..Default::default()
+        },
+    );
     assert_eq!(report.outcome, Outcome::MemoryLimit);
 
     // A module whose initial memory is over the limit never starts.
-    let report = ex
-        .spawn(Job {
-            module: ex.register(&fixture("huge_memory.wat")).unwrap(),
-            input: Vec::new(),
-            limits: ex
-                .limits(&LimitOverrides {
-                    memory: Some(64 << 20),
-                    ..Default::default()
-                })
-                .unwrap(),
-            on_progress: None,
-            env: Vec::new(),
-        })
-        .wait_blocking();
+    let report = run_wasm(
+        &ex,
+        &fixture("huge_memory.wat"),
+        b"",
+        LimitOverrides {
+            memory: Some(64 << 20),
+            ..Default::default()
+        },
+    );
     assert_eq!(report.outcome, Outcome::MemoryLimit);
     assert_healthy(&ex);
 }
@@ -197,15 +187,7 @@ fn memory_bomb_hits_the_memory_limit() {
 fn unbounded_recursion_is_a_stack_overflow_trap() {
     let ex = executor(1);
     // Pure wasm recursion exhausts the wasm stack.
-    let report = ex
-        .spawn(Job {
-            module: ex.register(&fixture("recurse.wat")).unwrap(),
-            input: Vec::new(),
-            limits: ex.limits(&LimitOverrides::default()).unwrap(),
-            on_progress: None,
-            env: Vec::new(),
-        })
-        .wait_blocking();
+    let report = run_wasm(&ex, &fixture("recurse.wat"), b"", LimitOverrides::default());
     assert_eq!(report.outcome, Outcome::Trap("stack overflow".into()));
     // Rust keeps big frames on a stack in linear memory, which runs out
     // first: a trap all the same, and the host is unharmed.

@@ -46,7 +46,16 @@ pub(crate) fn run(
     input: &[u8],
     overrides: LimitOverrides,
 ) -> RunReport {
-    let module = executor.register(&read(path)).expect("register");
+    run_wasm(executor, &read(path), input, overrides)
+}
+
+pub(crate) fn run_wasm(
+    executor: &Executor,
+    wasm: &[u8],
+    input: &[u8],
+    overrides: LimitOverrides,
+) -> RunReport {
+    let module = executor.register(wasm).expect("register");
     spawn(executor, &module, input, overrides).wait_blocking()
 }
 

@@ -70,6 +70,40 @@ enum Command {
     Run(run::RunArgs),
 }
 
+/// The per-task limit flags, shared by `run` and `submit`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct LimitArgs {
+    /// Wall-clock timeout of each attempt, e.g. `500ms`, `5s`, `2m`.
+    /// Default: 30s.
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub(crate) timeout: Option<std::time::Duration>,
+    /// Fuel budget, e.g. `1000000` or `10M`. Default: unlimited.
+    #[arg(long, value_parser = crate::units::parse_count)]
+    pub(crate) fuel: Option<u64>,
+    /// Memory limit, e.g. `64MiB`. Default: 128MiB.
+    #[arg(long, value_parser = crate::units::parse_size)]
+    pub(crate) memory: Option<u64>,
+    /// Output size limit, e.g. `1MiB`. Default: 16MiB.
+    #[arg(long, value_parser = crate::units::parse_size)]
+    pub(crate) max_output: Option<u64>,
+    /// How much of the log is kept, e.g. `64KiB`. Default: 64KiB.
+    #[arg(long, value_parser = crate::units::parse_size)]
+    pub(crate) max_log: Option<u64>,
+}
+
+impl LimitArgs {
+    /// The flags as overrides of the pool's default limits.
+    pub(crate) fn overrides(&self) -> crate::LimitOverrides {
+        crate::LimitOverrides {
+            timeout: self.timeout,
+            fuel: self.fuel,
+            memory: self.memory,
+            max_output: self.max_output,
+            max_log: self.max_log,
+        }
+    }
+}
+
 /// An error of a subcommand, with the exit code it maps to.
 #[derive(Debug)]
 pub(crate) struct Failure {

@@ -2,14 +2,13 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
-use super::{Failure, exit, write_stdout};
-use crate::units::{format_duration, parse_count, parse_duration, parse_size};
-use crate::{EngineConfig, Executor, Job, LimitOverrides, Outcome};
+use super::{Failure, LimitArgs, exit, write_stdout};
+use crate::units::format_duration;
+use crate::{EngineConfig, Executor, Job, Outcome};
 
 /// Run one task locally and print its output.
 ///
@@ -22,18 +21,8 @@ pub(crate) struct RunArgs {
     /// The input: a file, or `-` for stdin. Default: no input.
     #[arg(short, long, value_name = "FILE")]
     input: Option<PathBuf>,
-    /// Wall-clock timeout, e.g. `500ms`, `5s`, `2m`. Default: 30s.
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Fuel budget, e.g. `1000000` or `10M`. Default: unlimited.
-    #[arg(long, value_parser = parse_count)]
-    fuel: Option<u64>,
-    /// Memory limit, e.g. `64MiB`. Default: 128MiB.
-    #[arg(long, value_parser = parse_size)]
-    memory: Option<u64>,
-    /// Output size limit, e.g. `1MiB`. Default: 16MiB.
-    #[arg(long, value_parser = parse_size)]
-    max_output: Option<u64>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Print the log (the task's stderr) after the run.
     #[arg(long)]
     log: bool,
@@ -50,7 +39,7 @@ pub(crate) fn execute(args: RunArgs) -> Result<u8, Failure> {
 
     let mut config = EngineConfig::new();
     config.workers(1);
-    if let Some(memory) = args.memory {
+    if let Some(memory) = args.limits.memory {
         // Let the engine hold a memory as large as asked for.
         config.max_memory(memory.max(1 << 30));
     }
@@ -60,13 +49,7 @@ pub(crate) fn execute(args: RunArgs) -> Result<u8, Failure> {
         .with_context(|| format!("{}", args.module.display()))
         .map_err(Failure::bad_input)?;
     let limits = executor
-        .limits(&LimitOverrides {
-            timeout: args.timeout,
-            fuel: args.fuel,
-            memory: args.memory,
-            max_output: args.max_output,
-            max_log: None,
-        })
+        .limits(&args.limits.overrides())
         .map_err(Failure::bad_input)?;
     let report = executor
         .spawn(Job {

@@ -19,9 +19,9 @@ use super::server::types::{
     BackoffRequest, HumanCount, HumanDuration, HumanSize, ModuleInfo, ResultView, SubmitTask,
     TaskAnswer, TaskView,
 };
-use super::{Failure, embedded, exit, write_stdout};
+use super::{Failure, LimitArgs, embedded, exit, write_stdout};
 use crate::ModuleHash;
-use crate::units::{format_duration, parse_count, parse_duration, parse_size};
+use crate::units::{format_duration, parse_duration};
 
 /// Submit a task to the daemon (or a batch, one task per line of
 /// `--inputs`), and with `--wait` print its output.
@@ -49,22 +49,8 @@ pub(crate) struct SubmitArgs {
     /// Higher runs first. Default: 0.
     #[arg(long, allow_hyphen_values = true)]
     priority: Option<i32>,
-    /// Wall-clock timeout of each attempt, e.g. `5s`. Default: the
-    /// server's (30s).
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Fuel budget, e.g. `10M`.
-    #[arg(long, value_parser = parse_count)]
-    fuel: Option<u64>,
-    /// Memory limit, e.g. `64MiB`.
-    #[arg(long, value_parser = parse_size)]
-    memory: Option<u64>,
-    /// Output size limit, e.g. `1MiB`.
-    #[arg(long, value_parser = parse_size)]
-    max_output: Option<u64>,
-    /// How much of the log is kept, e.g. `64KiB`.
-    #[arg(long, value_parser = parse_size)]
-    max_log: Option<u64>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// How many times the task may run in all (1 = no retry).
     #[arg(long)]
     attempts: Option<u32>,
@@ -113,11 +99,11 @@ impl SubmitArgs {
             input_base64: (!input.is_empty())
                 .then(|| base64::engine::general_purpose::STANDARD.encode(input)),
             priority: self.priority,
-            timeout: self.timeout.map(HumanDuration),
-            fuel: self.fuel.map(HumanCount),
-            memory: self.memory.map(HumanSize),
-            max_output: self.max_output.map(HumanSize),
-            max_log: self.max_log.map(HumanSize),
+            timeout: self.limits.timeout.map(HumanDuration),
+            fuel: self.limits.fuel.map(HumanCount),
+            memory: self.limits.memory.map(HumanSize),
+            max_output: self.limits.max_output.map(HumanSize),
+            max_log: self.limits.max_log.map(HumanSize),
             max_attempts: self.attempts,
             backoff: self.backoff.map(|d| BackoffRequest {
                 initial: Some(HumanDuration(d)),
