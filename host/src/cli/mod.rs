@@ -182,6 +182,25 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Reads a task's input: a file, `-` for stdin, or nothing.
+pub(crate) fn read_input(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    match path {
+        None => Ok(Vec::new()),
+        Some(p) if p.as_os_str() == "-" => {
+            let mut input = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .context("cannot read the input from stdin")?;
+            Ok(input)
+        }
+        Some(p) => {
+            std::fs::read(p).with_context(|| format!("cannot read the input {}", p.display()))
+        }
+    }
+}
+
 /// Writes to stdout, treating a closed pipe (`wpool ... | head`) as success.
 pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();

@@ -1,12 +1,11 @@
 //! `wpool run`: run one task locally, no daemon, no data directory.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 
-use super::{Failure, LimitArgs, exit, write_stdout};
+use super::{Failure, LimitArgs, exit, read_input, write_stdout};
 use crate::units::format_duration;
 use crate::{EngineConfig, Executor, Job, Outcome};
 
@@ -98,22 +97,6 @@ pub(crate) fn execute(args: RunArgs) -> Result<u8, Failure> {
         Outcome::Success => exit::OK,
         _ => exit::TASK_FAILED,
     })
-}
-
-fn read_input(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
-    match path {
-        None => Ok(Vec::new()),
-        Some(p) if p.as_os_str() == "-" => {
-            let mut input = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut input)
-                .context("cannot read the input from stdin")?;
-            Ok(input)
-        }
-        Some(p) => {
-            std::fs::read(p).with_context(|| format!("cannot read the input {}", p.display()))
-        }
-    }
 }
 
 fn tail_lines(text: &str, n: usize) -> &str {

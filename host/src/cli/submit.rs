@@ -19,7 +19,7 @@ use super::server::types::{
     BackoffRequest, HumanCount, HumanDuration, HumanSize, ModuleInfo, ResultView, SubmitTask,
     TaskAnswer, TaskView,
 };
-use super::{Failure, LimitArgs, embedded, exit, write_stdout};
+use super::{Failure, LimitArgs, embedded, exit, read_input, write_stdout};
 use crate::ModuleHash;
 use crate::units::{format_duration, parse_duration};
 
@@ -511,23 +511,6 @@ pub(crate) fn write_line(
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(Failure::internal(anyhow!(e).context("writing to stdout"))),
-    }
-}
-
-pub(crate) fn read_input(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read;
-    match path {
-        None => Ok(Vec::new()),
-        Some(p) if p.as_os_str() == "-" => {
-            let mut input = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut input)
-                .context("cannot read the input from stdin")?;
-            Ok(input)
-        }
-        Some(p) => {
-            std::fs::read(p).with_context(|| format!("cannot read the input {}", p.display()))
-        }
     }
 }
 

@@ -99,11 +99,21 @@ pub(crate) fn spawn_collector(
     });
 }
 
+/// The `# HELP` and `# TYPE` lines of a metric.
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// The Prometheus text of `stats` and `metrics`.
 pub(crate) fn render(stats: &Stats, metrics: &Metrics) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP wpool_tasks Tasks in the store, by state.");
-    let _ = writeln!(out, "# TYPE wpool_tasks gauge");
+    header(
+        &mut out,
+        "wpool_tasks",
+        "Tasks in the store, by state.",
+        "gauge",
+    );
     for state in TaskState::ALL {
         let _ = writeln!(
             out,
@@ -112,34 +122,45 @@ pub(crate) fn render(stats: &Stats, metrics: &Metrics) -> String {
         );
     }
     let depth = stats.counts.get(TaskState::Queued) + stats.counts.get(TaskState::Scheduled);
-    let _ = writeln!(
-        out,
-        "# HELP wpool_queue_depth Tasks waiting to run (queued and scheduled)."
+    header(
+        &mut out,
+        "wpool_queue_depth",
+        "Tasks waiting to run (queued and scheduled).",
+        "gauge",
     );
-    let _ = writeln!(out, "# TYPE wpool_queue_depth gauge");
     let _ = writeln!(out, "wpool_queue_depth {depth}");
-    let _ = writeln!(out, "# HELP wpool_workers Workers allowed to take tasks.");
-    let _ = writeln!(out, "# TYPE wpool_workers gauge");
+    header(
+        &mut out,
+        "wpool_workers",
+        "Workers allowed to take tasks.",
+        "gauge",
+    );
     let _ = writeln!(out, "wpool_workers {}", stats.workers);
-    let _ = writeln!(out, "# HELP wpool_workers_busy Workers running a task now.");
-    let _ = writeln!(out, "# TYPE wpool_workers_busy gauge");
+    header(
+        &mut out,
+        "wpool_workers_busy",
+        "Workers running a task now.",
+        "gauge",
+    );
     let _ = writeln!(out, "wpool_workers_busy {}", stats.busy);
     let utilisation = if stats.workers == 0 {
         0.0
     } else {
         stats.busy as f64 / stats.workers as f64
     };
-    let _ = writeln!(
-        out,
-        "# HELP wpool_worker_utilisation Busy workers over workers, 0 to 1."
+    header(
+        &mut out,
+        "wpool_worker_utilisation",
+        "Busy workers over workers, 0 to 1.",
+        "gauge",
     );
-    let _ = writeln!(out, "# TYPE wpool_worker_utilisation gauge");
     let _ = writeln!(out, "wpool_worker_utilisation {utilisation}");
-    let _ = writeln!(
-        out,
-        "# HELP wpool_tasks_finished_total Tasks finished since the server started, by state and outcome."
+    header(
+        &mut out,
+        "wpool_tasks_finished_total",
+        "Tasks finished since the server started, by state and outcome.",
+        "counter",
     );
-    let _ = writeln!(out, "# TYPE wpool_tasks_finished_total counter");
     for ((state, outcome), n) in metrics
         .outcomes
         .lock()
@@ -151,11 +172,12 @@ pub(crate) fn render(stats: &Stats, metrics: &Metrics) -> String {
             "wpool_tasks_finished_total{{state=\"{state}\",outcome=\"{outcome}\"}} {n}"
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP wpool_task_duration_seconds Wall time of finished tasks, all attempts."
+    header(
+        &mut out,
+        "wpool_task_duration_seconds",
+        "Wall time of finished tasks, all attempts.",
+        "histogram",
     );
-    let _ = writeln!(out, "# TYPE wpool_task_duration_seconds histogram");
     for (bound, bucket) in BUCKETS.iter().zip(&metrics.buckets) {
         let _ = writeln!(
             out,
@@ -174,37 +196,41 @@ pub(crate) fn render(stats: &Stats, metrics: &Metrics) -> String {
         metrics.sum_us.load(Ordering::Relaxed) as f64 / 1e6
     );
     let _ = writeln!(out, "wpool_task_duration_seconds_count {count}");
-    let _ = writeln!(
-        out,
-        "# HELP wpool_fuel_consumed_total Fuel consumed by finished tasks."
+    header(
+        &mut out,
+        "wpool_fuel_consumed_total",
+        "Fuel consumed by finished tasks.",
+        "counter",
     );
-    let _ = writeln!(out, "# TYPE wpool_fuel_consumed_total counter");
     let _ = writeln!(
         out,
         "wpool_fuel_consumed_total {}",
         metrics.fuel.load(Ordering::Relaxed)
     );
-    let _ = writeln!(
-        out,
-        "# HELP wpool_tasks_per_second Tasks finished per second over the last 10 s."
+    header(
+        &mut out,
+        "wpool_tasks_per_second",
+        "Tasks finished per second over the last 10 s.",
+        "gauge",
     );
-    let _ = writeln!(out, "# TYPE wpool_tasks_per_second gauge");
     let _ = writeln!(out, "wpool_tasks_per_second {}", stats.finished_per_sec);
-    let _ = writeln!(
-        out,
-        "# HELP wpool_metrics_events_missed_total Events the metrics collector missed (it fell behind)."
+    header(
+        &mut out,
+        "wpool_metrics_events_missed_total",
+        "Events the metrics collector missed (it fell behind).",
+        "counter",
     );
-    let _ = writeln!(out, "# TYPE wpool_metrics_events_missed_total counter");
     let _ = writeln!(
         out,
         "wpool_metrics_events_missed_total {}",
         metrics.lagged.load(Ordering::Relaxed)
     );
-    let _ = writeln!(
-        out,
-        "# HELP wpool_uptime_seconds Seconds since the server started."
+    header(
+        &mut out,
+        "wpool_uptime_seconds",
+        "Seconds since the server started.",
+        "gauge",
     );
-    let _ = writeln!(out, "# TYPE wpool_uptime_seconds gauge");
     let _ = writeln!(out, "wpool_uptime_seconds {}", stats.uptime_secs);
     out
 }
