@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = PoolConfig::new();
     config.workers(2);
     let pool = Pool::new(config)?;
-    let hash = pool.register(&module)?;
+    let hash = pool.register(&module).await?;
 
     // Ten tasks, the last ones with a higher priority, each with a timeout.
     let mut handles = Vec::new();
@@ -73,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             result.duration_us
         );
     }
-    let stats = pool.stats()?;
+    let stats = pool.stats().await?;
     println!(
         "{} tasks, {} succeeded",
         stats.total,

@@ -7,10 +7,11 @@ use wasmtime::{Linker, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wpool::store::{SledOptions, SledStore, Store as _, SyncMode};
+use wpool::backend::{Backend, EmbeddedBackend};
+use wpool::store::{MemoryStore, SledOptions, SledStore, Store as _, SyncMode};
 use wpool::{
-    Backoff, EngineConfig, Executor, Job, LimitOverrides, Limits, ModuleHash, Pool, PoolConfig,
-    TaskId, TaskRecord, TaskSpec, TaskState,
+    EngineConfig, Executor, Job, LimitOverrides, Limits, ModuleHash, Pool, PoolConfig, TaskId,
+    TaskRecord, TaskSpec, TaskState,
 };
 use wpool_test_artifacts as programs;
 
@@ -23,6 +24,8 @@ pub(crate) const ALL: &[Section] = &[
     memory,
     overhead,
     durable_submit,
+    durable_end_to_end,
+    lease_renewal,
     cpu_bound,
     spawn_per_task,
     kill_latency,
@@ -106,9 +109,14 @@ fn executor_rate(wasm: &[u8], workers: usize, count: usize) -> f64 {
     count as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Registers a module from outside async code.
+fn register(pool: &Pool, wasm: &[u8]) -> wpool::Result<ModuleHash> {
+    pool.executor().handle().block_on(pool.register(wasm))
+}
+
 /// Tasks per second through the `Pool` (in-memory store).
 pub(crate) fn pool_rate(pool: &Pool, wasm: &[u8], count: usize, input: &[u8]) -> f64 {
-    let hash = pool.register(wasm).unwrap();
+    let hash = register(pool, wasm).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -323,7 +331,7 @@ fn memory(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Er
     let mut config = PoolConfig::new();
     config.workers(cores);
     let pool = Pool::new(config)?;
-    let echo = pool.register(&read(programs::P1_ECHO))?;
+    let echo = register(&pool, &read(programs::P1_ECHO))?;
     std::thread::sleep(Duration::from_millis(200));
     let idle = rss_kib();
     let queued = scale.n(20_000, 100_000);
@@ -400,7 +408,7 @@ fn durable_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::e
     config.workers(cores);
     let memory = {
         let pool = Pool::new(config.clone())?;
-        let hash = pool.register(&wasm)?;
+        let hash = register(&pool, &wasm)?;
         submit_rate(&pool, hash, count, concurrency)
     };
     let mut rows = Vec::new();
@@ -416,7 +424,7 @@ fn durable_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::e
         let dir = tempfile_dir("durable");
         let store = SledStore::open(&dir, SledOptions::new().sync(sync))?;
         let pool = Pool::with_store(config.clone(), Arc::new(store))?;
-        let hash = pool.register(&wasm)?;
+        let hash = register(&pool, &wasm)?;
         let rate = submit_rate(&pool, hash, count, concurrency);
         drop(pool);
         let _ = std::fs::remove_dir_all(&dir);
@@ -432,6 +440,116 @@ fn durable_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::e
     Ok(rows)
 }
 
+/// Tasks per second from submission to a durable result that a waiter
+/// was given: `concurrency` submitters, each submitting one task and
+/// waiting for its result, again and again.
+fn end_to_end_rate(pool: &Pool, hash: ModuleHash, count: usize, concurrency: usize) -> f64 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let started = Instant::now();
+        let per = count / concurrency;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per {
+                        let task = pool.submit(TaskSpec::new(hash, Vec::new())).await.unwrap();
+                        let result = task.wait().await.unwrap();
+                        assert!(result.is_success(), "{:?}", result.outcome);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (per * concurrency) as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+fn durable_end_to_end(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let wasm = read(programs::P1_TRIVIAL);
+    let count = scale.n(2_000, 20_000);
+    let concurrency = 64;
+    let mut config = PoolConfig::new();
+    config.workers(cores);
+    let memory = {
+        let pool = Pool::new(config.clone())?;
+        let hash = register(&pool, &wasm)?;
+        end_to_end_rate(&pool, hash, count, concurrency)
+    };
+    let mut rows = Vec::new();
+    for (name, sync) in [
+        ("durable", SyncMode::Durable),
+        (
+            "relaxed (nothing flushed before it is seen)",
+            SyncMode::Relaxed {
+                interval: Duration::from_millis(100),
+            },
+        ),
+    ] {
+        let dir = tempfile_dir("end-to-end");
+        let store = SledStore::open(&dir, SledOptions::new().sync(sync))?;
+        let pool = Pool::with_store(config.clone(), Arc::new(store))?;
+        let hash = register(&pool, &wasm)?;
+        let rate = end_to_end_rate(&pool, hash, count, concurrency);
+        drop(pool);
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push(Row::new(
+            &format!("end to end (submit → run → result), sled {name}, {concurrency} submitters"),
+            "tasks/s",
+            rate,
+            "memory store, same submitters",
+            memory,
+            "submission, claim and result each durable before seen",
+        ));
+    }
+    Ok(rows)
+}
+
+/// What a heartbeat costs: renewing the leases of running tasks, per
+/// lease, next to claiming and completing a task (the work a lease
+/// guards).
+fn lease_renewal(scale: Scale, _cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let tasks = scale.n(1_000, 10_000);
+    let rounds = scale.n(20, 100);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let wasm = read(programs::P1_TRIVIAL);
+    let hash = ModuleHash::of(&wasm);
+    let (renew_us, claim_us) = runtime.block_on(async {
+        let backend = EmbeddedBackend::open(Arc::new(MemoryStore::new()))?;
+        backend.put_module(&hash, &wasm).await?;
+        let ttl = Duration::from_secs(30);
+        let records: Vec<TaskRecord> = (0..tasks as u64).map(|n| queued_record(hash, n)).collect();
+        backend.enqueue(records).await?;
+        let started = Instant::now();
+        let claim = backend.claim(tasks, ttl).await?;
+        let claim_us = started.elapsed().as_secs_f64() * 1e6 / tasks as f64;
+        let leases: Vec<_> = claim.claimed.iter().map(|(_, lease)| *lease).collect();
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let states = backend.renew(&leases, ttl).await?;
+            assert_eq!(states.len(), leases.len());
+        }
+        let renew_us = started.elapsed().as_secs_f64() * 1e6 / (rounds * tasks) as f64;
+        Ok::<_, wpool::Error>((renew_us, claim_us))
+    })?;
+    Ok(vec![Row::new(
+        "renew a lease (heartbeat), embedded backend",
+        "µs/lease",
+        renew_us,
+        "claim a task under a lease",
+        claim_us,
+        "one renewal per running task every lease_ttl/3 (10 s by default)",
+    )])
+}
+
 fn tempfile_dir(what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "wpool-bench-{what}-{}-{}",
@@ -443,30 +561,15 @@ fn tempfile_dir(what: &str) -> std::path::PathBuf {
 }
 
 fn queued_record(module: ModuleHash, seq: u64) -> TaskRecord {
-    let now = wpool::now_millis();
-    TaskRecord {
-        id: TaskId::new(),
+    let input = format!("{{\"n\":{seq}}}").into_bytes();
+    let mut record = TaskRecord::new(
+        TaskSpec::new(module, input),
         module,
-        input: format!("{{\"n\":{seq}}}").into_bytes(),
-        priority: 0,
-        limits: Limits::default(),
-        max_attempts: 1,
-        backoff: Backoff::default(),
-        run_at: now,
-        expires_at: None,
-        idempotency_key: None,
-        labels: Default::default(),
-        state: TaskState::Queued,
-        seq,
-        submitted_at: now,
-        updated_at: now,
-        finished_at: None,
-        attempts: Vec::new(),
-        outcome: None,
-        output: Vec::new(),
-        log: String::new(),
-        progress: None,
-    }
+        Limits::default(),
+        wpool::now_millis(),
+    );
+    record.seq = seq;
+    record
 }
 
 fn recovery(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
@@ -481,9 +584,9 @@ fn recovery(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::
         for _ in 0..count {
             let record = queued_record(hash, store.next_seq()?);
             first.get_or_insert(record.id);
-            store.insert(&record)?;
+            store.insert(std::slice::from_ref(&record))?;
         }
-        store.flush()?;
+        store.flush_blocking()?;
         first.unwrap()
     };
 
@@ -507,7 +610,7 @@ fn recovery(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::
     config.workers(cores);
     let pool = Pool::open(config, &dir)?;
     loop {
-        let state = pool.status(first)?.state;
+        let state = pool.executor().handle().block_on(pool.status(first))?.state;
         if state != TaskState::Queued {
             break;
         }
@@ -621,12 +724,12 @@ fn http_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::erro
     config.workers(cores);
     let embedded = {
         let pool = Pool::new(config.clone())?;
-        let hash = pool.register(&wasm)?;
+        let hash = register(&pool, &wasm)?;
         submit_rate(&pool, hash, count, clients)
     };
 
     let pool = Pool::new(config)?;
-    let hash = pool.register(&wasm)?;
+    let hash = register(&pool, &wasm)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

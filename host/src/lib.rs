@@ -23,9 +23,9 @@
 //! "#)?;
 //!
 //! let pool = Pool::new(PoolConfig::new().workers(2).clone())?;
-//! let module = pool.register(&wasm)?;
 //! let runtime = tokio::runtime::Runtime::new()?;
 //! let result = runtime.block_on(async {
+//!     let module = pool.register(&wasm).await?;
 //!     let task = pool
 //!         .submit(TaskSpec::new(module, b"{}".to_vec()).timeout(Duration::from_secs(5)).max_attempts(3))
 //!         .await?;
@@ -45,8 +45,14 @@
 //!   [`Pool::subscribe`] to [`Event`]s, [`Pool::stats`], and a graceful
 //!   [`Pool::close`] (finish the queue) or [`Pool::stop`] (finish running
 //!   work, keep the queue).
-//! - [`store::Store`]: where tasks live; every state change is one atomic
-//!   call. [`store::MemoryStore`] is the in-memory one.
+//! - [`backend::Backend`]: owns the queue. The pool claims ready tasks
+//!   from it under leases, and records each run's end under its lease,
+//!   durably, before anyone is told. [`backend::EmbeddedBackend`] keeps
+//!   the queue of one process in a [`store::Store`]: in memory
+//!   ([`store::MemoryStore`]) or on disk ([`store::SledStore`]). A task
+//!   whose host dies while it runs runs again (an interruption, not an
+//!   attempt).
+//! - [`task`]: the task model: ids, states, specs, records, leases.
 //! - [`Executor`]: one wasmtime engine (pooling allocator sized for the
 //!   workers, fuel metering, epoch interruption), its compiled modules, and
 //!   a fixed set of workers.
@@ -76,6 +82,7 @@
 //! | `cli` | yes | the `wpool` binary (command line) |
 
 mod abi;
+pub mod backend;
 mod cache;
 mod engine;
 mod error;
@@ -85,6 +92,7 @@ mod outcome;
 mod pool;
 mod registry;
 pub mod store;
+pub mod task;
 pub mod units;
 
 pub use cache::{ARTIFACTS_DIR, ArtifactCache, CacheStats};
@@ -94,12 +102,13 @@ pub use executor::{Execution, Executor, Job, ProgressFn};
 pub use limits::{LimitOverrides, Limits, MAX_OUTPUT, MAX_TIMEOUT};
 pub use outcome::{Outcome, RunReport};
 pub use pool::events::{Event, EventKind, Events, EventsError};
-pub use pool::task::{
-    Attempt, Backoff, MAX_ATTEMPTS, MAX_KEY_LEN, MAX_LABELS, Millis, ModuleRef, StartAt, TaskId,
-    TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,
-};
 pub use pool::{CancelResult, Pool, PoolConfig, Stats, TaskHandle};
-pub use registry::{CompiledModule, ModuleHash, ModuleKind};
+pub use registry::{CompiledModule, ModuleKind};
+pub use task::{
+    Attempt, Backoff, MAX_ATTEMPTS, MAX_KEY_LEN, MAX_LABELS, Millis, ModuleHash, ModuleRef,
+    StartAt, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,
+};
+pub use task::{Completion, DEFAULT_MAX_INTERRUPTIONS, Lease};
 pub use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "cli")]

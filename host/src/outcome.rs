@@ -32,6 +32,10 @@ pub enum Outcome {
     InvalidModule(String),
     /// The host failed to run the task (not the task's fault).
     HostError(String),
+    /// The task was running this many times when its host died or lost
+    /// its lease, its `max_interruptions`: it is not run again, so that a
+    /// task that takes its host down cannot do so for ever.
+    Interrupted(u32),
 }
 
 impl Outcome {
@@ -50,6 +54,7 @@ impl Outcome {
                 | Outcome::InvalidModule(_)
                 | Outcome::OutputTooLarge
                 | Outcome::Cancelled
+                | Outcome::Interrupted(_)
         )
     }
 
@@ -68,6 +73,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::InvalidModule(_) => "invalid_module",
             Outcome::HostError(_) => "host_error",
+            Outcome::Interrupted(_) => "interrupted",
         }
     }
 }
@@ -86,6 +92,10 @@ impl std::fmt::Display for Outcome {
             Outcome::Cancelled => f.write_str("cancelled"),
             Outcome::InvalidModule(message) => write!(f, "invalid module: {message}"),
             Outcome::HostError(message) => write!(f, "host error: {message}"),
+            Outcome::Interrupted(times) => write!(
+                f,
+                "interrupted {times} times: its host stopped while it ran, every time"
+            ),
         }
     }
 }

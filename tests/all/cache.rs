@@ -16,7 +16,11 @@ fn config(fuel: bool) -> PoolConfig {
 }
 
 fn run_once(pool: &Pool, wasm: &[u8], input: &[u8]) -> Vec<u8> {
-    let hash = pool.register(wasm).unwrap();
+    let hash = pool
+        .executor()
+        .handle()
+        .block_on(pool.register(wasm))
+        .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -100,7 +104,11 @@ fn a_corrupted_artifact_is_rebuilt_not_loaded() {
 fn tasks_recovered_after_a_restart_run_without_compiling() {
     let dir = tempfile::tempdir().unwrap();
     let pool = Pool::open(config(true), dir.path()).unwrap();
-    let hash = pool.register(&read(programs::P1_ECHO)).unwrap();
+    let hash = pool
+        .executor()
+        .handle()
+        .block_on(pool.register(&read(programs::P1_ECHO)))
+        .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wpool::store::{SledOptions, SledStore, Store, SyncMode, TaskFilter};
 use wpool::{
-    Attempt, EventKind, ModuleHash, Outcome, Pool, PoolConfig, TaskId, TaskSpec, TaskState,
+    EventKind, Lease, ModuleHash, Outcome, Pool, PoolConfig, TaskId, TaskSpec, TaskState,
     now_millis,
 };
 use wpool_test_artifacts as programs;
@@ -72,14 +72,14 @@ async fn order_and_delays_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let pool = pool_on(&store, config(1));
-    let sleep = pool.register(&read(programs::P1_SLEEP)).unwrap();
+    let sleep = pool.register(&read(programs::P1_SLEEP)).await.unwrap();
     // The only worker is busy: nothing below starts before the restart.
     let blocker = pool
         .submit(TaskSpec::new(sleep, b"600000".to_vec()).priority(-100))
         .await
         .unwrap()
         .id();
-    while pool.status(blocker).unwrap().state != TaskState::Running {
+    while pool.status(blocker).await.unwrap().state != TaskState::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut ids = Vec::new();
@@ -110,7 +110,7 @@ async fn order_and_delays_survive_a_restart() {
         .await
         .unwrap()
         .id();
-    let later_run_at = pool.status(later).unwrap().run_at;
+    let later_run_at = pool.status(later).await.unwrap().run_at;
     pool.stop_with_grace(Duration::ZERO).await.unwrap();
     drop(pool);
     release(store).await;
@@ -121,13 +121,15 @@ async fn order_and_delays_survive_a_restart() {
     assert_eq!(counts.get(TaskState::Queued), 8, "{counts:?}");
     assert_eq!(counts.get(TaskState::Scheduled), 2, "{counts:?}");
     let pool = pool_on(&store, config(1));
-    // The blocker was requeued by the stop, its killed run counted; it
-    // goes now, before it could occupy the worker again.
-    pool.cancel(blocker).unwrap();
-    let blocker = pool.status(blocker).unwrap();
+    // The blocker was put back by the stop, its killed run not counted (a
+    // graceful stop is neither an attempt nor an interruption); it goes
+    // now, before it could occupy the worker again.
+    pool.cancel(blocker).await.unwrap();
+    let blocker = pool.status(blocker).await.unwrap();
     assert_eq!(blocker.state, TaskState::Cancelled);
-    assert_eq!(blocker.attempts.len(), 1);
-    assert_eq!(blocker.attempts[0].outcome, Some(Outcome::Cancelled));
+    assert!(blocker.attempts.is_empty());
+    assert_eq!(blocker.interruptions, 0);
+    assert_eq!(blocker.outcome, Some(Outcome::Cancelled));
     for (id, _) in &ids {
         let result = pool.wait(*id).await.unwrap();
         assert_eq!(result.state, TaskState::Succeeded);
@@ -164,18 +166,21 @@ async fn order_and_delays_survive_a_restart() {
     assert_eq!(report.finished, 10);
 }
 
+/// A host that dies is not the task's failure: a task running at a crash
+/// runs again, the lost run counted as an interruption, not an attempt; a
+/// task that keeps taking its host down ends at its `max_interruptions`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_running_at_a_crash_run_again_with_the_attempt_counted() {
+async fn tasks_running_at_a_crash_run_again_as_an_interruption() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let pool = pool_on(&store, config(1));
-    let echo = pool.register(&read(programs::P1_ECHO)).unwrap();
+    let echo = pool.register(&read(programs::P1_ECHO)).await.unwrap();
     let mut ids = Vec::new();
-    for (input, attempts) in [("again", 3), ("last try", 1)] {
+    for (input, interruptions) in [("again", 3), ("poison", 1)] {
         let handle = pool
             .submit(
                 TaskSpec::new(echo, input.as_bytes().to_vec())
-                    .max_attempts(attempts)
+                    .max_interruptions(interruptions)
                     .delay(Duration::from_secs(3600)),
             )
             .await
@@ -186,25 +191,22 @@ async fn tasks_running_at_a_crash_run_again_with_the_attempt_counted() {
     drop(pool);
     release(store).await;
 
-    // What a process that died mid-run leaves: the task marked running,
-    // its attempt started and never ended (the same write the pool makes
-    // when a worker takes a task).
+    // What a process that died mid-run leaves: the task running under a
+    // lease, its attempt started and never ended (the write a claim makes).
     let store = open(dir.path());
     for id in &ids {
         let mut record = store.get(id).unwrap().unwrap();
-        record.state = TaskState::Running;
-        record.updated_at = now_millis();
-        record.attempts.push(Attempt {
-            number: 1,
-            outcome: None,
-            started_at: now_millis(),
-            duration_us: 0,
-            fuel_consumed: None,
-        });
+        record.state = TaskState::Queued;
+        let lease = Lease {
+            task: *id,
+            token: 7,
+            expires_at: now_millis() + 3_600_000,
+        };
+        record.start(lease, now_millis());
         assert!(store.update(&record, TaskState::Scheduled).unwrap());
     }
     assert_eq!(store.counts().unwrap().get(TaskState::Running), 2);
-    store.flush().unwrap();
+    store.flush_blocking().unwrap();
     drop(store);
 
     let store = open(dir.path());
@@ -213,22 +215,24 @@ async fn tasks_running_at_a_crash_run_again_with_the_attempt_counted() {
     let again = pool.wait(ids[0]).await.unwrap();
     assert_eq!(again.state, TaskState::Succeeded);
     assert_eq!(again.output, b"again");
-    assert_eq!(again.attempts.len(), 2, "the interrupted run counts");
-    assert_eq!(again.attempts[0].outcome, None);
-    assert_eq!(again.attempts[1].outcome, Some(Outcome::Success));
+    assert_eq!(
+        again.attempts.len(),
+        1,
+        "the interrupted run is not an attempt"
+    );
+    assert_eq!(again.attempts[0].outcome, Some(Outcome::Success));
+    assert_eq!(again.interruptions, 1);
 
-    // No attempts left: failed, not run a second time, so a task that kills
-    // its host cannot loop forever.
-    let last = pool.wait(ids[1]).await.unwrap();
-    assert_eq!(last.state, TaskState::Failed);
-    assert_eq!(last.attempts.len(), 1);
-    match &last.outcome {
-        Some(Outcome::HostError(message)) => assert!(message.contains("no attempts left")),
-        other => panic!("{other:?}"),
-    }
+    // At its limit of interruptions: ended, with an outcome that says so,
+    // and not run again, so a task that kills its host cannot loop forever.
+    let poison = pool.wait(ids[1]).await.unwrap();
+    assert_eq!(poison.state, TaskState::Failed);
+    assert_eq!(poison.outcome, Some(Outcome::Interrupted(1)));
+    assert!(poison.attempts.is_empty());
+    assert_eq!(poison.interruptions, 1);
     while let Ok(Some(event)) = events.try_recv() {
         if let EventKind::Started { attempt } = event.kind {
-            assert_eq!((event.id, attempt), (ids[0], 2));
+            assert_eq!((event.id, attempt), (ids[0], 1));
         }
     }
     pool.close().await.unwrap();
@@ -251,13 +255,13 @@ async fn a_corrupted_record_is_reported_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let pool = pool_on(&store, config(1));
-    let echo = pool.register(&read(programs::P1_ECHO)).unwrap();
+    let echo = pool.register(&read(programs::P1_ECHO)).await.unwrap();
     let done = pool
         .submit(TaskSpec::new(echo, b"done".to_vec()))
         .await
         .unwrap()
         .id();
-    while !pool.status(done).unwrap().state.is_final() {
+    while !pool.status(done).await.unwrap().state.is_final() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let waiting = pool
@@ -278,16 +282,26 @@ async fn a_corrupted_record_is_reported_never_served() {
         "corrupted record {} in tree `tasks`: checksum mismatch",
         done
     );
-    let error = pool.status(done).unwrap_err().to_string();
+    let error = pool.status(done).await.unwrap_err().to_string();
     assert!(error.contains(&expected), "{error}");
-    assert!(matches!(pool.status(done), Err(wpool::Error::Store(_))));
-    let error = pool.list(&TaskFilter::default()).unwrap_err().to_string();
+    assert!(matches!(
+        pool.status(done).await,
+        Err(wpool::Error::Store(_))
+    ));
+    let error = pool
+        .list(&TaskFilter::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains(&expected), "{error}");
     let report = store.check().unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert!(report.problems[0].contains(&expected));
     // The rest works.
-    assert_eq!(pool.status(waiting).unwrap().state, TaskState::Scheduled);
+    assert_eq!(
+        pool.status(waiting).await.unwrap().state,
+        TaskState::Scheduled
+    );
     let result = pool
         .submit(TaskSpec::new(echo, b"ok".to_vec()))
         .await
@@ -341,7 +355,7 @@ async fn a_newer_schema_refuses_to_open_and_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let pool = pool_on(&store, config(1));
-    let echo = pool.register(&read(programs::P1_ECHO)).unwrap();
+    let echo = pool.register(&read(programs::P1_ECHO)).await.unwrap();
     pool.submit(TaskSpec::new(echo, b"x".to_vec()).delay(Duration::from_secs(60)))
         .await
         .unwrap();
@@ -478,7 +492,7 @@ async fn retention_bounds_the_directory_under_a_steady_stream() {
     let mut config = config(2);
     config.retention(Duration::from_millis(200));
     let pool = pool_on(&store, config);
-    let echo = pool.register(&read(programs::P1_ECHO)).unwrap();
+    let echo = pool.register(&read(programs::P1_ECHO)).await.unwrap();
     let input = vec![b'x'; 2048];
     let mut sizes = Vec::new();
     let rounds = 12;
@@ -510,7 +524,7 @@ async fn retention_bounds_the_directory_under_a_steady_stream() {
     );
     // Results past retention are gone: at most a round's worth remains.
     assert!(counts.total() <= per_round as u64, "{counts:?}");
-    assert!(pool.status(TaskId::new()).is_err());
+    assert!(pool.status(TaskId::new()).await.is_err());
     // The directory stops growing. sled appends every write to its log and
     // reclaims a segment once the pages in it were rewritten or removed, so
     // the size moves in steps of segments around the volume of about one
@@ -602,7 +616,7 @@ async fn measure_submit_throughput_and_reopen_time() {
                 _ => Arc::new(wpool::store::MemoryStore::new()),
             };
             let pool = Pool::with_store(config(1), store).unwrap();
-            let echo = pool.register(&read(programs::P1_ECHO)).unwrap();
+            let echo = pool.register(&read(programs::P1_ECHO)).await.unwrap();
             let rate = submit_rate(&pool, echo, n, concurrency).await;
             line += &format!(" {mode} {rate:.0}/s");
         }
@@ -616,13 +630,13 @@ async fn measure_submit_throughput_and_reopen_time() {
     store.put_module(&echo, &echo_bytes).unwrap();
     let template = {
         let pool = pool_on(&store, config(1));
-        pool.register(&echo_bytes).unwrap();
+        pool.register(&echo_bytes).await.unwrap();
         let handle = pool
             .submit(TaskSpec::new(echo, b"1".to_vec()).delay(Duration::from_secs(3600)))
             .await
             .unwrap();
-        let record = pool.status(handle.id()).unwrap();
-        pool.cancel(handle.id()).unwrap();
+        let record = pool.status(handle.id()).await.unwrap();
+        pool.cancel(handle.id()).await.unwrap();
         pool.stop().await.unwrap();
         record
     };
@@ -635,7 +649,7 @@ async fn measure_submit_throughput_and_reopen_time() {
         record.seq = store.next_seq().unwrap();
         record.state = TaskState::Queued;
         record.run_at = now_millis();
-        store.insert(&record).unwrap();
+        store.insert(&[record]).unwrap();
     }
     store.sync().unwrap();
     eprintln!(

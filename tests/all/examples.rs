@@ -74,7 +74,7 @@ fn generous() -> LimitOverrides {
 }
 
 async fn wordfreq_everywhere(pool: &Pool, name: &str, wasm: &Path) {
-    let hash = pool.register(&std::fs::read(wasm).unwrap()).unwrap();
+    let hash = pool.register(&std::fs::read(wasm).unwrap()).await.unwrap();
     for case in ["wordfreq", "wordfreq-edge", "wordfreq-empty"] {
         let result = pool
             .submit(TaskSpec::new(hash, input(&format!("{case}.json"))).limits(generous()))
@@ -150,7 +150,7 @@ async fn rust_examples_do_what_they_say() {
         ("p1", programs::EXAMPLE_P1_HELLO),
         ("p2", programs::EXAMPLE_P2_HELLO),
     ] {
-        let hash = pool.register(&std::fs::read(wasm).unwrap()).unwrap();
+        let hash = pool.register(&std::fs::read(wasm).unwrap()).await.unwrap();
         let result = pool
             .submit(TaskSpec::new(hash, input("hello.json")))
             .await
@@ -169,7 +169,7 @@ async fn rust_examples_do_what_they_say() {
         ("p1", programs::EXAMPLE_P1_HASH),
         ("p2", programs::EXAMPLE_P2_HASH),
     ] {
-        let hash = pool.register(&std::fs::read(wasm).unwrap()).unwrap();
+        let hash = pool.register(&std::fs::read(wasm).unwrap()).await.unwrap();
         let body = br#"{"data": "wpool", "rounds": 3}"#.to_vec();
         let result = pool
             .submit(TaskSpec::new(hash, body))
@@ -194,7 +194,7 @@ async fn rust_examples_do_what_they_say() {
         ("p1", programs::EXAMPLE_P1_PROGRESS),
         ("p2", programs::EXAMPLE_P2_PROGRESS),
     ] {
-        let hash = pool.register(&std::fs::read(wasm).unwrap()).unwrap();
+        let hash = pool.register(&std::fs::read(wasm).unwrap()).await.unwrap();
         let mut events = pool.subscribe();
         let handle = pool
             .submit(TaskSpec::new(hash, br#"{"steps": 5}"#.to_vec()))
@@ -217,7 +217,7 @@ async fn rust_examples_do_what_they_say() {
         ("p1", programs::EXAMPLE_P1_FAIL),
         ("p2", programs::EXAMPLE_P2_FAIL),
     ] {
-        let hash = pool.register(&std::fs::read(wasm).unwrap()).unwrap();
+        let hash = pool.register(&std::fs::read(wasm).unwrap()).await.unwrap();
         let backoff = Backoff {
             initial: Duration::from_millis(10),
             max: Duration::from_millis(50),

@@ -4,6 +4,7 @@
 mod cache;
 mod cli;
 mod cli_run;
+mod contract;
 mod durable;
 mod examples;
 mod executor;

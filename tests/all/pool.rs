@@ -24,8 +24,8 @@ fn pool(workers: usize) -> Pool {
     Pool::new(config(workers)).unwrap()
 }
 
-fn module(pool: &Pool, path: &str) -> ModuleHash {
-    pool.register(&read(path)).unwrap()
+async fn module(pool: &Pool, path: &str) -> ModuleHash {
+    pool.register(&read(path)).await.unwrap()
 }
 
 fn fast_backoff() -> Backoff {
@@ -40,7 +40,7 @@ fn fast_backoff() -> Backoff {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_and_wait_for_the_result() {
     let pool = pool(2);
-    let echo = module(&pool, programs::P1_ECHO);
+    let echo = module(&pool, programs::P1_ECHO).await;
     let handle = pool
         .submit(TaskSpec::new(echo, b"hello".to_vec()).label("team", "a"))
         .await
@@ -52,9 +52,9 @@ async fn submit_and_wait_for_the_result() {
     assert_eq!(result.attempts.len(), 1);
     assert!(result.fuel_consumed.unwrap() > 0);
     assert!(result.finished_at >= result.submitted_at);
-    let status = pool.status(handle.id()).unwrap();
+    let status = pool.status(handle.id()).await.unwrap();
     assert_eq!(status.labels.get("team").map(String::as_str), Some("a"));
-    assert_eq!(pool.result(handle.id()).unwrap().unwrap(), result);
+    assert_eq!(pool.result(handle.id()).await.unwrap().unwrap(), result);
 
     // Submitting the bytes works too, and registers the module once.
     let compiled = pool.executor().compilations();
@@ -75,7 +75,7 @@ async fn submit_and_wait_for_the_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_specs_are_refused_with_a_reason() {
     let pool = pool(1);
-    let echo = module(&pool, programs::P1_ECHO);
+    let echo = module(&pool, programs::P1_ECHO).await;
     let unknown: ModuleHash = "00".repeat(32).parse().unwrap();
     let cases: Vec<(TaskSpec, &str)> = vec![
         (TaskSpec::new(unknown, Vec::new()), "unknown module"),
@@ -109,18 +109,18 @@ async fn bad_specs_are_refused_with_a_reason() {
         assert!(err.contains(expected), "{expected}: {err}");
     }
     // Nothing was stored by the refused submissions.
-    assert_eq!(pool.stats().unwrap().total, 0);
+    assert_eq!(pool.stats().await.unwrap().total, 0);
 }
 
 /// Submits a sleeper that keeps the only worker busy, so that what is
 /// submitted next waits in the queue.
 async fn occupy(pool: &Pool, ms: u64) -> wpool::TaskHandle {
-    let sleep = module(pool, programs::P1_SLEEP);
+    let sleep = module(pool, programs::P1_SLEEP).await;
     let handle = pool
         .submit(TaskSpec::new(sleep, ms.to_string().into_bytes()))
         .await
         .unwrap();
-    while pool.status(handle.id()).unwrap().state != TaskState::Running {
+    while pool.status(handle.id()).await.unwrap().state != TaskState::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     handle
@@ -129,7 +129,7 @@ async fn occupy(pool: &Pool, ms: u64) -> wpool::TaskHandle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_first_then_fifo() {
     let pool = pool(1);
-    let echo = module(&pool, programs::P1_ECHO);
+    let echo = module(&pool, programs::P1_ECHO).await;
     let mut events = pool.subscribe();
     let blocker = occupy(&pool, 300).await;
     let mut names = HashMap::new();
@@ -160,14 +160,14 @@ async fn priority_first_then_fifo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_task_starts_at_its_time() {
     let pool = pool(1);
-    let echo = module(&pool, programs::P1_ECHO);
+    let echo = module(&pool, programs::P1_ECHO).await;
     let handle = pool
         .submit(TaskSpec::new(echo, b"later".to_vec()).delay(Duration::from_millis(400)))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(
-        pool.status(handle.id()).unwrap().state,
+        pool.status(handle.id()).await.unwrap().state,
         TaskState::Scheduled
     );
     let result = handle.wait().await.unwrap();
@@ -180,7 +180,7 @@ async fn delayed_task_starts_at_its_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_not_started_before_its_expiry_expires() {
     let pool = pool(1);
-    let echo = module(&pool, programs::P1_ECHO);
+    let echo = module(&pool, programs::P1_ECHO).await;
     let mut events = pool.subscribe();
     let blocker = occupy(&pool, 400).await;
     let doomed = pool
@@ -196,7 +196,10 @@ async fn a_task_not_started_before_its_expiry_expires() {
     assert_eq!(result.outcome, None);
     assert!(result.attempts.is_empty(), "it never ran");
     // Expired at its time, while the worker was still busy.
-    assert_eq!(pool.status(blocker.id()).unwrap().state, TaskState::Running);
+    assert_eq!(
+        pool.status(blocker.id()).await.unwrap().state,
+        TaskState::Running
+    );
     assert_eq!(fine.wait().await.unwrap().output, b"in time");
     let mut saw_expired = false;
     while let Ok(Some(event)) = events.try_recv() {
@@ -211,7 +214,7 @@ async fn a_task_not_started_before_its_expiry_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_retried_with_backoff() {
     let pool = pool(1);
-    let flaky = module(&pool, programs::P1_FLAKY);
+    let flaky = module(&pool, programs::P1_FLAKY).await;
     let mut events = pool.subscribe();
     let handle = pool
         .submit(
@@ -287,7 +290,7 @@ async fn failures_are_retried_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_that_cannot_change_are_not_retried() {
     let pool = pool(1);
-    let flood = module(&pool, programs::P1_OUTPUT_FLOOD);
+    let flood = module(&pool, programs::P1_OUTPUT_FLOOD).await;
     let result = pool
         .submit(
             TaskSpec::new(flood, Vec::new())
@@ -306,7 +309,7 @@ async fn outcomes_that_cannot_change_are_not_retried() {
     assert_eq!(result.outcome, Some(Outcome::OutputTooLarge));
     assert_eq!(result.attempts.len(), 1);
 
-    let spin = module(&pool, programs::P1_SPIN);
+    let spin = module(&pool, programs::P1_SPIN).await;
     let handle = pool
         .submit(
             TaskSpec::new(spin, Vec::new())
@@ -315,10 +318,10 @@ async fn outcomes_that_cannot_change_are_not_retried() {
         )
         .await
         .unwrap();
-    while pool.status(handle.id()).unwrap().state != TaskState::Running {
+    while pool.status(handle.id()).await.unwrap().state != TaskState::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(handle.cancel().unwrap(), CancelResult::Killed);
+    assert_eq!(handle.cancel().await.unwrap(), CancelResult::Killed);
     let result = handle.wait().await.unwrap();
     assert_eq!(result.state, TaskState::Cancelled);
     assert_eq!(result.attempts.len(), 1, "a cancel is not retried");
@@ -343,7 +346,7 @@ async fn outcomes_that_cannot_change_are_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_returns_the_existing_task() {
     let pool = pool(1);
-    let echo = module(&pool, programs::P1_ECHO);
+    let echo = module(&pool, programs::P1_ECHO).await;
     let first = pool
         .submit(TaskSpec::new(echo, b"once".to_vec()).idempotency_key("order-42"))
         .await
@@ -354,7 +357,7 @@ async fn an_idempotency_key_returns_the_existing_task() {
         .unwrap();
     assert_eq!(first.id(), second.id());
     assert_eq!(second.wait().await.unwrap().output, b"once");
-    assert_eq!(pool.stats().unwrap().total, 1);
+    assert_eq!(pool.stats().await.unwrap().total, 1);
     let third = pool
         .submit(TaskSpec::new(echo, b"other".to_vec()).idempotency_key("order-43"))
         .await
@@ -365,8 +368,8 @@ async fn an_idempotency_key_returns_the_existing_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_in_every_state() {
     let pool = pool(1);
-    let echo = module(&pool, programs::P1_ECHO);
-    let sleep = module(&pool, programs::P1_SLEEP);
+    let echo = module(&pool, programs::P1_ECHO).await;
+    let sleep = module(&pool, programs::P1_SLEEP).await;
 
     let done = pool
         .submit(TaskSpec::new(echo, b"x".to_vec()))
@@ -374,12 +377,12 @@ async fn cancel_in_every_state() {
         .unwrap();
     done.wait().await.unwrap();
     assert_eq!(
-        done.cancel().unwrap(),
+        done.cancel().await.unwrap(),
         CancelResult::AlreadyFinished(TaskState::Succeeded)
     );
 
     let running = pool.submit(TaskSpec::new(sleep, Vec::new())).await.unwrap();
-    while pool.status(running.id()).unwrap().state != TaskState::Running {
+    while pool.status(running.id()).await.unwrap().state != TaskState::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let queued = pool
@@ -390,15 +393,18 @@ async fn cancel_in_every_state() {
         .submit(TaskSpec::new(echo, b"s".to_vec()).delay(Duration::from_secs(3600)))
         .await
         .unwrap();
-    assert_eq!(pool.status(queued.id()).unwrap().state, TaskState::Queued);
     assert_eq!(
-        pool.status(scheduled.id()).unwrap().state,
+        pool.status(queued.id()).await.unwrap().state,
+        TaskState::Queued
+    );
+    assert_eq!(
+        pool.status(scheduled.id()).await.unwrap().state,
         TaskState::Scheduled
     );
 
-    assert_eq!(queued.cancel().unwrap(), CancelResult::Cancelled);
-    assert_eq!(scheduled.cancel().unwrap(), CancelResult::Cancelled);
-    assert_eq!(running.cancel().unwrap(), CancelResult::Killed);
+    assert_eq!(queued.cancel().await.unwrap(), CancelResult::Cancelled);
+    assert_eq!(scheduled.cancel().await.unwrap(), CancelResult::Cancelled);
+    assert_eq!(running.cancel().await.unwrap(), CancelResult::Killed);
     for handle in [&queued, &scheduled, &running] {
         let result = handle.wait().await.unwrap();
         assert_eq!(result.state, TaskState::Cancelled);
@@ -406,6 +412,7 @@ async fn cancel_in_every_state() {
     }
     assert!(
         pool.result(queued.id())
+            .await
             .unwrap()
             .unwrap()
             .attempts
@@ -413,16 +420,21 @@ async fn cancel_in_every_state() {
         "never ran"
     );
     assert_eq!(
-        pool.result(running.id()).unwrap().unwrap().attempts.len(),
+        pool.result(running.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .attempts
+            .len(),
         1
     );
     assert_eq!(
-        queued.cancel().unwrap(),
+        queued.cancel().await.unwrap(),
         CancelResult::AlreadyFinished(TaskState::Cancelled)
     );
 
     let unknown = wpool::TaskId::new();
-    assert!(matches!(pool.cancel(unknown), Err(Error::NotFound(id)) if id == unknown));
+    assert!(matches!(pool.cancel(unknown).await, Err(Error::NotFound(id)) if id == unknown));
     // The pool is unharmed.
     let result = pool
         .submit(TaskSpec::new(echo, b"ok".to_vec()))
@@ -438,8 +450,8 @@ async fn cancel_in_every_state() {
 async fn stop_keeps_the_queue_and_a_new_pool_resumes_it() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let pool = Pool::with_store(config(1), store.clone()).unwrap();
-    let echo = module(&pool, programs::P1_ECHO);
-    let spin = module(&pool, programs::P1_SPIN);
+    let echo = module(&pool, programs::P1_ECHO).await;
+    let spin = module(&pool, programs::P1_SPIN).await;
     let spinner = pool
         .submit(
             TaskSpec::new(spin, Vec::new())
@@ -448,7 +460,7 @@ async fn stop_keeps_the_queue_and_a_new_pool_resumes_it() {
         )
         .await
         .unwrap();
-    while pool.status(spinner.id()).unwrap().state != TaskState::Running {
+    while pool.status(spinner.id()).await.unwrap().state != TaskState::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut queued = Vec::new();
@@ -474,11 +486,14 @@ async fn stop_keeps_the_queue_and_a_new_pool_resumes_it() {
         Err(Error::ShutDown)
     ));
 
-    // The spinner was killed after the grace period and queued again, its
-    // interrupted run counted; nothing else ran.
+    // The spinner was killed after the grace period and put back in the
+    // queue, not counted as an attempt nor as an interruption (the stop was
+    // graceful); nothing else ran.
     let spinner_record = store.get(&spinner.id()).unwrap().unwrap();
     assert_eq!(spinner_record.state, TaskState::Queued);
-    assert_eq!(spinner_record.attempts.len(), 1);
+    assert!(spinner_record.attempts.is_empty());
+    assert_eq!(spinner_record.interruptions, 0);
+    assert_eq!(spinner_record.lease, None);
     for id in &queued {
         assert_eq!(store.get(id).unwrap().unwrap().state, TaskState::Queued);
     }
@@ -489,13 +504,18 @@ async fn stop_keeps_the_queue_and_a_new_pool_resumes_it() {
     drop(pool);
 
     let pool = Pool::with_store(config(1), store.clone()).unwrap();
-    // The spinner was first in line: it runs again, its second and last
-    // attempt, until its timeout.
+    // The spinner was first in line: it runs again, both its attempts,
+    // each until its timeout; the run the stop killed is not one of them.
     let spun = pool.wait(spinner.id()).await.unwrap();
     assert_eq!(spun.state, TaskState::Failed);
     assert_eq!(spun.outcome, Some(Outcome::Timeout));
     assert_eq!(spun.attempts.len(), 2);
-    assert_eq!(spun.attempts[0].outcome, Some(Outcome::Cancelled));
+    assert!(
+        spun.attempts
+            .iter()
+            .all(|a| a.outcome == Some(Outcome::Timeout))
+    );
+    assert_eq!(spun.interruptions, 0);
     for (i, id) in queued.iter().enumerate() {
         assert_eq!(
             pool.wait(*id).await.unwrap().output,
@@ -508,7 +528,7 @@ async fn stop_keeps_the_queue_and_a_new_pool_resumes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_drains_everything_then_refuses_work() {
     let pool = pool(2);
-    let echo = module(&pool, programs::P1_ECHO);
+    let echo = module(&pool, programs::P1_ECHO).await;
     let mut ids = Vec::new();
     for i in 0..50 {
         let mut spec = TaskSpec::new(echo, format!("{i}").into_bytes());
@@ -519,7 +539,7 @@ async fn close_drains_everything_then_refuses_work() {
     }
     pool.close().await.unwrap();
     for id in &ids {
-        assert_eq!(pool.status(*id).unwrap().state, TaskState::Succeeded);
+        assert_eq!(pool.status(*id).await.unwrap().state, TaskState::Succeeded);
     }
     assert!(matches!(
         pool.submit(TaskSpec::new(echo, Vec::new())).await,
@@ -534,7 +554,7 @@ async fn a_full_queue_pushes_back() {
     let mut config = config(1);
     config.max_queued(2);
     let pool = Pool::new(config).unwrap();
-    let echo = module(&pool, programs::P1_ECHO);
+    let echo = module(&pool, programs::P1_ECHO).await;
     let blocker = occupy(&pool, 300).await;
     pool.try_submit(TaskSpec::new(echo, b"1".to_vec()))
         .await
@@ -555,7 +575,7 @@ async fn a_full_queue_pushes_back() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        pool.status(blocker.id()).unwrap().state,
+        pool.status(blocker.id()).await.unwrap().state,
         TaskState::Succeeded
     );
     assert_eq!(handle.wait().await.unwrap().output, b"3");
@@ -566,14 +586,14 @@ async fn workers_can_be_added_while_running() {
     let mut config = config(1);
     config.engine_mut().max_workers(4);
     let pool = Pool::new(config).unwrap();
-    let sleep = module(&pool, programs::P1_SLEEP);
+    let sleep = module(&pool, programs::P1_SLEEP).await;
     let handles: Vec<_> = futures_join(&pool, sleep, 4).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(pool.stats().unwrap().busy, 1);
+    assert_eq!(pool.stats().await.unwrap().busy, 1);
     pool.set_workers(4).unwrap();
     let mut busy = 0;
     for _ in 0..100 {
-        busy = pool.stats().unwrap().busy;
+        busy = pool.stats().await.unwrap().busy;
         if busy == 4 {
             break;
         }
@@ -602,7 +622,7 @@ async fn futures_join(pool: &Pool, sleep: ModuleHash, n: usize) -> Vec<wpool::Ta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_reaches_subscribers() {
     let pool = pool(1);
-    let progress = module(&pool, programs::P1_PROGRESS);
+    let progress = module(&pool, programs::P1_PROGRESS).await;
     let mut events = pool.subscribe();
     let handle = pool
         .submit(TaskSpec::new(progress, Vec::new()))
@@ -621,7 +641,7 @@ async fn progress_reaches_subscribers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_and_pages_newest_first() {
     let pool = pool(2);
-    let echo = module(&pool, programs::P1_ECHO);
+    let echo = module(&pool, programs::P1_ECHO).await;
     let mut ids = Vec::new();
     for i in 0..25 {
         let team = if i % 2 == 0 { "even" } else { "odd" };
@@ -644,7 +664,7 @@ async fn list_filters_and_pages_newest_first() {
         ..Default::default()
     };
     loop {
-        let page = pool.list(&filter).unwrap();
+        let page = pool.list(&filter).await.unwrap();
         if page.is_empty() {
             break;
         }
@@ -661,19 +681,19 @@ async fn retention_removes_old_results() {
     let mut config = config(2);
     config.retention(Duration::from_millis(200));
     let pool = Pool::new(config).unwrap();
-    let echo = module(&pool, programs::P1_ECHO);
+    let echo = module(&pool, programs::P1_ECHO).await;
     let handle = pool.submit(TaskSpec::new(echo, Vec::new())).await.unwrap();
     handle.wait().await.unwrap();
     let mut gone = false;
     for _ in 0..100 {
-        if matches!(pool.status(handle.id()), Err(Error::NotFound(_))) {
+        if matches!(pool.status(handle.id()).await, Err(Error::NotFound(_))) {
             gone = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(gone, "the result outlived its retention");
-    assert_eq!(pool.stats().unwrap().total, 0);
+    assert_eq!(pool.stats().await.unwrap().total, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,8 +703,8 @@ async fn retention_can_collect_unused_modules() {
         .retention(Duration::from_millis(200))
         .gc_modules(true);
     let pool = Pool::new(config).unwrap();
-    let echo = module(&pool, programs::P1_ECHO);
-    assert_eq!(pool.modules().unwrap().len(), 1);
+    let echo = module(&pool, programs::P1_ECHO).await;
+    assert_eq!(pool.modules().await.unwrap().len(), 1);
     pool.submit(TaskSpec::new(echo, Vec::new()))
         .await
         .unwrap()
@@ -693,7 +713,7 @@ async fn retention_can_collect_unused_modules() {
         .unwrap();
     let mut collected = false;
     for _ in 0..100 {
-        if pool.modules().unwrap().is_empty() {
+        if pool.modules().await.unwrap().is_empty() {
             collected = true;
             break;
         }
@@ -717,9 +737,9 @@ async fn retention_can_collect_unused_modules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_add_up_after_a_mixed_run() {
     let pool = pool(2);
-    let echo = module(&pool, programs::P1_ECHO);
-    let flaky = module(&pool, programs::P1_FLAKY);
-    let sleep = module(&pool, programs::P1_SLEEP);
+    let echo = module(&pool, programs::P1_ECHO).await;
+    let flaky = module(&pool, programs::P1_FLAKY).await;
+    let sleep = module(&pool, programs::P1_SLEEP).await;
     let mut handles = Vec::new();
     for i in 0..3000u32 {
         let spec = match i % 6 {
@@ -733,7 +753,7 @@ async fn stats_add_up_after_a_mixed_run() {
     let mut cancelled = 0;
     for (i, handle) in &handles {
         if i % 6 == 4 {
-            assert_eq!(handle.cancel().unwrap(), CancelResult::Cancelled);
+            assert_eq!(handle.cancel().await.unwrap(), CancelResult::Cancelled);
             cancelled += 1;
         }
     }
@@ -743,7 +763,7 @@ async fn stats_add_up_after_a_mixed_run() {
             .entry(handle.wait().await.unwrap().state)
             .or_default() += 1;
     }
-    let stats = pool.stats().unwrap();
+    let stats = pool.stats().await.unwrap();
     assert_eq!(stats.total, 3000);
     assert_eq!(stats.counts.total(), 3000);
     for state in TaskState::ALL {
@@ -766,13 +786,13 @@ async fn stats_add_up_after_a_mixed_run() {
 #[test]
 fn many_threads_submit_and_cancel_and_nothing_is_lost() {
     let pool = pool(2);
-    let echo = module(&pool, programs::P1_ECHO);
-    let sleep = module(&pool, programs::P1_SLEEP);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    let echo = runtime.block_on(module(&pool, programs::P1_ECHO));
+    let sleep = runtime.block_on(module(&pool, programs::P1_SLEEP));
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let pool = pool.clone();
@@ -787,7 +807,7 @@ fn many_threads_submit_and_cancel_and_nothing_is_lost() {
                     };
                     let task = handle.block_on(pool.submit(spec)).unwrap();
                     if i % 3 == 0 {
-                        let _ = task.cancel().unwrap();
+                        let _ = handle.block_on(task.cancel()).unwrap();
                     }
                     mine.push(task.id());
                 }
@@ -816,7 +836,7 @@ fn many_threads_submit_and_cancel_and_nothing_is_lost() {
             assert_eq!(runs, 1);
         }
     }
-    let stats = pool.stats().unwrap();
+    let stats = runtime.block_on(pool.stats()).unwrap();
     assert_eq!(stats.total, 2000);
     for (state, n) in finals {
         assert_eq!(stats.counts.get(state), n, "{state}");

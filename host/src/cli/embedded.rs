@@ -15,8 +15,9 @@ use anyhow::{Context, anyhow};
 use super::server::types::{ResultView, SpecError};
 use super::submit::{BatchLine, SubmitArgs, print_json, print_result, write_line};
 use super::{Failure, exit, write_stdout};
+use crate::backend::{Backend, EmbeddedBackend, Enqueued};
 use crate::store::{SledOptions, SledStore, Store};
-use crate::{EngineConfig, Executor, ModuleHash, Pool, PoolConfig, TaskId, TaskSpec};
+use crate::{EngineConfig, Executor, ModuleHash, Pool, PoolConfig, TaskId, TaskSpec, now_millis};
 
 pub(crate) fn execute(args: &SubmitArgs, bytes: &[u8], inputs: &[Vec<u8>]) -> Result<u8, Failure> {
     let hash = ModuleHash::of(bytes);
@@ -51,8 +52,8 @@ pub(crate) fn execute(args: &SubmitArgs, bytes: &[u8], inputs: &[Vec<u8>]) -> Re
     }
 }
 
-/// Stores the tasks as queued (or scheduled), flushed, without running
-/// anything.
+/// Stores the tasks as queued (or scheduled), in one durable write,
+/// without running anything.
 fn queue_only(
     args: &SubmitArgs,
     store: &Arc<dyn Store>,
@@ -66,14 +67,35 @@ fn queue_only(
         .register(bytes)
         .with_context(|| args_module(args))
         .map_err(Failure::bad_input)?;
-    store
-        .put_module(&module.hash(), bytes)
+    let now = now_millis();
+    let records = specs
+        .into_iter()
+        .map(|spec| {
+            crate::pool::new_record(&executor, spec, module.hash(), now).map_err(|e| match e {
+                crate::Error::InvalidTask(_) | crate::Error::InvalidLimit { .. } => {
+                    Failure::bad_input(e)
+                }
+                e => Failure::internal(e),
+            })
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    // Opening the backend is a restart of the directory's queue: no pool
+    // runs, so nothing starts.
+    let backend = EmbeddedBackend::open(store.clone()).map_err(Failure::internal)?;
+    let enqueued = executor
+        .handle()
+        .block_on(async {
+            backend.put_module(&module.hash(), bytes).await?;
+            backend.enqueue(records).await
+        })
         .map_err(Failure::internal)?;
-    let mut ids = Vec::with_capacity(specs.len());
-    for spec in specs {
-        ids.push(queue_one(store.as_ref(), &executor, module.hash(), spec)?);
-    }
-    store.flush().map_err(Failure::internal)?;
+    let ids: Vec<TaskId> = enqueued
+        .into_iter()
+        .map(|e| match e {
+            Enqueued::New(record) => record.id,
+            Enqueued::Existing(id) => id,
+        })
+        .collect();
     eprintln!(
         "wpool: queued {} task(s) in {}; they run when `wpool serve --data-dir {}` starts",
         ids.len(),
@@ -85,23 +107,6 @@ fn queue_only(
 
 fn args_module(args: &SubmitArgs) -> String {
     args.module.display().to_string()
-}
-
-/// One task into the store, exactly as [`Pool::submit`] stores it.
-fn queue_one(
-    store: &dyn Store,
-    executor: &Executor,
-    module: ModuleHash,
-    spec: TaskSpec,
-) -> Result<TaskId, Failure> {
-    match crate::pool::store_task(executor, store, module, spec) {
-        Ok(crate::pool::Stored::New(record)) => Ok(record.id),
-        Ok(crate::pool::Stored::Existing(id)) => Ok(id),
-        Err(e @ (crate::Error::InvalidTask(_) | crate::Error::InvalidLimit { .. })) => {
-            Err(Failure::bad_input(e))
-        }
-        Err(e) => Err(Failure::internal(e)),
-    }
 }
 
 fn print_ids(args: &SubmitArgs, ids: &[TaskId]) -> Result<u8, Failure> {
@@ -142,14 +147,15 @@ fn run_embedded(
     let pool = Pool::with_store(config, store)
         .context("cannot start an embedded pool")
         .map_err(Failure::internal)?;
-    pool.register(bytes)
+    let handle = pool.executor().handle().clone();
+    handle
+        .block_on(pool.register(bytes))
         .with_context(|| args_module(args))
         .map_err(Failure::bad_input)?;
     eprintln!(
         "wpool: running embedded in {} until the task(s) finish",
         args.data_dir.display()
     );
-    let handle = pool.executor().handle().clone();
     let deadline = args.wait_timeout;
     let outcome = handle.block_on(async {
         let mut handles = Vec::with_capacity(specs.len());

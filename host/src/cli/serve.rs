@@ -194,7 +194,7 @@ async fn run(
         .local_addr()
         .context("the listener has no address")
         .map_err(Failure::internal)?;
-    let workers = pool.stats().map(|s| s.workers).unwrap_or(0);
+    let workers = pool.stats().await.map(|s| s.workers).unwrap_or(0);
     eprintln!(
         "wpool: listening on http://{local} (data {}, {workers} workers{})",
         data_dir.display(),
@@ -224,6 +224,7 @@ async fn run(
     }
     let waiting = pool
         .stats()
+        .await
         .map(|s| {
             s.counts.get(crate::TaskState::Queued)
                 + s.counts.get(crate::TaskState::Scheduled)

@@ -31,6 +31,12 @@ pub(crate) fn execute(args: StatusArgs) -> Result<u8, Failure> {
         "id        {}\nstate     {}\nmodule    {}\npriority  {}\nattempts  {}/{}\n",
         t.id, t.state, t.module, t.priority, t.attempts, t.max_attempts
     );
+    if t.interruptions > 0 {
+        text.push_str(&format!(
+            "interrupted {}/{} (runs lost with their host, run again)\n",
+            t.interruptions, t.max_interruptions
+        ));
+    }
     if let Some(outcome) = &t.outcome {
         text.push_str(&format!("outcome   {}\n", outcome.message));
     }

@@ -51,9 +51,14 @@ pub(crate) struct SubmitArgs {
     priority: Option<i32>,
     #[command(flatten)]
     limits: LimitArgs,
-    /// How many times the task may run in all (1 = no retry).
+    /// How many times the task may run in all (1 = no retry). A run lost
+    /// with its host is not an attempt.
     #[arg(long)]
     attempts: Option<u32>,
+    /// How many runs may be lost with their host (a crash, a lost lease)
+    /// before the task ends `interrupted` (default 3).
+    #[arg(long, value_name = "N")]
+    max_interruptions: Option<u32>,
     /// The wait before the first retry, e.g. `1s` (it doubles each time).
     #[arg(long, value_parser = parse_duration)]
     backoff: Option<Duration>,
@@ -105,6 +110,7 @@ impl SubmitArgs {
             max_output: self.limits.max_output.map(HumanSize),
             max_log: self.limits.max_log.map(HumanSize),
             max_attempts: self.attempts,
+            max_interruptions: self.max_interruptions,
             backoff: self.backoff.map(|d| BackoffRequest {
                 initial: Some(HumanDuration(d)),
                 ..BackoffRequest::default()

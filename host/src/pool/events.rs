@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::Outcome;
-use crate::pool::task::{Millis, TaskId};
+use crate::task::{Millis, TaskId, TaskRecord, TaskState};
 
 /// Something that happened to a task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,9 +57,32 @@ pub enum EventKind {
     Cancelled,
     /// Not started before its expiry.
     Expired,
-    /// Stopped by a pool shutdown while it ran; queued again for the next
-    /// start.
+    /// Stopped by a graceful pool stop while it ran; queued again, not
+    /// counted as an attempt or an interruption.
     Requeued,
+    /// Its run was lost with its host (a crash, a lease not renewed in
+    /// time); queued again, not counted as an attempt.
+    Interrupted {
+        /// How many runs of the task were lost so far.
+        interruptions: u32,
+    },
+}
+
+impl EventKind {
+    /// The event of a task that reached its final state.
+    pub(crate) fn finished(record: &TaskRecord) -> Self {
+        match record.state {
+            TaskState::Succeeded => EventKind::Succeeded,
+            TaskState::Cancelled => EventKind::Cancelled,
+            TaskState::Expired => EventKind::Expired,
+            _ => EventKind::Failed {
+                outcome: record
+                    .outcome
+                    .clone()
+                    .unwrap_or(Outcome::HostError("no outcome recorded".into())),
+            },
+        }
+    }
 }
 
 /// Why [`Events::recv`] returned no event.

@@ -1,20 +1,28 @@
-//! The pool: a scheduler with priorities, delays, retries, cancel, results
-//! and events over a [`Store`], running tasks on an [`Executor`].
+//! The pool: runs the tasks of a [`Backend`] on an [`Executor`], with
+//! priorities, delays, retries, cancel, results and events.
 //!
 //! # How it works
 //!
-//! The store holds the truth about every task; the pool keeps an index of
-//! the tasks waiting to run (a priority heap of ready tasks, a time heap of
-//! delayed ones and one of expiries) behind one short lock that is never
-//! held while a task runs. Each transition writes the store while holding
-//! that lock, so the index and the store agree. Workers (async tasks on the
-//! executor's threads) take the next ready task as soon as they are free; a
-//! timer task sleeps until the next delayed task or expiry is due, or until
-//! an earlier one is submitted.
+//! The backend owns the queue; the pool owns the workers. A dispatcher asks
+//! the backend for as many ready tasks as there are free workers
+//! ([`Backend::claim`]), each under a lease, and runs each on the
+//! executor; the run's end is recorded under that lease
+//! ([`Backend::complete`]), durably, before any waiter, event or counter
+//! sees it. A heartbeat renews the leases of running tasks and expires the
+//! leases of tasks whose host stopped renewing them; a timer moves delayed
+//! tasks to the queue at their time. No lock of the pool is held while a
+//! task runs or while the backend is called.
+//!
+//! Files: `config` (setup), `submit` (submission and backpressure),
+//! `worker` (dispatcher, runs, heartbeat, timer, retention), `events`.
 
+mod config;
 pub(crate) mod events;
-mod sched;
-pub(crate) mod task;
+mod rate;
+mod submit;
+mod worker;
+
+pub(crate) use submit::new_record;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,105 +30,16 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot};
 
+pub use self::config::PoolConfig;
 use self::events::{Event, EventKind, Events};
-use self::sched::{Pending, RunningTask, Sched};
-use self::task::{
-    Attempt, ModuleRef, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,
-    resolve_time,
+use crate::backend::{Backend, Cancelled, EmbeddedBackend};
+use crate::store::{MemoryStore, StateCounts, Store, StoredModule, TaskFilter};
+use crate::task::{
+    Lease, ModuleHash, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,
 };
-use crate::store::{Inserted, MemoryStore, StateCounts, Store, StoredModule, TaskFilter};
-use crate::{
-    CancellationToken, CompiledModule, EngineConfig, Error, Executor, ModuleHash, Outcome, Result,
-};
-
-/// How a [`Pool`] is set up.
-#[derive(Clone, Debug)]
-pub struct PoolConfig {
-    pub(crate) engine: EngineConfig,
-    pub(crate) max_queued: usize,
-    pub(crate) retention: Duration,
-    pub(crate) max_results: Option<u64>,
-    pub(crate) stop_grace: Duration,
-    pub(crate) gc_modules: bool,
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        Self {
-            engine: EngineConfig::default(),
-            max_queued: 1_000_000,
-            retention: Duration::from_secs(7 * 24 * 3600),
-            max_results: None,
-            stop_grace: Duration::from_secs(30),
-            gc_modules: false,
-        }
-    }
-}
-
-impl PoolConfig {
-    /// The defaults.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The engine and worker settings (workers, memory, fuel, default
-    /// limits). Default: [`EngineConfig::default`].
-    pub fn engine(&mut self, engine: EngineConfig) -> &mut Self {
-        self.engine = engine;
-        self
-    }
-
-    /// Mutable access to the engine settings.
-    pub fn engine_mut(&mut self) -> &mut EngineConfig {
-        &mut self.engine
-    }
-
-    /// Shorthand for the engine's worker count. Default: one per core.
-    pub fn workers(&mut self, workers: usize) -> &mut Self {
-        self.engine.workers(workers);
-        self
-    }
-
-    /// The most tasks waiting (queued or scheduled) at once. Past it
-    /// [`Pool::submit`] waits for room and [`Pool::try_submit`] fails with
-    /// [`Error::QueueFull`]. Default: 1,000,000.
-    pub fn max_queued(&mut self, max: usize) -> &mut Self {
-        self.max_queued = max;
-        self
-    }
-
-    /// How long finished tasks and their results are kept. Default: 7 days.
-    pub fn retention(&mut self, retention: Duration) -> &mut Self {
-        self.retention = retention;
-        self
-    }
-
-    /// The most finished tasks kept; the oldest go first. Default: no limit
-    /// (only [`PoolConfig::retention`] applies).
-    pub fn max_results(&mut self, max: u64) -> &mut Self {
-        self.max_results = Some(max);
-        self
-    }
-
-    /// Whether retention also removes stored modules that no task
-    /// references any more, so that the data directory does not grow with
-    /// modules nobody uses. A module collected this way must be registered
-    /// again before tasks name it by hash (submitting its bytes always
-    /// works). Default: off.
-    pub fn gc_modules(&mut self, on: bool) -> &mut Self {
-        self.gc_modules = on;
-        self
-    }
-
-    /// How long [`Pool::stop`] lets running tasks finish before killing
-    /// them (they are queued again). Default: 30 s.
-    pub fn stop_grace(&mut self, grace: Duration) -> &mut Self {
-        self.stop_grace = grace;
-        self
-    }
-}
+use crate::{CancellationToken, Error, Executor, Result};
 
 /// What [`Pool::cancel`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +58,7 @@ pub enum CancelResult {
 pub struct Stats {
     /// Tasks in each state; they add up to `total`.
     pub counts: StateCounts,
-    /// All tasks in the store.
+    /// All tasks in the backend.
     pub total: u64,
     /// Workers allowed to take tasks.
     pub workers: usize,
@@ -147,7 +66,7 @@ pub struct Stats {
     pub busy: usize,
     /// Workers free now.
     pub idle: usize,
-    /// Tasks finished (any final state) since the pool started.
+    /// Tasks finished (any final state) by this pool since it started.
     pub finished: u64,
     /// Tasks finished per second over the last 10 seconds.
     pub finished_per_sec: f64,
@@ -164,12 +83,21 @@ enum Phase {
     Stopped = 3,
 }
 
+/// A task this pool runs now.
+struct Running {
+    lease: Lease,
+    cancel: CancellationToken,
+    /// Killed by a pool stop: put it back in the queue rather than record
+    /// it cancelled.
+    for_stop: bool,
+}
+
 pub(crate) struct Inner {
     executor: Executor,
-    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
     config: PoolConfig,
-    sched: Mutex<Sched>,
-    /// Workers wait here for work.
+    running: Mutex<HashMap<TaskId, Running>>,
+    /// The dispatcher waits here for work or free workers.
     work: Notify,
     /// The timer waits here for an earlier deadline.
     timer: Notify,
@@ -178,19 +106,25 @@ pub(crate) struct Inner {
     events: broadcast::Sender<Event>,
     waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskResult>>>>,
     phase: AtomicU8,
-    queue_room: Semaphore,
+    /// Tasks waiting in the queue (queued or scheduled), as far as this
+    /// pool knows: it counts its own submissions and every task it sees
+    /// leave or re-enter the queue. Backpressure ([`PoolConfig::max_queued`])
+    /// is judged by it.
+    waiting: AtomicUsize,
+    /// Submitters waiting for room wait here.
+    room: Notify,
     active_workers: AtomicUsize,
     finished: AtomicU64,
-    recent: Mutex<sched::RateWindow>,
+    recent: Mutex<rate::RateWindow>,
     started: Instant,
     background: Arc<Background>,
 }
 
-/// A pool of WASM workers with a durable (or in-memory) queue.
+/// A pool of WASM workers over a queue backend.
 ///
 /// Cloning is cheap and shares the pool. When the last clone (and the last
 /// [`TaskHandle`]) is dropped without [`Pool::close`] or [`Pool::stop`],
-/// running tasks are killed and queued again in the store.
+/// running tasks are killed and put back in the queue.
 #[derive(Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
@@ -201,16 +135,17 @@ struct Shared {
 }
 
 impl Drop for Shared {
-    /// Stops at once (running tasks are killed and queued again) and waits
-    /// for the workers to let go of the store, so that the data directory
-    /// can be opened again as soon as this returns.
+    /// Stops at once (running tasks are killed and put back in the queue)
+    /// and waits for the workers to let go of the backend, so that a data
+    /// directory can be opened again as soon as this returns.
     fn drop(&mut self) {
         self.inner.halt();
         self.inner.background.wait_for_none(Duration::from_secs(30));
     }
 }
 
-/// Counts the pool's background tasks (workers, timer) still alive.
+/// Counts the pool's background tasks (dispatcher, runs, timer) still
+/// alive.
 #[derive(Default)]
 struct Background {
     live: Mutex<usize>,
@@ -276,54 +211,52 @@ impl Drop for BackgroundGuard {
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("store", &self.shared.inner.store)
+            .field("backend", &self.shared.inner.backend)
             .field("config", &self.shared.inner.config)
             .finish_non_exhaustive()
     }
 }
 
 impl Pool {
-    /// A pool over an in-memory store.
+    /// A pool over an in-memory queue.
     pub fn new(config: PoolConfig) -> Result<Self> {
         Self::with_store(config, Arc::new(MemoryStore::new()))
     }
 
-    /// A pool over `store`. Tasks the store holds unfinished are resumed:
-    /// queued and scheduled ones keep their order and times; ones that were
-    /// running (the process died) run again, the interrupted run counted as
-    /// an attempt.
+    /// A pool over the embedded backend on `store`. Tasks the store holds
+    /// unfinished are resumed: waiting ones keep their order and times;
+    /// ones that were running when their process stopped run again, each
+    /// counting an interruption (not an attempt).
     pub fn with_store(config: PoolConfig, store: Arc<dyn Store>) -> Result<Self> {
-        if config.max_queued == 0 {
-            return Err(Error::Config("`max_queued` must be at least 1".into()));
-        }
+        let backend = EmbeddedBackend::open(store)?;
+        Self::with_backend(config, Arc::new(backend))
+    }
+
+    /// A pool over `backend`.
+    pub fn with_backend(config: PoolConfig, backend: Arc<dyn Backend>) -> Result<Self> {
+        config.validate()?;
         let executor = Executor::new(&config.engine)?;
-        let slots = config.engine.slots();
         let workers = config.engine.workers;
         let inner = Arc::new(Inner {
             executor,
-            store,
-            sched: Mutex::new(Sched::default()),
+            backend,
+            running: Mutex::new(HashMap::new()),
             work: Notify::new(),
             timer: Notify::new(),
             quiet: Notify::new(),
             events: broadcast::channel(16_384).0,
             waiters: Mutex::new(HashMap::new()),
             phase: AtomicU8::new(Phase::Open as u8),
-            queue_room: Semaphore::new(config.max_queued.min(Semaphore::MAX_PERMITS)),
+            waiting: AtomicUsize::new(0),
+            room: Notify::new(),
             active_workers: AtomicUsize::new(workers),
             finished: AtomicU64::new(0),
-            recent: Mutex::new(sched::RateWindow::default()),
+            recent: Mutex::new(rate::RateWindow::default()),
             started: Instant::now(),
             background: Arc::default(),
             config,
         });
-        inner.recover()?;
-        let handle = inner.executor.handle().clone();
-        for index in 0..slots {
-            handle.spawn(worker(BackgroundGuard::new(&inner), index));
-        }
-        handle.spawn(timer(BackgroundGuard::new(&inner)));
-        handle.spawn(sweeper(Arc::downgrade(&inner)));
+        worker::start(&inner);
         Ok(Pool {
             shared: Arc::new(Shared { inner }),
         })
@@ -351,93 +284,89 @@ impl Pool {
         &self.inner().executor
     }
 
-    /// The store the pool keeps tasks in.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner().store
+    /// The backend that owns the pool's queue.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner().backend
     }
 
     /// Validates, compiles and stores a module; returns its hash, by which
-    /// tasks can name it.
-    pub fn register(&self, bytes: &[u8]) -> Result<ModuleHash> {
-        let module = self.inner().executor.register(bytes)?;
-        self.inner().store.put_module(&module.hash(), bytes)?;
-        Ok(module.hash())
+    /// tasks can name it. Compiling runs on a blocking thread (a large
+    /// module takes seconds), not on the caller's async runtime.
+    pub async fn register(&self, bytes: &[u8]) -> Result<ModuleHash> {
+        let hash = ModuleHash::of(bytes);
+        if self.inner().executor.module(&hash).is_none() {
+            let executor = self.inner().executor.clone();
+            let owned = bytes.to_vec();
+            executor
+                .handle()
+                .clone()
+                .spawn_blocking(move || executor.register(&owned))
+                .await
+                .map_err(|e| Error::Host(format!("compiling the module panicked: {e}")))??;
+        }
+        self.inner().backend.put_module(&hash, bytes).await?;
+        Ok(hash)
     }
 
-    /// Deletes a module from the store and the compiled cache, unless an
+    /// Deletes a module from the backend and the compiled cache, unless an
     /// unfinished task uses it ([`Error::ModuleInUse`]); `false` if there
     /// was no such module.
-    pub fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
-        let deleted = self.inner().store.delete_module(hash)?;
+    pub async fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
+        let deleted = self.inner().backend.delete_module(hash).await?;
         self.inner().executor.forget_module(hash);
         Ok(deleted)
     }
 
-    /// The modules in the store.
-    pub fn modules(&self) -> Result<Vec<StoredModule>> {
-        self.inner().store.modules()
+    /// The modules in the backend.
+    pub async fn modules(&self) -> Result<Vec<StoredModule>> {
+        self.inner().backend.modules().await
     }
 
     /// Submits a task; waits for room if the queue is full. Returns once
-    /// the task is stored (and flushed, with a durable store).
+    /// the task is stored (durably, with a durable backend).
     pub async fn submit(&self, spec: TaskSpec) -> Result<TaskHandle> {
         self.inner().check_open()?;
-        let permit = self
-            .inner()
-            .queue_room
-            .acquire()
-            .await
-            .map_err(|_| Error::ShutDown)?;
-        permit.forget();
-        self.submit_with_room(spec).await
+        self.inner().reserve_room(1).await?;
+        self.submit_reserved(spec).await
     }
 
     /// Submits a task, or fails at once with [`Error::QueueFull`] if the
     /// queue is full.
     pub async fn try_submit(&self, spec: TaskSpec) -> Result<TaskHandle> {
         self.inner().check_open()?;
-        match self.inner().queue_room.try_acquire() {
-            Ok(permit) => permit.forget(),
-            Err(_) => return Err(Error::QueueFull(self.inner().config.max_queued)),
+        if !self.inner().try_reserve_room(1) {
+            return Err(Error::QueueFull(self.inner().config.max_queued));
         }
-        self.submit_with_room(spec).await
+        self.submit_reserved(spec).await
     }
 
-    async fn submit_with_room(&self, spec: TaskSpec) -> Result<TaskHandle> {
-        let inner = self.inner();
-        let stored = match inner.store_new_task(spec) {
-            Ok(stored) => stored,
-            Err(e) => {
-                inner.queue_room.add_permits(1);
-                return Err(e);
-            }
-        };
-        let record = match stored {
-            Stored::Existing(id) => {
-                inner.queue_room.add_permits(1);
-                return Ok(TaskHandle {
-                    id,
-                    pool: self.clone(),
-                });
-            }
-            Stored::New(record) => *record,
-        };
-        if inner.store.is_durable() {
-            let store = inner.store.clone();
-            inner
-                .executor
-                .handle()
-                .spawn_blocking(move || store.flush())
-                .await
-                .map_err(|e| Error::Host(format!("flush task panicked: {e}")))??;
+    async fn submit_reserved(&self, spec: TaskSpec) -> Result<TaskHandle> {
+        let mut handles = self.inner().store_new_tasks(vec![spec]).await?;
+        let id = handles.pop().expect("one answer per task")?;
+        Ok(self.handle(id))
+    }
+
+    /// Submits many tasks in one write and one flush; waits for room for
+    /// all of them. Each spec is checked on its own: the answer has, in
+    /// order, a handle for each task stored (or already holding its
+    /// idempotency key) and the error of each spec refused, and the specs
+    /// refused do not stop the others. A failure of the backend itself
+    /// fails the whole batch, storing none.
+    pub async fn submit_many(
+        &self,
+        specs: impl IntoIterator<Item = TaskSpec>,
+    ) -> Result<Vec<Result<TaskHandle>>> {
+        self.inner().check_open()?;
+        let specs: Vec<TaskSpec> = specs.into_iter().collect();
+        if specs.is_empty() {
+            return Ok(Vec::new());
         }
-        let id = record.id;
-        inner.emit(id, EventKind::Submitted);
-        inner.enqueue(record, true);
-        Ok(TaskHandle {
-            id,
-            pool: self.clone(),
-        })
+        self.inner().reserve_room(specs.len()).await?;
+        let ids = self.inner().store_new_tasks(specs).await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| id.map(|id| self.handle(id)))
+            .collect())
     }
 
     /// A handle to an existing task (to wait for it).
@@ -448,19 +377,25 @@ impl Pool {
         }
     }
 
-    /// Cancels a task: a waiting one never runs; a running one is killed.
-    pub fn cancel(&self, id: TaskId) -> Result<CancelResult> {
-        self.inner().cancel(id)
+    /// Cancels a task: a waiting one never runs; a running one is killed
+    /// (on whichever host runs it).
+    pub async fn cancel(&self, id: TaskId) -> Result<CancelResult> {
+        self.inner().cancel(id).await
     }
 
-    /// A task's record (state, spec, attempts; the result once final).
-    pub fn status(&self, id: TaskId) -> Result<TaskRecord> {
-        self.inner().store.get(&id)?.ok_or(Error::NotFound(id))
+    /// A task's record (state, spec, attempts, interruptions; the result
+    /// once final).
+    pub async fn status(&self, id: TaskId) -> Result<TaskRecord> {
+        self.inner()
+            .backend
+            .get(&id)
+            .await?
+            .ok_or(Error::NotFound(id))
     }
 
     /// A task's result, or `None` while it has not finished.
-    pub fn result(&self, id: TaskId) -> Result<Option<TaskResult>> {
-        Ok(self.status(id)?.result())
+    pub async fn result(&self, id: TaskId) -> Result<Option<TaskResult>> {
+        Ok(self.status(id).await?.result())
     }
 
     /// Waits for a task's result.
@@ -479,8 +414,8 @@ impl Pool {
 
     /// Tasks matching `filter`, newest first. For the next page, pass the
     /// last id of this one as `filter.before`.
-    pub fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
-        self.inner().store.list(filter)
+    pub async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        self.inner().backend.list(filter).await
     }
 
     /// The events of every task from now on.
@@ -489,10 +424,10 @@ impl Pool {
     }
 
     /// A snapshot of counts, workers and throughput.
-    pub fn stats(&self) -> Result<Stats> {
+    pub async fn stats(&self) -> Result<Stats> {
         let inner = self.inner();
-        let counts = inner.store.counts()?;
-        let busy = inner.lock().running.len();
+        let counts = inner.backend.counts().await?;
+        let busy = inner.lock_running().len();
         let workers = inner.active_workers.load(Ordering::Relaxed);
         Ok(Stats {
             total: counts.total(),
@@ -511,8 +446,10 @@ impl Pool {
     }
 
     /// Changes how many workers take tasks, while the pool runs, up to the
-    /// slots the engine was built for ([`EngineConfig::max_workers`]). A
-    /// worker above the new count finishes its task, then waits.
+    /// slots the engine was built for
+    /// ([`EngineConfig::max_workers`](crate::EngineConfig::max_workers)). A
+    /// worker above the new count finishes its task; no task is lost or run
+    /// again.
     pub fn set_workers(&self, workers: usize) -> Result<()> {
         let slots = self.inner().config.engine.slots();
         if workers == 0 || workers > slots {
@@ -523,7 +460,7 @@ impl Pool {
         self.inner()
             .active_workers
             .store(workers, Ordering::Relaxed);
-        self.inner().work.notify_waiters();
+        self.inner().work.notify_one();
         Ok(())
     }
 
@@ -537,12 +474,10 @@ impl Pool {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
-        inner.work.notify_waiters();
+        inner.work.notify_one();
         inner.timer.notify_one();
         if inner.phase() == Phase::Closing {
-            inner
-                .until(|s| s.pending.is_empty() && s.running.is_empty())
-                .await;
+            inner.until_drained().await?;
             let _ = inner.phase.compare_exchange(
                 Phase::Closing as u8,
                 Phase::Stopped as u8,
@@ -550,16 +485,17 @@ impl Pool {
                 Ordering::SeqCst,
             );
         } else {
-            inner.until(|s| s.running.is_empty()).await;
+            inner.until_idle().await;
         }
-        inner.work.notify_waiters();
+        inner.work.notify_one();
         inner.timer.notify_one();
-        inner.store.flush()
+        inner.backend.flush().await
     }
 
     /// Accepts nothing new, lets running tasks finish for up to the grace
-    /// period ([`PoolConfig::stop_grace`]), then kills the rest; killed and
-    /// waiting tasks stay in the store, queued for the next start.
+    /// period ([`PoolConfig::stop_grace`]), then kills the rest and puts
+    /// them back in the queue (not counted as an attempt or an
+    /// interruption); waiting tasks stay in the queue for the next start.
     /// Idempotent.
     pub async fn stop(&self) -> Result<()> {
         self.stop_with_grace(self.inner().config.stop_grace).await
@@ -571,17 +507,19 @@ impl Pool {
         if inner.phase() < Phase::Stopping {
             inner.phase.store(Phase::Stopping as u8, Ordering::SeqCst);
         }
-        inner.work.notify_waiters();
+        inner.work.notify_one();
         inner.timer.notify_one();
-        let finished = tokio::time::timeout(grace, inner.until(|s| s.running.is_empty())).await;
-        if finished.is_err() {
+        if tokio::time::timeout(grace, inner.until_idle())
+            .await
+            .is_err()
+        {
             inner.kill_running_for_stop();
-            inner.until(|s| s.running.is_empty()).await;
+            inner.until_idle().await;
         }
         inner.phase.store(Phase::Stopped as u8, Ordering::SeqCst);
-        inner.work.notify_waiters();
+        inner.work.notify_one();
         inner.timer.notify_one();
-        inner.store.flush()
+        inner.backend.flush().await
     }
 }
 
@@ -612,67 +550,8 @@ impl TaskHandle {
     }
 
     /// Cancels the task.
-    pub fn cancel(&self) -> Result<CancelResult> {
-        self.pool.cancel(self.id)
-    }
-}
-
-/// What storing a new task did.
-pub(crate) enum Stored {
-    /// Stored this new record.
-    New(Box<TaskRecord>),
-    /// Its idempotency key belongs to this task; nothing was stored.
-    Existing(TaskId),
-}
-
-/// Stores a new task naming `module` (already stored), as submitted: the
-/// one place a task record is made. Used by the pool, and by the command
-/// line to queue a task in a data directory without running a pool.
-pub(crate) fn store_task(
-    executor: &Executor,
-    store: &dyn Store,
-    module: ModuleHash,
-    spec: TaskSpec,
-) -> Result<Stored> {
-    spec.validate()?;
-    if let Some(key) = &spec.idempotency_key
-        && let Some(existing) = store.by_key(key)?
-    {
-        return Ok(Stored::Existing(existing));
-    }
-    let limits = executor.limits(&spec.limits)?;
-    let now = now_millis();
-    let run_at = resolve_time(spec.start, now);
-    let record = TaskRecord {
-        id: TaskId::new(),
-        module,
-        input: spec.input,
-        priority: spec.priority,
-        limits,
-        max_attempts: spec.max_attempts,
-        backoff: spec.backoff,
-        run_at,
-        expires_at: spec.expires.map(|e| resolve_time(e, now)),
-        idempotency_key: spec.idempotency_key,
-        labels: spec.labels,
-        state: if run_at > now {
-            TaskState::Scheduled
-        } else {
-            TaskState::Queued
-        },
-        seq: store.next_seq()?,
-        submitted_at: now,
-        updated_at: now,
-        finished_at: None,
-        attempts: Vec::new(),
-        outcome: None,
-        output: Vec::new(),
-        log: String::new(),
-        progress: None,
-    };
-    match store.insert(&record)? {
-        Inserted::New => Ok(Stored::New(Box::new(record))),
-        Inserted::Existing(id) => Ok(Stored::Existing(id)),
+    pub async fn cancel(&self) -> Result<CancelResult> {
+        self.pool.cancel(self.id).await
     }
 }
 
@@ -694,8 +573,8 @@ impl Inner {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Sched> {
-        self.sched.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_running(&self) -> MutexGuard<'_, HashMap<TaskId, Running>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn emit(&self, id: TaskId, kind: EventKind) {
@@ -708,154 +587,41 @@ impl Inner {
         });
     }
 
-    fn module_for(&self, module: &ModuleRef) -> Result<CompiledModule> {
-        match module {
-            ModuleRef::Hash(hash) => self.compiled(hash),
-            ModuleRef::Bytes(bytes) => {
-                let compiled = self.executor.register(bytes)?;
-                self.store.put_module(&compiled.hash(), bytes)?;
-                Ok(compiled)
-            }
-        }
+    /// `n` tasks entered the queue (a retry, a task put back).
+    fn entered_queue(&self, n: usize) {
+        self.waiting.fetch_add(n, Ordering::SeqCst);
     }
 
-    /// A module compiled, from the executor's cache or from the store.
-    fn compiled(&self, hash: &ModuleHash) -> Result<CompiledModule> {
-        if let Some(module) = self.executor.module(hash) {
-            return Ok(module);
+    /// `n` tasks left the queue (claimed, cancelled, expired): room for
+    /// submitters.
+    fn left_queue(&self, n: usize) {
+        if n == 0 {
+            return;
         }
-        let bytes = self
-            .store
-            .module(hash)?
-            .ok_or(Error::UnknownModule(*hash))?;
-        self.executor.register(&bytes)
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                Some(w.saturating_sub(n))
+            });
+        self.room.notify_waiters();
     }
 
-    fn store_new_task(&self, spec: TaskSpec) -> Result<Stored> {
-        spec.validate()?;
-        if let Some(key) = &spec.idempotency_key
-            && let Some(existing) = self.store.by_key(key)?
-        {
-            return Ok(Stored::Existing(existing));
-        }
-        let module = self.module_for(&spec.module)?;
-        store_task(&self.executor, self.store.as_ref(), module.hash(), spec)
-    }
-
-    /// Puts a stored waiting task into the index and wakes whoever should
-    /// look at it.
-    fn enqueue(&self, record: TaskRecord, holds_room: bool) {
-        let state = record.state;
-        let earlier = self.lock().insert(Pending { record, holds_room });
-        if state == TaskState::Queued {
-            self.work.notify_one();
-        }
-        if earlier {
-            self.timer.notify_one();
-        }
-    }
-
-    /// Rebuilds the index from the store's unfinished tasks.
-    fn recover(&self) -> Result<()> {
-        let now = now_millis();
-        let mut resumed = 0usize;
-        for mut record in self.store.unfinished()? {
-            if record.state == TaskState::Running {
-                // The process died while it ran: the interrupted run counts.
-                let from = record.state;
-                if record.attempts.len() >= record.max_attempts as usize {
-                    record.state = TaskState::Failed;
-                    let outcome = Outcome::HostError(
-                        "the host stopped while the task ran, and it has no attempts left".into(),
-                    );
-                    record.outcome = Some(outcome);
-                    record.finished_at = Some(now);
-                } else {
-                    record.state = TaskState::Queued;
-                }
-                record.updated_at = now;
-                self.store.update(&record, from)?;
-                if record.state.is_final() {
-                    continue;
-                }
+    async fn cancel(&self, id: TaskId) -> Result<CancelResult> {
+        match self.backend.cancel(&id).await? {
+            Cancelled::Cancelled(record) => {
+                self.left_queue(1);
+                self.finished(&record);
+                Ok(CancelResult::Cancelled)
             }
-            let holds_room = match self.queue_room.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    true
+            Cancelled::Requested => {
+                if let Some(running) = self.lock_running().get(&id) {
+                    running.cancel.cancel();
                 }
-                // More waiting tasks than the limit (it was lowered): they
-                // all run; new submissions wait until there is room.
-                Err(_) => false,
-            };
-            self.lock().insert(Pending { record, holds_room });
-            resumed += 1;
-        }
-        if resumed > 0 {
-            tracing::info!(tasks = resumed, "resumed unfinished tasks from the store");
-        }
-        Ok(())
-    }
-
-    async fn until(&self, done: impl Fn(&Sched) -> bool) {
-        loop {
-            let notified = self.quiet.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if done(&self.lock()) {
-                return;
+                Ok(CancelResult::Killed)
             }
-            notified.await;
+            Cancelled::AlreadyFinished(state) => Ok(CancelResult::AlreadyFinished(state)),
+            Cancelled::NotFound => Err(Error::NotFound(id)),
         }
-    }
-
-    fn cancel(&self, id: TaskId) -> Result<CancelResult> {
-        for _ in 0..100 {
-            let mut sched = self.lock();
-            if let Some(running) = sched.running.get(&id) {
-                running.cancel.cancel();
-                return Ok(CancelResult::Killed);
-            }
-            if let Some(pending) = sched.remove_pending(&id) {
-                let mut record = pending.record;
-                let from = record.state;
-                let now = now_millis();
-                record.state = TaskState::Cancelled;
-                record.outcome = Some(Outcome::Cancelled);
-                record.updated_at = now;
-                record.finished_at = Some(now);
-                if let Err(e) = self.store.update(&record, from) {
-                    // Keep it waiting rather than lose it.
-                    record.state = from;
-                    record.outcome = None;
-                    record.finished_at = None;
-                    sched.insert(Pending {
-                        record,
-                        holds_room: pending.holds_room,
-                    });
-                    return Err(e);
-                }
-                drop(sched);
-                if pending.holds_room {
-                    self.queue_room.add_permits(1);
-                }
-                self.finished(&record, EventKind::Cancelled);
-                return Ok(CancelResult::Cancelled);
-            }
-            drop(sched);
-            match self.store.get(&id)? {
-                None => return Err(Error::NotFound(id)),
-                Some(record) if record.state.is_final() => {
-                    return Ok(CancelResult::AlreadyFinished(record.state));
-                }
-                // Between the index and the store (a recovery or a
-                // transition in flight): look again.
-                Some(_) => std::thread::yield_now(),
-            }
-        }
-        Err(Error::Host(format!(
-            "task {id} is neither waiting nor running nor finished"
-        )))
     }
 
     async fn wait(&self, id: TaskId) -> Result<TaskResult> {
@@ -868,16 +634,41 @@ impl Inner {
             .push(sender);
         // Registered first, looked up second: a result stored in between is
         // not missed.
-        let record = self.store.get(&id)?.ok_or(Error::NotFound(id))?;
+        let record = match self.backend.get(&id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                self.forget_waiter(id);
+                return Err(Error::NotFound(id));
+            }
+            Err(e) => {
+                self.forget_waiter(id);
+                return Err(e);
+            }
+        };
         if let Some(result) = record.result() {
+            self.forget_waiter(id);
             return Ok(result);
         }
         receiver.await.map_err(|_| Error::ShutDown)
     }
 
-    /// After a task reached a final state in the store: results to waiters,
-    /// the event, the counters.
-    fn finished(&self, record: &TaskRecord, kind: EventKind) {
+    /// Drops the waiters of `id` whose receivers are gone.
+    fn forget_waiter(&self, id: TaskId) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = waiters.get_mut(&id) {
+            list.retain(|w| !w.is_closed());
+            if list.is_empty() {
+                waiters.remove(&id);
+            }
+        }
+    }
+
+    /// After a task reached a final state, durably: its result to waiters,
+    /// its event, the counters.
+    fn finished(&self, record: &TaskRecord) {
+        // The event first: a waiter that was given the result finds its
+        // event already sent.
+        self.emit(record.id, EventKind::finished(record));
         let waiters = self
             .waiters
             .lock()
@@ -890,7 +681,6 @@ impl Inner {
                 let _ = waiter.send(result.clone());
             }
         }
-        self.emit(record.id, kind);
         self.finished.fetch_add(1, Ordering::Relaxed);
         self.recent
             .lock()
@@ -900,14 +690,13 @@ impl Inner {
     }
 
     fn kill_running_for_stop(&self) {
-        let mut sched = self.lock();
-        for running in sched.running.values_mut() {
+        for running in self.lock_running().values_mut() {
             running.for_stop = true;
             running.cancel.cancel();
         }
     }
 
-    /// The last handle is gone: stop at once, requeueing running tasks.
+    /// The last handle is gone: stop at once, putting running tasks back.
     fn halt(&self) {
         if self.phase() == Phase::Stopped {
             return;
@@ -915,327 +704,41 @@ impl Inner {
         self.phase.store(Phase::Stopping as u8, Ordering::SeqCst);
         self.kill_running_for_stop();
         self.phase.store(Phase::Stopped as u8, Ordering::SeqCst);
-        self.work.notify_waiters();
+        self.work.notify_one();
         self.timer.notify_one();
-        if let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "flushing the store when the pool was dropped");
-        }
     }
 
-    /// Takes the next ready task and marks it running, in the store and the
-    /// index at once.
-    fn take_next(&self) -> Option<(TaskRecord, CancellationToken)> {
-        let mut sched = self.lock();
-        while let Some(pending) = sched.pop_ready() {
-            let mut record = pending.record;
-            let from = record.state;
-            let now = now_millis();
-            if record.expires_at.is_some_and(|at| at <= now) {
-                self.expire(&mut sched, record, pending.holds_room);
-                continue;
-            }
-            record.state = TaskState::Running;
-            record.updated_at = now;
-            let number = u32::try_from(record.attempts.len() + 1).unwrap_or(u32::MAX);
-            record.attempts.push(Attempt {
-                number,
-                outcome: None,
-                started_at: now,
-                duration_us: 0,
-                fuel_consumed: None,
-            });
-            match self.store.update(&record, from) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::error!(task = %record.id, error = %e, "cannot mark task running; retrying in 1 s");
-                    record.state = from;
-                    record.attempts.pop();
-                    record.run_at = now + 1000;
-                    record.state = TaskState::Scheduled;
-                    sched.insert(Pending {
-                        record,
-                        holds_room: pending.holds_room,
-                    });
-                    self.timer.notify_one();
-                    continue;
-                }
-            }
-            if pending.holds_room {
-                self.queue_room.add_permits(1);
-            }
-            let cancel = CancellationToken::new();
-            sched.running.insert(
-                record.id,
-                RunningTask {
-                    cancel: cancel.clone(),
-                    for_stop: false,
-                },
-            );
-            drop(sched);
-            self.emit(record.id, EventKind::Started { attempt: number });
-            return Some((record, cancel));
-        }
-        None
-    }
-
-    /// Marks a waiting task expired (called with the index locked).
-    fn expire(&self, sched: &mut Sched, mut record: TaskRecord, holds_room: bool) {
-        let from = record.state;
-        let now = now_millis();
-        record.state = TaskState::Expired;
-        record.outcome = None;
-        record.updated_at = now;
-        record.finished_at = Some(now);
-        match self.store.update(&record, from) {
-            Ok(_) => {
-                if holds_room {
-                    self.queue_room.add_permits(1);
-                }
-                self.finished(&record, EventKind::Expired);
-            }
-            Err(e) => {
-                tracing::error!(task = %record.id, error = %e, "cannot mark task expired");
-                record.state = from;
-                record.finished_at = None;
-                sched.insert(Pending { record, holds_room });
-            }
-        }
-    }
-
-    async fn run(&self, mut record: TaskRecord, cancel: CancellationToken) {
-        let id = record.id;
-        let report = match self.compiled(&record.module) {
-            Ok(module) => {
-                let events = self.events.clone();
-                let on_progress: crate::ProgressFn = Arc::new(move |done, total| {
-                    let _ = events.send(Event {
-                        id,
-                        at: now_millis(),
-                        kind: EventKind::Progress { done, total },
-                    });
-                });
-                let env = [
-                    ("WPOOL_TASK_ID".to_string(), id.to_string()),
-                    (
-                        "WPOOL_ATTEMPT".to_string(),
-                        record.attempts.len().to_string(),
-                    ),
-                ];
-                self.executor
-                    .run(
-                        &module,
-                        record.input.clone(),
-                        &record.limits,
-                        &cancel,
-                        Some(on_progress),
-                        &env,
-                    )
-                    .await
-            }
-            Err(Error::InvalidModule(message)) => {
-                crate::RunReport::without_run(Outcome::InvalidModule(message))
-            }
-            Err(e) => crate::RunReport::without_run(Outcome::HostError(e.to_string())),
-        };
-        let now = now_millis();
-        if let Some(attempt) = record.attempts.last_mut() {
-            attempt.outcome = Some(report.outcome.clone());
-            attempt.duration_us = u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX);
-            attempt.fuel_consumed = report.fuel_consumed;
-        }
-        record.output = report.output;
-        record.log = report.log;
-        record.progress = report.progress.or(record.progress);
-        record.updated_at = now;
-
-        let mut sched = self.lock();
-        let for_stop = sched.running.get(&id).is_some_and(|r| r.for_stop);
-        let attempts = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
-        let outcome = report.outcome;
-        let kind = if for_stop && outcome == Outcome::Cancelled {
-            record.state = TaskState::Queued;
-            EventKind::Requeued
-        } else if outcome.is_success() {
-            record.state = TaskState::Succeeded;
-            EventKind::Succeeded
-        } else if outcome == Outcome::Cancelled {
-            record.state = TaskState::Cancelled;
-            EventKind::Cancelled
-        } else if outcome.is_retryable() && attempts < record.max_attempts {
-            record.state = TaskState::Scheduled;
-            record.run_at = now.saturating_add(
-                u64::try_from(record.backoff.delay(attempts).as_millis()).unwrap_or(u64::MAX),
-            );
-            EventKind::Retrying {
-                attempt: attempts,
-                outcome: outcome.clone(),
-                run_at: record.run_at,
-            }
-        } else {
-            record.state = TaskState::Failed;
-            EventKind::Failed {
-                outcome: outcome.clone(),
-            }
-        };
-        if record.state.is_final() {
-            record.outcome = Some(outcome);
-            record.finished_at = Some(now);
-        }
-        let stored = self.store.update(&record, TaskState::Running);
-        sched.running.remove(&id);
-        let waiting_again = matches!(kind, EventKind::Retrying { .. })
-            && self.phase() < Phase::Stopping
-            && matches!(stored, Ok(true));
-        if waiting_again {
-            sched.insert(Pending {
-                record: record.clone(),
-                holds_room: false,
-            });
-        }
-        drop(sched);
-        match stored {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::error!(task = %id, "task changed state while it ran; its result is dropped")
-            }
-            Err(e) => {
-                // The store still says running: the task runs again at the
-                // next start (at least once).
-                tracing::error!(task = %id, error = %e, "cannot record the task's result");
-                self.quiet.notify_waiters();
+    /// Until no task of this pool runs.
+    async fn until_idle(&self) {
+        loop {
+            let notified = self.quiet.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock_running().is_empty() {
                 return;
             }
-        }
-        if record.state.is_final() {
-            self.finished(&record, kind);
-        } else {
-            self.emit(id, kind);
-            self.timer.notify_one();
-            self.quiet.notify_waiters();
+            notified.await;
         }
     }
 
-    /// Moves due delayed tasks to the ready heap and expires overdue ones;
-    /// returns when the timer should look again.
-    fn tick(&self) -> Option<u64> {
-        let now = now_millis();
-        let mut sched = self.lock();
-        let mut woke = 0;
-        while let Some(pending) = sched.pop_due(now) {
-            let mut record = pending.record;
-            if record.state == TaskState::Scheduled {
-                record.state = TaskState::Queued;
-                record.updated_at = now;
-                match self.store.update(&record, TaskState::Scheduled) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
-                        tracing::error!(task = %record.id, error = %e, "cannot queue due task; retrying in 1 s");
-                        record.state = TaskState::Scheduled;
-                        record.run_at = now + 1000;
-                        sched.insert(Pending {
-                            record,
-                            holds_room: pending.holds_room,
-                        });
-                        continue;
-                    }
+    /// Until nothing waits in the queue and nothing runs.
+    async fn until_drained(&self) -> Result<()> {
+        loop {
+            let notified = self.quiet.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock_running().is_empty() {
+                let counts = self.backend.counts().await?;
+                let left = counts.get(TaskState::Queued)
+                    + counts.get(TaskState::Scheduled)
+                    + counts.get(TaskState::Running);
+                if left == 0 {
+                    return Ok(());
                 }
             }
-            sched.insert(Pending {
-                record,
-                holds_room: pending.holds_room,
-            });
-            woke += 1;
-        }
-        while let Some(pending) = sched.pop_expired(now) {
-            self.expire(&mut sched, pending.record, pending.holds_room);
-        }
-        let next = sched.next_wake();
-        let drained = sched.pending.is_empty() && sched.running.is_empty();
-        drop(sched);
-        for _ in 0..woke {
-            self.work.notify_one();
-        }
-        if drained {
-            self.quiet.notify_waiters();
-        }
-        next
-    }
-}
-
-async fn worker(guard: BackgroundGuard, index: usize) {
-    let inner = guard.inner();
-    loop {
-        let notified = inner.work.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let phase = inner.phase();
-        if phase >= Phase::Stopping {
-            break;
-        }
-        if index < inner.active_workers.load(Ordering::Relaxed) {
-            if let Some((record, cancel)) = inner.take_next() {
-                inner.run(record, cancel).await;
-                continue;
-            }
-            if phase == Phase::Closing {
-                inner.quiet.notify_waiters();
-            }
-        }
-        notified.await;
-    }
-    inner.quiet.notify_waiters();
-}
-
-async fn timer(guard: BackgroundGuard) {
-    let inner = guard.inner();
-    loop {
-        let notified = inner.timer.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if inner.phase() >= Phase::Stopping {
-            break;
-        }
-        let next = inner.tick();
-        let sleep_ms = next.map_or(3_600_000, |at| at.saturating_sub(now_millis()).max(1));
-        tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
-        }
-    }
-}
-
-/// Removes finished tasks past retention, now and then, while the pool
-/// lives.
-async fn sweeper(inner: std::sync::Weak<Inner>) {
-    let period = {
-        let Some(inner) = inner.upgrade() else { return };
-        (inner.config.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
-    };
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.phase() >= Phase::Stopping {
-            return;
-        }
-        let retention = u64::try_from(inner.config.retention.as_millis()).unwrap_or(u64::MAX);
-        let before = now_millis().saturating_sub(retention);
-        match inner.store.purge_finished(before, inner.config.max_results) {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::debug!(removed = n, "retention removed finished tasks");
-                if inner.config.gc_modules {
-                    match inner.store.gc_modules() {
-                        Ok(0) => {}
-                        Ok(n) => tracing::debug!(removed = n, "removed modules no task uses"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "module collection failed; will retry")
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
+            // Woken by every end of a run; the timeout covers work that
+            // another host finishes.
+            let _ = tokio::time::timeout(self.config.poll_interval, notified).await;
         }
     }
 }

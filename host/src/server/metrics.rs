@@ -80,7 +80,7 @@ pub(crate) fn spawn_collector(
                     if !finished {
                         continue;
                     }
-                    if let Ok(Some(result)) = pool.result(event.id) {
+                    if let Ok(Some(result)) = pool.result(event.id).await {
                         let outcome = result.outcome.as_ref().map_or("none", |o| o.kind());
                         metrics.observe(
                             result.state,

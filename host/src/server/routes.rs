@@ -76,16 +76,6 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-/// Runs blocking work (compiling, store reads and writes) off the
-/// async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-}
-
 fn parse_hash(text: &str) -> Result<ModuleHash, ApiError> {
     text.parse()
         .map_err(|e: crate::Error| ApiError::bad_request("invalid_request", e.to_string()))
@@ -130,7 +120,7 @@ async fn wait_for(
 ) -> Result<Option<crate::TaskResult>, ApiError> {
     tokio::select! {
         result = state.pool.wait_timeout(id, wait) => Ok(result?),
-        () = state.shutdown.cancelled() => Ok(state.pool.result(id)?),
+        () = state.shutdown.cancelled() => Ok(state.pool.result(id).await?),
     }
 }
 
@@ -155,19 +145,10 @@ async fn upload_module(State(state): State<AppState>, body: Bytes) -> Result<Res
             "the body is empty: send the module's bytes (Content-Type: application/wasm)",
         ));
     }
-    let pool = state.pool.clone();
-    let (hash, existed) = blocking(move || {
-        let hash = ModuleHash::of(&body);
-        let existed = pool.store().module(&hash)?.is_some();
-        pool.register(&body)?;
-        Ok((hash, existed))
-    })
-    .await?;
-    let size = state
-        .pool
-        .store()
-        .module(&hash)?
-        .map_or(0, |b| b.len() as u64);
+    let hash = ModuleHash::of(&body);
+    let existed = state.pool.backend().module(&hash).await?.is_some();
+    state.pool.register(&body).await?;
+    let size = body.len() as u64;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -183,8 +164,7 @@ async fn upload_module(State(state): State<AppState>, body: Bytes) -> Result<Res
 /// Every stored module.
 #[utoipa::path(get, path = "/v1/modules", responses((status = 200, body = ModuleList)))]
 async fn list_modules(State(state): State<AppState>) -> Result<Json<ModuleList>, ApiError> {
-    let pool = state.pool.clone();
-    let modules = blocking(move || Ok(pool.modules()?)).await?;
+    let modules = state.pool.modules().await?;
     Ok(Json(ModuleList {
         modules: modules
             .into_iter()
@@ -207,8 +187,12 @@ async fn get_module(
     Path(hash): Path<String>,
 ) -> Result<Json<ModuleInfo>, ApiError> {
     let hash = parse_hash(&hash)?;
-    let pool = state.pool.clone();
-    let size = blocking(move || Ok(pool.store().module(&hash)?.map(|b| b.len() as u64))).await?;
+    let size = state
+        .pool
+        .backend()
+        .module(&hash)
+        .await?
+        .map(|b| b.len() as u64);
     match size {
         Some(size) => Ok(Json(ModuleInfo {
             hash: hash.to_string(),
@@ -233,12 +217,10 @@ async fn delete_module(
     Path(hash): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let hash = parse_hash(&hash)?;
-    let pool = state.pool.clone();
-    blocking(move || match pool.delete_module(&hash)? {
+    match state.pool.delete_module(&hash).await? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(crate::Error::UnknownModule(hash).into()),
-    })
-    .await
+    }
 }
 
 /// Submit a task. With `?wait=DURATION`, answers once the task finished
@@ -281,7 +263,7 @@ async fn submit_task(
     }
     let spec = request.to_spec(input).map_err(spec_error)?;
     let existing = match &request.idempotency_key {
-        Some(key) => state.pool.store().by_key(key)?,
+        Some(key) => state.pool.backend().by_key(key).await?,
         None => None,
     };
     let handle = state.pool.try_submit(spec).await?;
@@ -291,7 +273,7 @@ async fn submit_task(
         Some(wait) => wait_for(&state, id, wait).await?,
         None => None,
     };
-    let record = state.pool.status(id)?;
+    let record = state.pool.status(id).await?;
     let status = if result.is_some() || !created {
         StatusCode::OK
     } else if wait.is_some() {
@@ -359,8 +341,7 @@ async fn list_tasks(State(state): State<AppState>, uri: Uri) -> Result<Json<Task
         }
     }
     let page = filter.page_size();
-    let pool = state.pool.clone();
-    let tasks = blocking(move || Ok(pool.list(&filter)?)).await?;
+    let tasks = state.pool.list(&filter).await?;
     let next_cursor = (tasks.len() == page)
         .then(|| tasks.last().map(|t| t.id.to_string()))
         .flatten();
@@ -381,7 +362,7 @@ async fn get_task(
     Path(id): Path<String>,
 ) -> Result<Json<TaskAnswer>, ApiError> {
     let id = parse_id(&id)?;
-    let record = state.pool.status(id)?;
+    let record = state.pool.status(id).await?;
     Ok(Json(TaskAnswer {
         task: TaskView::from(&record),
         result: record.result().as_ref().map(ResultView::from),
@@ -413,12 +394,12 @@ async fn get_result(
     let id = parse_id(&id)?;
     let result = match wait {
         Some(wait) => wait_for(&state, id, wait).await?,
-        None => state.pool.result(id)?,
+        None => state.pool.result(id).await?,
     };
     Ok(match result {
         Some(result) => Json(ResultView::from(&result)).into_response(),
         None => {
-            let record = state.pool.status(id)?;
+            let record = state.pool.status(id).await?;
             (StatusCode::ACCEPTED, Json(TaskView::from(&record))).into_response()
         }
     })
@@ -440,7 +421,7 @@ async fn cancel_task(
     Path(id): Path<String>,
 ) -> Result<Json<CancelAnswer>, ApiError> {
     let id = parse_id(&id)?;
-    let cancel = match state.pool.cancel(id)? {
+    let cancel = match state.pool.cancel(id).await? {
         CancelResult::Cancelled => "cancelled",
         CancelResult::Killed => "killed",
         CancelResult::AlreadyFinished(s) => {
@@ -460,7 +441,7 @@ async fn cancel_task(
 /// Counts per state, workers, throughput.
 #[utoipa::path(get, path = "/v1/stats", responses((status = 200, body = StatsView)))]
 async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
-    Ok(Json(StatsView::from(&state.pool.stats()?)))
+    Ok(Json(StatsView::from(&state.pool.stats().await?)))
 }
 
 /// Server-sent events of every task transition and progress report, as
@@ -525,7 +506,7 @@ async fn healthz() -> Json<BTreeMap<&'static str, &'static str>> {
 /// Prometheus metrics (text format 0.0.4).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
 async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let stats = state.pool.stats()?;
+    let stats = state.pool.stats().await?;
     let text = metrics::render(&stats, &state.metrics);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

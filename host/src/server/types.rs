@@ -154,8 +154,14 @@ pub struct SubmitTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_log: Option<HumanSize>,
     /// How many times the task may run in all, 1 to 100. Default: 1.
+    /// A run lost with its host is not an attempt (see
+    /// `max_interruptions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// How many runs may be lost with their host (a crash, a lost lease)
+    /// before the task ends `interrupted`, 1 to 100. Default: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interruptions: Option<u32>,
     /// The waits between attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffRequest>,
@@ -230,6 +236,9 @@ impl SubmitTask {
         });
         if let Some(attempts) = self.max_attempts {
             spec = spec.max_attempts(attempts);
+        }
+        if let Some(interruptions) = self.max_interruptions {
+            spec = spec.max_interruptions(interruptions);
         }
         if let Some(b) = &self.backoff {
             let mut backoff = Backoff::default();
@@ -333,10 +342,15 @@ pub struct TaskView {
     pub state: String,
     /// Higher runs first.
     pub priority: i32,
-    /// Attempts so far.
+    /// Attempts so far (runs that ended with the task's own outcome, and
+    /// the one running now).
     pub attempts: usize,
     /// The most attempts.
     pub max_attempts: u32,
+    /// Runs lost with their host so far; each ran again.
+    pub interruptions: u32,
+    /// The most interruptions.
+    pub max_interruptions: u32,
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// The idempotency key, if any.
@@ -378,6 +392,8 @@ impl From<&TaskRecord> for TaskView {
             priority: r.priority,
             attempts: r.attempts.len(),
             max_attempts: r.max_attempts,
+            interruptions: r.interruptions,
+            max_interruptions: r.max_interruptions,
             labels: r.labels.clone(),
             idempotency_key: r.idempotency_key.clone(),
             submitted_at: r.submitted_at,
@@ -413,6 +429,8 @@ pub struct ResultView {
     pub log: String,
     /// How many attempts ran.
     pub attempts: usize,
+    /// How many runs were lost with their host, and ran again.
+    pub interruptions: u32,
     /// Wall time of all attempts, in microseconds.
     pub duration_us: u64,
     /// Fuel of all attempts.
@@ -437,6 +455,7 @@ impl From<&TaskResult> for ResultView {
             output_base64: base64::engine::general_purpose::STANDARD.encode(&r.output),
             log: r.log.clone(),
             attempts: r.attempts.len(),
+            interruptions: r.interruptions,
             duration_us: r.duration_us,
             fuel_consumed: r.fuel_consumed,
             submitted_at: r.submitted_at,

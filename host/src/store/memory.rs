@@ -6,7 +6,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
-use crate::pool::task::{Millis, TaskId, TaskRecord, TaskState};
+use crate::task::{Millis, TaskId, TaskRecord, TaskState};
 use crate::{ModuleHash, Result};
 
 /// A [`Store`] in memory. One lock guards everything, held only for the
@@ -43,6 +43,7 @@ fn finished_key(task: &TaskRecord) -> Option<(Millis, TaskId)> {
         .then(|| (task.finished_at.unwrap_or(task.updated_at), task.id))
 }
 
+#[async_trait::async_trait]
 impl Store for MemoryStore {
     fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()> {
         self.lock()
@@ -88,27 +89,37 @@ impl Store for MemoryStore {
         Ok(inner.seq)
     }
 
-    fn insert(&self, task: &TaskRecord) -> Result<Inserted> {
+    fn insert(&self, tasks: &[TaskRecord]) -> Result<Vec<Inserted>> {
         let mut inner = self.lock();
-        if let Some(key) = &task.idempotency_key {
-            if let Some(existing) = inner.keys.get(key) {
-                return Ok(Inserted::Existing(*existing));
+        let inner = &mut *inner;
+        for task in tasks {
+            if !inner.modules.contains_key(&task.module) {
+                return Err(crate::Error::UnknownModule(task.module));
             }
-            inner.keys.insert(key.clone(), task.id);
+            if inner.tasks.contains_key(&task.id) {
+                return Err(crate::Error::Store(format!(
+                    "task {} already exists",
+                    task.id
+                )));
+            }
         }
-        if let Some(old) = inner.tasks.insert(task.id, task.clone()) {
-            // Ids are unique; a second insert of one id replaces nothing.
-            inner.tasks.insert(old.id, old);
-            return Err(crate::Error::Store(format!(
-                "task {} already exists",
-                task.id
-            )));
+        let mut answers = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            if let Some(key) = &task.idempotency_key {
+                if let Some(existing) = inner.keys.get(key) {
+                    answers.push(Inserted::Existing(*existing));
+                    continue;
+                }
+                inner.keys.insert(key.clone(), task.id);
+            }
+            inner.tasks.insert(task.id, task.clone());
+            inner.counts.moved(None, Some(task.state));
+            if let Some(key) = finished_key(task) {
+                inner.finished.insert(key);
+            }
+            answers.push(Inserted::New);
         }
-        inner.counts.moved(None, Some(task.state));
-        if let Some(key) = finished_key(task) {
-            inner.finished.insert(key);
-        }
-        Ok(Inserted::New)
+        Ok(answers)
     }
 
     fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool> {
@@ -214,7 +225,11 @@ impl Store for MemoryStore {
         Ok((before - inner.modules.len()) as u64)
     }
 
-    fn flush(&self) -> Result<()> {
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn flush_blocking(&self) -> Result<()> {
         Ok(())
     }
 

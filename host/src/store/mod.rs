@@ -1,5 +1,9 @@
-//! Where tasks, results and modules live: the [`Store`] trait and its
-//! in-memory implementation.
+//! Where the embedded backend keeps tasks, results and modules: the
+//! [`Store`] trait, in memory ([`MemoryStore`]) or on disk ([`SledStore`]).
+//!
+//! A store holds records; it does not schedule. The
+//! [`EmbeddedBackend`](crate::backend::EmbeddedBackend) keeps the queue's
+//! index over a store and writes every transition through it.
 //!
 //! Every state change of a task is one call, applied atomically: a reader
 //! never sees a task in two states or in none, and the per-state counts
@@ -14,10 +18,10 @@ use std::fmt;
 pub use self::sled::{CheckReport, SCHEMA_VERSION, SledOptions, SledStore, SyncMode};
 pub use memory::MemoryStore;
 
-use crate::pool::task::{Millis, TaskId, TaskRecord, TaskState};
+use crate::task::{Millis, TaskId, TaskRecord, TaskState};
 use crate::{ModuleHash, Result};
 
-/// The result of [`Store::insert`].
+/// What [`Store::insert`] did with one task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inserted {
     /// The task is new and stored.
@@ -93,13 +97,13 @@ pub struct StoredModule {
     pub size: u64,
 }
 
-/// Durable (or not) storage of tasks and modules.
+/// Durable (or not) storage of task records and modules, for the
+/// [`EmbeddedBackend`](crate::backend::EmbeddedBackend).
 ///
-/// Implementations apply each call atomically. The pool keeps its own
-/// in-memory scheduling index and rebuilds it from
-/// [`Store::unfinished`] when it opens, so a store only has to answer
-/// these calls; a shared backend for several hosts would add leases behind
-/// the same calls.
+/// Implementations apply each call atomically. The backend keeps its
+/// scheduling index in memory and rebuilds it from [`Store::unfinished`]
+/// when it opens, so a store only has to answer these calls.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Stores a module's bytes under its hash (idempotent).
     fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()>;
@@ -115,9 +119,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The next submission sequence number (increasing, never reused).
     fn next_seq(&self) -> Result<u64>;
-    /// Stores a new task, with its idempotency key if it has one. If the key
-    /// is in use, writes nothing and says whose it is.
-    fn insert(&self, task: &TaskRecord) -> Result<Inserted>;
+    /// Stores new tasks in one atomic write, each with its idempotency key
+    /// if it has one. A task whose key is in use (before, or by an earlier
+    /// task of the batch) is not stored: its answer names the key's holder.
+    /// Refuses the whole batch, writing nothing, if a task names a module
+    /// that is not stored ([`Error::UnknownModule`](crate::Error::UnknownModule)).
+    fn insert(&self, tasks: &[TaskRecord]) -> Result<Vec<Inserted>>;
     /// Replaces a task's record if its stored state is `expected`
     /// (compare-and-swap); `false` if it was not.
     fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool>;
@@ -142,8 +149,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn gc_modules(&self) -> Result<u64> {
         Ok(0)
     }
-    /// Makes every write so far durable.
-    fn flush(&self) -> Result<()>;
+    /// Makes every write so far durable; concurrent callers share flushes.
+    async fn flush(&self) -> Result<()>;
+    /// [`Store::flush`], blocking the thread: for callers outside async
+    /// code.
+    fn flush_blocking(&self) -> Result<()>;
     /// Whether [`Store::flush`] makes writes survive a crash.
     fn is_durable(&self) -> bool;
 }

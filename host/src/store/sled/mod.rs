@@ -35,25 +35,33 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ::sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
 
+use self::envelope::{
+    HEADER, corrupted, decode, decode_counts, decode_task, encode, encode_counts, encode_task,
+    envelope, module_hash, open_envelope, task_id,
+};
+use self::flusher::Flusher;
 use super::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
-use crate::pool::task::{Millis, TaskId, TaskRecord, TaskState};
+use crate::task::{Millis, TaskId, TaskRecord, TaskState};
 use crate::{Error, ModuleHash, Result};
+
+mod check;
+mod envelope;
+mod flusher;
+mod schema;
+
+pub use check::CheckReport;
 
 /// The schema version this build writes and reads. A store written by a
 /// newer wpool (a higher version) is refused, never modified.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// The version byte of each record's envelope.
-const RECORD_VERSION: u8 = 1;
-/// Envelope header: version byte + CRC32.
-const HEADER: usize = 5;
 /// The file beside the database that names the schema version.
 const VERSION_FILE: &str = "wpool-store";
 /// The file that names the process holding the directory.
@@ -119,24 +127,6 @@ impl SledOptions {
         self.cache_capacity = bytes;
         self
     }
-}
-
-/// What [`SledStore::check`] found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CheckReport {
-    /// Records in `tasks`.
-    pub tasks: u64,
-    /// Entries in the `unfinished` index.
-    pub unfinished: u64,
-    /// Entries in the `finished` index.
-    pub finished: u64,
-    /// Idempotency keys.
-    pub keys: u64,
-    /// Stored modules.
-    pub modules: u64,
-    /// Every inconsistency and corrupted record found; empty when the
-    /// store is sound.
-    pub problems: Vec<String>,
 }
 
 /// A durable [`Store`] on sled, in a data directory. See the module docs
@@ -233,21 +223,44 @@ impl SledStore {
             Some(bytes) => Some(decode::<u32>("meta", META_SCHEMA, &bytes)?),
             None => None,
         };
-        match store_version {
-            Some(version) => check_version(&dir, version)?,
-            None if trees.tasks.is_empty() && trees.modules.is_empty() => {
-                trees
-                    .meta
-                    .insert(META_SCHEMA, encode("meta", META_SCHEMA, &SCHEMA_VERSION)?)
-                    .map_err(|e| {
-                        Error::Store(format!(
-                            "writing the schema version in {}: {e}",
-                            dir.display()
-                        ))
-                    })?;
-                db.flush().map_err(|e| {
-                    Error::Store(format!("flushing the new store in {}: {e}", dir.display()))
+        let write_schema = || -> Result<()> {
+            trees
+                .meta
+                .insert(META_SCHEMA, encode("meta", META_SCHEMA, &SCHEMA_VERSION)?)
+                .map_err(|e| {
+                    Error::Store(format!(
+                        "writing the schema version in {}: {e}",
+                        dir.display()
+                    ))
                 })?;
+            db.flush().map_err(|e| {
+                Error::Store(format!("flushing the store in {}: {e}", dir.display()))
+            })?;
+            Ok(())
+        };
+        let upgraded = match store_version {
+            // Schema 1 stores are read as they are (their task records are
+            // version 1, read with defaults for what version 2 added) and
+            // marked schema 2, so that an older wpool refuses them rather
+            // than misreading the records written from now on.
+            Some(version) if version < SCHEMA_VERSION => {
+                check_version(&dir, version)?;
+                write_schema()?;
+                tracing::info!(
+                    dir = %dir.display(),
+                    from = version,
+                    to = SCHEMA_VERSION,
+                    "upgraded the store's schema"
+                );
+                true
+            }
+            Some(version) => {
+                check_version(&dir, version)?;
+                false
+            }
+            None if trees.tasks.is_empty() && trees.modules.is_empty() => {
+                write_schema()?;
+                true
             }
             None => {
                 return Err(Error::Store(format!(
@@ -256,8 +269,8 @@ impl SledStore {
                     dir.display()
                 )));
             }
-        }
-        if known_version.is_none() {
+        };
+        if known_version.is_none() || upgraded {
             write_atomically(
                 &version_file,
                 format!("wpool store schema {SCHEMA_VERSION}\n").as_bytes(),
@@ -282,12 +295,13 @@ impl SledStore {
                 )));
             }
         };
+        let flusher = Flusher::start(db.clone())?;
         let store = SledStore {
             dir,
             db,
             trees,
             writes: Mutex::new(StateCounts::default()),
-            flusher: Flusher::default(),
+            flusher,
             sync: options.sync,
         };
         let counts = match counts {
@@ -311,17 +325,13 @@ impl SledStore {
     /// Flushes every write so far to disk, in either [`SyncMode`] (with
     /// group commit, as [`Store::flush`] in durable mode).
     pub fn sync(&self) -> Result<()> {
-        self.flusher.flush(&self.db)
+        self.flusher.flush()
     }
 
     /// How many flushes to disk [`Store::flush`] and [`SledStore::sync`]
     /// have made (callers that shared a flush count once).
     pub fn flushes(&self) -> u64 {
-        self.flusher
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .finished
+        self.flusher.flushes()
     }
 
     /// The size of the database's files, in bytes, as sled counts it.
@@ -361,114 +371,6 @@ impl SledStore {
             tracing::debug!(removed, "removed modules no task uses");
         }
         Ok(removed)
-    }
-
-    /// Reads every record and index entry and reports what does not add
-    /// up: corrupted records, a task in no index or in two, index entries
-    /// naming missing tasks, keys naming missing tasks, counts that differ
-    /// from the records. It reads the whole store: for tests and repair
-    /// tools, not for the hot path.
-    pub fn check(&self) -> Result<CheckReport> {
-        let writes = self.lock_writes();
-        let mut report = CheckReport::default();
-        let mut counts = StateCounts::default();
-        let mut expected_unfinished = HashSet::new();
-        let mut expected_finished = HashSet::new();
-        // Ids of unreadable records: their index entries cannot be checked.
-        let mut unreadable = HashSet::new();
-        for entry in self.trees.tasks.iter() {
-            let (key, value) = entry.map_err(|e| self.storage("scanning tasks", e))?;
-            report.tasks += 1;
-            match decode_task(&key, &value) {
-                Ok(task) => {
-                    if key.as_ref() != task.id.to_bytes() {
-                        report
-                            .problems
-                            .push(format!("task {} is stored under another id's key", task.id));
-                    }
-                    counts.moved(None, Some(task.state));
-                    match index_key(&task) {
-                        Index::Unfinished(k) => expected_unfinished.insert(k),
-                        Index::Finished(k) => expected_finished.insert(k),
-                    };
-                    if let Some(k) = &task.idempotency_key {
-                        match self.trees.keys.get(k.as_bytes()) {
-                            Ok(Some(id)) if id.as_ref() == task.id.to_bytes() => {}
-                            Ok(_) => report.problems.push(format!(
-                                "task {} has idempotency key `{k}`, which does not name it",
-                                task.id
-                            )),
-                            Err(e) => return Err(self.storage("reading keys", e)),
-                        }
-                    }
-                }
-                Err(e) => {
-                    unreadable.insert(key.to_vec());
-                    report.problems.push(e.to_string());
-                }
-            }
-        }
-        for (name, tree, expected, count) in [
-            (
-                "unfinished",
-                &self.trees.unfinished,
-                &mut expected_unfinished,
-                &mut report.unfinished,
-            ),
-            (
-                "finished",
-                &self.trees.finished,
-                &mut expected_finished,
-                &mut report.finished,
-            ),
-        ] {
-            for entry in tree.iter() {
-                let (key, _) = entry.map_err(|e| self.storage(&format!("scanning {name}"), e))?;
-                *count += 1;
-                let id = key.get(8..).unwrap_or_default();
-                if !expected.remove(key.as_ref()) && !unreadable.contains(id) {
-                    report.problems.push(format!(
-                        "index `{name}` has entry {} that no task in that state matches",
-                        hex::encode(&key)
-                    ));
-                }
-            }
-            for missing in expected.iter() {
-                report.problems.push(format!(
-                    "a task is missing from index `{name}` (entry {})",
-                    hex::encode(missing)
-                ));
-            }
-        }
-        for entry in self.trees.keys.iter() {
-            let (key, id) = entry.map_err(|e| self.storage("scanning keys", e))?;
-            report.keys += 1;
-            let present = self
-                .trees
-                .tasks
-                .contains_key(&id)
-                .map_err(|e| self.storage("reading tasks", e))?;
-            if !present {
-                report.problems.push(format!(
-                    "idempotency key `{}` names a task that is not stored",
-                    String::from_utf8_lossy(&key)
-                ));
-            }
-        }
-        for entry in self.trees.modules.iter() {
-            let (key, value) = entry.map_err(|e| self.storage("scanning modules", e))?;
-            report.modules += 1;
-            if let Err(e) = open_envelope("modules", &key, &value) {
-                report.problems.push(e.to_string());
-            }
-        }
-        if unreadable.is_empty() && strip_zeros(&writes) != strip_zeros(&counts) {
-            report.problems.push(format!(
-                "the counts say {:?} but the records say {:?}",
-                writes.0, counts.0
-            ));
-        }
-        Ok(report)
     }
 
     fn lock_writes(&self) -> MutexGuard<'_, StateCounts> {
@@ -519,18 +421,7 @@ impl Drop for SledStore {
 }
 
 const META_SCHEMA: &[u8] = b"schema";
-const META_COUNTS: &[u8] = b"counts";
-
-fn strip_zeros(counts: &StateCounts) -> StateCounts {
-    StateCounts(
-        counts
-            .0
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(s, n)| (*s, *n))
-            .collect(),
-    )
-}
+pub(super) const META_COUNTS: &[u8] = b"counts";
 
 fn check_version(dir: &Path, version: u32) -> Result<()> {
     if version > SCHEMA_VERSION {
@@ -607,138 +498,6 @@ fn open_error(dir: &Path, e: ::sled::Error) -> Error {
     ))
 }
 
-fn module_hash(key: &[u8]) -> Result<ModuleHash> {
-    let bytes: [u8; 32] = key.try_into().map_err(|_| {
-        Error::Store(format!(
-            "corrupted key {} in tree `modules`: not a 32-byte hash",
-            hex::encode(key)
-        ))
-    })?;
-    Ok(ModuleHash::from_bytes(bytes))
-}
-
-fn task_id(tree: &str, bytes: &[u8]) -> Result<TaskId> {
-    let bytes: [u8; 16] = bytes.try_into().map_err(|_| {
-        Error::Store(format!(
-            "corrupted entry in tree `{tree}`: {} is not a 16-byte task id",
-            hex::encode(bytes)
-        ))
-    })?;
-    Ok(TaskId::from_bytes(bytes))
-}
-
-fn checksum(key: &[u8], payload: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(key);
-    hasher.update(payload);
-    hasher.finalize()
-}
-
-fn envelope(key: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.push(RECORD_VERSION);
-    out.extend_from_slice(&checksum(key, payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-fn describe_key(tree: &str, key: &[u8]) -> String {
-    match (tree, key.len()) {
-        ("tasks", 16) => task_id(tree, key).map_or_else(|_| hex::encode(key), |id| id.to_string()),
-        _ if key.iter().all(|b| b.is_ascii_graphic()) => String::from_utf8_lossy(key).into_owned(),
-        _ => hex::encode(key),
-    }
-}
-
-fn corrupted(tree: &str, key: &[u8], why: impl fmt::Display) -> Error {
-    Error::Store(format!(
-        "corrupted record {} in tree `{tree}`: {why}",
-        describe_key(tree, key)
-    ))
-}
-
-/// The payload of a checked envelope.
-fn open_envelope<'a>(tree: &str, key: &[u8], bytes: &'a [u8]) -> Result<&'a [u8]> {
-    if bytes.len() < HEADER {
-        return Err(corrupted(
-            tree,
-            key,
-            format_args!("{} bytes, shorter than its header", bytes.len()),
-        ));
-    }
-    if bytes[0] != RECORD_VERSION {
-        return Err(corrupted(
-            tree,
-            key,
-            format_args!(
-                "record version {}, this wpool reads version {RECORD_VERSION}",
-                bytes[0]
-            ),
-        ));
-    }
-    let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-    let payload = &bytes[HEADER..];
-    let computed = checksum(key, payload);
-    if stored != computed {
-        return Err(corrupted(
-            tree,
-            key,
-            format_args!("checksum mismatch (stored {stored:08x}, computed {computed:08x})"),
-        ));
-    }
-    Ok(payload)
-}
-
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
-}
-
-fn encode<T: serde::Serialize>(tree: &str, key: &[u8], value: &T) -> Result<Vec<u8>> {
-    let payload = bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| {
-        Error::Store(format!(
-            "cannot encode record {} for tree `{tree}`: {e}",
-            describe_key(tree, key)
-        ))
-    })?;
-    Ok(envelope(key, &payload))
-}
-
-fn encode_task(task: &TaskRecord) -> Result<Vec<u8>> {
-    encode(
-        "tasks",
-        &task.id.to_bytes(),
-        &schema::StoredTask::from(task),
-    )
-}
-
-fn decode_task(key: &[u8], bytes: &[u8]) -> Result<TaskRecord> {
-    let stored: schema::StoredTask = decode("tasks", key, bytes)?;
-    TaskRecord::try_from(stored).map_err(|e| corrupted("tasks", key, e))
-}
-
-fn encode_counts(counts: &StateCounts) -> Result<Vec<u8>> {
-    encode("meta", META_COUNTS, &schema::counts(counts))
-}
-
-fn decode_counts(bytes: &[u8]) -> Result<StateCounts> {
-    schema::counts_from(decode("meta", META_COUNTS, bytes)?)
-        .map_err(|e| corrupted("meta", META_COUNTS, e))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(tree: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
-    let payload = open_envelope(tree, key, bytes)?;
-    let (value, used) = bincode::serde::decode_from_slice(payload, bincode_config())
-        .map_err(|e| corrupted(tree, key, format_args!("undecodable: {e}")))?;
-    if used != payload.len() {
-        return Err(corrupted(
-            tree,
-            key,
-            format_args!("{} trailing bytes", payload.len() - used),
-        ));
-    }
-    Ok(value)
-}
-
 /// Where a task belongs: one index entry per task, always.
 enum Index {
     Unfinished(Vec<u8>),
@@ -785,6 +544,7 @@ fn remove_index(
     Ok(())
 }
 
+#[async_trait::async_trait]
 impl Store for SledStore {
     fn gc_modules(&self) -> Result<u64> {
         SledStore::gc_modules(self)
@@ -871,16 +631,19 @@ impl Store for SledStore {
             .map_err(|e| self.storage("generating a sequence number", e))
     }
 
-    fn insert(&self, task: &TaskRecord) -> Result<Inserted> {
-        let id = task.id.to_bytes();
-        let value = encode_task(task)?;
-        let index = index_key(task);
+    fn insert(&self, batch: &[TaskRecord]) -> Result<Vec<Inserted>> {
+        let encoded = batch
+            .iter()
+            .map(|task| Ok((task.id.to_bytes(), encode_task(task)?)))
+            .collect::<Result<Vec<_>>>()?;
         let mut counts = self.lock_writes();
-        let mut new_counts = counts.clone();
-        new_counts.moved(None, Some(task.state));
-        let counts_value = encode_counts(&new_counts)?;
+        let current = &*counts;
         let t = &self.trees;
-        let result = (
+        let what = match batch {
+            [task] => format!("storing task {}", task.id),
+            _ => format!("storing {} tasks", batch.len()),
+        };
+        let (answers, new_counts) = (
             &t.tasks,
             &t.unfinished,
             &t.finished,
@@ -889,39 +652,43 @@ impl Store for SledStore {
             &t.meta,
         )
             .transaction(|(tasks, unfinished, finished, keys, modules, meta)| {
-                if let Some(key) = &task.idempotency_key
-                    && let Some(existing) = keys.get(key.as_bytes())?
-                {
-                    return Ok(Inserted::Existing(
-                        task_id("keys", &existing).map_err(abort)?,
-                    ));
+                let mut new_counts = current.clone();
+                let mut answers = Vec::with_capacity(batch.len());
+                for (task, (id, value)) in batch.iter().zip(&encoded) {
+                    if let Some(key) = &task.idempotency_key
+                        && let Some(existing) = keys.get(key.as_bytes())?
+                    {
+                        answers.push(Inserted::Existing(
+                            task_id("keys", &existing).map_err(abort)?,
+                        ));
+                        continue;
+                    }
+                    if tasks.get(id)?.is_some() {
+                        return Err(abort(Error::Store(format!(
+                            "task {} already exists",
+                            task.id
+                        ))));
+                    }
+                    if modules.get(task.module.as_bytes())?.is_none() {
+                        return Err(abort(Error::UnknownModule(task.module)));
+                    }
+                    tasks.insert(&id[..], value.as_slice())?;
+                    put_index(unfinished, finished, index_key(task))?;
+                    if let Some(key) = &task.idempotency_key {
+                        keys.insert(key.as_bytes(), &id[..])?;
+                    }
+                    new_counts.moved(None, Some(task.state));
+                    answers.push(Inserted::New);
                 }
-                if tasks.get(id)?.is_some() {
-                    return Err(abort(Error::Store(format!(
-                        "task {} already exists",
-                        task.id
-                    ))));
-                }
-                if modules.get(task.module.as_bytes())?.is_none() {
-                    return Err(abort(Error::UnknownModule(task.module)));
-                }
-                tasks.insert(&id[..], value.as_slice())?;
-                let index = match &index {
-                    Index::Unfinished(k) => Index::Unfinished(k.clone()),
-                    Index::Finished(k) => Index::Finished(k.clone()),
-                };
-                put_index(unfinished, finished, index)?;
-                if let Some(key) = &task.idempotency_key {
-                    keys.insert(key.as_bytes(), &id[..])?;
-                }
-                meta.insert(META_COUNTS, counts_value.as_slice())?;
-                Ok(Inserted::New)
+                meta.insert(
+                    META_COUNTS,
+                    encode_counts(&new_counts).map_err(abort)?.as_slice(),
+                )?;
+                Ok((answers, new_counts))
             })
-            .map_err(|e| self.tx_error(&format!("storing task {}", task.id), e))?;
-        if result == Inserted::New {
-            *counts = new_counts;
-        }
-        Ok(result)
+            .map_err(|e| self.tx_error(&what, e))?;
+        *counts = new_counts;
+        Ok(answers)
     }
 
     fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool> {
@@ -1083,9 +850,16 @@ impl Store for SledStore {
         Ok(removed)
     }
 
-    fn flush(&self) -> Result<()> {
+    async fn flush(&self) -> Result<()> {
         match self.sync {
-            SyncMode::Durable => self.flusher.flush(&self.db),
+            SyncMode::Durable => self.flusher.flush_async().await,
+            SyncMode::Relaxed { .. } => Ok(()),
+        }
+    }
+
+    fn flush_blocking(&self) -> Result<()> {
+        match self.sync {
+            SyncMode::Durable => self.flusher.flush(),
             SyncMode::Relaxed { .. } => Ok(()),
         }
     }
@@ -1095,333 +869,18 @@ impl Store for SledStore {
     }
 }
 
-/// Group commit: a caller waits for a flush that started after it came; a
-/// flush in progress serves everyone who came before it started, and one
-/// more flush serves everyone who came while it ran.
-#[derive(Debug, Default)]
-struct Flusher {
-    state: Mutex<FlushState>,
-    done: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct FlushState {
-    /// Flushes started.
-    started: u64,
-    /// The last flush finished (flushes finish in order: one at a time).
-    finished: u64,
-    running: bool,
-    /// The error of the last finished flush.
-    error: Option<String>,
-}
-
-impl Flusher {
-    fn flush(&self, db: &::sled::Db) -> Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        // Every write this caller made is in sled's buffers now; the first
-        // flush to start from now on covers them.
-        let ticket = state.started + 1;
-        loop {
-            if state.finished >= ticket {
-                return match &state.error {
-                    None => Ok(()),
-                    Some(e) => Err(Error::Store(format!("flushing the store to disk: {e}"))),
-                };
-            }
-            if state.running {
-                state = self
-                    .done
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            state.running = true;
-            state.started += 1;
-            let generation = state.started;
-            drop(state);
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()));
-            state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.running = false;
-            state.finished = generation;
-            state.error = match result {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some("the flush panicked".into()),
-            };
-            self.done.notify_all();
-        }
-    }
-}
-
-/// The stored form of a task, spelled out here rather than taken from the
-/// public types' serde attributes: those serve JSON (an adjacently tagged
-/// [`Outcome`](crate::Outcome), a hash as hex), and a change to them must not
-/// silently change what is on disk. Changing this module means a new
-/// [`SCHEMA_VERSION`]. Enums are stored by explicit codes, never by
-/// declaration order.
-mod schema {
-    use std::collections::BTreeMap;
-    use std::time::Duration;
-
-    use serde::{Deserialize, Serialize};
-
-    use crate::pool::task::{Attempt, Backoff, TaskId, TaskRecord, TaskState};
-    use crate::{Limits, ModuleHash, Outcome};
-
-    #[derive(Serialize, Deserialize)]
-    pub(super) struct StoredTask {
-        id: [u8; 16],
-        module: [u8; 32],
-        input: Vec<u8>,
-        priority: i32,
-        limits: StoredLimits,
-        max_attempts: u32,
-        backoff: StoredBackoff,
-        run_at: u64,
-        expires_at: Option<u64>,
-        idempotency_key: Option<String>,
-        labels: BTreeMap<String, String>,
-        state: u8,
-        seq: u64,
-        submitted_at: u64,
-        updated_at: u64,
-        finished_at: Option<u64>,
-        attempts: Vec<StoredAttempt>,
-        outcome: Option<StoredOutcome>,
-        output: Vec<u8>,
-        log: String,
-        progress: Option<(u64, u64)>,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    struct StoredLimits {
-        timeout_ms: u64,
-        fuel: Option<u64>,
-        memory: u64,
-        max_output: u64,
-        max_log: u64,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    struct StoredBackoff {
-        initial_ms: u64,
-        max_ms: u64,
-        multiplier: f64,
-        jitter: bool,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    struct StoredAttempt {
-        number: u32,
-        outcome: Option<StoredOutcome>,
-        started_at: u64,
-        duration_us: u64,
-        fuel_consumed: Option<u64>,
-    }
-
-    /// `(code, number, text)`: the code names the variant.
-    #[derive(Serialize, Deserialize)]
-    struct StoredOutcome(u8, i64, String);
-
-    fn millis(d: Duration) -> u64 {
-        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    pub(super) fn state_code(state: TaskState) -> u8 {
-        match state {
-            TaskState::Queued => 1,
-            TaskState::Scheduled => 2,
-            TaskState::Running => 3,
-            TaskState::Succeeded => 4,
-            TaskState::Failed => 5,
-            TaskState::Cancelled => 6,
-            TaskState::Expired => 7,
-        }
-    }
-
-    fn state_from(code: u8) -> Result<TaskState, String> {
-        Ok(match code {
-            1 => TaskState::Queued,
-            2 => TaskState::Scheduled,
-            3 => TaskState::Running,
-            4 => TaskState::Succeeded,
-            5 => TaskState::Failed,
-            6 => TaskState::Cancelled,
-            7 => TaskState::Expired,
-            other => return Err(format!("unknown task state code {other}")),
-        })
-    }
-
-    fn outcome(o: &Outcome) -> StoredOutcome {
-        let text = |code, s: &String| StoredOutcome(code, 0, s.clone());
-        let unit = |code| StoredOutcome(code, 0, String::new());
-        match o {
-            Outcome::Success => unit(1),
-            Outcome::Failed(s) => text(2, s),
-            Outcome::Exit(code) => StoredOutcome(3, i64::from(*code), String::new()),
-            Outcome::Trap(s) => text(4, s),
-            Outcome::Timeout => unit(5),
-            Outcome::OutOfFuel => unit(6),
-            Outcome::MemoryLimit => unit(7),
-            Outcome::OutputTooLarge => unit(8),
-            Outcome::Cancelled => unit(9),
-            Outcome::InvalidModule(s) => text(10, s),
-            Outcome::HostError(s) => text(11, s),
-        }
-    }
-
-    fn outcome_from(o: StoredOutcome) -> Result<Outcome, String> {
-        let StoredOutcome(code, number, text) = o;
-        Ok(match code {
-            1 => Outcome::Success,
-            2 => Outcome::Failed(text),
-            3 => Outcome::Exit(
-                i32::try_from(number).map_err(|_| format!("exit code {number} out of range"))?,
-            ),
-            4 => Outcome::Trap(text),
-            5 => Outcome::Timeout,
-            6 => Outcome::OutOfFuel,
-            7 => Outcome::MemoryLimit,
-            8 => Outcome::OutputTooLarge,
-            9 => Outcome::Cancelled,
-            10 => Outcome::InvalidModule(text),
-            11 => Outcome::HostError(text),
-            other => return Err(format!("unknown outcome code {other}")),
-        })
-    }
-
-    impl From<&TaskRecord> for StoredTask {
-        fn from(t: &TaskRecord) -> Self {
-            StoredTask {
-                id: t.id.to_bytes(),
-                module: *t.module.as_bytes(),
-                input: t.input.clone(),
-                priority: t.priority,
-                limits: StoredLimits {
-                    timeout_ms: millis(t.limits.timeout),
-                    fuel: t.limits.fuel,
-                    memory: t.limits.memory,
-                    max_output: t.limits.max_output,
-                    max_log: t.limits.max_log,
-                },
-                max_attempts: t.max_attempts,
-                backoff: StoredBackoff {
-                    initial_ms: millis(t.backoff.initial),
-                    max_ms: millis(t.backoff.max),
-                    multiplier: t.backoff.multiplier,
-                    jitter: t.backoff.jitter,
-                },
-                run_at: t.run_at,
-                expires_at: t.expires_at,
-                idempotency_key: t.idempotency_key.clone(),
-                labels: t.labels.clone(),
-                state: state_code(t.state),
-                seq: t.seq,
-                submitted_at: t.submitted_at,
-                updated_at: t.updated_at,
-                finished_at: t.finished_at,
-                attempts: t
-                    .attempts
-                    .iter()
-                    .map(|a| StoredAttempt {
-                        number: a.number,
-                        outcome: a.outcome.as_ref().map(outcome),
-                        started_at: a.started_at,
-                        duration_us: a.duration_us,
-                        fuel_consumed: a.fuel_consumed,
-                    })
-                    .collect(),
-                outcome: t.outcome.as_ref().map(outcome),
-                output: t.output.clone(),
-                log: t.log.clone(),
-                progress: t.progress,
-            }
-        }
-    }
-
-    impl TryFrom<StoredTask> for TaskRecord {
-        type Error = String;
-
-        fn try_from(t: StoredTask) -> Result<Self, String> {
-            Ok(TaskRecord {
-                id: TaskId::from_bytes(t.id),
-                module: ModuleHash::from_bytes(t.module),
-                input: t.input,
-                priority: t.priority,
-                limits: Limits {
-                    timeout: Duration::from_millis(t.limits.timeout_ms),
-                    fuel: t.limits.fuel,
-                    memory: t.limits.memory,
-                    max_output: t.limits.max_output,
-                    max_log: t.limits.max_log,
-                },
-                max_attempts: t.max_attempts,
-                backoff: Backoff {
-                    initial: Duration::from_millis(t.backoff.initial_ms),
-                    max: Duration::from_millis(t.backoff.max_ms),
-                    multiplier: t.backoff.multiplier,
-                    jitter: t.backoff.jitter,
-                },
-                run_at: t.run_at,
-                expires_at: t.expires_at,
-                idempotency_key: t.idempotency_key,
-                labels: t.labels,
-                state: state_from(t.state)?,
-                seq: t.seq,
-                submitted_at: t.submitted_at,
-                updated_at: t.updated_at,
-                finished_at: t.finished_at,
-                attempts: t
-                    .attempts
-                    .into_iter()
-                    .map(|a| {
-                        Ok(Attempt {
-                            number: a.number,
-                            outcome: a.outcome.map(outcome_from).transpose()?,
-                            started_at: a.started_at,
-                            duration_us: a.duration_us,
-                            fuel_consumed: a.fuel_consumed,
-                        })
-                    })
-                    .collect::<Result<_, String>>()?,
-                outcome: t.outcome.map(outcome_from).transpose()?,
-                output: t.output,
-                log: t.log,
-                progress: t.progress,
-            })
-        }
-    }
-
-    /// The counts as stored: `(state code, tasks)`.
-    pub(super) fn counts(counts: &crate::store::StateCounts) -> Vec<(u8, u64)> {
-        counts
-            .0
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(s, n)| (state_code(*s), *n))
-            .collect()
-    }
-
-    pub(super) fn counts_from(stored: Vec<(u8, u64)>) -> Result<crate::store::StateCounts, String> {
-        let mut counts = crate::store::StateCounts::default();
-        for (code, n) in stored {
-            counts.0.insert(state_from(code)?, n);
-        }
-        Ok(counts)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use super::*;
-    use crate::{Backoff, Limits, Outcome, pool::task::Attempt};
+    use crate::{Backoff, Limits, Outcome, task::Attempt};
 
     fn record(module: ModuleHash, state: TaskState, seq: u64) -> TaskRecord {
-        TaskRecord {
-            id: TaskId::new(),
+        let id = TaskId::new();
+        let mut record = TaskRecord {
+            id,
             module,
             input: b"input".to_vec(),
             priority: 3,
@@ -1444,11 +903,21 @@ mod tests {
                 duration_us: 7,
                 fuel_consumed: Some(8),
             }],
+            interruptions: 2,
+            lease: Some(crate::task::Lease {
+                task: TaskId::from_bytes([7; 16]),
+                token: 11,
+                expires_at: 12,
+            }),
+            cancel_requested: true,
+            max_interruptions: 4,
             outcome: Some(Outcome::Exit(3)),
             output: b"out".to_vec(),
             log: "log".into(),
             progress: Some((1, 2)),
-        }
+        };
+        record.lease.as_mut().unwrap().task = id;
+        record
     }
 
     fn open(dir: &Path) -> SledStore {
@@ -1489,21 +958,30 @@ mod tests {
         let mut task = record(module, TaskState::Queued, store.next_seq().unwrap());
         task.idempotency_key = Some("k1".into());
         assert_eq!(
-            store.insert(&task).unwrap_err().to_string(),
+            store
+                .insert(std::slice::from_ref(&task))
+                .unwrap_err()
+                .to_string(),
             Error::UnknownModule(module).to_string()
         );
         store.put_module(&module, b"m").unwrap();
-        assert_eq!(store.insert(&task).unwrap(), Inserted::New);
+        assert_eq!(
+            store.insert(std::slice::from_ref(&task)).unwrap(),
+            [Inserted::New]
+        );
         let mut again = record(module, TaskState::Queued, store.next_seq().unwrap());
         again.idempotency_key = Some("k1".into());
-        assert_eq!(store.insert(&again).unwrap(), Inserted::Existing(task.id));
+        assert_eq!(
+            store.insert(&[again]).unwrap(),
+            [Inserted::Existing(task.id)]
+        );
         let same_id = TaskRecord {
             idempotency_key: None,
             ..task.clone()
         };
         assert!(
             store
-                .insert(&same_id)
+                .insert(&[same_id])
                 .unwrap_err()
                 .to_string()
                 .contains("already exists")
@@ -1551,8 +1029,8 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..50 {
                         let task = record(module, TaskState::Queued, store.next_seq().unwrap());
-                        store.insert(&task).unwrap();
-                        store.flush().unwrap();
+                        store.insert(&[task]).unwrap();
+                        store.flush_blocking().unwrap();
                     }
                 })
             })

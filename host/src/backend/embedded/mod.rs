@@ -1,0 +1,493 @@
+//! The embedded backend: the queue of one process, over a [`Store`] in
+//! memory or on disk.
+//!
+//! The scheduling index (a priority heap of ready tasks, a time heap of
+//! delayed ones and one of expiries, and the running tasks with their
+//! leases) lives in memory behind one short lock, rebuilt from the store
+//! when the backend opens. Every transition writes the store while that
+//! lock is held, so index and store always agree; flushes happen after the
+//! lock is let go, shared by every caller waiting for one.
+//!
+//! One process holds a store at a time (sled locks its directory), so the
+//! leases of an embedded backend are lost only with the process: opening
+//! the store again expires every lease taken before, each an
+//! interruption. While the process lives, leases also expire by time like
+//! a shared backend's, so that a pool whose heartbeats stall behaves the
+//! same on every backend.
+
+mod index;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use self::index::Index;
+use super::{Backend, Cancelled, Claim, Completed, Enqueued, LeaseState, Tick};
+use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
+use crate::task::{
+    Completion, Lease, Millis, ModuleHash, TaskId, TaskRecord, TaskState, now_millis,
+};
+use crate::{Error, Result};
+
+/// A [`Backend`] over a [`Store`] of this process. See the module docs.
+pub struct EmbeddedBackend {
+    store: Arc<dyn Store>,
+    index: Mutex<Index>,
+    /// The next lease token. Starts at a random point each open, so a
+    /// token of an earlier process never names a lease of this one.
+    tokens: AtomicU64,
+    /// Writes made, and writes known durable: a read waits until every
+    /// write before it is durable, so that nobody reads what a crash could
+    /// still take back.
+    written: AtomicU64,
+    durable: AtomicU64,
+}
+
+impl std::fmt::Debug for EmbeddedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBackend")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What opening an embedded backend found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Waiting tasks taken up again.
+    pub waiting: usize,
+    /// Tasks that were running when their process stopped: queued again,
+    /// each with one more interruption.
+    pub requeued: usize,
+    /// Tasks that were running and have now ended: at `max_interruptions`,
+    /// or cancelled while they ran.
+    pub ended: usize,
+}
+
+impl EmbeddedBackend {
+    /// Opens the backend over `store`: takes up its waiting tasks, and
+    /// expires the leases of the tasks that were running when the process
+    /// that held them stopped (each counts an interruption).
+    pub fn open(store: Arc<dyn Store>) -> Result<Self> {
+        Self::open_reporting(store).map(|(backend, _)| backend)
+    }
+
+    /// [`EmbeddedBackend::open`], saying what it found.
+    pub fn open_reporting(store: Arc<dyn Store>) -> Result<(Self, Recovered)> {
+        let now = now_millis();
+        let mut index = Index::default();
+        let mut recovered = Recovered::default();
+        for mut record in store.unfinished()? {
+            if record.state == TaskState::Running {
+                record.interrupt(now);
+                if !store.update(&record, TaskState::Running)? {
+                    return Err(Error::Store(format!(
+                        "task {} changed while the store was being opened",
+                        record.id
+                    )));
+                }
+                if record.state.is_final() {
+                    tracing::warn!(
+                        task = %record.id,
+                        interruptions = record.interruptions,
+                        outcome = ?record.outcome,
+                        "a task that was running when the host stopped has ended"
+                    );
+                    recovered.ended += 1;
+                    continue;
+                }
+                tracing::info!(
+                    task = %record.id,
+                    interruptions = record.interruptions,
+                    "a task that was running when the host stopped is queued again"
+                );
+                recovered.requeued += 1;
+            } else {
+                recovered.waiting += 1;
+            }
+            index.insert(record);
+        }
+        if recovered.requeued + recovered.ended > 0 {
+            store.flush_blocking()?;
+        }
+        Ok((
+            EmbeddedBackend {
+                store,
+                index: Mutex::new(index),
+                tokens: AtomicU64::new(fastrand::u64(1..u64::MAX / 2)),
+                written: AtomicU64::new(0),
+                durable: AtomicU64::new(0),
+            },
+            recovered,
+        ))
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a write (made with the index locked).
+    fn wrote(&self) {
+        self.written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Makes every write so far durable (group commit in the store).
+    async fn flush_writes(&self) -> Result<()> {
+        let target = self.written.load(Ordering::SeqCst);
+        self.store.flush().await?;
+        self.durable.fetch_max(target, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Before a read: waits until every write made so far is durable.
+    async fn settled(&self) -> Result<()> {
+        if self.durable.load(Ordering::SeqCst) < self.written.load(Ordering::SeqCst) {
+            self.flush_writes().await?;
+        }
+        Ok(())
+    }
+
+    fn lease(&self, task: TaskId, now: Millis, ttl: Duration) -> Lease {
+        Lease {
+            task,
+            token: self.tokens.fetch_add(1, Ordering::Relaxed),
+            expires_at: now.saturating_add(millis(ttl)),
+        }
+    }
+}
+
+fn millis(d: Duration) -> Millis {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait::async_trait]
+impl Backend for EmbeddedBackend {
+    async fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()> {
+        self.store.put_module(hash, bytes)?;
+        self.wrote();
+        self.flush_writes().await
+    }
+
+    async fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>> {
+        self.settled().await?;
+        self.store.module(hash)
+    }
+
+    async fn modules(&self) -> Result<Vec<StoredModule>> {
+        self.settled().await?;
+        self.store.modules()
+    }
+
+    async fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
+        let deleted = self.store.delete_module(hash)?;
+        self.wrote();
+        self.flush_writes().await?;
+        Ok(deleted)
+    }
+
+    async fn enqueue(&self, mut tasks: Vec<TaskRecord>) -> Result<Vec<Enqueued>> {
+        for task in &mut tasks {
+            task.seq = self.store.next_seq()?;
+        }
+        let answers = {
+            let mut index = self.lock();
+            let inserted = self.store.insert(&tasks)?;
+            self.wrote();
+            tasks
+                .into_iter()
+                .zip(inserted)
+                .map(|(task, inserted)| match inserted {
+                    Inserted::New => {
+                        if !task.state.is_final() {
+                            index.insert(task.clone());
+                        }
+                        Enqueued::New(Box::new(task))
+                    }
+                    Inserted::Existing(id) => Enqueued::Existing(id),
+                })
+                .collect()
+        };
+        self.flush_writes().await?;
+        Ok(answers)
+    }
+
+    async fn claim(&self, max: usize, ttl: Duration) -> Result<Claim> {
+        let mut claim = Claim::default();
+        {
+            let mut index = self.lock();
+            let now = now_millis();
+            while claim.claimed.len() < max {
+                let Some(mut record) = index.pop_ready() else {
+                    break;
+                };
+                let from = record.state;
+                if record.expires_at.is_some_and(|at| at <= now) {
+                    let waiting = record.clone();
+                    record.expire(now);
+                    let written = self.store.update(&record, from);
+                    self.wrote();
+                    match written {
+                        Ok(_) => claim.expired.push(record),
+                        Err(e) => {
+                            index.insert(waiting);
+                            return Err(e);
+                        }
+                    }
+                    continue;
+                }
+                let waiting = record.clone();
+                let lease = self.lease(record.id, now, ttl);
+                record.start(lease, now);
+                let written = self.store.update(&record, from);
+                self.wrote();
+                match written {
+                    Ok(true) => {
+                        index.running.insert(record.id, record.clone());
+                        claim.claimed.push((record, lease));
+                    }
+                    Ok(false) => {
+                        return Err(Error::Store(format!(
+                            "task {} changed in the store behind the queue's back",
+                            record.id
+                        )));
+                    }
+                    Err(e) => {
+                        // Nothing claimed is lost: back in the queue.
+                        index.insert(waiting);
+                        if claim.claimed.is_empty() && claim.expired.is_empty() {
+                            return Err(e);
+                        }
+                        tracing::error!(task = %record.id, error = %e, "cannot mark task running");
+                        break;
+                    }
+                }
+            }
+        }
+        if !claim.claimed.is_empty() || !claim.expired.is_empty() {
+            self.flush_writes().await?;
+        }
+        Ok(claim)
+    }
+
+    async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseState>> {
+        let now = now_millis();
+        let mut index = self.lock();
+        Ok(leases
+            .iter()
+            .map(|lease| match index.running.get_mut(&lease.task) {
+                Some(record) if record.is_held_by(lease) => {
+                    let held = record.lease.as_mut().expect("held");
+                    held.expires_at = now.saturating_add(millis(ttl));
+                    if record.cancel_requested {
+                        LeaseState::CancelRequested
+                    } else {
+                        LeaseState::Held
+                    }
+                }
+                _ => LeaseState::Lost,
+            })
+            .collect())
+    }
+
+    async fn complete(&self, lease: &Lease, run: Completion) -> Result<Completed> {
+        let record = {
+            let mut index = self.lock();
+            let Some(running) = index.running.get(&lease.task) else {
+                return Ok(Completed::LeaseLost);
+            };
+            if !running.is_held_by(lease) {
+                return Ok(Completed::LeaseLost);
+            }
+            let mut record = running.clone();
+            record.complete(run);
+            let written = self.store.update(&record, TaskState::Running)?;
+            self.wrote();
+            match written {
+                true => {}
+                false => {
+                    return Err(Error::Store(format!(
+                        "task {} changed in the store behind the queue's back",
+                        record.id
+                    )));
+                }
+            }
+            index.running.remove(&lease.task);
+            if !record.state.is_final() {
+                index.insert(record.clone());
+            }
+            record
+        };
+        self.flush_writes().await?;
+        Ok(Completed::Recorded(Box::new(record)))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let mut index = self.lock();
+        let Some(running) = index.running.get(&lease.task) else {
+            return Ok(false);
+        };
+        if !running.is_held_by(lease) {
+            return Ok(false);
+        }
+        let mut record = running.clone();
+        record.release(now_millis());
+        self.store.update(&record, TaskState::Running)?;
+        self.wrote();
+        index.running.remove(&lease.task);
+        if !record.state.is_final() {
+            index.insert(record);
+        }
+        Ok(true)
+    }
+
+    async fn expire_leases(&self) -> Result<Vec<TaskRecord>> {
+        let changed = {
+            let mut index = self.lock();
+            let now = now_millis();
+            let lost: Vec<TaskId> = index
+                .running
+                .values()
+                .filter(|r| r.lease.is_some_and(|l| l.expires_at <= now))
+                .map(|r| r.id)
+                .collect();
+            let mut changed = Vec::with_capacity(lost.len());
+            for id in lost {
+                let mut record = index.running.get(&id).expect("listed").clone();
+                record.interrupt(now);
+                self.store.update(&record, TaskState::Running)?;
+                self.wrote();
+                index.running.remove(&id);
+                if !record.state.is_final() {
+                    index.insert(record.clone());
+                }
+                changed.push(record);
+            }
+            changed
+        };
+        if !changed.is_empty() {
+            self.flush_writes().await?;
+        }
+        Ok(changed)
+    }
+
+    async fn tick(&self) -> Result<Tick> {
+        let mut tick = Tick::default();
+        {
+            let mut index = self.lock();
+            let now = now_millis();
+            while let Some(mut record) = index.pop_due(now) {
+                let waiting = record.clone();
+                record.promote(now);
+                let written = self.store.update(&record, TaskState::Scheduled);
+                self.wrote();
+                if let Err(e) = written {
+                    index.insert(waiting);
+                    return Err(e);
+                }
+                index.insert(record);
+                tick.promoted += 1;
+            }
+            while let Some(mut record) = index.pop_expired(now) {
+                let waiting = record.clone();
+                let from = record.state;
+                record.expire(now);
+                let written = self.store.update(&record, from);
+                self.wrote();
+                if let Err(e) = written {
+                    index.insert(waiting);
+                    return Err(e);
+                }
+                tick.expired.push(record);
+            }
+            tick.next = index.next_wake();
+        }
+        if !tick.expired.is_empty() {
+            self.flush_writes().await?;
+        }
+        Ok(tick)
+    }
+
+    async fn cancel(&self, id: &TaskId) -> Result<Cancelled> {
+        let record = {
+            let mut index = self.lock();
+            if let Some(running) = index.running.get_mut(id) {
+                if !running.cancel_requested {
+                    let mut marked = running.clone();
+                    marked.cancel_requested = true;
+                    self.store.update(&marked, TaskState::Running)?;
+                    self.wrote();
+                    running.cancel_requested = true;
+                }
+                return Ok(Cancelled::Requested);
+            }
+            let Some(waiting) = index.remove_pending(id) else {
+                drop(index);
+                return Ok(match self.store.get(id)? {
+                    None => Cancelled::NotFound,
+                    Some(record) if record.state.is_final() => {
+                        Cancelled::AlreadyFinished(record.state)
+                    }
+                    Some(record) => {
+                        return Err(Error::Store(format!(
+                            "task {id} is {} in the store but not in the queue",
+                            record.state
+                        )));
+                    }
+                });
+            };
+            let mut record = waiting.clone();
+            let from = record.state;
+            record.cancel_waiting(now_millis());
+            let written = self.store.update(&record, from);
+            self.wrote();
+            if let Err(e) = written {
+                index.insert(waiting);
+                return Err(e);
+            }
+            record
+        };
+        self.flush_writes().await?;
+        Ok(Cancelled::Cancelled(Box::new(record)))
+    }
+
+    async fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        self.settled().await?;
+        self.store.get(id)
+    }
+
+    async fn by_key(&self, key: &str) -> Result<Option<TaskId>> {
+        self.settled().await?;
+        self.store.by_key(key)
+    }
+
+    async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        self.settled().await?;
+        self.store.list(filter)
+    }
+
+    async fn counts(&self) -> Result<StateCounts> {
+        self.settled().await?;
+        self.store.counts()
+    }
+
+    async fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64> {
+        self.store.purge_finished(before, keep)
+    }
+
+    async fn gc_modules(&self) -> Result<u64> {
+        self.store.gc_modules()
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_writes().await
+    }
+
+    fn is_durable(&self) -> bool {
+        self.store.is_durable()
+    }
+}

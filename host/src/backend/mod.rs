@@ -1,0 +1,194 @@
+//! Queue backends: what owns the queue, and the contract every backend
+//! keeps.
+//!
+//! The pool never decides on its own what runs: it asks its [`Backend`] to
+//! claim the next ready tasks, runs them under the leases it was given,
+//! and reports each run's end under that lease. Whether the queue lives in
+//! this process ([`EmbeddedBackend`] over a [`MemoryStore`] or a
+//! [`SledStore`](crate::store::SledStore)) or in a database shared by many
+//! hosts, the pool does the same thing.
+//!
+//! # The contract
+//!
+//! Every backend keeps these rules; the contract test suite
+//! (`tests/all/contract.rs`) checks each against every backend.
+//!
+//! - **Durable before seen.** [`Backend::enqueue`] returns once the tasks
+//!   are durable (a batch shares one write and one flush). Every call that
+//!   puts a task in a final state ([`Backend::complete`],
+//!   [`Backend::cancel`], [`Backend::tick`]'s expiries,
+//!   [`Backend::expire_leases`]) returns once that state is durable, and
+//!   so does [`Backend::claim`] (a task that takes its host down at once
+//!   must still count that interruption). Nothing is shown to anyone
+//!   before it is durable.
+//! - **Order.** [`Backend::claim`] hands out ready tasks by priority
+//!   (highest first), then submission order. A scheduled task becomes
+//!   ready at its `run_at` ([`Backend::tick`]); a waiting task past its
+//!   `expires_at` ends `expired` instead of running.
+//! - **Leases.** Every claim is a new [`Lease`]. While it is held, only
+//!   its holder can end the run ([`Backend::complete`]) or put the task
+//!   back ([`Backend::release`]); a call under any other lease is refused
+//!   ([`Completed::LeaseLost`]) and changes nothing (fencing). A lease not
+//!   renewed ([`Backend::renew`]) by its `expires_at` is lost:
+//!   [`Backend::expire_leases`] puts its task back in the queue and counts
+//!   an interruption (see [`TaskRecord::interrupt`]). Embedded backends
+//!   also expire, when they open, every lease taken before: the process
+//!   that held them is gone.
+//! - **Attempts and interruptions.** A run that ends with the task's own
+//!   outcome is an attempt; a run lost with its host is an interruption,
+//!   never an attempt. `max_interruptions` ends a task that keeps losing
+//!   its host ([`Outcome::Interrupted`](crate::Outcome::Interrupted)).
+//! - **Cancel** works in every state: a waiting task ends `cancelled` at
+//!   once; a running one is marked, its holder learns it from
+//!   [`Backend::renew`] (or knows already) and kills it; a final one is
+//!   left as it is.
+//! - **Idempotency keys.** A task whose key is in use is not stored; the
+//!   holder of the key is returned instead, in the same write as the
+//!   other tasks of the batch.
+//! - **Modules.** A task naming a module the backend does not hold is
+//!   refused ([`Error::UnknownModule`](crate::Error::UnknownModule)); a
+//!   module an unfinished task names cannot be deleted.
+//! - **Counts** add up: every task is in exactly one state, always.
+
+mod embedded;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use embedded::EmbeddedBackend;
+
+use crate::Result;
+use crate::store::{StateCounts, StoredModule, TaskFilter};
+use crate::task::{Completion, Lease, Millis, ModuleHash, TaskId, TaskRecord, TaskState};
+
+#[cfg(doc)]
+use crate::store::MemoryStore;
+
+/// What [`Backend::enqueue`] did with one task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Enqueued {
+    /// Stored as given (with its `seq` assigned).
+    New(Box<TaskRecord>),
+    /// Its idempotency key belongs to this task; nothing was stored.
+    Existing(TaskId),
+}
+
+/// What [`Backend::claim`] gave.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// Tasks now running under a lease: the records as stored (state
+    /// `running`, the new attempt last).
+    pub claimed: Vec<(TaskRecord, Lease)>,
+    /// Tasks found past their expiry on the way, now `expired` (durably).
+    pub expired: Vec<TaskRecord>,
+}
+
+/// What a lease holder learns from [`Backend::renew`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Still held, until the new expiry.
+    Held,
+    /// Still held, but a cancel was asked for: kill the run, then complete
+    /// it with [`Outcome::Cancelled`](crate::Outcome::Cancelled).
+    CancelRequested,
+    /// Lost: the task was given back to the queue (or ended). Stop the run;
+    /// its result would be refused.
+    Lost,
+}
+
+/// What [`Backend::complete`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Completed {
+    /// The run's end is recorded (durably); this is the task now.
+    Recorded(Box<TaskRecord>),
+    /// The lease was lost: nothing was written.
+    LeaseLost,
+}
+
+/// What [`Backend::cancel`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cancelled {
+    /// The task was waiting and is now `cancelled` (durably).
+    Cancelled(Box<TaskRecord>),
+    /// The task runs; its holder was asked to kill it, and it will end
+    /// `cancelled`.
+    Requested,
+    /// The task had already finished, in this state.
+    AlreadyFinished(TaskState),
+    /// No such task.
+    NotFound,
+}
+
+/// What [`Backend::tick`] did.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// Scheduled tasks whose time came, now queued.
+    pub promoted: usize,
+    /// Waiting tasks past their expiry, now `expired` (durably).
+    pub expired: Vec<TaskRecord>,
+    /// When the next scheduled task or expiry is due, if any.
+    pub next: Option<Millis>,
+}
+
+/// A queue backend: owns the tasks, their leases, their results and the
+/// modules they name. See the [module docs](self) for the contract.
+///
+/// Calls are async because a shared backend talks to a server; the
+/// embedded ones answer at once but for the flushes they wait for.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// Stores a module's bytes under its hash (idempotent).
+    async fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()>;
+    /// A module's bytes.
+    async fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>>;
+    /// Every stored module.
+    async fn modules(&self) -> Result<Vec<StoredModule>>;
+    /// Removes a module unless an unfinished task names it
+    /// ([`Error::ModuleInUse`](crate::Error::ModuleInUse)); `false` if there
+    /// was none.
+    async fn delete_module(&self, hash: &ModuleHash) -> Result<bool>;
+
+    /// Stores new tasks (made by [`TaskRecord::new`]) in one durable write
+    /// and returns, for each in order, the stored record (its `seq`
+    /// assigned) or the task already holding its idempotency key. Refuses
+    /// the whole batch if a task names a module that is not stored.
+    async fn enqueue(&self, tasks: Vec<TaskRecord>) -> Result<Vec<Enqueued>>;
+    /// Claims up to `max` ready tasks, by priority then submission order,
+    /// each under a new lease lasting `ttl`.
+    async fn claim(&self, max: usize, ttl: Duration) -> Result<Claim>;
+    /// Extends each lease by `ttl` if it is still held; says for each
+    /// whether it is.
+    async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseState>>;
+    /// Records how the run under `lease` ended (fenced: refused if the
+    /// lease was lost). The task moves on as [`TaskRecord::complete`] says.
+    async fn complete(&self, lease: &Lease, run: Completion) -> Result<Completed>;
+    /// Puts a task back in the queue without counting an attempt or an
+    /// interruption (a graceful stop); `false` if the lease was lost.
+    async fn release(&self, lease: &Lease) -> Result<bool>;
+    /// Expires leases past their time; returns the tasks it changed
+    /// (queued again, or ended by `max_interruptions` or a cancel).
+    async fn expire_leases(&self) -> Result<Vec<TaskRecord>>;
+    /// Moves scheduled tasks whose time came to the queue and expires
+    /// waiting tasks past their expiry; says when to look again.
+    async fn tick(&self) -> Result<Tick>;
+    /// Cancels a task, in whatever state it is.
+    async fn cancel(&self, id: &TaskId) -> Result<Cancelled>;
+
+    /// A task by id.
+    async fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>>;
+    /// The task holding an idempotency key.
+    async fn by_key(&self, key: &str) -> Result<Option<TaskId>>;
+    /// Tasks matching `filter`, newest first.
+    async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>>;
+    /// How many tasks are in each state.
+    async fn counts(&self) -> Result<StateCounts>;
+    /// Removes final tasks that finished before `before`, and beyond the
+    /// `keep` most recent final tasks; returns how many.
+    async fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64>;
+    /// Removes stored modules that no task names; returns how many.
+    async fn gc_modules(&self) -> Result<u64>;
+    /// Makes every write so far durable.
+    async fn flush(&self) -> Result<()>;
+    /// Whether acknowledged writes survive a crash of this process.
+    fn is_durable(&self) -> bool;
+}

@@ -1,0 +1,132 @@
+//! How a pool is set up.
+
+use std::time::Duration;
+
+use crate::{EngineConfig, Error, Result};
+
+/// How a [`Pool`] is set up.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub(crate) engine: EngineConfig,
+    pub(crate) max_queued: usize,
+    pub(crate) retention: Duration,
+    pub(crate) max_results: Option<u64>,
+    pub(crate) stop_grace: Duration,
+    pub(crate) gc_modules: bool,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) poll_interval: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            max_queued: 1_000_000,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_results: None,
+            stop_grace: Duration::from_secs(30),
+            gc_modules: false,
+            lease_ttl: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The engine and worker settings (workers, memory, fuel, default
+    /// limits). Default: [`EngineConfig::default`].
+    pub fn engine(&mut self, engine: EngineConfig) -> &mut Self {
+        self.engine = engine;
+        self
+    }
+
+    /// Mutable access to the engine settings.
+    pub fn engine_mut(&mut self) -> &mut EngineConfig {
+        &mut self.engine
+    }
+
+    /// Shorthand for the engine's worker count. Default: one per core.
+    pub fn workers(&mut self, workers: usize) -> &mut Self {
+        self.engine.workers(workers);
+        self
+    }
+
+    /// The most tasks waiting (queued or scheduled) at once. Past it
+    /// [`Pool::submit`] waits for room and [`Pool::try_submit`] fails with
+    /// [`Error::QueueFull`]. Default: 1,000,000.
+    pub fn max_queued(&mut self, max: usize) -> &mut Self {
+        self.max_queued = max;
+        self
+    }
+
+    /// How long finished tasks and their results are kept. Default: 7 days.
+    pub fn retention(&mut self, retention: Duration) -> &mut Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The most finished tasks kept; the oldest go first. Default: no limit
+    /// (only [`PoolConfig::retention`] applies).
+    pub fn max_results(&mut self, max: u64) -> &mut Self {
+        self.max_results = Some(max);
+        self
+    }
+
+    /// Whether retention also removes stored modules that no task
+    /// references any more, so that the data directory does not grow with
+    /// modules nobody uses. A module collected this way must be registered
+    /// again before tasks name it by hash (submitting its bytes always
+    /// works). Default: off.
+    pub fn gc_modules(&mut self, on: bool) -> &mut Self {
+        self.gc_modules = on;
+        self
+    }
+
+    /// How long [`Pool::stop`] lets running tasks finish before killing
+    /// them (they are queued again). Default: 30 s.
+    pub fn stop_grace(&mut self, grace: Duration) -> &mut Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// How long a claimed task's lease lasts without a heartbeat. The pool
+    /// renews the leases of its running tasks every third of it; a lease
+    /// not renewed in time is lost, and its task runs again (an
+    /// interruption). With the embedded backends the process's end is what
+    /// loses leases in practice; with a shared one, this is how long a dead
+    /// host's tasks wait before another host takes them. Default: 30 s.
+    pub fn lease_ttl(&mut self, ttl: Duration) -> &mut Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How often an idle pool asks its backend for work it was not told
+    /// of (work submitted by another host, a notification lost). Default:
+    /// 1 s.
+    pub fn poll_interval(&mut self, interval: Duration) -> &mut Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_queued == 0 {
+            return Err(Error::Config("`max_queued` must be at least 1".into()));
+        }
+        if self.lease_ttl < Duration::from_millis(30) {
+            return Err(Error::Config(format!(
+                "`lease_ttl` must be at least 30 ms (it is {:?}): heartbeats renew it every \
+                 third of it",
+                self.lease_ttl
+            )));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(Error::Config("`poll_interval` must be above zero".into()));
+        }
+        Ok(())
+    }
+}

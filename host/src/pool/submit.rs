@@ -1,0 +1,156 @@
+//! Submission: room in the queue, the module a task names, the record it
+//! becomes.
+
+use std::sync::atomic::Ordering;
+
+use super::Inner;
+use super::events::EventKind;
+use crate::backend::Enqueued;
+use crate::task::{Millis, ModuleHash, ModuleRef, TaskId, TaskRecord, TaskSpec, now_millis};
+use crate::{CompiledModule, Error, Executor, Result};
+
+impl Inner {
+    /// Takes room for `n` tasks in the queue, if there is room for them
+    /// now.
+    pub(super) fn try_reserve_room(&self, n: usize) -> bool {
+        let max = self.config.max_queued;
+        self.waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                // A batch larger than the whole queue goes in when the
+                // queue is empty, rather than never.
+                (w == 0 || w.saturating_add(n) <= max).then_some(w.saturating_add(n))
+            })
+            .is_ok()
+    }
+
+    /// Takes room for `n` tasks in the queue, waiting for it.
+    pub(super) async fn reserve_room(&self, n: usize) -> Result<()> {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.check_open()?;
+            if self.try_reserve_room(n) {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// Stores new tasks for specs whose room is already taken, in one
+    /// write; gives back the room of those not stored. Per spec: the id of
+    /// the task stored (or of the one already holding its key), or why the
+    /// spec was refused.
+    pub(super) async fn store_new_tasks(
+        &self,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<Result<TaskId>>> {
+        let reserved = specs.len();
+        let mut answers: Vec<Option<Result<TaskId>>> = Vec::with_capacity(specs.len());
+        let mut records = Vec::with_capacity(specs.len());
+        let now = now_millis();
+        for spec in specs {
+            match self.new_record(spec, now).await {
+                Ok(New::Record(record)) => {
+                    answers.push(None);
+                    records.push(*record);
+                }
+                Ok(New::Existing(id)) => answers.push(Some(Ok(id))),
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let enqueued = if records.is_empty() {
+            Vec::new()
+        } else {
+            match self.backend.enqueue(records).await {
+                Ok(enqueued) => enqueued,
+                Err(e) => {
+                    self.left_queue(reserved);
+                    return Err(e);
+                }
+            }
+        };
+        let mut stored = 0;
+        let mut enqueued = enqueued.into_iter();
+        let answers: Vec<Result<TaskId>> = answers
+            .into_iter()
+            .map(|answer| match answer {
+                Some(answer) => answer,
+                None => match enqueued.next().expect("one answer per record") {
+                    Enqueued::New(record) => {
+                        stored += 1;
+                        self.emit(record.id, EventKind::Submitted);
+                        Ok(record.id)
+                    }
+                    Enqueued::Existing(id) => Ok(id),
+                },
+            })
+            .collect();
+        self.left_queue(reserved - stored);
+        if stored > 0 {
+            self.work.notify_one();
+            self.timer.notify_one();
+        }
+        Ok(answers)
+    }
+
+    async fn new_record(&self, spec: TaskSpec, now: u64) -> Result<New> {
+        spec.validate()?;
+        if let Some(key) = &spec.idempotency_key
+            && let Some(existing) = self.backend.by_key(key).await?
+        {
+            return Ok(New::Existing(existing));
+        }
+        let module = self.module_for(&spec.module).await?.hash();
+        Ok(New::Record(Box::new(new_record(
+            &self.executor,
+            spec,
+            module,
+            now,
+        )?)))
+    }
+
+    async fn module_for(&self, module: &ModuleRef) -> Result<CompiledModule> {
+        match module {
+            ModuleRef::Hash(hash) => self.compiled(hash).await,
+            ModuleRef::Bytes(bytes) => {
+                let compiled = self.executor.register(bytes)?;
+                self.backend.put_module(&compiled.hash(), bytes).await?;
+                Ok(compiled)
+            }
+        }
+    }
+
+    /// A module compiled, from the executor's cache or from the backend.
+    pub(super) async fn compiled(&self, hash: &ModuleHash) -> Result<CompiledModule> {
+        if let Some(module) = self.executor.module(hash) {
+            return Ok(module);
+        }
+        let bytes = self
+            .backend
+            .module(hash)
+            .await?
+            .ok_or(Error::UnknownModule(*hash))?;
+        self.executor.register(&bytes)
+    }
+}
+
+/// The record of a task as submitted, naming `module` (stored already):
+/// the spec checked and its limits resolved against the executor's. Used by
+/// the pool and by the command line's queue-only path, so the two cannot
+/// drift.
+pub(crate) fn new_record(
+    executor: &Executor,
+    spec: TaskSpec,
+    module: ModuleHash,
+    now: Millis,
+) -> Result<TaskRecord> {
+    spec.validate()?;
+    let limits = executor.limits(&spec.limits)?;
+    Ok(TaskRecord::new(spec, module, limits, now))
+}
+
+enum New {
+    Record(Box<TaskRecord>),
+    Existing(TaskId),
+}

@@ -1,0 +1,388 @@
+//! The pool's background work: the dispatcher that claims tasks for free
+//! workers, the runs, the heartbeat that keeps leases, the timer that
+//! brings delayed tasks to the queue, and retention.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::events::EventKind;
+use super::{BackgroundGuard, Inner, Phase, Running};
+use crate::backend::{Completed, LeaseState};
+use crate::task::{Completion, Lease, TaskRecord, TaskState, now_millis};
+use crate::{CancellationToken, Error, Outcome, Result, RunReport};
+
+/// How many times recording a run's end is tried before the pool gives up
+/// on it (the task then runs again once its lease expires).
+const COMPLETE_TRIES: u32 = 8;
+
+/// Starts the dispatcher, timer, heartbeat and retention of a new pool.
+pub(super) fn start(inner: &Arc<Inner>) {
+    let handle = inner.executor.handle().clone();
+    handle.spawn(dispatcher(BackgroundGuard::new(inner)));
+    handle.spawn(timer(BackgroundGuard::new(inner)));
+    handle.spawn(heartbeat(Arc::downgrade(inner)));
+    handle.spawn(sweeper(Arc::downgrade(inner)));
+    // The queue's length as the backend knows it, for backpressure.
+    let weak = Arc::downgrade(inner);
+    handle.spawn(async move {
+        let Some(inner) = weak.upgrade() else { return };
+        match inner.backend.counts().await {
+            Ok(counts) => {
+                let waiting = counts.get(TaskState::Queued) + counts.get(TaskState::Scheduled);
+                inner.entered_queue(usize::try_from(waiting).unwrap_or(usize::MAX));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count the waiting tasks"),
+        }
+    });
+}
+
+/// Claims as many tasks as there are free workers, whenever there may be
+/// work: at a submission, at the end of a run, when the timer brings
+/// delayed tasks, and every poll interval.
+async fn dispatcher(guard: BackgroundGuard) {
+    let inner = guard.inner();
+    let ttl = inner.config.lease_ttl;
+    loop {
+        let notified = inner.work.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let phase = inner.phase();
+        if phase >= Phase::Stopping {
+            break;
+        }
+        let free = inner
+            .active_workers
+            .load(Ordering::Relaxed)
+            .saturating_sub(inner.lock_running().len());
+        let mut pause = inner.config.poll_interval;
+        if free > 0 {
+            match inner.backend.claim(free, ttl).await {
+                Ok(claim) => {
+                    inner.left_queue(claim.claimed.len() + claim.expired.len());
+                    for record in &claim.expired {
+                        inner.finished(record);
+                    }
+                    let full = claim.claimed.len() == free;
+                    for (record, lease) in claim.claimed {
+                        inner.start_run(record, lease);
+                    }
+                    if full {
+                        continue; // there may be more
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim tasks; trying again in 1 s");
+                    pause = Duration::from_secs(1);
+                }
+            }
+            if phase == Phase::Closing {
+                inner.quiet.notify_waiters();
+            }
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+    inner.quiet.notify_waiters();
+}
+
+impl Inner {
+    /// Runs a claimed task on a worker of its own.
+    fn start_run(self: &Arc<Self>, record: TaskRecord, lease: Lease) {
+        let cancel = CancellationToken::new();
+        // A cancel asked for before the claim: kill at once.
+        if record.cancel_requested {
+            cancel.cancel();
+        }
+        self.lock_running().insert(
+            record.id,
+            Running {
+                lease,
+                cancel: cancel.clone(),
+                for_stop: false,
+            },
+        );
+        let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
+        self.emit(record.id, EventKind::Started { attempt });
+        let guard = BackgroundGuard::new(self);
+        self.executor.handle().spawn(async move {
+            let inner = guard.inner();
+            inner.run(record, lease, cancel).await;
+        });
+    }
+
+    async fn run(&self, record: TaskRecord, lease: Lease, cancel: CancellationToken) {
+        let id = record.id;
+        let report = self.execute(&record, &cancel).await;
+        let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
+        if for_stop && report.outcome == Outcome::Cancelled {
+            match self.backend.release(&lease).await {
+                Ok(true) => {
+                    self.entered_queue(1);
+                    self.emit(id, EventKind::Requeued);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // The lease runs out instead, and the task runs again.
+                    tracing::error!(task = %id, error = %e, "cannot put the task back in the queue");
+                }
+            }
+        } else {
+            self.record_run(lease, report).await;
+        }
+        self.lock_running().remove(&id);
+        self.work.notify_one();
+        self.quiet.notify_waiters();
+    }
+
+    async fn execute(&self, record: &TaskRecord, cancel: &CancellationToken) -> RunReport {
+        let id = record.id;
+        let module = match self.compiled(&record.module).await {
+            Ok(module) => module,
+            Err(Error::InvalidModule(message)) => {
+                return RunReport::without_run(Outcome::InvalidModule(message));
+            }
+            Err(e) => return RunReport::without_run(Outcome::HostError(e.to_string())),
+        };
+        let events = self.events.clone();
+        let on_progress: crate::ProgressFn = Arc::new(move |done, total| {
+            let _ = events.send(super::Event {
+                id,
+                at: now_millis(),
+                kind: EventKind::Progress { done, total },
+            });
+        });
+        let env = [
+            ("WPOOL_TASK_ID".to_string(), id.to_string()),
+            (
+                "WPOOL_ATTEMPT".to_string(),
+                record.attempts.len().to_string(),
+            ),
+        ];
+        self.executor
+            .run(
+                &module,
+                record.input.clone(),
+                &record.limits,
+                cancel,
+                Some(on_progress),
+                &env,
+            )
+            .await
+    }
+
+    /// Records the end of a run under its lease, then tells whoever waits.
+    async fn record_run(&self, lease: Lease, report: RunReport) {
+        let id = lease.task;
+        let run = Completion {
+            outcome: report.outcome,
+            output: report.output,
+            log: report.log,
+            progress: report.progress,
+            duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
+            fuel_consumed: report.fuel_consumed,
+            at: now_millis(),
+        };
+        let mut wait = Duration::from_millis(50);
+        for tries in 1..=COMPLETE_TRIES {
+            match self.backend.complete(&lease, run.clone()).await {
+                Ok(Completed::Recorded(record)) => {
+                    self.recorded(&record);
+                    return;
+                }
+                Ok(Completed::LeaseLost) => {
+                    tracing::warn!(
+                        task = %id,
+                        "the task's lease was lost while it ran (its host stalled or was cut \
+                         off): this run's result is dropped, and the run that replaced it counts"
+                    );
+                    return;
+                }
+                Err(e) if tries < COMPLETE_TRIES => {
+                    tracing::warn!(task = %id, error = %e, tries, "cannot record the task's result; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(
+                        task = %id,
+                        error = %e,
+                        "cannot record the task's result; it runs again when its lease expires"
+                    );
+                }
+            }
+        }
+    }
+
+    /// After a run's end was recorded.
+    fn recorded(&self, record: &TaskRecord) {
+        if record.state.is_final() {
+            self.finished(record);
+        } else if record.state == TaskState::Scheduled {
+            self.entered_queue(1);
+            let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
+            let outcome = record
+                .attempts
+                .last()
+                .and_then(|a| a.outcome.clone())
+                .unwrap_or(Outcome::HostError("no outcome recorded".into()));
+            self.emit(
+                record.id,
+                EventKind::Retrying {
+                    attempt,
+                    outcome,
+                    run_at: record.run_at,
+                },
+            );
+            self.timer.notify_one();
+        }
+    }
+
+    /// Tasks whose lease was lost and that the backend changed.
+    fn interrupted(&self, records: &[TaskRecord]) {
+        for record in records {
+            // A lost lease of a task this pool runs: stop the run, its
+            // result would be refused.
+            if let Some(running) = self.lock_running().get(&record.id) {
+                running.cancel.cancel();
+            }
+            if record.state.is_final() {
+                self.finished(record);
+            } else {
+                self.entered_queue(1);
+                self.emit(
+                    record.id,
+                    EventKind::Interrupted {
+                        interruptions: record.interruptions,
+                    },
+                );
+                self.work.notify_one();
+            }
+        }
+    }
+
+    async fn beat(&self) -> Result<()> {
+        let leases: Vec<Lease> = self.lock_running().values().map(|r| r.lease).collect();
+        if !leases.is_empty() {
+            let states = self.backend.renew(&leases, self.config.lease_ttl).await?;
+            let running = self.lock_running();
+            for (lease, state) in leases.iter().zip(states) {
+                let Some(run) = running.get(&lease.task) else {
+                    continue;
+                };
+                match state {
+                    LeaseState::Held => {}
+                    LeaseState::CancelRequested => run.cancel.cancel(),
+                    LeaseState::Lost => {
+                        tracing::warn!(task = %lease.task, "lost the lease of a running task; stopping it");
+                        run.cancel.cancel();
+                    }
+                }
+            }
+        }
+        let expired = self.backend.expire_leases().await?;
+        self.interrupted(&expired);
+        Ok(())
+    }
+
+    /// Moves due delayed tasks to the queue and expires overdue ones;
+    /// returns when to look again.
+    async fn tick(&self) -> Option<u64> {
+        match self.backend.tick().await {
+            Ok(tick) => {
+                if tick.promoted > 0 {
+                    self.work.notify_one();
+                }
+                self.left_queue(tick.expired.len());
+                for record in &tick.expired {
+                    self.finished(record);
+                }
+                if tick.expired.is_empty() && tick.promoted == 0 {
+                    self.quiet.notify_waiters();
+                }
+                tick.next
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot move due tasks to the queue; trying again in 1 s");
+                Some(now_millis() + 1000)
+            }
+        }
+    }
+}
+
+async fn timer(guard: BackgroundGuard) {
+    let inner = guard.inner();
+    loop {
+        let notified = inner.timer.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if inner.phase() >= Phase::Stopping {
+            break;
+        }
+        let next = inner.tick().await;
+        let sleep_ms = next.map_or(3_600_000, |at| at.saturating_sub(now_millis()).max(1));
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+        }
+    }
+}
+
+/// Renews the leases of running tasks every third of the lease time, and
+/// expires the leases nobody renewed.
+async fn heartbeat(inner: std::sync::Weak<Inner>) {
+    let period = {
+        let Some(inner) = inner.upgrade() else { return };
+        inner.config.lease_ttl / 3
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.phase() >= Phase::Stopped {
+            return;
+        }
+        if let Err(e) = inner.beat().await {
+            tracing::warn!(error = %e, "heartbeat failed; will retry");
+        }
+    }
+}
+
+/// Removes finished tasks past retention, now and then, while the pool
+/// lives.
+async fn sweeper(inner: std::sync::Weak<Inner>) {
+    let period = {
+        let Some(inner) = inner.upgrade() else { return };
+        (inner.config.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.phase() >= Phase::Stopping {
+            return;
+        }
+        let retention = u64::try_from(inner.config.retention.as_millis()).unwrap_or(u64::MAX);
+        let before = now_millis().saturating_sub(retention);
+        match inner
+            .backend
+            .purge_finished(before, inner.config.max_results)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(removed = n, "retention removed finished tasks");
+                if inner.config.gc_modules {
+                    match inner.backend.gc_modules().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(removed = n, "removed modules no task uses"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "module collection failed; will retry")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
+        }
+    }
+}

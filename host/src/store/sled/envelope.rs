@@ -1,0 +1,192 @@
+//! The envelope around every stored value (a record version byte and a
+//! CRC32 of key and payload), and the encoding of records inside it.
+
+use std::fmt;
+
+use super::{META_COUNTS, schema};
+use crate::store::StateCounts;
+use crate::task::{ModuleHash, TaskId, TaskRecord};
+use crate::{Error, Result};
+
+/// The version byte of the envelope of modules and meta records.
+pub(super) const RECORD_VERSION: u8 = 1;
+/// The version byte of task records this build writes (see
+/// [`schema`](super::schema) for what each version holds).
+pub(super) const TASK_RECORD_VERSION: u8 = 2;
+/// Envelope header: version byte + CRC32.
+pub(super) const HEADER: usize = 5;
+
+pub(super) fn module_hash(key: &[u8]) -> Result<ModuleHash> {
+    let bytes: [u8; 32] = key.try_into().map_err(|_| {
+        Error::Store(format!(
+            "corrupted key {} in tree `modules`: not a 32-byte hash",
+            hex::encode(key)
+        ))
+    })?;
+    Ok(ModuleHash::from_bytes(bytes))
+}
+
+pub(super) fn task_id(tree: &str, bytes: &[u8]) -> Result<TaskId> {
+    let bytes: [u8; 16] = bytes.try_into().map_err(|_| {
+        Error::Store(format!(
+            "corrupted entry in tree `{tree}`: {} is not a 16-byte task id",
+            hex::encode(bytes)
+        ))
+    })?;
+    Ok(TaskId::from_bytes(bytes))
+}
+
+pub(super) fn checksum(key: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+pub(super) fn envelope(key: &[u8], payload: &[u8]) -> Vec<u8> {
+    versioned_envelope(RECORD_VERSION, key, payload)
+}
+
+fn versioned_envelope(version: u8, key: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.push(version);
+    out.extend_from_slice(&checksum(key, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+pub(super) fn describe_key(tree: &str, key: &[u8]) -> String {
+    match (tree, key.len()) {
+        ("tasks", 16) => task_id(tree, key).map_or_else(|_| hex::encode(key), |id| id.to_string()),
+        _ if key.iter().all(|b| b.is_ascii_graphic()) => String::from_utf8_lossy(key).into_owned(),
+        _ => hex::encode(key),
+    }
+}
+
+pub(super) fn corrupted(tree: &str, key: &[u8], why: impl fmt::Display) -> Error {
+    Error::Store(format!(
+        "corrupted record {} in tree `{tree}`: {why}",
+        describe_key(tree, key)
+    ))
+}
+
+/// The payload of a checked envelope.
+pub(super) fn open_envelope<'a>(tree: &str, key: &[u8], bytes: &'a [u8]) -> Result<&'a [u8]> {
+    open_versioned(tree, key, bytes, RECORD_VERSION).map(|(_, payload)| payload)
+}
+
+/// The version and payload of a checked envelope whose version is at most
+/// `newest`.
+fn open_versioned<'a>(
+    tree: &str,
+    key: &[u8],
+    bytes: &'a [u8],
+    newest: u8,
+) -> Result<(u8, &'a [u8])> {
+    if bytes.len() < HEADER {
+        return Err(corrupted(
+            tree,
+            key,
+            format_args!("{} bytes, shorter than its header", bytes.len()),
+        ));
+    }
+    if bytes[0] == 0 || bytes[0] > newest {
+        return Err(corrupted(
+            tree,
+            key,
+            format_args!(
+                "record version {}, this wpool reads versions 1 to {newest}",
+                bytes[0]
+            ),
+        ));
+    }
+    let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let payload = &bytes[HEADER..];
+    let computed = checksum(key, payload);
+    if stored != computed {
+        return Err(corrupted(
+            tree,
+            key,
+            format_args!("checksum mismatch (stored {stored:08x}, computed {computed:08x})"),
+        ));
+    }
+    Ok((bytes[0], payload))
+}
+
+pub(super) fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+pub(super) fn encode<T: serde::Serialize>(tree: &str, key: &[u8], value: &T) -> Result<Vec<u8>> {
+    encode_versioned(RECORD_VERSION, tree, key, value)
+}
+
+fn encode_versioned<T: serde::Serialize>(
+    version: u8,
+    tree: &str,
+    key: &[u8],
+    value: &T,
+) -> Result<Vec<u8>> {
+    let payload = bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| {
+        Error::Store(format!(
+            "cannot encode record {} for tree `{tree}`: {e}",
+            describe_key(tree, key)
+        ))
+    })?;
+    Ok(versioned_envelope(version, key, &payload))
+}
+
+pub(super) fn encode_task(task: &TaskRecord) -> Result<Vec<u8>> {
+    encode_versioned(
+        TASK_RECORD_VERSION,
+        "tasks",
+        &task.id.to_bytes(),
+        &schema::StoredTask::from(task),
+    )
+}
+
+pub(super) fn decode_task(key: &[u8], bytes: &[u8]) -> Result<TaskRecord> {
+    let (version, payload) = open_versioned("tasks", key, bytes, TASK_RECORD_VERSION)?;
+    let task = if version == 1 {
+        TaskRecord::try_from(decode_payload::<schema::StoredTaskV1>(
+            "tasks", key, payload,
+        )?)
+    } else {
+        TaskRecord::try_from(decode_payload::<schema::StoredTask>("tasks", key, payload)?)
+    };
+    task.map_err(|e| corrupted("tasks", key, e))
+}
+
+pub(super) fn encode_counts(counts: &StateCounts) -> Result<Vec<u8>> {
+    encode("meta", META_COUNTS, &schema::counts(counts))
+}
+
+pub(super) fn decode_counts(bytes: &[u8]) -> Result<StateCounts> {
+    schema::counts_from(decode("meta", META_COUNTS, bytes)?)
+        .map_err(|e| corrupted("meta", META_COUNTS, e))
+}
+
+pub(super) fn decode<T: serde::de::DeserializeOwned>(
+    tree: &str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T> {
+    decode_payload(tree, key, open_envelope(tree, key, bytes)?)
+}
+
+fn decode_payload<T: serde::de::DeserializeOwned>(
+    tree: &str,
+    key: &[u8],
+    payload: &[u8],
+) -> Result<T> {
+    let (value, used) = bincode::serde::decode_from_slice(payload, bincode_config())
+        .map_err(|e| corrupted(tree, key, format_args!("undecodable: {e}")))?;
+    if used != payload.len() {
+        return Err(corrupted(
+            tree,
+            key,
+            format_args!("{} trailing bytes", payload.len() - used),
+        ));
+    }
+    Ok(value)
+}

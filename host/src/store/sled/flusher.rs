@@ -1,0 +1,187 @@
+//! Group commit: one thread flushes sled to disk for everyone who asked.
+//!
+//! A caller takes a ticket after its writes are in sled's buffers, then
+//! waits (blocking or async) for a flush that started after the ticket was
+//! taken. The flushing thread starts a flush as soon as there is a ticket
+//! no flush covers, and one flush covers every ticket taken before it
+//! started: a burst of callers costs a few fsyncs, not one each, and no
+//! caller's thread does the I/O (an async caller never blocks its runtime).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use tokio::sync::Notify;
+
+use crate::{Error, Result};
+
+/// How many failed flushes are remembered, so that a late waiter still
+/// learns that the flush covering its ticket failed.
+const FAILURES_KEPT: usize = 64;
+
+pub(super) struct Flusher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The thread waits here for tickets.
+    requested: Condvar,
+    /// Blocking callers wait here for flushes.
+    flushed: Condvar,
+    /// Async callers wait here for flushes.
+    flushed_async: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last ticket handed out.
+    tickets: u64,
+    /// Every ticket up to this one is covered by a finished flush.
+    covered: u64,
+    /// Flushes made.
+    flushes: u64,
+    /// `(first ticket, last ticket, error)` of recent failed flushes.
+    failures: VecDeque<(u64, u64, String)>,
+    stop: bool,
+}
+
+impl State {
+    /// The outcome for `ticket`, once a flush covered it.
+    fn outcome(&self, ticket: u64) -> Option<Result<()>> {
+        if self.covered < ticket {
+            return None;
+        }
+        let failed = self
+            .failures
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&ticket));
+        Some(match failed {
+            None => Ok(()),
+            Some((_, _, e)) => Err(Error::Store(format!("flushing the store to disk: {e}"))),
+        })
+    }
+}
+
+impl Flusher {
+    /// Starts the flushing thread for `db`.
+    pub(super) fn start(db: ::sled::Db) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::default(),
+            requested: Condvar::new(),
+            flushed: Condvar::new(),
+            flushed_async: Notify::new(),
+        });
+        let thread = std::thread::Builder::new()
+            .name("wpool-flush".into())
+            .spawn({
+                let shared = shared.clone();
+                move || shared.run(&db)
+            })
+            .map_err(|e| Error::Store(format!("cannot start the flushing thread: {e}")))?;
+        Ok(Flusher {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits, blocking the thread, until every write made before the call
+    /// is on disk.
+    pub(super) fn flush(&self) -> Result<()> {
+        let ticket = self.shared.ticket();
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(outcome) = state.outcome(ticket) {
+                return outcome;
+            }
+            state = self
+                .shared
+                .flushed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Waits until every write made before the call is on disk.
+    pub(super) async fn flush_async(&self) -> Result<()> {
+        let ticket = self.shared.ticket();
+        loop {
+            let notified = self.shared.flushed_async.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(outcome) = self.shared.lock().outcome(ticket) {
+                return outcome;
+            }
+            notified.await;
+        }
+    }
+
+    /// How many flushes were made.
+    pub(super) fn flushes(&self) -> u64 {
+        self.shared.lock().flushes
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.requested.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ticket(&self) -> u64 {
+        let mut state = self.lock();
+        state.tickets += 1;
+        let ticket = state.tickets;
+        drop(state);
+        self.requested.notify_one();
+        ticket
+    }
+
+    fn run(&self, db: &::sled::Db) {
+        loop {
+            let mut state = self.lock();
+            while state.covered == state.tickets && !state.stop {
+                state = self
+                    .requested
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.covered == state.tickets {
+                return; // stopping, and nobody waits
+            }
+            // Every ticket up to here was taken after its writes: this
+            // flush covers them.
+            let (first, last) = (state.covered + 1, state.tickets);
+            drop(state);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()));
+            let mut state = self.lock();
+            state.covered = last;
+            state.flushes += 1;
+            let error = match result {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("the flush panicked".to_string()),
+            };
+            if let Some(error) = error {
+                tracing::error!(error = %error, "flushing the store to disk failed");
+                if state.failures.len() == FAILURES_KEPT {
+                    state.failures.pop_front();
+                }
+                state.failures.push_back((first, last, error));
+            }
+            drop(state);
+            self.flushed.notify_all();
+            self.flushed_async.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! What is stored: a [`TaskRecord`], its attempts, and the [`TaskResult`]
+//! a finished task gives.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backoff, ModuleHash, StartAt, TaskId, TaskSpec, TaskState};
+use crate::{Limits, Outcome};
+
+/// Milliseconds since the Unix epoch, the time unit of stored records.
+pub type Millis = u64;
+
+/// Now, in [`Millis`].
+pub fn now_millis() -> Millis {
+    to_millis(SystemTime::now())
+}
+
+pub(crate) fn to_millis(t: SystemTime) -> Millis {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn resolve_time(start: StartAt, now: Millis) -> Millis {
+    match start {
+        StartAt::Now => now,
+        StartAt::After(d) => now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        StartAt::At(t) => to_millis(t),
+    }
+}
+
+/// One run of a task, kept in its history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first run.
+    pub number: u32,
+    /// How it ended. `None` while it runs, or when the host died during it.
+    pub outcome: Option<Outcome>,
+    /// When it started.
+    pub started_at: Millis,
+    /// Its wall time in microseconds.
+    pub duration_us: u64,
+    /// Fuel it consumed.
+    pub fuel_consumed: Option<u64>,
+}
+
+/// A task as stored: its spec (resolved), its state and its history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task's id.
+    pub id: TaskId,
+    /// The module's hash.
+    pub module: ModuleHash,
+    /// The input bytes.
+    pub input: Vec<u8>,
+    /// Higher runs first.
+    pub priority: i32,
+    /// The limits each attempt runs under.
+    pub limits: Limits,
+    /// The most runs that end with the task's own outcome.
+    pub max_attempts: u32,
+    /// The most interruptions (runs lost with their host) before the task
+    /// ends [`Outcome::Interrupted`].
+    pub max_interruptions: u32,
+    /// The waits between runs.
+    pub backoff: Backoff,
+    /// Not before this time (for `scheduled`).
+    pub run_at: Millis,
+    /// Expires if not started by then.
+    pub expires_at: Option<Millis>,
+    /// The idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Where it is.
+    pub state: TaskState,
+    /// Submission order among tasks of one store (FIFO within a priority).
+    pub seq: u64,
+    /// When it was submitted.
+    pub submitted_at: Millis,
+    /// When it last changed state.
+    pub updated_at: Millis,
+    /// When it reached its final state.
+    pub finished_at: Option<Millis>,
+    /// Every attempt so far, oldest first: the runs that ended with the
+    /// task's own outcome, and the one running now. A run lost with its
+    /// host is not an attempt; it counts in `interruptions`.
+    pub attempts: Vec<Attempt>,
+    /// How many runs were lost with their host (a crash, a lost lease).
+    pub interruptions: u32,
+    /// The lease of the run in progress (state `running`).
+    pub lease: Option<Lease>,
+    /// A cancel was asked for while the task ran: its holder kills it, and
+    /// a lost lease ends it cancelled rather than queued again.
+    pub cancel_requested: bool,
+    /// The final outcome (once final).
+    pub outcome: Option<Outcome>,
+    /// The output of the last run.
+    pub output: Vec<u8>,
+    /// The log tail of the last run.
+    pub log: String,
+    /// The last progress the task reported.
+    pub progress: Option<(u64, u64)>,
+}
+
+/// The hold of one host on one running task.
+///
+/// A task is claimed under a lease, and only the holder of the lease may
+/// record the run's result ([`Completion`]): a host whose lease was lost
+/// (it died, paused or was cut off, and the task was queued again) is
+/// refused, so a re-run's result is never overwritten. `token` is new for
+/// every claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lease {
+    /// The task held.
+    pub task: TaskId,
+    /// Names this claim; a later claim of the same task has another.
+    pub token: u64,
+    /// When the lease ends unless renewed.
+    pub expires_at: Millis,
+}
+
+/// How a run ended, as the lease holder reports it: what
+/// [`TaskRecord::complete`] applies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// Its output.
+    pub output: Vec<u8>,
+    /// Its log tail.
+    pub log: String,
+    /// The last progress it reported.
+    pub progress: Option<(u64, u64)>,
+    /// Its wall time in microseconds.
+    pub duration_us: u64,
+    /// Fuel it consumed.
+    pub fuel_consumed: Option<u64>,
+    /// When the run ended.
+    pub at: Millis,
+}
+
+impl TaskRecord {
+    /// A new task as submitted: `spec` resolved against `now`, naming
+    /// `module` (already stored), running under `limits`. The one place a
+    /// record is made; `seq` is left 0 for the backend to assign when it
+    /// stores the task.
+    pub fn new(spec: TaskSpec, module: ModuleHash, limits: Limits, now: Millis) -> Self {
+        let run_at = resolve_time(spec.start, now);
+        TaskRecord {
+            id: TaskId::new(),
+            module,
+            input: spec.input,
+            priority: spec.priority,
+            limits,
+            max_attempts: spec.max_attempts,
+            max_interruptions: spec.max_interruptions,
+            backoff: spec.backoff,
+            run_at,
+            expires_at: spec.expires.map(|e| resolve_time(e, now)),
+            idempotency_key: spec.idempotency_key,
+            labels: spec.labels,
+            state: if run_at > now {
+                TaskState::Scheduled
+            } else {
+                TaskState::Queued
+            },
+            seq: 0,
+            submitted_at: now,
+            updated_at: now,
+            finished_at: None,
+            attempts: Vec::new(),
+            interruptions: 0,
+            lease: None,
+            cancel_requested: false,
+            outcome: None,
+            output: Vec::new(),
+            log: String::new(),
+            progress: None,
+        }
+    }
+
+    /// Whether the task waits to run: queued or scheduled.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.state, TaskState::Queued | TaskState::Scheduled)
+    }
+
+    /// Whether `lease` is the one this task runs under now.
+    pub fn is_held_by(&self, lease: &Lease) -> bool {
+        self.state == TaskState::Running && self.lease.is_some_and(|l| l.token == lease.token)
+    }
+
+    /// `queued → running` under `lease`: a new attempt starts.
+    pub fn start(&mut self, lease: Lease, now: Millis) {
+        debug_assert_eq!(self.state, TaskState::Queued);
+        self.state = TaskState::Running;
+        self.updated_at = now;
+        self.lease = Some(lease);
+        let number = u32::try_from(self.attempts.len() + 1).unwrap_or(u32::MAX);
+        self.attempts.push(Attempt {
+            number,
+            outcome: None,
+            started_at: now,
+            duration_us: 0,
+            fuel_consumed: None,
+        });
+    }
+
+    /// `running →` whatever the run's end makes of the task: succeeded;
+    /// cancelled (the run was killed by a cancel, or a cancel was asked for
+    /// and the run failed); scheduled again after its backoff when the
+    /// outcome is retryable and attempts are left; failed otherwise.
+    pub fn complete(&mut self, run: Completion) {
+        let Completion {
+            outcome,
+            output,
+            log,
+            progress,
+            duration_us,
+            fuel_consumed,
+            at,
+        } = run;
+        if let Some(attempt) = self.attempts.last_mut() {
+            attempt.outcome = Some(outcome.clone());
+            attempt.duration_us = duration_us;
+            attempt.fuel_consumed = fuel_consumed;
+        }
+        self.output = output;
+        self.log = log;
+        self.progress = progress.or(self.progress);
+        self.updated_at = at;
+        self.lease = None;
+        let attempts = u32::try_from(self.attempts.len()).unwrap_or(u32::MAX);
+        let next = if outcome.is_success() {
+            TaskState::Succeeded
+        } else if outcome == Outcome::Cancelled || self.cancel_requested {
+            TaskState::Cancelled
+        } else if outcome.is_retryable() && attempts < self.max_attempts {
+            TaskState::Scheduled
+        } else {
+            TaskState::Failed
+        };
+        self.state = next;
+        if next == TaskState::Scheduled {
+            let wait = u64::try_from(self.backoff.delay(attempts).as_millis()).unwrap_or(u64::MAX);
+            self.run_at = at.saturating_add(wait);
+        } else {
+            let outcome = if next == TaskState::Cancelled {
+                Outcome::Cancelled
+            } else {
+                outcome
+            };
+            self.finish(Some(outcome), at);
+        }
+    }
+
+    /// `running → queued` without counting anything: the holder let go
+    /// (a graceful stop). The run in progress is dropped from the history.
+    /// A task whose cancel was asked for ends cancelled instead.
+    pub fn release(&mut self, now: Millis) {
+        self.drop_running_attempt();
+        self.lease = None;
+        self.updated_at = now;
+        if self.cancel_requested {
+            self.state = TaskState::Cancelled;
+            self.finish(Some(Outcome::Cancelled), now);
+        } else {
+            self.state = TaskState::Queued;
+        }
+    }
+
+    /// `running → queued` because the lease was lost (the host died, or did
+    /// not renew in time): one more interruption. At `max_interruptions`
+    /// the task ends failed, [`Outcome::Interrupted`]; a task whose cancel
+    /// was asked for ends cancelled.
+    pub fn interrupt(&mut self, now: Millis) {
+        self.interruptions = self.interruptions.saturating_add(1);
+        self.release(now);
+        if self.state == TaskState::Queued && self.interruptions >= self.max_interruptions {
+            self.state = TaskState::Failed;
+            self.finish(Some(Outcome::Interrupted(self.interruptions)), now);
+        }
+    }
+
+    /// A waiting task `→ cancelled`.
+    pub fn cancel_waiting(&mut self, now: Millis) {
+        self.state = TaskState::Cancelled;
+        self.updated_at = now;
+        self.finish(Some(Outcome::Cancelled), now);
+    }
+
+    /// A waiting task `→ expired` (it never started in time).
+    pub fn expire(&mut self, now: Millis) {
+        self.state = TaskState::Expired;
+        self.updated_at = now;
+        self.finish(None, now);
+    }
+
+    /// A scheduled task whose time came `→ queued`.
+    pub fn promote(&mut self, now: Millis) {
+        self.state = TaskState::Queued;
+        self.updated_at = now;
+    }
+
+    fn finish(&mut self, outcome: Option<Outcome>, now: Millis) {
+        self.outcome = outcome;
+        self.finished_at = Some(now);
+        self.lease = None;
+    }
+
+    fn drop_running_attempt(&mut self) {
+        if self.attempts.last().is_some_and(|a| a.outcome.is_none()) {
+            self.attempts.pop();
+        }
+    }
+
+    /// The result, once the task is final.
+    pub fn result(&self) -> Option<TaskResult> {
+        if !self.state.is_final() {
+            return None;
+        }
+        Some(TaskResult {
+            id: self.id,
+            state: self.state,
+            outcome: self.outcome.clone(),
+            output: self.output.clone(),
+            log: self.log.clone(),
+            attempts: self.attempts.clone(),
+            interruptions: self.interruptions,
+            duration_us: self.attempts.iter().map(|a| a.duration_us).sum(),
+            fuel_consumed: self
+                .attempts
+                .iter()
+                .filter_map(|a| a.fuel_consumed)
+                .reduce(u64::saturating_add),
+            submitted_at: self.submitted_at,
+            started_at: self.attempts.first().map(|a| a.started_at),
+            finished_at: self.finished_at.unwrap_or(self.updated_at),
+        })
+    }
+}
+
+/// The final result of a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task.
+    pub id: TaskId,
+    /// Its final state.
+    pub state: TaskState,
+    /// How it ended: the last attempt's outcome, or `cancelled` for a task
+    /// cancelled before it ran; `None` for an expired task (it never ran).
+    pub outcome: Option<Outcome>,
+    /// The output of the last attempt.
+    pub output: Vec<u8>,
+    /// The log tail of the last attempt.
+    pub log: String,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// How many runs were lost with their host, and run again.
+    pub interruptions: u32,
+    /// Wall time of all attempts, in microseconds.
+    pub duration_us: u64,
+    /// Fuel of all attempts.
+    pub fuel_consumed: Option<u64>,
+    /// When it was submitted.
+    pub submitted_at: Millis,
+    /// When its first attempt started.
+    pub started_at: Option<Millis>,
+    /// When it finished.
+    pub finished_at: Millis,
+}
+
+impl TaskResult {
+    /// Whether the task succeeded.
+    pub fn is_success(&self) -> bool {
+        self.state == TaskState::Succeeded
+    }
+}

@@ -1,0 +1,639 @@
+//! The queue backend contract (see `wpool::backend`), written once and run
+//! against every backend: the embedded backend over the memory store and
+//! over the sled store. Each test is instantiated per backend by the
+//! `contract!` macro at the bottom.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wpool::backend::{Backend, Cancelled, Completed, EmbeddedBackend, Enqueued, LeaseState};
+use wpool::store::{MemoryStore, SledOptions, SledStore, TaskFilter};
+use wpool::{
+    Completion, Error, Limits, ModuleHash, Outcome, TaskRecord, TaskSpec, TaskState, now_millis,
+};
+use wpool_test_artifacts as programs;
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// A backend to test, opened fresh; `reopen` closes it and opens the same
+/// data again (a restart), where the backend has data that outlives it.
+trait Harness: Send + Sync {
+    fn open(&self) -> Arc<dyn Backend>;
+    fn reopen(&self, old: Arc<dyn Backend>) -> Arc<dyn Backend>;
+}
+
+struct Memory;
+
+impl Harness for Memory {
+    fn open(&self) -> Arc<dyn Backend> {
+        Arc::new(EmbeddedBackend::open(Arc::new(MemoryStore::new())).unwrap())
+    }
+
+    fn reopen(&self, _old: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        unreachable!("the memory store does not outlive its backend")
+    }
+}
+
+struct Sled {
+    dir: tempfile::TempDir,
+}
+
+impl Sled {
+    fn new() -> Self {
+        Sled {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+impl Harness for Sled {
+    fn open(&self) -> Arc<dyn Backend> {
+        let store = SledStore::open(self.dir.path(), &SledOptions::new()).unwrap();
+        Arc::new(EmbeddedBackend::open(Arc::new(store)).unwrap())
+    }
+
+    fn reopen(&self, old: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        assert_eq!(
+            Arc::strong_count(&old),
+            1,
+            "the test still holds the backend"
+        );
+        drop(old);
+        self.open()
+    }
+}
+
+async fn module(backend: &Arc<dyn Backend>) -> ModuleHash {
+    let wasm = std::fs::read(programs::P1_TRIVIAL).unwrap();
+    let hash = ModuleHash::of(&wasm);
+    backend.put_module(&hash, &wasm).await.unwrap();
+    hash
+}
+
+fn task(module: ModuleHash, spec: impl FnOnce(TaskSpec) -> TaskSpec) -> TaskRecord {
+    let spec = spec(TaskSpec::new(module, b"{}".to_vec()));
+    TaskRecord::new(spec, module, Limits::default(), now_millis())
+}
+
+async fn enqueue(backend: &Arc<dyn Backend>, tasks: Vec<TaskRecord>) -> Vec<TaskRecord> {
+    backend
+        .enqueue(tasks)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| match e {
+            Enqueued::New(record) => *record,
+            Enqueued::Existing(id) => panic!("{id} already existed"),
+        })
+        .collect()
+}
+
+fn ran(outcome: Outcome) -> Completion {
+    Completion {
+        outcome,
+        output: b"out".to_vec(),
+        log: String::new(),
+        progress: None,
+        duration_us: 10,
+        fuel_consumed: Some(1),
+        at: now_millis(),
+    }
+}
+
+async fn counts_add_up(backend: &Arc<dyn Backend>, total: u64) {
+    let counts = backend.counts().await.unwrap();
+    assert_eq!(counts.total(), total, "{counts:?}");
+    let listed = backend
+        .list(&TaskFilter {
+            limit: 10_000,
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len() as u64, total);
+    for state in TaskState::ALL {
+        let n = listed.iter().filter(|t| t.state == state).count() as u64;
+        assert_eq!(counts.get(state), n, "{state}");
+    }
+}
+
+async fn claims_by_priority_then_submission_order(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(
+        &backend,
+        vec![
+            task(m, |s| s.label("n", "low-1")),
+            task(m, |s| s.priority(5).label("n", "high-1")),
+            task(m, |s| s.label("n", "low-2")),
+            task(m, |s| s.priority(5).label("n", "high-2")),
+            task(m, |s| s.priority(-1).label("n", "lowest")),
+        ],
+    )
+    .await;
+    assert!(
+        tasks.windows(2).all(|w| w[0].seq < w[1].seq),
+        "seq follows submission"
+    );
+    let mut order = Vec::new();
+    loop {
+        let claim = backend.claim(1, TTL).await.unwrap();
+        let Some((record, lease)) = claim.claimed.into_iter().next() else {
+            break;
+        };
+        assert_eq!(record.state, TaskState::Running);
+        assert_eq!(lease.task, record.id);
+        order.push(record.labels["n"].clone());
+    }
+    assert_eq!(order, ["high-1", "high-2", "low-1", "low-2", "lowest"]);
+    counts_add_up(&backend, 5).await;
+}
+
+async fn claims_at_most_what_is_asked(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    enqueue(&backend, (0..5).map(|_| task(m, |s| s)).collect()).await;
+    assert_eq!(backend.claim(2, TTL).await.unwrap().claimed.len(), 2);
+    assert_eq!(backend.claim(10, TTL).await.unwrap().claimed.len(), 3);
+    assert!(backend.claim(10, TTL).await.unwrap().claimed.is_empty());
+    let counts = backend.counts().await.unwrap();
+    assert_eq!(counts.get(TaskState::Running), 5);
+}
+
+async fn delayed_tasks_become_ready_at_their_time(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let delayed = enqueue(
+        &backend,
+        vec![task(m, |s| s.delay(Duration::from_millis(300)))],
+    )
+    .await
+    .remove(0);
+    assert_eq!(delayed.state, TaskState::Scheduled);
+    let tick = backend.tick().await.unwrap();
+    assert_eq!(tick.promoted, 0);
+    assert_eq!(tick.next, Some(delayed.run_at));
+    assert!(backend.claim(1, TTL).await.unwrap().claimed.is_empty());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let tick = backend.tick().await.unwrap();
+    assert_eq!(tick.promoted, 1);
+    assert_eq!(tick.next, None);
+    let claim = backend.claim(1, TTL).await.unwrap();
+    assert_eq!(claim.claimed[0].0.id, delayed.id);
+}
+
+async fn waiting_tasks_past_their_expiry_expire(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(
+        &backend,
+        vec![
+            task(m, |s| s.expire_after(Duration::from_millis(100))),
+            task(m, |s| {
+                s.delay(Duration::from_millis(500))
+                    .expire_after(Duration::from_millis(100))
+            }),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The queued one is found expired when claimed; the scheduled one by
+    // the tick.
+    let claim = backend.claim(5, TTL).await.unwrap();
+    assert!(claim.claimed.is_empty());
+    assert_eq!(claim.expired.len(), 1);
+    assert_eq!(claim.expired[0].id, tasks[0].id);
+    let tick = backend.tick().await.unwrap();
+    assert_eq!(tick.expired.len(), 1);
+    assert_eq!(tick.expired[0].id, tasks[1].id);
+    for t in &tasks {
+        let stored = backend.get(&t.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, TaskState::Expired);
+        assert!(stored.attempts.is_empty());
+        assert_eq!(stored.result().unwrap().outcome, None);
+    }
+    counts_add_up(&backend, 2).await;
+}
+
+async fn a_completion_under_a_lost_lease_is_refused(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let id = enqueue(&backend, vec![task(m, |s| s)]).await[0].id;
+    let (_, first) = backend
+        .claim(1, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .claimed
+        .remove(0);
+    assert_eq!(
+        backend
+            .renew(&[first], Duration::from_millis(50))
+            .await
+            .unwrap(),
+        [LeaseState::Held]
+    );
+    assert!(backend.expire_leases().await.unwrap().is_empty(), "renewed");
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let expired = backend.expire_leases().await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].state, TaskState::Queued);
+    assert_eq!(expired[0].interruptions, 1);
+    assert!(
+        expired[0].attempts.is_empty(),
+        "an interruption is not an attempt"
+    );
+    assert_eq!(
+        backend.renew(&[first], TTL).await.unwrap(),
+        [LeaseState::Lost]
+    );
+
+    let (record, second) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    assert_eq!(record.id, id);
+    assert_ne!(first.token, second.token);
+    assert_eq!(record.attempts.len(), 1);
+    // The old holder comes back: refused, nothing written.
+    let refused = backend
+        .complete(&first, ran(Outcome::Trap("stale".into())))
+        .await
+        .unwrap();
+    assert_eq!(refused, Completed::LeaseLost);
+    assert!(!backend.release(&first).await.unwrap());
+    assert_eq!(
+        backend.get(&id).await.unwrap().unwrap().state,
+        TaskState::Running
+    );
+    let Completed::Recorded(done) = backend
+        .complete(&second, ran(Outcome::Success))
+        .await
+        .unwrap()
+    else {
+        panic!("the holder's completion was refused");
+    };
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.interruptions, 1);
+    assert_eq!(done.attempts.len(), 1);
+    // Completing twice is refused too: the lease ended with the run.
+    assert_eq!(
+        backend
+            .complete(&second, ran(Outcome::Success))
+            .await
+            .unwrap(),
+        Completed::LeaseLost
+    );
+    let stored = backend.get(&id).await.unwrap().unwrap();
+    assert_eq!(stored.output, b"out");
+    assert_eq!(stored.lease, None);
+    counts_add_up(&backend, 1).await;
+}
+
+async fn interruptions_end_a_task_at_its_limit(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let id = enqueue(
+        &backend,
+        vec![task(m, |s| s.max_interruptions(2).max_attempts(5))],
+    )
+    .await[0]
+        .id;
+    for round in 1..=2u32 {
+        backend.claim(1, Duration::from_millis(20)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let expired = backend.expire_leases().await.unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].interruptions, round);
+    }
+    let record = backend.get(&id).await.unwrap().unwrap();
+    assert_eq!(record.state, TaskState::Failed);
+    assert_eq!(record.outcome, Some(Outcome::Interrupted(2)));
+    assert!(
+        record.attempts.is_empty(),
+        "no attempt ended with its own outcome"
+    );
+    assert!(backend.claim(1, TTL).await.unwrap().claimed.is_empty());
+    counts_add_up(&backend, 1).await;
+}
+
+async fn a_release_puts_the_task_back_uncounted(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let id = enqueue(&backend, vec![task(m, |s| s)]).await[0].id;
+    let (_, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    assert!(backend.release(&lease).await.unwrap());
+    assert!(!backend.release(&lease).await.unwrap(), "released once");
+    let record = backend.get(&id).await.unwrap().unwrap();
+    assert_eq!(record.state, TaskState::Queued);
+    assert!(record.attempts.is_empty());
+    assert_eq!(record.interruptions, 0);
+    assert_eq!(backend.claim(1, TTL).await.unwrap().claimed[0].0.id, id);
+}
+
+async fn a_retryable_failure_is_scheduled_until_attempts_run_out(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let id = enqueue(
+        &backend,
+        vec![task(m, |s| {
+            s.max_attempts(2).backoff(wpool::Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(50),
+                multiplier: 1.0,
+                jitter: false,
+            })
+        })],
+    )
+    .await[0]
+        .id;
+    let (_, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    let Completed::Recorded(record) = backend
+        .complete(&lease, ran(Outcome::Exit(3)))
+        .await
+        .unwrap()
+    else {
+        panic!("refused")
+    };
+    assert_eq!(record.state, TaskState::Scheduled);
+    assert!(record.run_at >= record.updated_at + 50);
+    tokio::time::sleep(Duration::from_millis(70)).await;
+    assert_eq!(backend.tick().await.unwrap().promoted, 1);
+    let (_, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    let Completed::Recorded(record) = backend
+        .complete(&lease, ran(Outcome::Exit(3)))
+        .await
+        .unwrap()
+    else {
+        panic!("refused")
+    };
+    assert_eq!(record.state, TaskState::Failed);
+    assert_eq!(
+        record.attempts.len(),
+        2,
+        "attempts never exceed max_attempts"
+    );
+    assert_eq!(record.outcome, Some(Outcome::Exit(3)));
+    assert_eq!(backend.get(&id).await.unwrap().unwrap(), *record);
+}
+
+async fn idempotency_keys_store_a_task_once(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let first = enqueue(&backend, vec![task(m, |s| s.idempotency_key("k1"))]).await[0].id;
+    let answers = backend
+        .enqueue(vec![
+            task(m, |s| s.idempotency_key("k1")),
+            task(m, |s| s.idempotency_key("k2")),
+            task(m, |s| s.idempotency_key("k2")),
+            task(m, |s| s),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers[0], Enqueued::Existing(first));
+    let Enqueued::New(k2) = &answers[1] else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(
+        answers[2],
+        Enqueued::Existing(k2.id),
+        "a key twice in one batch"
+    );
+    assert!(matches!(answers[3], Enqueued::New(_)));
+    assert_eq!(backend.by_key("k1").await.unwrap(), Some(first));
+    assert_eq!(backend.by_key("k2").await.unwrap(), Some(k2.id));
+    assert_eq!(backend.by_key("k3").await.unwrap(), None);
+    counts_add_up(&backend, 3).await;
+}
+
+async fn a_task_naming_an_unknown_module_is_refused(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let unknown = ModuleHash::of(b"no such module");
+    let error = backend
+        .enqueue(vec![task(m, |s| s), task(unknown, |s| s)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::UnknownModule(h) if h == unknown),
+        "{error}"
+    );
+    counts_add_up(&backend, 0).await;
+    // A module an unfinished task names cannot be deleted.
+    enqueue(&backend, vec![task(m, |s| s)]).await;
+    assert!(matches!(
+        backend.delete_module(&m).await,
+        Err(Error::ModuleInUse(_))
+    ));
+}
+
+async fn cancel_works_in_every_state(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(
+        &backend,
+        vec![
+            task(m, |s| s.priority(9)),
+            task(m, |s| s.priority(8)),
+            task(m, |s| s),
+            task(m, |s| s.delay(Duration::from_secs(60))),
+        ],
+    )
+    .await;
+    let claim = backend.claim(2, TTL).await.unwrap();
+    let (run_a, lease_a) = &claim.claimed[0];
+    let (run_b, lease_b) = &claim.claimed[1];
+    // Waiting, queued and scheduled: cancelled at once.
+    for waiting in &tasks[2..] {
+        let Cancelled::Cancelled(record) = backend.cancel(&waiting.id).await.unwrap() else {
+            panic!("not cancelled")
+        };
+        assert_eq!(record.state, TaskState::Cancelled);
+        assert_eq!(record.outcome, Some(Outcome::Cancelled));
+    }
+    // Running: the holder is told, and the run ends cancelled.
+    assert_eq!(
+        backend.cancel(&run_a.id).await.unwrap(),
+        Cancelled::Requested
+    );
+    assert_eq!(
+        backend.renew(&[*lease_a], TTL).await.unwrap(),
+        [LeaseState::CancelRequested]
+    );
+    let Completed::Recorded(record) = backend
+        .complete(lease_a, ran(Outcome::Cancelled))
+        .await
+        .unwrap()
+    else {
+        panic!("refused")
+    };
+    assert_eq!(record.state, TaskState::Cancelled);
+    // Running, then its lease is lost: it ends cancelled, not queued again.
+    assert_eq!(
+        backend.cancel(&run_b.id).await.unwrap(),
+        Cancelled::Requested
+    );
+    assert!(backend.renew(&[*lease_b], Duration::ZERO).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let expired = backend.expire_leases().await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].state, TaskState::Cancelled);
+    // Final: left as it is.
+    assert_eq!(
+        backend.cancel(&run_a.id).await.unwrap(),
+        Cancelled::AlreadyFinished(TaskState::Cancelled)
+    );
+    assert_eq!(
+        backend.cancel(&wpool::TaskId::new()).await.unwrap(),
+        Cancelled::NotFound
+    );
+    assert!(backend.claim(5, TTL).await.unwrap().claimed.is_empty());
+    counts_add_up(&backend, 4).await;
+    assert_eq!(backend.counts().await.unwrap().get(TaskState::Cancelled), 4);
+}
+
+async fn retention_purges_finished_tasks(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(&backend, (0..6).map(|_| task(m, |s| s)).collect()).await;
+    for _ in 0..4 {
+        let (_, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+        backend
+            .complete(&lease, ran(Outcome::Success))
+            .await
+            .unwrap();
+    }
+    // Keep the 3 most recent finished: one goes.
+    assert_eq!(backend.purge_finished(0, Some(3)).await.unwrap(), 1);
+    assert!(backend.get(&tasks[0].id).await.unwrap().is_none());
+    // Everything finished before now: the other three go; waiting ones stay.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(backend.purge_finished(now_millis(), None).await.unwrap(), 3);
+    counts_add_up(&backend, 2).await;
+}
+
+async fn concurrent_claimers_never_share_a_task(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let n = 1_000;
+    enqueue(&backend, (0..n).map(|_| task(m, |s| s)).collect()).await;
+    let claimers: Vec<_> = (0..8)
+        .map(|_| {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let claim = backend.claim(3, TTL).await.unwrap();
+                    if claim.claimed.is_empty() {
+                        return mine;
+                    }
+                    for (record, lease) in claim.claimed {
+                        let done = backend
+                            .complete(&lease, ran(Outcome::Success))
+                            .await
+                            .unwrap();
+                        assert!(matches!(done, Completed::Recorded(_)));
+                        mine.push(record.id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for claimer in claimers {
+        for id in claimer.await.unwrap() {
+            total += 1;
+            assert!(seen.insert(id), "{id} claimed twice");
+        }
+    }
+    assert_eq!(total, n);
+    assert_eq!(
+        backend.counts().await.unwrap().get(TaskState::Succeeded),
+        n as u64
+    );
+}
+
+/// Durable backends only: a restart loses the leases of the process that
+/// held them, and each counts an interruption.
+async fn a_restart_expires_the_leases_taken_before(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(
+        &backend,
+        vec![
+            task(m, |s| s),
+            task(m, |s| s.max_interruptions(1)),
+            task(m, |s| s),
+            task(m, |s| s),
+        ],
+    )
+    .await;
+    let claim = backend.claim(3, TTL).await.unwrap();
+    assert_eq!(claim.claimed.len(), 3);
+    let lease = claim.claimed[0].1;
+    assert_eq!(
+        backend.cancel(&tasks[2].id).await.unwrap(),
+        Cancelled::Requested
+    );
+    let backend = h.reopen(backend);
+    let get = |i: usize| {
+        let backend = backend.clone();
+        let id = tasks[i].id;
+        async move { backend.get(&id).await.unwrap().unwrap() }
+    };
+    let requeued = get(0).await;
+    assert_eq!(requeued.state, TaskState::Queued);
+    assert_eq!((requeued.interruptions, requeued.attempts.len()), (1, 0));
+    let ended = get(1).await;
+    assert_eq!(ended.state, TaskState::Failed);
+    assert_eq!(ended.outcome, Some(Outcome::Interrupted(1)));
+    assert_eq!(get(2).await.state, TaskState::Cancelled);
+    assert_eq!(get(3).await.state, TaskState::Queued);
+    // The old lease names nothing now.
+    assert_eq!(
+        backend
+            .complete(&lease, ran(Outcome::Success))
+            .await
+            .unwrap(),
+        Completed::LeaseLost
+    );
+    // In order, as submitted.
+    let claim = backend.claim(5, TTL).await.unwrap();
+    let ids: Vec<_> = claim.claimed.iter().map(|(r, _)| r.id).collect();
+    assert_eq!(ids, [tasks[0].id, tasks[3].id]);
+    counts_add_up(&backend, 4).await;
+}
+
+macro_rules! contract {
+    ($harness:ident: $make:expr; $($name:ident),* $(,)?) => {
+        mod $harness {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&$make).await
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! every_backend {
+    ($($name:ident),* $(,)?) => {
+        contract!(memory: super::Memory; $($name),*);
+        contract!(sled: super::Sled::new(); $($name),*, a_restart_expires_the_leases_taken_before);
+    };
+}
+
+every_backend!(
+    claims_by_priority_then_submission_order,
+    claims_at_most_what_is_asked,
+    delayed_tasks_become_ready_at_their_time,
+    waiting_tasks_past_their_expiry_expire,
+    a_completion_under_a_lost_lease_is_refused,
+    interruptions_end_a_task_at_its_limit,
+    a_release_puts_the_task_back_uncounted,
+    a_retryable_failure_is_scheduled_until_attempts_run_out,
+    idempotency_keys_store_a_task_once,
+    a_task_naming_an_unknown_module_is_refused,
+    cancel_works_in_every_state,
+    retention_purges_finished_tasks,
+    concurrent_claimers_never_share_a_task,
+);
