@@ -372,9 +372,10 @@ fn memory(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Er
     ])
 }
 
-/// Submissions per second from `concurrency` concurrent submitters (the
-/// tasks run meanwhile; only acknowledgement is timed).
-fn submit_rate(pool: &Pool, hash: ModuleHash, count: usize, concurrency: usize) -> f64 {
+/// `concurrency` concurrent submitters share `count` tasks; each submits
+/// one, and with `wait` waits for its result before the next. Tasks per
+/// second.
+fn submitters(pool: &Pool, hash: ModuleHash, count: usize, concurrency: usize, wait: bool) -> f64 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -388,7 +389,11 @@ fn submit_rate(pool: &Pool, hash: ModuleHash, count: usize, concurrency: usize) 
                 let pool = pool.clone();
                 tokio::spawn(async move {
                     for _ in 0..per {
-                        pool.submit(TaskSpec::new(hash, Vec::new())).await.unwrap();
+                        let task = pool.submit(TaskSpec::new(hash, Vec::new())).await.unwrap();
+                        if wait {
+                            let result = task.wait().await.unwrap();
+                            assert!(result.is_success(), "{:?}", result.outcome);
+                        }
                     }
                 })
             })
@@ -401,15 +406,29 @@ fn submit_rate(pool: &Pool, hash: ModuleHash, count: usize, concurrency: usize) 
 }
 
 fn durable_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    sled_next_to_memory(scale.n(4_000, 40_000), cores, false)
+}
+
+fn durable_end_to_end(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    sled_next_to_memory(scale.n(2_000, 20_000), cores, true)
+}
+
+/// 64 submitters on the sled store, durable and relaxed, next to the
+/// memory store: submissions acknowledged, or (`wait`) tasks from
+/// submission to a result a waiter was given.
+fn sled_next_to_memory(
+    count: usize,
+    cores: usize,
+    wait: bool,
+) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
     let wasm = read(programs::P1_TRIVIAL);
-    let count = scale.n(4_000, 40_000);
     let concurrency = 64;
     let mut config = PoolConfig::new();
     config.workers(cores);
     let memory = {
         let pool = Pool::new(config.clone())?;
         let hash = register(&pool, &wasm)?;
-        submit_rate(&pool, hash, count, concurrency)
+        submitters(&pool, hash, count, concurrency, wait)
     };
     let mut rows = Vec::new();
     for (name, sync) in [
@@ -425,87 +444,24 @@ fn durable_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::e
         let store = SledStore::open(&dir, SledOptions::new().sync(sync))?;
         let pool = Pool::with_store(config.clone(), Arc::new(store))?;
         let hash = register(&pool, &wasm)?;
-        let rate = submit_rate(&pool, hash, count, concurrency);
+        let rate = submitters(&pool, hash, count, concurrency, wait);
         drop(pool);
         let _ = std::fs::remove_dir_all(&dir);
+        let (what, note) = if wait {
+            (
+                "end to end (submit → run → result)",
+                "submission, claim and result each durable before seen",
+            )
+        } else {
+            ("submit", "acknowledged submissions")
+        };
         rows.push(Row::new(
-            &format!("submit, sled store, {name}, {concurrency} submitters"),
+            &format!("{what}, sled store, {name}, {concurrency} submitters"),
             "tasks/s",
             rate,
             "memory store, same submitters",
             memory,
-            "acknowledged submissions",
-        ));
-    }
-    Ok(rows)
-}
-
-/// Tasks per second from submission to a durable result that a waiter
-/// was given: `concurrency` submitters, each submitting one task and
-/// waiting for its result, again and again.
-fn end_to_end_rate(pool: &Pool, hash: ModuleHash, count: usize, concurrency: usize) -> f64 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let started = Instant::now();
-        let per = count / concurrency;
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    for _ in 0..per {
-                        let task = pool.submit(TaskSpec::new(hash, Vec::new())).await.unwrap();
-                        let result = task.wait().await.unwrap();
-                        assert!(result.is_success(), "{:?}", result.outcome);
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        (per * concurrency) as f64 / started.elapsed().as_secs_f64()
-    })
-}
-
-fn durable_end_to_end(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    let wasm = read(programs::P1_TRIVIAL);
-    let count = scale.n(2_000, 20_000);
-    let concurrency = 64;
-    let mut config = PoolConfig::new();
-    config.workers(cores);
-    let memory = {
-        let pool = Pool::new(config.clone())?;
-        let hash = register(&pool, &wasm)?;
-        end_to_end_rate(&pool, hash, count, concurrency)
-    };
-    let mut rows = Vec::new();
-    for (name, sync) in [
-        ("durable", SyncMode::Durable),
-        (
-            "relaxed (nothing flushed before it is seen)",
-            SyncMode::Relaxed {
-                interval: Duration::from_millis(100),
-            },
-        ),
-    ] {
-        let dir = tempfile_dir("end-to-end");
-        let store = SledStore::open(&dir, SledOptions::new().sync(sync))?;
-        let pool = Pool::with_store(config.clone(), Arc::new(store))?;
-        let hash = register(&pool, &wasm)?;
-        let rate = end_to_end_rate(&pool, hash, count, concurrency);
-        drop(pool);
-        let _ = std::fs::remove_dir_all(&dir);
-        rows.push(Row::new(
-            &format!("end to end (submit → run → result), sled {name}, {concurrency} submitters"),
-            "tasks/s",
-            rate,
-            "memory store, same submitters",
-            memory,
-            "submission, claim and result each durable before seen",
+            note,
         ));
     }
     Ok(rows)
@@ -725,7 +681,7 @@ fn http_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::erro
     let embedded = {
         let pool = Pool::new(config.clone())?;
         let hash = register(&pool, &wasm)?;
-        submit_rate(&pool, hash, count, clients)
+        submitters(&pool, hash, count, clients, false)
     };
 
     let pool = Pool::new(config)?;

@@ -101,6 +101,18 @@ fn ran(outcome: Outcome) -> Completion {
     }
 }
 
+/// Completes the run under `lease`, which must still hold.
+async fn complete(
+    backend: &Arc<dyn Backend>,
+    lease: &wpool::Lease,
+    outcome: Outcome,
+) -> TaskRecord {
+    match backend.complete(lease, ran(outcome)).await.unwrap() {
+        Completed::Recorded(record) => *record,
+        Completed::LeaseLost => panic!("the holder's completion was refused"),
+    }
+}
+
 async fn counts_add_up(backend: &Arc<dyn Backend>, total: u64) {
     let counts = backend.counts().await.unwrap();
     assert_eq!(counts.total(), total, "{counts:?}");
@@ -263,13 +275,7 @@ async fn a_completion_under_a_lost_lease_is_refused(h: &dyn Harness) {
         backend.get(&id).await.unwrap().unwrap().state,
         TaskState::Running
     );
-    let Completed::Recorded(done) = backend
-        .complete(&second, ran(Outcome::Success))
-        .await
-        .unwrap()
-    else {
-        panic!("the holder's completion was refused");
-    };
+    let done = complete(&backend, &second, Outcome::Success).await;
     assert_eq!(done.state, TaskState::Succeeded);
     assert_eq!(done.interruptions, 1);
     assert_eq!(done.attempts.len(), 1);
@@ -345,25 +351,13 @@ async fn a_retryable_failure_is_scheduled_until_attempts_run_out(h: &dyn Harness
     .await[0]
         .id;
     let (_, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
-    let Completed::Recorded(record) = backend
-        .complete(&lease, ran(Outcome::Exit(3)))
-        .await
-        .unwrap()
-    else {
-        panic!("refused")
-    };
+    let record = complete(&backend, &lease, Outcome::Exit(3)).await;
     assert_eq!(record.state, TaskState::Scheduled);
     assert!(record.run_at >= record.updated_at + 50);
     tokio::time::sleep(Duration::from_millis(70)).await;
     assert_eq!(backend.tick().await.unwrap().promoted, 1);
     let (_, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
-    let Completed::Recorded(record) = backend
-        .complete(&lease, ran(Outcome::Exit(3)))
-        .await
-        .unwrap()
-    else {
-        panic!("refused")
-    };
+    let record = complete(&backend, &lease, Outcome::Exit(3)).await;
     assert_eq!(record.state, TaskState::Failed);
     assert_eq!(
         record.attempts.len(),
@@ -371,7 +365,7 @@ async fn a_retryable_failure_is_scheduled_until_attempts_run_out(h: &dyn Harness
         "attempts never exceed max_attempts"
     );
     assert_eq!(record.outcome, Some(Outcome::Exit(3)));
-    assert_eq!(backend.get(&id).await.unwrap().unwrap(), *record);
+    assert_eq!(backend.get(&id).await.unwrap().unwrap(), record);
 }
 
 async fn idempotency_keys_store_a_task_once(h: &dyn Harness) {
@@ -457,13 +451,7 @@ async fn cancel_works_in_every_state(h: &dyn Harness) {
         backend.renew(&[*lease_a], TTL).await.unwrap(),
         [LeaseState::CancelRequested]
     );
-    let Completed::Recorded(record) = backend
-        .complete(lease_a, ran(Outcome::Cancelled))
-        .await
-        .unwrap()
-    else {
-        panic!("refused")
-    };
+    let record = complete(&backend, lease_a, Outcome::Cancelled).await;
     assert_eq!(record.state, TaskState::Cancelled);
     // Running, then its lease is lost: it ends cancelled, not queued again.
     assert_eq!(

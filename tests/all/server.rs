@@ -686,10 +686,45 @@ fn sigterm_with_tasks_running_exits_0_and_a_restart_finishes_every_task_once() {
         let (status, result) = server.get(&format!("/v1/tasks/{id}/result?wait=30s"));
         assert_eq!(status, 200, "{result}");
         assert_eq!(result["state"], "succeeded", "{result}");
+        // A graceful stop is neither an attempt nor an interruption.
+        assert_eq!(result["attempts"], 1, "{result}");
+        assert_eq!(result["interruptions"], 0, "{result}");
     }
     let (_, stats) = server.get("/v1/stats");
     assert_eq!(stats["total"], 6, "no task lost or duplicated: {stats}");
     assert_eq!(stats["counts"]["succeeded"], 6, "{stats}");
+}
+
+/// A host killed with SIGKILL is not its tasks' failure: with default
+/// options (one attempt) they run again after the restart and succeed,
+/// each showing one interruption and one attempt.
+#[test]
+fn sigkill_with_tasks_running_and_a_restart_runs_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--workers", "2"]);
+    let sleep = server.upload(programs::P1_SLEEP);
+    let mut ids = Vec::new();
+    for ms in [3000, 3000, 50] {
+        let (status, answer) = server.post("/v1/tasks", &json!({"module": sleep, "input": ms}));
+        assert_eq!(status, 201, "{answer}");
+        ids.push(answer["task"]["id"].as_str().unwrap().to_string());
+    }
+    server.wait_state(&ids[0], "running");
+    server.wait_state(&ids[1], "running");
+    drop(server); // SIGKILL
+
+    let server = Server::start(dir.path(), &["--workers", "2"]);
+    for (i, id) in ids.iter().enumerate() {
+        let (status, result) = server.get(&format!("/v1/tasks/{id}/result?wait=30s"));
+        assert_eq!(status, 200, "{result}");
+        assert_eq!(result["state"], "succeeded", "{result}");
+        assert_eq!(result["attempts"], 1, "{result}");
+        let interrupted = if i < 2 { 1 } else { 0 };
+        assert_eq!(result["interruptions"], interrupted, "{result}");
+        let (_, task) = server.get(&format!("/v1/tasks/{id}"));
+        assert_eq!(task["task"]["interruptions"], interrupted, "{task}");
+        assert_eq!(task["task"]["max_interruptions"], 3, "{task}");
+    }
 }
 
 #[test]

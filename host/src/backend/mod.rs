@@ -55,7 +55,7 @@ mod embedded;
 use std::fmt;
 use std::time::Duration;
 
-pub use embedded::EmbeddedBackend;
+pub use embedded::{EmbeddedBackend, Recovered};
 
 use crate::Result;
 use crate::store::{StateCounts, StoredModule, TaskFilter};

@@ -279,12 +279,16 @@ pub(crate) fn print_result(result: &ResultView, json: bool) -> Result<u8, Failur
             .fuel_consumed
             .map(|f| format!(", fuel {f}"))
             .unwrap_or_default();
+        let interrupted = match result.interruptions {
+            0 => String::new(),
+            n => format!(" (its host stopped while it ran {n} time(s); it ran again)"),
+        };
         let how = result
             .outcome
             .as_ref()
             .map_or_else(|| result.state.clone(), |o| o.message.clone());
         eprintln!(
-            "wpool: task {} {} in {}{fuel}",
+            "wpool: task {} {} in {}{fuel}{interrupted}",
             result.id,
             how,
             format_duration(Duration::from_micros(result.duration_us))

@@ -228,12 +228,26 @@ impl Pool {
     /// ones that were running when their process stopped run again, each
     /// counting an interruption (not an attempt).
     pub fn with_store(config: PoolConfig, store: Arc<dyn Store>) -> Result<Self> {
-        let backend = EmbeddedBackend::open(store)?;
-        Self::with_backend(config, Arc::new(backend))
+        let (backend, recovered) = EmbeddedBackend::open_reporting(store)?;
+        Self::start(
+            config,
+            Arc::new(backend),
+            Some(recovered.waiting + recovered.requeued),
+        )
     }
 
     /// A pool over `backend`.
     pub fn with_backend(config: PoolConfig, backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::start(config, backend, None)
+    }
+
+    /// `waiting`: how many tasks wait in the backend's queue, if known;
+    /// else the pool asks the backend before it claims anything.
+    fn start(
+        config: PoolConfig,
+        backend: Arc<dyn Backend>,
+        waiting: Option<usize>,
+    ) -> Result<Self> {
         config.validate()?;
         let executor = Executor::new(&config.engine)?;
         let workers = config.engine.workers;
@@ -247,7 +261,7 @@ impl Pool {
             events: broadcast::channel(16_384).0,
             waiters: Mutex::new(HashMap::new()),
             phase: AtomicU8::new(Phase::Open as u8),
-            waiting: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(waiting.unwrap_or(0)),
             room: Notify::new(),
             active_workers: AtomicUsize::new(workers),
             finished: AtomicU64::new(0),
@@ -256,7 +270,7 @@ impl Pool {
             background: Arc::default(),
             config,
         });
-        worker::start(&inner);
+        worker::start(&inner, waiting.is_none());
         Ok(Pool {
             shared: Arc::new(Shared { inner }),
         })

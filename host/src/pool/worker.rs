@@ -16,17 +16,27 @@ use crate::{CancellationToken, Error, Outcome, Result, RunReport};
 /// on it (the task then runs again once its lease expires).
 const COMPLETE_TRIES: u32 = 8;
 
-/// Starts the dispatcher, timer, heartbeat and retention of a new pool.
-pub(super) fn start(inner: &Arc<Inner>) {
+/// Starts the dispatcher, timer, heartbeat and retention of a new pool;
+/// with `count_waiting`, the dispatcher first asks the backend how many
+/// tasks wait (for backpressure).
+pub(super) fn start(inner: &Arc<Inner>, count_waiting: bool) {
     let handle = inner.executor.handle().clone();
-    handle.spawn(dispatcher(BackgroundGuard::new(inner)));
+    handle.spawn(dispatcher(BackgroundGuard::new(inner), count_waiting));
     handle.spawn(timer(BackgroundGuard::new(inner)));
     handle.spawn(heartbeat(Arc::downgrade(inner)));
     handle.spawn(sweeper(Arc::downgrade(inner)));
-    // The queue's length as the backend knows it, for backpressure.
-    let weak = Arc::downgrade(inner);
-    handle.spawn(async move {
-        let Some(inner) = weak.upgrade() else { return };
+}
+
+/// Claims as many tasks as there are free workers, whenever there may be
+/// work: at a submission, at the end of a run, when the timer brings
+/// delayed tasks, and every poll interval.
+async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
+    let inner = guard.inner();
+    let ttl = inner.config.lease_ttl;
+    if count_waiting {
+        // Before any claim, so that no task leaves the count before it is
+        // in it. Submissions made meanwhile may be counted twice: the
+        // count is for backpressure, and errs on the side of less room.
         match inner.backend.counts().await {
             Ok(counts) => {
                 let waiting = counts.get(TaskState::Queued) + counts.get(TaskState::Scheduled);
@@ -34,15 +44,7 @@ pub(super) fn start(inner: &Arc<Inner>) {
             }
             Err(e) => tracing::warn!(error = %e, "cannot count the waiting tasks"),
         }
-    });
-}
-
-/// Claims as many tasks as there are free workers, whenever there may be
-/// work: at a submission, at the end of a run, when the timer brings
-/// delayed tasks, and every poll interval.
-async fn dispatcher(guard: BackgroundGuard) {
-    let inner = guard.inner();
-    let ttl = inner.config.lease_ttl;
+    }
     loop {
         let notified = inner.work.notified();
         tokio::pin!(notified);

@@ -447,7 +447,7 @@ async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiErro
 /// Server-sent events of every task transition and progress report, as
 /// they happen. Each event's name is its kind (`submitted`, `started`,
 /// `progress`, `retrying`, `succeeded`, `failed`, `cancelled`, `expired`,
-/// `requeued`), its data the JSON event. `?task=ID` keeps one task's
+/// `requeued`, `interrupted`), its data the JSON event. `?task=ID` keeps one task's
 /// events. A client that falls behind gets a `lagged` event saying how
 /// many it missed.
 #[utoipa::path(

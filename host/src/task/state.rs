@@ -10,7 +10,9 @@ use crate::{Error, Result};
 /// Where a task is in its life.
 ///
 /// `queued | scheduled → running → succeeded | failed | cancelled | expired`,
-/// and `running → scheduled` again when a retry is due.
+/// `running → scheduled` again when a retry is due, and `running → queued`
+/// when the run's lease is lost (its host died: an interruption) or its
+/// host let go of it (a graceful stop).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
