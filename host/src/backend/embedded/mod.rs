@@ -225,44 +225,36 @@ impl Backend for EmbeddedBackend {
                 let Some(mut record) = index.pop_ready() else {
                     break;
                 };
-                let from = record.state;
-                if record.expires_at.is_some_and(|at| at <= now) {
-                    let waiting = record.clone();
-                    record.expire(now);
-                    let written = self.store.update(&record, from);
-                    self.wrote();
-                    match written {
-                        Ok(_) => claim.expired.push(record),
-                        Err(e) => {
-                            index.insert(waiting);
-                            return Err(e);
-                        }
-                    }
-                    continue;
-                }
                 let waiting = record.clone();
+                let expired = record.expires_at.is_some_and(|at| at <= now);
                 let lease = self.lease(record.id, now, ttl);
-                record.start(lease, now);
-                let written = self.store.update(&record, from);
+                if expired {
+                    record.expire(now);
+                } else {
+                    record.start(lease, now);
+                }
+                let written = self.store.update(&record, waiting.state);
                 self.wrote();
                 match written {
+                    Ok(true) if expired => claim.expired.push(record),
                     Ok(true) => {
                         index.running.insert(record.id, record.clone());
                         claim.claimed.push((record, lease));
                     }
-                    Ok(false) => {
-                        return Err(Error::Store(format!(
-                            "task {} changed in the store behind the queue's back",
-                            record.id
-                        )));
-                    }
+                    // The store is the truth: a task it no longer holds in
+                    // this state leaves the index (the next open rebuilds it).
+                    Ok(false) => tracing::error!(
+                        task = %record.id,
+                        "the task changed in the store behind the queue's back; skipped"
+                    ),
                     Err(e) => {
-                        // Nothing claimed is lost: back in the queue.
+                        // Nothing is lost: back in the queue, and what was
+                        // claimed so far is handed out.
                         index.insert(waiting);
                         if claim.claimed.is_empty() && claim.expired.is_empty() {
                             return Err(e);
                         }
-                        tracing::error!(task = %record.id, error = %e, "cannot mark task running");
+                        tracing::error!(task = %record.id, error = %e, "cannot claim the task");
                         break;
                     }
                 }
@@ -359,8 +351,13 @@ impl Backend for EmbeddedBackend {
             for id in lost {
                 let mut record = index.running.get(&id).expect("listed").clone();
                 record.interrupt(now);
-                self.store.update(&record, TaskState::Running)?;
+                let written = self.store.update(&record, TaskState::Running);
                 self.wrote();
+                if let Err(e) = written {
+                    // Still held in the index: the next expiry tries again.
+                    tracing::error!(task = %id, error = %e, "cannot expire the task's lease");
+                    break;
+                }
                 index.running.remove(&id);
                 if !record.state.is_final() {
                     index.insert(record.clone());
@@ -399,12 +396,16 @@ impl Backend for EmbeddedBackend {
                 let written = self.store.update(&record, from);
                 self.wrote();
                 if let Err(e) = written {
+                    // Back in the index; what expired so far is reported
+                    // (it is stored), and the timer looks again soon.
                     index.insert(waiting);
-                    return Err(e);
+                    tracing::error!(task = %record.id, error = %e, "cannot expire the task");
+                    tick.next = Some(now.saturating_add(1000));
+                    break;
                 }
                 tick.expired.push(record);
             }
-            tick.next = index.next_wake();
+            tick.next = tick.next.or(index.next_wake());
         }
         if !tick.expired.is_empty() {
             self.flush_writes().await?;
