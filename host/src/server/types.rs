@@ -92,11 +92,18 @@ human!(
     |n| n.to_string()
 );
 
+/// A module's bytes, as `POST /v1/modules` takes them (a binary string in
+/// the OpenAPI document).
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct WasmBytes(pub Vec<u8>);
+
 /// The waits between attempts.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffRequest {
-    /// The wait before the second attempt. Default: 1s.
+    /// The wait before the second attempt. Default: 1s. Longer than `max`,
+    /// it is cut to `max`; with `max` left out, `max` grows to it.
     #[schema(value_type = Option<String>, example = "1s")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial: Option<HumanDuration>,
@@ -181,6 +188,13 @@ pub struct SubmitTask {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Standard base64 with padding, as the schema describes it; bits past the
+/// last byte are ignored rather than refused (RFC 4648 allows either).
+const INPUT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
 /// Why a [`SubmitTask`] is refused before it reaches the pool.
 #[derive(Debug)]
 pub enum SpecError {
@@ -200,14 +214,12 @@ impl SubmitTask {
                 "give either `input` (a JSON value) or `input_base64` (bytes), not both".into(),
             )),
             (Some(value), None) => Ok(serde_json::to_vec(value).unwrap_or_default()),
-            (None, Some(text)) => base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .map_err(|e| {
-                    SpecError::Invalid(
-                        "invalid_base64",
-                        format!("`input_base64` is not valid base64 (standard alphabet): {e}"),
-                    )
-                }),
+            (None, Some(text)) => INPUT_BASE64.decode(text).map_err(|e| {
+                SpecError::Invalid(
+                    "invalid_base64",
+                    format!("`input_base64` is not valid base64 (standard alphabet): {e}"),
+                )
+            }),
             (None, None) => Ok(Vec::new()),
         }
     }
@@ -217,6 +229,23 @@ impl SubmitTask {
         let module: ModuleHash = self.module.parse().map_err(|e: crate::Error| {
             SpecError::Invalid("invalid_request", format!("`module`: {e}"))
         })?;
+        if let Some(fuel) = self.fuel
+            && fuel.0 > i64::MAX as u64
+        {
+            return Err(SpecError::Invalid(
+                "invalid_limit",
+                format!("`fuel` {} is too large: the most is {}", fuel.0, i64::MAX),
+            ));
+        }
+        if let Some(key) = self.labels.keys().find(|k| k.contains('=')) {
+            return Err(SpecError::Invalid(
+                "invalid_task",
+                format!(
+                    "label key `{key}` contains `=`: tasks are listed by `label=KEY=VALUE`, \
+                     which could never name it; choose a key without `=`"
+                ),
+            ));
+        }
         let mut spec = TaskSpec::new(module, input);
         if let Some(priority) = self.priority {
             spec = spec.priority(priority);
@@ -245,6 +274,15 @@ impl SubmitTask {
             if let Some(j) = b.jitter {
                 backoff.jitter = j;
             }
+            // An initial wait past the max: a max left out grows to it; a
+            // max given caps it (every wait is then the max).
+            if backoff.initial > backoff.max {
+                if b.max.is_none() {
+                    backoff.max = backoff.initial;
+                } else {
+                    backoff.initial = backoff.max;
+                }
+            }
             spec = spec.backoff(backoff);
         }
         match (self.delay, self.run_at) {
@@ -255,7 +293,7 @@ impl SubmitTask {
                 ));
             }
             (Some(d), None) => spec = spec.delay(d.0),
-            (None, Some(at)) => spec = spec.run_at(epoch_millis(at)?),
+            (None, Some(at)) => spec = spec.run_at(epoch_millis("run_at", at)?),
             (None, None) => {}
         }
         match (self.expire_after, self.expire_at) {
@@ -266,7 +304,7 @@ impl SubmitTask {
                 ));
             }
             (Some(d), None) => spec = spec.expire_after(d.0),
-            (None, Some(at)) => spec = spec.expire_at(epoch_millis(at)?),
+            (None, Some(at)) => spec = spec.expire_at(epoch_millis("expire_at", at)?),
             (None, None) => {}
         }
         if let Some(key) = &self.idempotency_key {
@@ -279,10 +317,25 @@ impl SubmitTask {
     }
 }
 
-fn epoch_millis(at: u64) -> Result<std::time::SystemTime, SpecError> {
-    std::time::UNIX_EPOCH
-        .checked_add(Duration::from_millis(at))
-        .ok_or_else(|| SpecError::Invalid("invalid_request", format!("time {at} is out of range")))
+/// The furthest ahead a task may be scheduled or given an expiry, as
+/// `delay` and `expire_after` are (ten years).
+pub const MAX_AHEAD: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A time in milliseconds since the Unix epoch, at most [`MAX_AHEAD`] from
+/// now.
+fn epoch_millis(field: &str, at: u64) -> Result<std::time::SystemTime, SpecError> {
+    let time = std::time::UNIX_EPOCH.checked_add(Duration::from_millis(at));
+    let latest = std::time::SystemTime::now() + MAX_AHEAD;
+    match time {
+        Some(time) if time <= latest => Ok(time),
+        _ => Err(SpecError::Invalid(
+            "invalid_task",
+            format!(
+                "`{field}` {at} is more than ten years ahead: give a time in milliseconds since \
+                 the Unix epoch, within ten years from now (as `delay` and `expire_after` are)"
+            ),
+        )),
+    }
 }
 
 /// A stored module.
