@@ -567,6 +567,29 @@ fn validation_agrees_with_itself() {
     );
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["task"]["fuel"], i64::MAX);
+
+    // JSON does not tell 5 from 5.0, and JSON Schema calls both integers:
+    // whole numbers written with a fraction are accepted, others are not.
+    let (status, answer) = server.post(
+        "/v1/tasks",
+        &json!({"module": echo, "priority": 5.0, "max_attempts": 2.0, "memory": 70000.0,
+                "run_at": 1.0, "timeout": 5000.0}),
+    );
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["task"]["priority"], 5);
+    assert_eq!(answer["task"]["memory"], 70000);
+    let (status, answer) = server.post("/v1/tasks", &json!({"module": echo, "priority": 5.5}));
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a whole number"),
+        "{answer}"
+    );
+    let (status, list) = server.get("/v1/tasks?limit=2.0");
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 2);
 }
 
 #[test]

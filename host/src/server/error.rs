@@ -212,15 +212,14 @@ pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
     let text = String::from_utf8_lossy(&text).trim().to_string();
     let (code, message) = match status {
         StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = parts
-                .headers
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
+            // axum adds `Allow` outside this layer, so it is not known
+            // here; the answer carries it.
             (
                 "method_not_allowed",
-                format!("{method} is not allowed on {path}; it takes: {allow}"),
+                format!(
+                    "{method} is not allowed on {path}; the Allow header lists the methods it \
+                     takes (see /v1/openapi.json)"
+                ),
             )
         }
         StatusCode::NOT_FOUND => ("not_found", format!("nothing at {path}")),

@@ -91,6 +91,21 @@ pub(crate) fn document(config: &ServerConfig) -> Value {
         json!({"type": "string", "enum": ["cancelled", "killed"]});
     schemas["CancelAnswer"]["properties"]["id"]["pattern"] = json!(ID_PATTERN);
 
+    add_examples_and_links(&mut doc);
+    // Each server-sent event: its name (the event's kind, or `lagged`) and
+    // its data, a JSON object.
+    doc["paths"]["/v1/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"] = json!({
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string", "description": "the event's kind: submitted, started, \
+                progress, retrying, succeeded, failed, cancelled, expired, requeued, or lagged"},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "description": "the event as JSON"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"}
+        }
+    });
     doc["components"]["securitySchemes"] = json!({
         "bearer": {
             "type": "http",
@@ -110,6 +125,49 @@ pub(crate) fn document(config: &ServerConfig) -> Value {
         }
     }
     doc
+}
+
+/// The smallest WASI command: `_start` does nothing. Every byte is ASCII,
+/// so it stands in the document as a plain string example of an upload.
+const EXAMPLE_MODULE: &[u8] = b"\0asm\x01\0\0\0\
+    \x01\x04\x01\x60\0\0\
+    \x03\x02\x01\0\
+    \x07\x0a\x01\x06_start\0\0\
+    \x0a\x04\x01\x02\0\x0b";
+
+/// Examples that work against a fresh server (a module to upload, a task
+/// of it to submit), and the links from what creates a module or a task
+/// to what reads, runs or deletes it, for clients and stateful tests.
+fn add_examples_and_links(doc: &mut Value) {
+    let module = String::from_utf8_lossy(EXAMPLE_MODULE).to_string();
+    let hash = crate::ModuleHash::of(EXAMPLE_MODULE).to_string();
+    let paths = &mut doc["paths"];
+    let upload = &mut paths["/v1/modules"]["post"]["requestBody"]["content"];
+    upload["application/wasm"]["example"] = json!(module);
+    // The same bytes under the generic binary type, which the server takes
+    // too and every client library can send.
+    upload["application/octet-stream"] = upload["application/wasm"].clone();
+    paths["/v1/tasks"]["post"]["requestBody"]["content"]["application/json"]["example"] =
+        json!({"module": hash, "input": {"name": "Ada"}, "timeout": "5s"});
+    let by_hash = json!({"hash": "$response.body#/hash"});
+    let module_links = json!({
+        "GetModule": {"operationId": "get_module", "parameters": by_hash},
+        "DeleteModule": {"operationId": "delete_module", "parameters": by_hash},
+        "SubmitTask": {"operationId": "submit_task",
+                       "requestBody": {"module": "$response.body#/hash"}},
+    });
+    for status in ["200", "201"] {
+        paths["/v1/modules"]["post"]["responses"][status]["links"] = module_links.clone();
+    }
+    let by_id = json!({"id": "$response.body#/task/id"});
+    let task_links = json!({
+        "GetTask": {"operationId": "get_task", "parameters": by_id},
+        "GetResult": {"operationId": "get_result", "parameters": by_id},
+        "CancelTask": {"operationId": "cancel_task", "parameters": by_id},
+    });
+    for status in ["200", "201", "202"] {
+        paths["/v1/tasks"]["post"]["responses"][status]["links"] = task_links.clone();
+    }
 }
 
 fn error_codes() -> Vec<Value> {
@@ -197,7 +255,10 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value, with_toke
     } else {
         operation["security"] = json!([{}]);
     }
-    if let Some(parameters) = operation["parameters"].as_array_mut() {
+    if let Some(parameters) = operation
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+    {
         for parameter in parameters {
             let name = parameter["name"].as_str().unwrap_or("").to_string();
             let schema = match name.as_str() {

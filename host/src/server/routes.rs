@@ -368,9 +368,17 @@ async fn list_tasks(State(state): State<AppState>, uri: Uri) -> Result<Json<Task
                 filter.labels.insert(k.to_string(), v.to_string());
             }
             "limit" => {
+                // `5` or `5.0`: both are the integer 5 to JSON Schema.
                 filter.limit = value
                     .parse::<usize>()
                     .ok()
+                    .or_else(|| {
+                        value
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|f| f.fract() == 0.0 && (1.0..=10_000.0).contains(f))
+                            .map(|f| f as usize)
+                    })
                     .filter(|n| (1..=10_000).contains(n))
                     .ok_or_else(|| {
                         ApiError::bad_request(

@@ -26,6 +26,55 @@ pub struct HumanSize(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanCount(pub u64);
 
+/// `v` as a whole number, if it is one (`5.0`, not `5.5`).
+fn whole_f64(v: f64) -> Option<i128> {
+    // Every f64 of magnitude up to 2^100 fits an i128 exactly.
+    (v.is_finite() && v.fract() == 0.0 && v.abs() < 2f64.powi(100)).then_some(v as i128)
+}
+
+/// Deserializes an optional whole number written `5` or `5.0` (JSON does
+/// not tell them apart, and JSON Schema calls both integers), refusing one
+/// out of `T`'s range.
+fn opt_whole<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: TryFrom<i128>> Visitor<'de> for V<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            T::try_from(i128::from(v))
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            T::try_from(i128::from(v))
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            let n = whole_f64(v).ok_or_else(|| E::custom(format!("{v} is not a whole number")))?;
+            T::try_from(n)
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+    }
+    d.deserialize_option(V(std::marker::PhantomData))
+}
+
 macro_rules! human {
     ($ty:ident, $inner:ty, $what:literal, $parse:path, $from_u64:expr, $show:expr) => {
         impl<'de> Deserialize<'de> for $ty {
@@ -45,10 +94,15 @@ macro_rules! human {
                             .map_err(|_| E::custom(format!("{v} is negative: expected {}", $what)))
                     }
                     fn visit_f64<E: de::Error>(self, v: f64) -> Result<$ty, E> {
-                        Err(E::custom(format!(
-                            "{v} is not a whole number: expected {}",
-                            $what
-                        )))
+                        // JSON does not tell 5 from 5.0; JSON Schema calls
+                        // both integers.
+                        match whole_f64(v).and_then(|n| u64::try_from(n).ok()) {
+                            Some(n) => Ok($ty($from_u64(n))),
+                            None => Err(E::custom(format!(
+                                "{v} is not a whole number of zero or more: expected {}",
+                                $what
+                            ))),
+                        }
                     }
                     fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
                         $parse(v).map($ty).map_err(E::custom)
@@ -138,7 +192,11 @@ pub struct SubmitTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_base64: Option<String>,
     /// Higher runs first. Default: 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_whole"
+    )]
     pub priority: Option<i32>,
     /// Wall-clock timeout of each attempt.
     #[schema(value_type = Option<String>, example = "5s")]
@@ -161,7 +219,11 @@ pub struct SubmitTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_log: Option<HumanSize>,
     /// How many times the task may run in all, 1 to 100. Default: 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_whole"
+    )]
     pub max_attempts: Option<u32>,
     /// The waits between attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,14 +233,22 @@ pub struct SubmitTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<HumanDuration>,
     /// Start no sooner than this time, in milliseconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_whole"
+    )]
     pub run_at: Option<u64>,
     /// Expire (never start) if not started within this of submission.
     #[schema(value_type = Option<String>, example = "1h")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_after: Option<HumanDuration>,
     /// Expire if not started by this time (ms since the Unix epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_whole"
+    )]
     pub expire_at: Option<u64>,
     /// A second submission with the same key returns the first task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
