@@ -295,7 +295,18 @@ fn agent_get(server: &Server, path: &str) -> Option<u16> {
 #[test]
 fn wait_is_cut_to_the_servers_longest_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--workers", "1", "--max-wait", "1s"]);
+    // The limits from a config file, as an operator would set them.
+    let config = dir.path().join("wpool.toml");
+    std::fs::write(
+        &config,
+        "max_wait = \"1s\"\nheader_timeout = \"5s\"\nmax_connections = 64\n\
+         max_body_bytes_in_flight = \"8MiB\"\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--workers", "1", "--config", config.to_str().unwrap()],
+    );
     let sleep = server.upload(programs::P1_SLEEP);
     let started = Instant::now();
     let (status, answer) = server.post(

@@ -194,7 +194,6 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
         server_config.max_wait = d;
     }
     server_config.upload_dir = Some(data_dir.join("uploads"));
-    remove_stale_uploads(&data_dir.join("uploads"));
 
     let addr = resolve(&listen).map_err(Failure::bad_input)?;
     if !addr.ip().is_loopback() && token.is_none() {
@@ -226,6 +225,9 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
     let store = SledStore::open(&data_dir, &SledOptions::new())
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))
         .map_err(|e| Failure::new(exit::REFUSED, e))?;
+    // Only now that the store is ours: another daemon on this directory
+    // would have been refused above, with its uploads left alone.
+    remove_stale_uploads(&data_dir.join("uploads"));
     let pool = Pool::with_store(pool_config, Arc::new(store))
         .context("cannot start the pool")
         .map_err(Failure::internal)?;
