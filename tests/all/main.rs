@@ -10,4 +10,5 @@ mod examples;
 mod executor;
 mod pool;
 mod server;
+mod server_limits;
 mod util;

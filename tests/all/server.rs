@@ -23,12 +23,24 @@ pub(crate) struct Server {
 impl Server {
     /// Starts `wpool serve` on `dir`, a free port, and `extra` flags.
     pub(crate) fn start(dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wpool"))
+        Self::start_with(dir, extra, |command| command)
+    }
+
+    /// Like [`Server::start`], with the command changed by `wrap` first
+    /// (e.g. run under `prlimit`).
+    pub(crate) fn start_with(
+        dir: &Path,
+        extra: &[&str],
+        wrap: impl FnOnce(Command) -> Command,
+    ) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wpool"));
+        command
             .arg("serve")
             .arg("--data-dir")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(extra);
+        let mut child = wrap(command)
             .env_remove("WPOOL_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -44,7 +44,8 @@ pub(crate) struct ServeArgs {
     token: Option<String>,
     /// A config file, TOML (`.toml`) or JSON, with any of: data_dir,
     /// listen, workers, token, max_module_size, max_input_size,
-    /// max_queued, stop_grace, body_timeout.
+    /// max_queued, stop_grace, body_timeout, header_timeout,
+    /// max_connections, max_body_bytes_in_flight, max_wait.
     #[arg(long, env = "WPOOL_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// The largest module accepted, e.g. `64MiB`. Default: 64MiB.
@@ -64,6 +65,24 @@ pub(crate) struct ServeArgs {
     /// How long a request body may take to arrive. Default: 30s.
     #[arg(long, env = "WPOOL_BODY_TIMEOUT", value_parser = parse_duration)]
     body_timeout: Option<Duration>,
+    /// How long a connection may take to send a request's line and headers
+    /// (an idle keep-alive connection too) before it is closed. Default: 10s.
+    #[arg(long, env = "WPOOL_HEADER_TIMEOUT", value_parser = parse_duration)]
+    header_timeout: Option<Duration>,
+    /// The most connections open at once; more wait until one closes.
+    /// Default: 1024, lowered to fit the process's file-descriptor limit
+    /// (keeping 64 descriptors for the store and the module cache).
+    #[arg(long, env = "WPOOL_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// The most request-body bytes received at once across connections,
+    /// e.g. `256MiB`; past it requests get 503 with Retry-After.
+    /// Default: 256MiB.
+    #[arg(long, env = "WPOOL_MAX_BODY_BYTES_IN_FLIGHT", value_parser = parse_size)]
+    max_body_bytes_in_flight: Option<u64>,
+    /// The longest long poll (`?wait=`); longer waits are cut to it.
+    /// Default: 5m.
+    #[arg(long, env = "WPOOL_MAX_WAIT", value_parser = parse_duration)]
+    max_wait: Option<Duration>,
 }
 
 /// The config file's settings; every one optional.
@@ -79,6 +98,10 @@ struct FileConfig {
     max_queued: Option<usize>,
     stop_grace: Option<HumanDuration>,
     body_timeout: Option<HumanDuration>,
+    header_timeout: Option<HumanDuration>,
+    max_connections: Option<usize>,
+    max_body_bytes_in_flight: Option<HumanSize>,
+    max_wait: Option<HumanDuration>,
 }
 
 fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -121,6 +144,56 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
     if let Some(d) = args.body_timeout.or(file.body_timeout.map(|d| d.0)) {
         server_config.body_timeout = d;
     }
+    if let Some(d) = args.header_timeout.or(file.header_timeout.map(|d| d.0)) {
+        if d.is_zero() {
+            return Err(Failure::bad_input(anyhow!(
+                "--header-timeout must be longer than zero, e.g. 10s"
+            )));
+        }
+        server_config.header_timeout = d;
+    }
+    match args.max_connections.or(file.max_connections) {
+        Some(0) => {
+            return Err(Failure::bad_input(anyhow!(
+                "--max-connections must be at least 1"
+            )));
+        }
+        Some(n) => {
+            if let Some(fit) = connections_that_fit(n) {
+                eprintln!(
+                    "wpool: warning: --max-connections {n} is more than the file-descriptor \
+                     limit leaves room for ({fit}); when descriptors run out, new connections \
+                     wait until others close. Raise it with `ulimit -n`"
+                );
+            }
+            server_config.max_connections = n;
+        }
+        None => {
+            if let Some(fit) = connections_that_fit(server_config.max_connections) {
+                eprintln!(
+                    "wpool: at most {fit} connections (not {}), to fit the file-descriptor \
+                     limit; raise it with `ulimit -n` to allow more",
+                    server_config.max_connections
+                );
+                server_config.max_connections = fit;
+            }
+        }
+    }
+    if let Some(n) = args
+        .max_body_bytes_in_flight
+        .or(file.max_body_bytes_in_flight.map(|s| s.0))
+    {
+        if n == 0 {
+            return Err(Failure::bad_input(anyhow!(
+                "--max-body-bytes-in-flight must be more than zero, e.g. 256MiB"
+            )));
+        }
+        server_config.max_body_bytes_in_flight = n;
+    }
+    if let Some(d) = args.max_wait.or(file.max_wait.map(|d| d.0)) {
+        server_config.max_wait = d;
+    }
+    server_config.upload_dir = Some(data_dir.join("uploads"));
 
     let addr = resolve(&listen).map_err(Failure::bad_input)?;
     if !addr.ip().is_loopback() && token.is_none() {
@@ -152,6 +225,9 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
     let store = SledStore::open(&data_dir, &SledOptions::new())
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))
         .map_err(|e| Failure::new(exit::REFUSED, e))?;
+    // Only now that the store is ours: another daemon on this directory
+    // would have been refused above, with its uploads left alone.
+    remove_stale_uploads(&data_dir.join("uploads"));
     let pool = Pool::with_store(pool_config, Arc::new(store))
         .context("cannot start the pool")
         .map_err(Failure::internal)?;
@@ -167,6 +243,40 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
     drop(runtime);
     drop(pool);
     outcome.map(|()| exit::OK)
+}
+
+/// File descriptors kept for the store, the compiled-module cache, logs and
+/// the listener, beside client connections.
+const RESERVED_FDS: u64 = 64;
+
+/// A lower connection limit than `wanted` when the process's soft limit of
+/// open files (`RLIMIT_NOFILE`, read from `/proc/self/limits`) leaves no
+/// room for `wanted` connections plus [`RESERVED_FDS`]; `None` when it does,
+/// or when the limit cannot be read.
+fn connections_that_fit(wanted: usize) -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft: u64 = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let fit = usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).ok()?;
+    (fit < wanted).then_some(fit)
+}
+
+/// Removes module uploads a previous run left behind (it was killed while
+/// one arrived).
+fn remove_stale_uploads(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("upload-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {

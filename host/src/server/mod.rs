@@ -4,36 +4,55 @@
 //!
 //! Part of the `cli` feature: the library proper does not know HTTP exists.
 //!
-//! Every request passes, in order: the bearer-token check (when a token is
-//! set), then the body reader, which refuses a body past the route's size
-//! limit (413) or one that does not arrive within
-//! [`ServerConfig::body_timeout`] (408), so a slow or endless upload cannot
-//! hold a connection or memory for long.
+//! Every request passes, in order: the JSON-error layer (any error answer
+//! that is not JSON yet, such as an extractor's rejection or a 405, is
+//! turned into one), the bearer-token check (when a token is set), then the
+//! body reader, which refuses a body past the route's size limit (413), one
+//! that does not arrive within [`ServerConfig::body_timeout`] (408), a
+//! Content-Type the route does not take (415), and any body that would take
+//! the bytes in flight across connections past
+//! [`ServerConfig::max_body_bytes_in_flight`] (503 with `Retry-After`).
+//! Connections are accepted by our own loop (see `listen`): a header-read
+//! timeout, a connection limit, and accept errors that do not stop it.
+//!
+//! # Limits for a daemon exposed to untrusted clients
+//!
+//! | setting | default |
+//! |---|---|
+//! | [`ServerConfig::header_timeout`] | 10 s |
+//! | [`ServerConfig::max_connections`] | 1024 |
+//! | [`ServerConfig::max_body_bytes_in_flight`] | 256 MiB |
+//! | [`ServerConfig::body_timeout`] | 30 s |
+//! | [`ServerConfig::max_module_size`] | 64 MiB |
+//! | [`ServerConfig::max_input_size`] | 16 MiB |
+//! | [`ServerConfig::max_wait`] | 5 min |
 
+mod body;
 mod error;
+mod listen;
 mod metrics;
+mod openapi;
 mod routes;
 pub mod types;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
-pub use self::error::{ApiError, ErrorBody, ErrorDetail};
+pub use self::error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use self::routes::ApiDoc;
 use crate::Pool;
 
-/// How the server answers.
+/// How the server answers, and what it bounds.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// When set, every request but `/healthz` must carry
@@ -45,9 +64,25 @@ pub struct ServerConfig {
     pub max_input_size: u64,
     /// How long a request body may take to arrive. Default: 30 s.
     pub body_timeout: Duration,
-    /// The longest `?wait=` honoured; longer waits are cut to it.
-    /// Default: 5 min.
+    /// The longest `?wait=` honoured; longer waits are cut to it (the
+    /// answer is then 202 if the task is not finished). Default: 5 min.
     pub max_wait: Duration,
+    /// How long a connection may take to send a request's line and
+    /// headers, counted from when the server starts waiting for them (an
+    /// idle keep-alive connection included); past it the connection is
+    /// closed. Default: 10 s.
+    pub header_timeout: Duration,
+    /// The most connections open at once; past it, new connections wait in
+    /// the kernel's backlog until one closes. Default: 1024.
+    pub max_connections: usize,
+    /// The most request-body bytes held at once across all connections;
+    /// past it requests are answered 503 with `Retry-After`. Default:
+    /// 256 MiB.
+    pub max_body_bytes_in_flight: u64,
+    /// Where module uploads are written while they arrive. Default: the
+    /// system's temporary directory (`wpool serve` uses
+    /// `<data dir>/uploads`).
+    pub upload_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +93,10 @@ impl Default for ServerConfig {
             max_input_size: 16 << 20,
             body_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(300),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_body_bytes_in_flight: 256 << 20,
+            upload_dir: None,
         }
     }
 }
@@ -71,6 +110,8 @@ pub(crate) struct AppState {
     /// event streams end, so that the graceful shutdown is not held open.
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    /// Request-body bytes in flight, across connections.
+    pub(crate) budget: Arc<body::BodyBudget>,
 }
 
 /// The API's router over `pool`. `shutdown` ends long polls and event
@@ -80,6 +121,7 @@ pub fn router(pool: Pool, config: ServerConfig, shutdown: CancellationToken) -> 
     metrics::spawn_collector(&pool, metrics.clone(), shutdown.clone());
     let state = AppState {
         pool,
+        budget: Arc::new(body::BodyBudget::new(config.max_body_bytes_in_flight)),
         config: Arc::new(config),
         shutdown,
         metrics,
@@ -88,6 +130,7 @@ pub fn router(pool: Pool, config: ServerConfig, shutdown: CancellationToken) -> 
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), check_token))
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 
@@ -102,20 +145,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = CancellationToken::new();
-    let app = router(pool, config, token.clone());
-    let signal = {
-        let token = token.clone();
-        async move {
-            shutdown.await;
-            token.cancel();
-        }
-    };
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal)
-    .await
+    let app = router(pool, config.clone(), token.clone());
+    listen::serve(listener, app, &config, token, shutdown).await
 }
 
 async fn check_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -125,12 +156,7 @@ async fn check_token(State(state): State<AppState>, request: Request, next: Next
     if request.uri().path() == "/healthz" {
         return next.run(request).await;
     }
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
+    match bearer(request.headers()) {
         Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => {
             next.run(request).await
         }
@@ -140,6 +166,16 @@ async fn check_token(State(state): State<AppState>, request: Request, next: Next
              (the CLI reads it from --token or WPOOL_TOKEN)",
         ),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme's
+/// name is case-insensitive (RFC 9110, section 11.1).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -158,59 +194,72 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads the whole body, within the route's size limit and the body
-/// timeout, before the handler runs.
-async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limit = body_limit(&state.config, request.uri().path());
-    if let Some(length) = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && length > limit
-    {
-        return too_large(limit).into_response();
+/// The media types a route's body may have, or `None` for any.
+fn accepted_types(method: &Method, path: &str) -> Option<&'static [&'static str]> {
+    match (method, path) {
+        (&Method::POST, "/v1/modules") => Some(&["application/wasm", "application/octet-stream"]),
+        (&Method::POST, "/v1/tasks") => Some(&["application/json"]),
+        _ => None,
     }
-    let (parts, body) = request.into_parts();
-    let read = async {
-        let mut stream = body.into_data_stream();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|_| {
-                ApiError::bad_request("invalid_request", "the request body could not be read")
-            })?;
-            if (bytes.len() + chunk.len()) as u64 > limit {
-                return Err(too_large(limit));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
-    };
-    let bytes = match tokio::time::timeout(state.config.body_timeout, read).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => return e.into_response(),
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {}",
-                    crate::units::format_duration(state.config.body_timeout)
-                ),
-            )
-            .into_response();
-        }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
 }
 
-fn too_large(limit: u64) -> ApiError {
-    ApiError::too_large(format!(
-        "the request body is larger than this route's limit of {}; the server's \
-         --max-module-size and --max-input-size set the limits",
-        crate::units::format_size(limit)
+/// Checks the Content-Type of an upload: absent, or one the route takes.
+fn check_content_type(method: &Method, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(accepted) = accepted_types(method, path) else {
+        return Ok(());
+    };
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if essence.as_deref().is_some_and(|e| accepted.contains(&e)) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!(
+            "{method} {path} takes a body of type {}, not `{}`: set the Content-Type header \
+             accordingly",
+            accepted.join(" or "),
+            String::from_utf8_lossy(value.as_bytes())
+        ),
     ))
+}
+
+/// Reads the whole body, within the route's size limit, the body timeout
+/// and the budget of bytes in flight, before the handler runs. A module
+/// upload is left to its handler, which streams it to a file.
+async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let limit = body_limit(&state.config, path);
+    if let Err(e) = check_content_type(request.method(), path, request.headers()) {
+        return e.into_response();
+    }
+    let declared = body::content_length(request.headers());
+    if declared.is_some_and(|length| length > limit) {
+        return body::too_large(limit).into_response();
+    }
+    if request.method() == Method::POST && path == "/v1/modules" {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let read = body::read_to_memory(body, limit, declared, &state.budget);
+    let (bytes, held) = match tokio::time::timeout(state.config.body_timeout, read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => return body::timed_out(state.config.body_timeout).into_response(),
+    };
+    // The budget is given back once the handler has taken the bytes.
+    let body = Body::from_stream(futures_util::stream::once(async move {
+        let _held = held;
+        Ok::<_, std::convert::Infallible>(bytes)
+    }));
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// The largest body a route takes: a module upload up to the module limit;

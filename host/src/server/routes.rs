@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -18,7 +18,7 @@ use utoipa::OpenApi;
 use super::error::{ApiError, ErrorBody};
 use super::types::{
     CancelAnswer, ModuleInfo, ModuleList, ResultView, SpecError, StatsView, SubmitTask, TaskAnswer,
-    TaskList, TaskView,
+    TaskList, TaskView, WasmBytes,
 };
 use super::{AppState, metrics};
 use crate::store::TaskFilter;
@@ -46,7 +46,9 @@ use crate::{CancelResult, EventsError, ModuleHash, TaskId, TaskState};
         healthz,
         metrics_text
     ),
-    components(schemas(ErrorBody, SubmitTask, TaskAnswer, TaskView, ResultView, TaskList))
+    components(schemas(
+        ErrorBody, SubmitTask, TaskAnswer, TaskView, ResultView, TaskList, WasmBytes
+    ))
 )]
 pub struct ApiDoc;
 
@@ -72,8 +74,8 @@ async fn no_route(uri: Uri) -> ApiError {
     ))
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(super::openapi::document(&state.config))
 }
 
 fn parse_hash(text: &str) -> Result<ModuleHash, ApiError> {
@@ -127,28 +129,48 @@ async fn wait_for(
 /// Upload a module (raw wasm bytes); answers with its hash.
 ///
 /// Idempotent: uploading the same bytes again answers 200 with the same
-/// hash.
+/// hash. The bytes are streamed to a temporary file while they arrive,
+/// then validated, compiled and stored.
 #[utoipa::path(
     post, path = "/v1/modules",
-    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    request_body(content = WasmBytes, content_type = "application/wasm",
+        description = "the module's bytes: a WASI command module or a `wpool:task` component"),
     responses(
         (status = 201, description = "stored", body = ModuleInfo),
         (status = 200, description = "already stored", body = ModuleInfo),
         (status = 400, description = "not a module wpool can run", body = ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = ErrorBody),
         (status = 413, description = "larger than the module limit", body = ErrorBody),
+        (status = 415, description = "a Content-Type other than application/wasm", body = ErrorBody),
+        (status = 503, description = "too many request bodies in flight (see Retry-After)", body = ErrorBody),
     )
 )]
-async fn upload_module(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    if body.is_empty() {
+async fn upload_module(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let limit = state.config.max_module_size;
+    let dir = state
+        .config
+        .upload_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    let spool = super::body::spool_to_file(body, limit, &dir, &state.budget);
+    let spooled = match tokio::time::timeout(state.config.body_timeout, spool).await {
+        Ok(spooled) => spooled?,
+        Err(_) => return Err(super::body::timed_out(state.config.body_timeout)),
+    };
+    if spooled.size == 0 {
         return Err(ApiError::bad_request(
             "invalid_module",
             "the body is empty: send the module's bytes (Content-Type: application/wasm)",
         ));
     }
-    let hash = ModuleHash::of(&body);
+    let size = spooled.size;
+    let bytes = tokio::fs::read(&spooled.path)
+        .await
+        .map_err(|e| ApiError::internal(&format!("cannot read an upload file: {e}")))?;
+    drop(spooled);
+    let hash = ModuleHash::of(&bytes);
     let existed = state.pool.backend().module(&hash).await?.is_some();
-    state.pool.register(&body).await?;
-    let size = body.len() as u64;
+    state.pool.register(&bytes).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -180,7 +202,11 @@ async fn list_modules(State(state): State<AppState>) -> Result<Json<ModuleList>,
 #[utoipa::path(
     get, path = "/v1/modules/{hash}",
     params(("hash" = String, Path, description = "the module's SHA-256, hex")),
-    responses((status = 200, body = ModuleInfo), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, body = ModuleInfo),
+        (status = 400, description = "not a module hash", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
 )]
 async fn get_module(
     State(state): State<AppState>,
@@ -208,6 +234,7 @@ async fn get_module(
     params(("hash" = String, Path, description = "the module's SHA-256, hex")),
     responses(
         (status = 204, description = "deleted"),
+        (status = 400, description = "not a module hash", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "unfinished tasks use it", body = ErrorBody),
     )
@@ -228,7 +255,8 @@ async fn delete_module(
 #[utoipa::path(
     post, path = "/v1/tasks",
     request_body = SubmitTask,
-    params(("wait" = Option<String>, Query, description = "long-poll for the result, e.g. `30s`")),
+    params(("wait" = Option<String>, Query, description = "long-poll for the result, e.g. `30s`; \
+        cut to the server's longest wait (--max-wait, default 5m)")),
     responses(
         (status = 201, description = "accepted (durable)", body = TaskAnswer),
         (status = 200, description = "an existing task (idempotency key), or finished within `wait`", body = TaskAnswer),
@@ -236,7 +264,9 @@ async fn delete_module(
         (status = 400, body = ErrorBody),
         (status = 404, description = "unknown module", body = ErrorBody),
         (status = 413, description = "input too large", body = ErrorBody),
+        (status = 415, description = "a Content-Type other than application/json", body = ErrorBody),
         (status = 429, description = "the queue is full", body = ErrorBody),
+        (status = 503, description = "shutting down, or too many request bodies in flight", body = ErrorBody),
     )
 )]
 async fn submit_task(
@@ -325,9 +355,17 @@ async fn list_tasks(State(state): State<AppState>, uri: Uri) -> Result<Json<Task
                 filter.labels.insert(k.to_string(), v.to_string());
             }
             "limit" => {
+                // `5` or `5.0`: both are the integer 5 to JSON Schema.
                 filter.limit = value
                     .parse::<usize>()
                     .ok()
+                    .or_else(|| {
+                        value
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|f| f.fract() == 0.0 && (1.0..=10_000.0).contains(f))
+                            .map(|f| f as usize)
+                    })
                     .filter(|n| (1..=10_000).contains(n))
                     .ok_or_else(|| {
                         ApiError::bad_request(
@@ -355,7 +393,11 @@ async fn list_tasks(State(state): State<AppState>, uri: Uri) -> Result<Json<Task
 #[utoipa::path(
     get, path = "/v1/tasks/{id}",
     params(("id" = String, Path, description = "the task's id")),
-    responses((status = 200, body = TaskAnswer), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, body = TaskAnswer),
+        (status = 400, description = "not a task id", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
 )]
 async fn get_task(
     State(state): State<AppState>,
@@ -376,11 +418,13 @@ async fn get_task(
     get, path = "/v1/tasks/{id}/result",
     params(
         ("id" = String, Path, description = "the task's id"),
-        ("wait" = Option<String>, Query, description = "long-poll, e.g. `30s`"),
+        ("wait" = Option<String>, Query, description = "long-poll, e.g. `30s`; cut to the \
+        server's longest wait (--max-wait, default 5m)"),
     ),
     responses(
         (status = 200, description = "final", body = ResultView),
         (status = 202, description = "not finished yet", body = TaskView),
+        (status = 400, description = "not a task id, or a malformed `wait`", body = ErrorBody),
         (status = 404, body = ErrorBody),
     )
 )]
@@ -412,6 +456,7 @@ async fn get_result(
     params(("id" = String, Path, description = "the task's id")),
     responses(
         (status = 200, body = CancelAnswer),
+        (status = 400, description = "not a task id", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "already finished", body = ErrorBody),
     )
@@ -453,7 +498,10 @@ async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiErro
 #[utoipa::path(
     get, path = "/v1/events",
     params(("task" = Option<String>, Query, description = "only this task's events")),
-    responses((status = 200, description = "text/event-stream"))
+    responses(
+        (status = 200, description = "server-sent events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "not a task id", body = ErrorBody),
+    )
 )]
 async fn events(
     State(state): State<AppState>,
@@ -498,13 +546,13 @@ async fn events(
 }
 
 /// Liveness: 200 while the server answers. Needs no token.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "`{\"status\": \"ok\"}`")))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
 async fn healthz() -> Json<BTreeMap<&'static str, &'static str>> {
     Json(BTreeMap::from([("status", "ok")]))
 }
 
 /// Prometheus metrics (text format 0.0.4).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
 async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
     let stats = state.pool.stats().await?;
     let text = metrics::render(&stats, &state.metrics);

@@ -26,6 +26,55 @@ pub struct HumanSize(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanCount(pub u64);
 
+/// `v` as a whole number, if it is one (`5.0`, not `5.5`).
+fn whole_f64(v: f64) -> Option<i128> {
+    // Every f64 of magnitude up to 2^100 fits an i128 exactly.
+    (v.is_finite() && v.fract() == 0.0 && v.abs() < 2f64.powi(100)).then_some(v as i128)
+}
+
+/// Deserializes an optional whole number written `5` or `5.0` (JSON does
+/// not tell them apart, and JSON Schema calls both integers), refusing one
+/// out of `T`'s range.
+fn opt_whole<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: TryFrom<i128>> Visitor<'de> for V<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            T::try_from(i128::from(v))
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            T::try_from(i128::from(v))
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            let n = whole_f64(v).ok_or_else(|| E::custom(format!("{v} is not a whole number")))?;
+            T::try_from(n)
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+    }
+    d.deserialize_option(V(std::marker::PhantomData))
+}
+
 macro_rules! human {
     ($ty:ident, $inner:ty, $what:literal, $parse:path, $from_u64:expr, $show:expr) => {
         impl<'de> Deserialize<'de> for $ty {
@@ -45,10 +94,15 @@ macro_rules! human {
                             .map_err(|_| E::custom(format!("{v} is negative: expected {}", $what)))
                     }
                     fn visit_f64<E: de::Error>(self, v: f64) -> Result<$ty, E> {
-                        Err(E::custom(format!(
-                            "{v} is not a whole number: expected {}",
-                            $what
-                        )))
+                        // JSON does not tell 5 from 5.0; JSON Schema calls
+                        // both integers.
+                        match whole_f64(v).and_then(|n| u64::try_from(n).ok()) {
+                            Some(n) => Ok($ty($from_u64(n))),
+                            None => Err(E::custom(format!(
+                                "{v} is not a whole number of zero or more: expected {}",
+                                $what
+                            ))),
+                        }
                     }
                     fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
                         $parse(v).map($ty).map_err(E::custom)
@@ -92,11 +146,18 @@ human!(
     |n| n.to_string()
 );
 
+/// A module's bytes, as `POST /v1/modules` takes them (a binary string in
+/// the OpenAPI document).
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct WasmBytes(pub Vec<u8>);
+
 /// The waits between attempts.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffRequest {
-    /// The wait before the second attempt. Default: 1s.
+    /// The wait before the second attempt. Default: 1s. Longer than `max`,
+    /// it is cut to `max`; with `max` left out, `max` grows to it.
     #[schema(value_type = Option<String>, example = "1s")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial: Option<HumanDuration>,
@@ -131,7 +192,11 @@ pub struct SubmitTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_base64: Option<String>,
     /// Higher runs first. Default: 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_whole"
+    )]
     pub priority: Option<i32>,
     /// Wall-clock timeout of each attempt.
     #[schema(value_type = Option<String>, example = "5s")]
@@ -156,11 +221,19 @@ pub struct SubmitTask {
     /// How many times the task may run in all, 1 to 100. Default: 1.
     /// A run lost with its host is not an attempt (see
     /// `max_interruptions`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_whole"
+    )]
     pub max_attempts: Option<u32>,
     /// How many runs may be lost with their host (a crash, a lost lease)
     /// before the task ends `interrupted`, 1 to 100. Default: 3.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_whole"
+    )]
     pub max_interruptions: Option<u32>,
     /// The waits between attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,14 +243,22 @@ pub struct SubmitTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<HumanDuration>,
     /// Start no sooner than this time, in milliseconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_whole"
+    )]
     pub run_at: Option<u64>,
     /// Expire (never start) if not started within this of submission.
     #[schema(value_type = Option<String>, example = "1h")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_after: Option<HumanDuration>,
     /// Expire if not started by this time (ms since the Unix epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_whole"
+    )]
     pub expire_at: Option<u64>,
     /// A second submission with the same key returns the first task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,6 +267,13 @@ pub struct SubmitTask {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
+
+/// Standard base64 with padding, as the schema describes it; bits past the
+/// last byte are ignored rather than refused (RFC 4648 allows either).
+const INPUT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 
 /// Why a [`SubmitTask`] is refused before it reaches the pool.
 #[derive(Debug)]
@@ -206,14 +294,12 @@ impl SubmitTask {
                 "give either `input` (a JSON value) or `input_base64` (bytes), not both".into(),
             )),
             (Some(value), None) => Ok(serde_json::to_vec(value).unwrap_or_default()),
-            (None, Some(text)) => base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .map_err(|e| {
-                    SpecError::Invalid(
-                        "invalid_base64",
-                        format!("`input_base64` is not valid base64 (standard alphabet): {e}"),
-                    )
-                }),
+            (None, Some(text)) => INPUT_BASE64.decode(text).map_err(|e| {
+                SpecError::Invalid(
+                    "invalid_base64",
+                    format!("`input_base64` is not valid base64 (standard alphabet): {e}"),
+                )
+            }),
             (None, None) => Ok(Vec::new()),
         }
     }
@@ -223,6 +309,23 @@ impl SubmitTask {
         let module: ModuleHash = self.module.parse().map_err(|e: crate::Error| {
             SpecError::Invalid("invalid_request", format!("`module`: {e}"))
         })?;
+        if let Some(fuel) = self.fuel
+            && fuel.0 > i64::MAX as u64
+        {
+            return Err(SpecError::Invalid(
+                "invalid_limit",
+                format!("`fuel` {} is too large: the most is {}", fuel.0, i64::MAX),
+            ));
+        }
+        if let Some(key) = self.labels.keys().find(|k| k.contains('=')) {
+            return Err(SpecError::Invalid(
+                "invalid_task",
+                format!(
+                    "label key `{key}` contains `=`: tasks are listed by `label=KEY=VALUE`, \
+                     which could never name it; choose a key without `=`"
+                ),
+            ));
+        }
         let mut spec = TaskSpec::new(module, input);
         if let Some(priority) = self.priority {
             spec = spec.priority(priority);
@@ -254,6 +357,15 @@ impl SubmitTask {
             if let Some(j) = b.jitter {
                 backoff.jitter = j;
             }
+            // An initial wait past the max: a max left out grows to it; a
+            // max given caps it (every wait is then the max).
+            if backoff.initial > backoff.max {
+                if b.max.is_none() {
+                    backoff.max = backoff.initial;
+                } else {
+                    backoff.initial = backoff.max;
+                }
+            }
             spec = spec.backoff(backoff);
         }
         match (self.delay, self.run_at) {
@@ -264,7 +376,7 @@ impl SubmitTask {
                 ));
             }
             (Some(d), None) => spec = spec.delay(d.0),
-            (None, Some(at)) => spec = spec.run_at(epoch_millis(at)?),
+            (None, Some(at)) => spec = spec.run_at(epoch_millis("run_at", at)?),
             (None, None) => {}
         }
         match (self.expire_after, self.expire_at) {
@@ -275,7 +387,7 @@ impl SubmitTask {
                 ));
             }
             (Some(d), None) => spec = spec.expire_after(d.0),
-            (None, Some(at)) => spec = spec.expire_at(epoch_millis(at)?),
+            (None, Some(at)) => spec = spec.expire_at(epoch_millis("expire_at", at)?),
             (None, None) => {}
         }
         if let Some(key) = &self.idempotency_key {
@@ -288,10 +400,25 @@ impl SubmitTask {
     }
 }
 
-fn epoch_millis(at: u64) -> Result<std::time::SystemTime, SpecError> {
-    std::time::UNIX_EPOCH
-        .checked_add(Duration::from_millis(at))
-        .ok_or_else(|| SpecError::Invalid("invalid_request", format!("time {at} is out of range")))
+/// The furthest ahead a task may be scheduled or given an expiry, as
+/// `delay` and `expire_after` are (ten years).
+pub const MAX_AHEAD: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A time in milliseconds since the Unix epoch, at most [`MAX_AHEAD`] from
+/// now.
+fn epoch_millis(field: &str, at: u64) -> Result<std::time::SystemTime, SpecError> {
+    let time = std::time::UNIX_EPOCH.checked_add(Duration::from_millis(at));
+    let latest = std::time::SystemTime::now() + MAX_AHEAD;
+    match time {
+        Some(time) if time <= latest => Ok(time),
+        _ => Err(SpecError::Invalid(
+            "invalid_task",
+            format!(
+                "`{field}` {at} is more than ten years ahead: give a time in milliseconds since \
+                 the Unix epoch, within ten years from now (as `delay` and `expire_after` are)"
+            ),
+        )),
+    }
 }
 
 /// A stored module.
