@@ -364,11 +364,50 @@ impl Pool {
         Ok(module.hash())
     }
 
+    // --- module run settings (issue 12) -----------------------------------
+    /// Like [`Pool::register`], and sets the module's run settings
+    /// (arguments, environment, success codes, scratch directory; see
+    /// [`ModuleSettings`](crate::ModuleSettings)), stored with it. Every
+    /// task of the module that starts afterwards runs with them, including
+    /// tasks already queued. Registering again with other settings replaces
+    /// them; [`Pool::register`] leaves them as they are.
+    pub fn register_with(
+        &self,
+        bytes: &[u8],
+        settings: crate::ModuleSettings,
+    ) -> Result<ModuleHash> {
+        let module = self.inner().executor.register(bytes)?;
+        self.inner()
+            .executor
+            .set_module_settings(&module, settings.clone())?;
+        self.inner().store.put_module(&module.hash(), bytes)?;
+        self.inner()
+            .store
+            .put_module_settings(&module.hash(), &settings)?;
+        Ok(module.hash())
+    }
+
+    /// A module's run settings (the default if it has none).
+    pub fn module_settings(&self, hash: &ModuleHash) -> Result<crate::ModuleSettings> {
+        Ok(self
+            .inner()
+            .store
+            .module_settings(hash)?
+            .unwrap_or_default())
+    }
+    // --- end of module run settings ---------------------------------------
+
     /// Deletes a module from the store and the compiled cache, unless an
     /// unfinished task uses it ([`Error::ModuleInUse`]); `false` if there
     /// was no such module.
     pub fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
         let deleted = self.inner().store.delete_module(hash)?;
+        if deleted {
+            // Module run settings (issue 12) go with the module.
+            self.inner()
+                .store
+                .put_module_settings(hash, &crate::ModuleSettings::default())?;
+        }
         self.inner().executor.forget_module(hash);
         Ok(deleted)
     }
@@ -728,7 +767,12 @@ impl Inner {
             .store
             .module(hash)?
             .ok_or(Error::UnknownModule(*hash))?;
-        self.executor.register(&bytes)
+        let module = self.executor.register(&bytes)?;
+        // Module run settings (issue 12): from the store, as registered.
+        if let Some(settings) = self.store.module_settings(hash)? {
+            self.executor.set_module_settings(&module, settings)?;
+        }
+        Ok(module)
     }
 
     fn store_new_task(&self, spec: TaskSpec) -> Result<Stored> {

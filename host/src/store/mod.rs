@@ -15,7 +15,7 @@ pub use self::sled::{CheckReport, SCHEMA_VERSION, SledOptions, SledStore, SyncMo
 pub use memory::MemoryStore;
 
 use crate::pool::task::{Millis, TaskId, TaskRecord, TaskState};
-use crate::{ModuleHash, Result};
+use crate::{ModuleHash, ModuleSettings, Result};
 
 /// The result of [`Store::insert`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +142,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn gc_modules(&self) -> Result<u64> {
         Ok(0)
     }
+    // --- module run settings (issue 12) -----------------------------------
+    /// Stores a module's run settings, replacing any; default settings
+    /// remove them. Written before the next [`Store::flush`] completes.
+    fn put_module_settings(&self, hash: &ModuleHash, settings: &ModuleSettings) -> Result<()>;
+    /// A module's run settings, `None` if it has none.
+    fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>>;
+    // --- end of module run settings ---------------------------------------
+
     /// Makes every write so far durable.
     fn flush(&self) -> Result<()>;
     /// Whether [`Store::flush`] makes writes survive a crash.

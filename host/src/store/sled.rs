@@ -16,6 +16,7 @@
 //! | `keys` | idempotency key | task id |
 //! | `modules` | module hash (32 bytes) | the module's bytes |
 //! | `meta` | `schema`, `counts` | the schema version; the number of tasks in each state |
+//! | `module_settings` | module hash (32 bytes) | the module's run settings (JSON) |
 //!
 //! Every value except the empty index values is wrapped in an envelope: one
 //! byte of record version, a CRC32 of the key and the payload, then the
@@ -44,7 +45,7 @@ use ::sled::transaction::{
 
 use super::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::pool::task::{Millis, TaskId, TaskRecord, TaskState};
-use crate::{Error, ModuleHash, Result};
+use crate::{Error, ModuleHash, ModuleSettings, Result};
 
 /// The schema version this build writes and reads. A store written by a
 /// newer wpool (a higher version) is refused, never modified.
@@ -786,6 +787,50 @@ fn remove_index(
 }
 
 impl Store for SledStore {
+    // --- module run settings (issue 12) -----------------------------------
+    // A tree of its own, opened on first use (older stores lack it and read
+    // as "no settings"; older wpool versions ignore it). Values go through
+    // the checked envelope; the payload is JSON, so that fields can be added.
+    fn put_module_settings(&self, hash: &ModuleHash, settings: &ModuleSettings) -> Result<()> {
+        const TREE: &str = "module_settings";
+        let tree = self
+            .db
+            .open_tree(TREE)
+            .map_err(|e| self.storage("opening the module settings", e))?;
+        let key = hash.as_bytes();
+        if settings.is_default() {
+            tree.remove(key)
+                .map_err(|e| self.storage(&format!("removing the settings of module {hash}"), e))?;
+            return Ok(());
+        }
+        let payload = serde_json::to_vec(settings).map_err(|e| {
+            Error::Store(format!("cannot encode the settings of module {hash}: {e}"))
+        })?;
+        tree.insert(key, envelope(key, &payload))
+            .map_err(|e| self.storage(&format!("storing the settings of module {hash}"), e))?;
+        Ok(())
+    }
+
+    fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>> {
+        const TREE: &str = "module_settings";
+        let tree = self
+            .db
+            .open_tree(TREE)
+            .map_err(|e| self.storage("opening the module settings", e))?;
+        let key = hash.as_bytes();
+        let Some(bytes) = tree
+            .get(key)
+            .map_err(|e| self.storage(&format!("reading the settings of module {hash}"), e))?
+        else {
+            return Ok(None);
+        };
+        let payload = open_envelope(TREE, key, &bytes)?;
+        serde_json::from_slice(payload)
+            .map(Some)
+            .map_err(|e| corrupted(TREE, key, format_args!("undecodable settings: {e}")))
+    }
+    // --- end of module run settings ---------------------------------------
+
     fn gc_modules(&self) -> Result<u64> {
         SledStore::gc_modules(self)
     }
@@ -1276,7 +1321,7 @@ mod schema {
             1 => Outcome::Success,
             2 => Outcome::Failed(text),
             3 => Outcome::Exit(
-                i32::try_from(number).map_err(|_| format!("exit code {number} out of range"))?,
+                u32::try_from(number).map_err(|_| format!("exit code {number} out of range"))?,
             ),
             4 => Outcome::Trap(text),
             5 => Outcome::Timeout,
