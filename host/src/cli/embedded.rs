@@ -62,13 +62,21 @@ fn queue_only(
     let mut config = EngineConfig::new();
     config.workers(1);
     let executor = Executor::new(&config).map_err(Failure::internal)?;
-    let module = executor
-        .register(bytes)
-        .with_context(|| args_module(args))
-        .map_err(Failure::bad_input)?;
+    let module = if args.settings.given() {
+        executor.register_with(bytes, args.settings.settings())
+    } else {
+        executor.register(bytes)
+    }
+    .with_context(|| args_module(args))
+    .map_err(Failure::bad_input)?;
     store
         .put_module(&module.hash(), bytes)
         .map_err(Failure::internal)?;
+    if args.settings.given() {
+        store
+            .put_module_settings(&module.hash(), &args.settings.settings())
+            .map_err(Failure::internal)?;
+    }
     let mut ids = Vec::with_capacity(specs.len());
     for spec in specs {
         ids.push(queue_one(store.as_ref(), &executor, module.hash(), spec)?);
@@ -142,9 +150,13 @@ fn run_embedded(
     let pool = Pool::with_store(config, store)
         .context("cannot start an embedded pool")
         .map_err(Failure::internal)?;
-    pool.register(bytes)
-        .with_context(|| args_module(args))
-        .map_err(Failure::bad_input)?;
+    if args.settings.given() {
+        pool.register_with(bytes, args.settings.settings())
+    } else {
+        pool.register(bytes)
+    }
+    .with_context(|| args_module(args))
+    .map_err(Failure::bad_input)?;
     eprintln!(
         "wpool: running embedded in {} until the task(s) finish",
         args.data_dir.display()
