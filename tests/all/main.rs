@@ -10,3 +10,4 @@ mod executor;
 mod pool;
 mod server;
 mod util;
+mod wasi_programs;

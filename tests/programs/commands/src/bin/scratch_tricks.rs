@@ -1,0 +1,43 @@
+//! Pushes against its scratch directory's bound (`TMPDIR`), in the mode
+//! named on stdin:
+//! - `files`: creates empty files until refused; prints how many and why.
+//! - `sparse`: writes one byte far past the end of a file (after a seek),
+//!   which grows the file past the bound in one write.
+//! - `list`: prints the names in the scratch directory (it starts empty).
+use std::io::{Read, Seek, SeekFrom, Write};
+
+fn main() {
+    let mut mode = String::new();
+    std::io::stdin().read_to_string(&mut mode).unwrap();
+    let dir = std::env::var("TMPDIR").expect("TMPDIR is set with a scratch directory");
+    match mode.trim() {
+        "files" => {
+            let mut n = 0;
+            let error = loop {
+                match std::fs::File::create(format!("{dir}/f{n}")) {
+                    Ok(_) => n += 1,
+                    Err(e) => break e,
+                }
+                if n > 1_000_000 {
+                    panic!("never refused");
+                }
+            };
+            print!("{{\"files\":{n},\"error\":{:?}}}", error.to_string());
+        }
+        "sparse" => {
+            let mut f = std::fs::File::create(format!("{dir}/sparse")).unwrap();
+            f.seek(SeekFrom::Start(1 << 30)).unwrap();
+            let result = f.write_all(b"x");
+            print!("{{\"write\":{:?}}}", format!("{result:?}"));
+        }
+        "list" => {
+            let names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| format!("{:?}", e.unwrap().file_name().to_string_lossy()))
+                .collect();
+            std::fs::write(format!("{dir}/left-behind"), b"should be removed").unwrap();
+            print!("[{}]", names.join(","));
+        }
+        other => panic!("unknown mode {other:?}"),
+    }
+}
