@@ -602,3 +602,79 @@ fn cli_run_takes_settings_and_grants() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("KEY=VALUE"));
 }
+
+/// Boolector from PyPI (`examples/boolector/fetch.sh`, which
+/// `scripts/install-toolchains.sh` runs): a solver nobody built for wpool.
+fn boolector() -> Vec<u8> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/boolector/fetch.sh");
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8(out.stdout).unwrap();
+    std::fs::read(path.trim()).unwrap()
+}
+
+fn example_input(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/boolector")
+            .join(name),
+    )
+    .unwrap()
+}
+
+// Regression: a solver's "sat" (10) and "unsat" (20) were failures.
+#[test]
+fn solver_from_pypi_answers_with_its_success_codes() {
+    let ex = executor(1);
+    let wasm = boolector();
+    let solver = ex
+        .register_with(
+            &wasm,
+            ModuleSettings::new()
+                .name("boolector")
+                .arg("--smt2")
+                .arg("-m")
+                .success_code(10)
+                .success_code(20),
+        )
+        .unwrap();
+    let report = spawn(
+        &ex,
+        &solver,
+        &example_input("sat.smt2"),
+        LimitOverrides::default(),
+    )
+    .wait_blocking();
+    assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+    let output = String::from_utf8_lossy(&report.output);
+    assert!(output.starts_with("sat\n"), "{output}");
+    assert!(output.contains("#b00000101"), "the model x = 5: {output}");
+    assert!(report.log.contains("exited with code 10"), "{}", report.log);
+
+    let report = spawn(
+        &ex,
+        &solver,
+        &example_input("unsat.smt2"),
+        LimitOverrides::default(),
+    )
+    .wait_blocking();
+    assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+    assert_eq!(report.output, b"unsat\n");
+
+    // Without the module's settings, "sat" is exit code 10: a failure.
+    let ex = executor(1);
+    let plain = ex.register(&wasm).unwrap();
+    let report = spawn(
+        &ex,
+        &plain,
+        &example_input("sat.smt2"),
+        LimitOverrides::default(),
+    )
+    .wait_blocking();
+    assert_eq!(report.outcome, Outcome::Exit(10));
+}
