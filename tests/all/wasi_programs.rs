@@ -678,3 +678,59 @@ fn solver_from_pypi_answers_with_its_success_codes() {
     .wait_blocking();
     assert_eq!(report.outcome, Outcome::Exit(10));
 }
+
+#[test]
+fn cli_submit_keeps_settings_and_modules_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // No server listens on this port: the data directory is used directly.
+    let server = "http://127.0.0.1:9";
+    let wpool = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wpool"))
+            .args(args)
+            .arg("--server")
+            .arg(server)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "10").unwrap();
+    let out = wpool(&[
+        "submit",
+        programs::P1_EXIT_WITH,
+        "--input",
+        input.to_str().unwrap(),
+        "--wait",
+        "--name",
+        "exiter",
+        "--success-code",
+        "10",
+        "--env",
+        "LANG=C",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(out.stdout, b"exiting with 10");
+
+    let out = wpool(&["modules"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("exiter"), "{stdout}");
+    assert!(stdout.contains("success 0,10"), "{stdout}");
+    assert!(stdout.contains("env LANG"), "{stdout}");
+
+    let out = wpool(&["modules", "--json"]);
+    let list = json(&out.stdout);
+    assert_eq!(list["modules"][0]["settings"]["name"], "exiter");
+    assert_eq!(
+        list["modules"][0]["settings"]["success_codes"],
+        serde_json::json!([10])
+    );
+}
