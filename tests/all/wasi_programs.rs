@@ -529,6 +529,9 @@ fn module_settings_survive_a_restart_of_the_sled_store() {
     };
     let pool = Pool::open(PoolConfig::new().workers(1).clone(), dir.path()).unwrap();
     assert_eq!(pool.module_settings(&hash).unwrap(), settings);
+    // Registering the bytes again without settings keeps them (the
+    // executor compiles the module here, before any task needs it).
+    assert_eq!(pool.register(&wasm).unwrap(), hash);
     // A task after the restart runs with them: the tool cannot read its
     // configuration and exits 1, which these settings call success.
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -359,7 +359,7 @@ impl Pool {
     /// Validates, compiles and stores a module; returns its hash, by which
     /// tasks can name it.
     pub fn register(&self, bytes: &[u8]) -> Result<ModuleHash> {
-        let module = self.inner().executor.register(bytes)?;
+        let module = self.inner().register_stored(bytes)?;
         self.inner().store.put_module(&module.hash(), bytes)?;
         Ok(module.hash())
     }
@@ -751,7 +751,7 @@ impl Inner {
         match module {
             ModuleRef::Hash(hash) => self.compiled(hash),
             ModuleRef::Bytes(bytes) => {
-                let compiled = self.executor.register(bytes)?;
+                let compiled = self.register_stored(bytes)?;
                 self.store.put_module(&compiled.hash(), bytes)?;
                 Ok(compiled)
             }
@@ -767,13 +767,21 @@ impl Inner {
             .store
             .module(hash)?
             .ok_or(Error::UnknownModule(*hash))?;
-        let module = self.executor.register(&bytes)?;
-        // Module run settings (issue 12): from the store, as registered.
-        if let Some(settings) = self.store.module_settings(hash)? {
+        self.register_stored(&bytes)
+    }
+
+    // --- module run settings (issue 12) -----------------------------------
+    /// Registers `bytes` with the executor, with the run settings the store
+    /// keeps for them: the executor has a module's settings whichever way
+    /// it came to compile it (after a restart too).
+    fn register_stored(&self, bytes: &[u8]) -> Result<CompiledModule> {
+        let module = self.executor.register(bytes)?;
+        if let Some(settings) = self.store.module_settings(&module.hash())? {
             self.executor.set_module_settings(&module, settings)?;
         }
         Ok(module)
     }
+    // --- end of module run settings ---------------------------------------
 
     fn store_new_task(&self, spec: TaskSpec) -> Result<Stored> {
         spec.validate()?;
