@@ -191,6 +191,9 @@ impl EngineConfig {
             .max_tables_per_module(1)
             .table_elements(100_000)
             .max_memory_size(max_memory)
+            // A store that throws wasm exceptions has one GC heap (taken
+            // from the memory pool); at most one store per slot.
+            .total_gc_heaps(slots)
             .max_core_instance_size(1 << 20)
             .max_component_instance_size(1 << 20)
             // Per-task cost is dominated by giving memory back to the kernel
@@ -209,9 +212,13 @@ impl EngineConfig {
             // The fiber stack must hold the wasm stack plus host frames.
             .async_stack_size(config.max_wasm_stack + (1 << 20))
             .wasm_component_model(true)
-            // A task host runs single-threaded guests: shared memories and
-            // GC heaps are compiled out (cargo features), stack switching and
-            // 64-bit memories are turned off here.
+            // The exception-handling proposal (standard, exnref-based), for
+            // programs built with wasm exceptions; wasmtime allocates thrown
+            // exceptions in a GC heap, hence its `gc` cargo feature.
+            .wasm_exceptions(true)
+            // A task host runs single-threaded guests: shared memories are
+            // compiled out (cargo features); the GC proposal itself, stack
+            // switching and 64-bit memories are turned off here.
             .wasm_gc(false)
             .wasm_stack_switching(false)
             .wasm_memory64(false)

@@ -386,14 +386,16 @@ impl Registry {
 /// engine leaves off, from the validator's message.
 fn unsupported_feature(reason: &str) -> Option<&'static str> {
     let reason = reason.to_ascii_lowercase();
-    if reason.contains("exceptions") || reason.contains("exception handling") {
-        // wasmtime 48 supports the proposal (on by default), but only with
-        // its `gc` cargo feature, which this build compiles out.
+    if reason.contains("exception") {
+        // Standard exception handling (exnref) is on; the legacy
+        // instructions (`try`/`catch`/`delegate`) are not supported by
+        // wasmtime outside its test suite.
         return Some(
-            "the module uses the exception-handling proposal (C++ built with \
-             `-fwasm-exceptions`, or `try`/`throw` instructions), which this build of wpool \
-             leaves off: wasmtime supports it only with its garbage-collection support, which \
-             wpool compiles out; rebuild the program without it (`-fno-exceptions`)",
+            "the module uses the legacy exception-handling instructions (`try`, `catch`, \
+             `delegate`: what many toolchains still emit for C++ built with \
+             `-fwasm-exceptions`), which wasmtime does not support for production; wpool runs \
+             the standard ones (`try_table`, exnref): rebuild with LLVM's \
+             `-mllvm -wasm-use-legacy-eh=false`, or without exceptions (`-fno-exceptions`)",
         );
     }
     if reason.contains("threads") || reason.contains("shared memor") || reason.contains("atomic") {

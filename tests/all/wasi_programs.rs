@@ -271,9 +271,9 @@ fn unsupported_modules_are_refused_with_what_to_do() {
             &["threads", "wasm32-wasip1"],
         ),
         (
-            "exceptions.wat",
-            "exceptions",
-            &["exception-handling", "-fno-exceptions"],
+            "legacy_exceptions.wat",
+            "legacy exceptions",
+            &["legacy exception-handling", "-fno-exceptions"],
         ),
         (
             "other_world.wat",
@@ -288,6 +288,18 @@ fn unsupported_modules_are_refused_with_what_to_do() {
         for part in expected {
             assert!(err.contains(part), "{what}: expected `{part}` in: {err}");
         }
+    }
+    assert_healthy(&ex);
+}
+
+#[test]
+fn standard_exceptions_are_caught_and_an_uncaught_one_is_a_trap() {
+    let ex = executor(1);
+    let report = run_with(&ex, &fixture("exceptions.wat"), ModuleSettings::new(), b"");
+    assert_eq!(report.output, b"caught 42");
+    match &report.outcome {
+        Outcome::Trap(message) => assert!(message.contains("exception"), "{message}"),
+        other => panic!("expected a trap, got {other:?}"),
     }
     assert_healthy(&ex);
 }

@@ -251,6 +251,11 @@ pub(crate) fn classify(
         note_backtrace(&error, log);
         return Outcome::Trap(format!("bad pointer passed to a WASI call: {fault}"));
     }
+    if error.downcast_ref::<wasmtime::ThrownException>().is_some() {
+        // A wasm exception nobody caught: the guest's own failure.
+        note_backtrace(&error, log);
+        return Outcome::Trap("uncaught wasm exception".into());
+    }
     if let Some(trap) = error.downcast_ref::<Trap>() {
         return match trap {
             Trap::OutOfFuel => Outcome::OutOfFuel,
