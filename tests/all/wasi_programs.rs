@@ -389,6 +389,35 @@ fn a_granted_directory_cannot_be_escaped_or_written() {
 }
 
 #[test]
+fn scratch_cannot_be_used_to_write_a_granted_directory() {
+    let tree = hostile_tree();
+    let data = tree.path().join("data");
+    let root = tempfile::tempdir().unwrap();
+    let ex = executor_with(|c| {
+        c.read_only_dir(ReadOnlyDir::new(&data, "/data"))
+            .scratch_root(root.path());
+    });
+    let report = run_with(
+        &ex,
+        &read(programs::P1_SCRATCH_TRICKS),
+        ModuleSettings::new().scratch(1 << 20),
+        b"link",
+    );
+    assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+    let out = json(&report.output);
+    for attempt in ["hard", "symlink", "rename"] {
+        let got = out[attempt].as_str().unwrap();
+        assert!(got.starts_with("error: "), "{attempt} succeeded: {got}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(data.join("inside.txt")).unwrap(),
+        "granted"
+    );
+    assert_eq!(entries(root.path()), 0);
+    assert_healthy(&ex);
+}
+
+#[test]
 fn operator_grants_are_checked_at_start() {
     let mut config = EngineConfig::new();
     config.read_only_dir(ReadOnlyDir::new("/definitely/not/here", "/data"));

@@ -4,6 +4,9 @@
 //! - `sparse`: writes one byte far past the end of a file (after a seek),
 //!   which grows the file past the bound in one write.
 //! - `list`: prints the names in the scratch directory (it starts empty).
+//! - `link`: tries to reach the read-only `/data/inside.txt` for writing
+//!   through the writable scratch directory: a hard link, a symbolic link,
+//!   a rename. Prints what each attempt got.
 use std::io::{Read, Seek, SeekFrom, Write};
 
 fn main() {
@@ -37,6 +40,26 @@ fn main() {
                 .collect();
             std::fs::write(format!("{dir}/left-behind"), b"should be removed").unwrap();
             print!("[{}]", names.join(","));
+        }
+        "link" => {
+            let show = |r: std::io::Result<()>| match r {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            let hard = show(std::fs::hard_link("/data/inside.txt", format!("{dir}/hard")));
+            // `soft_link` is the stable symlink call on WASI.
+            #[allow(deprecated)]
+            let symlink = show(
+                std::fs::soft_link("/data/inside.txt", format!("{dir}/soft"))
+                    .and_then(|()| {
+                        std::fs::OpenOptions::new()
+                            .append(true)
+                            .open(format!("{dir}/soft"))
+                            .and_then(|mut f| f.write_all(b"changed"))
+                    }),
+            );
+            let rename = show(std::fs::rename("/data/inside.txt", format!("{dir}/moved")));
+            print!("{{\"hard\":{hard:?},\"symlink\":{symlink:?},\"rename\":{rename:?}}}");
         }
         other => panic!("unknown mode {other:?}"),
     }
