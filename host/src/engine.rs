@@ -130,8 +130,9 @@ impl EngineConfig {
     }
 
     /// Where tasks' scratch directories are made (each in a directory of
-    /// its own, removed when the task ends). Default: `wpool-scratch` in
-    /// the system's temporary directory.
+    /// its own, removed when the task ends; those of a process that was
+    /// killed are removed when the next executor starts, on Linux).
+    /// Default: `wpool-scratch` in the system's temporary directory.
     pub fn scratch_root(&mut self, dir: impl Into<std::path::PathBuf>) -> &mut Self {
         self.scratch_root = Some(dir.into());
         self

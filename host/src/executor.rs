@@ -84,6 +84,12 @@ impl Executor {
             None => None,
         };
         let registry = Registry::new(&engine.engine, artifacts)?;
+        if config.max_scratch > 0 {
+            let swept = crate::abi::scratch::sweep(&config.scratch_root_dir());
+            if swept > 0 {
+                tracing::info!(swept, "removed scratch directories of processes that died");
+            }
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.slots())
             .thread_name("wpool-worker")

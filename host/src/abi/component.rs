@@ -5,9 +5,10 @@
 //! code as the outcome (`wasi:cli/exit` gives 0 or 1).
 //!
 //! The host's bindings are generated from `wit/task.wit`. WASI 0.2 is
-//! linked for clocks, random, stdio and io, deny-by-default; a `wasi:cli/run`
-//! command also sees its module's arguments and environment and the
-//! directories the operator granted it.
+//! linked for clocks, random, stdio and io, deny-by-default; both kinds see
+//! their module's arguments and environment and the directories the
+//! operator granted them (no scratch directory: its bound is kept by
+//! wpool's WASI preview 1 calls).
 
 use std::time::Instant;
 

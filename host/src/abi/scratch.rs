@@ -53,11 +53,16 @@ pub(crate) struct ScratchDir {
 }
 
 impl ScratchDir {
-    /// Creates an empty directory under `root`.
+    /// Creates an empty directory under `root`, named after this process
+    /// (see [`sweep`]).
     pub(crate) fn create(root: &Path, bound: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(root)?;
         loop {
-            let path = root.join(format!("task-{:016x}", fastrand::u64(..)));
+            let path = root.join(format!(
+                "task-{}-{:016x}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
             match std::fs::create_dir(&path) {
                 Ok(()) => return Ok(Self { path, bound }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -104,6 +109,43 @@ impl ScratchDir {
     }
 }
 
+/// Removes the scratch directories under `root` left by processes that no
+/// longer run (a host killed while tasks ran could not remove them). Only
+/// where a process can be looked up (Linux: `/proc`); elsewhere it removes
+/// nothing. Returns how many it removed.
+pub(crate) fn sweep(root: &Path) -> usize {
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("task-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(
+                path = %entry.path().display(),
+                error = %e,
+                "cannot remove a dead process's scratch directory"
+            ),
+        }
+    }
+    removed
+}
+
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
@@ -115,6 +157,21 @@ impl Drop for ScratchDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_removes_only_dead_processes_directories() {
+        let root = tempfile::tempdir().unwrap();
+        // Above Linux's largest pid: no such process.
+        let dead = root.path().join("task-4294967295-00000000000000aa");
+        std::fs::create_dir_all(dead.join("sub")).unwrap();
+        let mine = ScratchDir::create(root.path(), 1024).unwrap();
+        let other = root.path().join("not-a-scratch-dir");
+        std::fs::create_dir(&other).unwrap();
+        assert_eq!(sweep(root.path()), 1);
+        assert!(!dead.exists());
+        assert!(mine.path().exists());
+        assert!(other.exists());
+    }
 
     #[test]
     fn usage_counts_lengths_and_entries_and_drop_removes() {
