@@ -60,6 +60,8 @@ struct Inner {
     registry: Registry,
     config: EngineConfig,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Where scratch directories are made; `None` when none may be.
+    scratch_root: Option<std::path::PathBuf>,
     queue: async_channel::Sender<Queued>,
     shutdown: CancellationToken,
 }
@@ -84,8 +86,9 @@ impl Executor {
             None => None,
         };
         let registry = Registry::new(&engine.engine, artifacts)?;
-        if config.max_scratch > 0 {
-            let swept = crate::abi::scratch::sweep(&config.scratch_root_dir());
+        let scratch_root = (config.max_scratch > 0).then(|| config.scratch_root_dir());
+        if let Some(root) = &scratch_root {
+            let swept = crate::abi::scratch::sweep(root);
             if swept > 0 {
                 tracing::info!(swept, "removed scratch directories of processes that died");
             }
@@ -102,6 +105,7 @@ impl Executor {
             registry,
             config: config.clone(),
             runtime: Some(runtime),
+            scratch_root,
             queue,
             shutdown: CancellationToken::new(),
         });
@@ -283,7 +287,6 @@ impl Executor {
             .filter(|dir| dir.applies_to(&module.hash(), &settings))
             .map(|dir| (dir.host.clone(), dir.guest.clone()))
             .collect();
-        let scratch_root = (config.max_scratch > 0).then(|| config.scratch_root_dir());
         let cx = RunContext {
             limits,
             cancel,
@@ -292,7 +295,7 @@ impl Executor {
             env,
             settings: &settings,
             read_only_dirs: &read_only_dirs,
-            scratch_root: scratch_root.as_deref(),
+            scratch_root: self.inner.scratch_root.as_deref(),
         };
         let engine = &self.inner.engine.engine;
         let report = match module.prepared() {
