@@ -778,3 +778,49 @@ fn cli_submit_keeps_settings_and_modules_shows_them() {
         serde_json::json!([10])
     );
 }
+
+#[test]
+fn serve_config_grants_directories_and_checks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wpool.toml");
+    std::fs::write(
+        &config,
+        r#"
+listen = "127.0.0.1:0"
+max_scratch = "1MiB"
+
+[[read_only_dirs]]
+host = "/definitely/not/here"
+guest = "/lib"
+modules = { name = "python" }
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wpool"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("/definitely/not/here"), "{stderr}");
+    assert!(stderr.contains("not a directory on this host"), "{stderr}");
+
+    std::fs::write(
+        &config,
+        "[[read_only_dirs]]\nhost = \"/tmp\"\nguest = \"/lib\"\nmodules = { colour = \"x\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wpool"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("is not valid"), "{stderr}");
+}
