@@ -71,6 +71,11 @@ pub struct ModuleSettings {
     /// bytes (see [`EngineConfig::max_scratch`](crate::EngineConfig::max_scratch)
     /// for how the bound holds). `None`: no scratch directory.
     pub scratch: Option<u64>,
+    /// Also gives the task its input as the file `/tmp/input` in its
+    /// scratch directory (needs [`ModuleSettings::scratch`]), for programs
+    /// that read a named file or seek in their input; it counts against the
+    /// scratch bound. The input is on stdin too.
+    pub input_file: bool,
 }
 
 impl ModuleSettings {
@@ -106,6 +111,13 @@ impl ModuleSettings {
     /// Gives each task a scratch directory of at most `bytes`.
     pub fn scratch(mut self, bytes: u64) -> Self {
         self.scratch = Some(bytes);
+        self
+    }
+
+    /// Also gives the input as the file `/tmp/input` (see
+    /// [`ModuleSettings::input_file`]).
+    pub fn input_file(mut self) -> Self {
+        self.input_file = true;
         self
     }
 
@@ -204,6 +216,13 @@ impl ModuleSettings {
                 "{} success codes is more than the maximum of {MAX_SUCCESS_CODES}",
                 self.success_codes.len()
             ));
+        }
+        if self.input_file && self.scratch.is_none() {
+            return invalid(
+                "the input can be given as a file only in a scratch directory: give a scratch \
+                 size too"
+                    .into(),
+            );
         }
         if self.scratch == Some(0) {
             return invalid(
@@ -361,7 +380,7 @@ mod tests {
         let json = serde_json::to_string(&settings).unwrap();
         assert_eq!(
             json,
-            r#"{"name":"s","args":["a"],"env":{},"success_codes":[10],"scratch":null}"#
+            r#"{"name":"s","args":["a"],"env":{},"success_codes":[10],"scratch":null,"input_file":false}"#
         );
         assert_eq!(
             serde_json::from_str::<ModuleSettings>(r#"{"name":"s"}"#).unwrap(),

@@ -520,6 +520,25 @@ fn scratch_directory_is_writable_bounded_and_removed() {
     }
     assert_eq!(entries(root.path()), 0);
 
+    // The input as a file, for programs that seek in it.
+    let with_input = ex
+        .register_with(&tricks, ModuleSettings::new().scratch(BOUND).input_file())
+        .unwrap();
+    let report = spawn(
+        &ex,
+        &with_input,
+        b"input:hello world",
+        LimitOverrides::default(),
+    )
+    .wait_blocking();
+    assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+    assert_eq!(
+        json(&report.output),
+        serde_json::json!({"len": 17, "tail": "world", "same": true})
+    );
+    ex.register_with(&tricks, ModuleSettings::new().scratch(BOUND))
+        .unwrap();
+
     // Each task starts with an empty directory, whatever the last one left.
     for _ in 0..2 {
         let report = run(b"list");

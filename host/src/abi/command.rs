@@ -9,7 +9,7 @@
 //! the environment is the module's variables plus `WPOOL_TASK_ID` and
 //! `WPOOL_ATTEMPT`. Directories: those the operator granted to the module,
 //! read-only, and the task's scratch directory at `/tmp` if the module
-//! asked for one.
+//! asked for one (with the input as `/tmp/input` if it asked for that).
 //!
 //! wpool links its own versions of a few WASI preview 1 calls, on top of
 //! wasmtime-wasi's: `proc_exit` (any exit code, see
@@ -424,10 +424,11 @@ fn wasi_ctx(
     output: &CappedOutput,
     log: &LogSink,
 ) -> Result<(WasiP1Ctx, Option<ScratchDir>), String> {
+    let input = bytes::Bytes::from(input);
     let mut builder = WasiCtxBuilder::new();
     builder
         .args(&cx.settings.argv())
-        .stdin(MemoryInputPipe::new(input))
+        .stdin(MemoryInputPipe::new(input.clone()))
         .stdout(output.clone())
         .stderr(log.clone());
     for (key, value) in &cx.settings.env {
@@ -455,6 +456,11 @@ fn wasi_ctx(
             builder
                 .preopened_dir(dir.path(), scratch::GUEST_PATH, FsPerms::ReadWrite)
                 .map_err(|e| format!("cannot open the scratch directory: {e}"))?;
+            if cx.settings.input_file {
+                std::fs::write(dir.path().join(scratch::INPUT_FILE), &input).map_err(|e| {
+                    format!("cannot write the input into the scratch directory: {e}")
+                })?;
+            }
             if !cx.settings.env.contains_key("TMPDIR") {
                 builder.env("TMPDIR", scratch::GUEST_PATH);
             }

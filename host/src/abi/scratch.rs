@@ -25,6 +25,10 @@ pub(crate) const ENTRY_COST: u64 = 4096;
 /// The guest path of the scratch directory (also its `TMPDIR`).
 pub(crate) const GUEST_PATH: &str = "/tmp";
 
+/// The name of the input's copy in the scratch directory, when the module
+/// asks for it.
+pub(crate) const INPUT_FILE: &str = "input";
+
 /// The error a task is stopped with when its scratch directory passed its
 /// bound by a write past the end of a file.
 #[derive(Debug)]

@@ -32,6 +32,10 @@ pub(crate) struct SettingsArgs {
     /// (wasm32-wasip1 commands only).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub(crate) scratch: Option<u64>,
+    /// Also give the input as the file `/tmp/input` in the scratch
+    /// directory (needs --scratch).
+    #[arg(long, requires = "scratch")]
+    pub(crate) input_file: bool,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -48,6 +52,7 @@ impl SettingsArgs {
             || !self.env.is_empty()
             || !self.success_codes.is_empty()
             || self.scratch.is_some()
+            || self.input_file
     }
 
     /// The settings the flags describe.
@@ -58,6 +63,7 @@ impl SettingsArgs {
             env: self.env.iter().cloned().collect(),
             success_codes: self.success_codes.iter().copied().collect(),
             scratch: self.scratch,
+            input_file: self.input_file,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! - `sparse`: writes one byte far past the end of a file (after a seek),
 //!   which grows the file past the bound in one write.
 //! - `list`: prints the names in the scratch directory (it starts empty).
+//! - `input:…`: reads its input again from `$TMPDIR/input`, seeking to its
+//!   last 5 bytes, and prints them with the file's length.
 //! - `link`: tries to reach the read-only `/data/inside.txt` for writing
 //!   through the writable scratch directory: a hard link, a symbolic link,
 //!   a rename. Prints what each attempt got.
@@ -40,6 +42,14 @@ fn main() {
                 .collect();
             std::fs::write(format!("{dir}/left-behind"), b"should be removed").unwrap();
             print!("[{}]", names.join(","));
+        }
+        other if other.starts_with("input:") => {
+            let mut f = std::fs::File::open(format!("{dir}/input")).unwrap();
+            let len = f.seek(SeekFrom::End(0)).unwrap();
+            f.seek(SeekFrom::End(-5)).unwrap();
+            let mut tail = String::new();
+            f.read_to_string(&mut tail).unwrap();
+            print!("{{\"len\":{len},\"tail\":{tail:?},\"same\":{}}}", len as usize == mode.len());
         }
         "link" => {
             let show = |r: std::io::Result<()>| match r {
