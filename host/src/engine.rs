@@ -22,6 +22,9 @@ pub struct EngineConfig {
     pub(crate) instances_per_task: u32,
     pub(crate) default_limits: Limits,
     pub(crate) artifact_dir: Option<std::path::PathBuf>,
+    pub(crate) read_only_dirs: Vec<crate::ReadOnlyDir>,
+    pub(crate) scratch_root: Option<std::path::PathBuf>,
+    pub(crate) max_scratch: u64,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +39,9 @@ impl Default for EngineConfig {
             instances_per_task: 32,
             default_limits: Limits::default(),
             artifact_dir: None,
+            read_only_dirs: Vec::new(),
+            scratch_root: None,
+            max_scratch: 64 << 20,
         }
     }
 }
@@ -115,6 +121,46 @@ impl EngineConfig {
         self
     }
 
+    /// Grants a host directory, read-only, to the tasks of all modules or of
+    /// some (see [`ReadOnlyDir`](crate::ReadOnlyDir)). Default: none (a
+    /// task sees no host directory).
+    pub fn read_only_dir(&mut self, dir: crate::ReadOnlyDir) -> &mut Self {
+        self.read_only_dirs.push(dir);
+        self
+    }
+
+    /// Where tasks' scratch directories are made (each in a directory of
+    /// its own, removed when the task ends; those of a process that was
+    /// killed are removed when the next executor starts, on Linux).
+    /// Default: `wpool-scratch` in the system's temporary directory.
+    pub fn scratch_root(&mut self, dir: impl Into<std::path::PathBuf>) -> &mut Self {
+        self.scratch_root = Some(dir.into());
+        self
+    }
+
+    /// The largest scratch directory a module may ask for
+    /// ([`ModuleSettings::scratch`](crate::ModuleSettings::scratch)), in
+    /// bytes; 0 gives no module a scratch directory. Default: 64 MiB.
+    ///
+    /// The bound of each directory is kept by wpool's own WASI preview 1
+    /// calls: a write (or a new file, directory or link) that would take
+    /// the directory past its bound fails with `ENOSPC`, as on a full disk;
+    /// a file grown past the bound by writing after a seek past its end
+    /// stops the task with a trap. Files count by length, and each entry
+    /// for 4 KiB more. Only WASI preview 1 commands get a scratch
+    /// directory.
+    pub fn max_scratch(&mut self, bytes: u64) -> &mut Self {
+        self.max_scratch = bytes;
+        self
+    }
+
+    /// The directory scratch directories are made in.
+    pub(crate) fn scratch_root_dir(&self) -> std::path::PathBuf {
+        self.scratch_root
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("wpool-scratch"))
+    }
+
     /// The number of worker slots the engine is sized for.
     pub fn slots(&self) -> usize {
         self.max_workers.unwrap_or(self.workers).max(self.workers)
@@ -146,6 +192,9 @@ impl EngineConfig {
             .max_tables_per_module(1)
             .table_elements(100_000)
             .max_memory_size(max_memory)
+            // A store that throws wasm exceptions has one GC heap (taken
+            // from the memory pool); at most one store per slot.
+            .total_gc_heaps(slots)
             .max_core_instance_size(1 << 20)
             .max_component_instance_size(1 << 20)
             // Per-task cost is dominated by giving memory back to the kernel
@@ -164,9 +213,13 @@ impl EngineConfig {
             // The fiber stack must hold the wasm stack plus host frames.
             .async_stack_size(config.max_wasm_stack + (1 << 20))
             .wasm_component_model(true)
-            // A task host runs single-threaded guests: shared memories and
-            // GC heaps are compiled out (cargo features), stack switching and
-            // 64-bit memories are turned off here.
+            // The exception-handling proposal (standard, exnref-based), for
+            // programs built with wasm exceptions; wasmtime allocates thrown
+            // exceptions in a GC heap, hence its `gc` cargo feature.
+            .wasm_exceptions(true)
+            // A task host runs single-threaded guests: shared memories are
+            // compiled out (cargo features); the GC proposal itself, stack
+            // switching and 64-bit memories are turned off here.
             .wasm_gc(false)
             .wasm_stack_switching(false)
             .wasm_memory64(false)
@@ -204,6 +257,9 @@ impl EngineConfig {
             return Err(Error::Config(
                 "`instances_per_task` must be between 1 and 1024".into(),
             ));
+        }
+        for dir in &self.read_only_dirs {
+            dir.validate()?;
         }
         self.default_limits.validate(self.max_memory)
     }

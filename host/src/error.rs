@@ -18,6 +18,11 @@ pub enum Error {
     #[error("invalid module: {0}")]
     InvalidModule(String),
 
+    /// A module's run settings are malformed; the message names the field
+    /// and what is accepted (see [`ModuleSettings`](crate::ModuleSettings)).
+    #[error("invalid module settings: {0}")]
+    InvalidSettings(String),
+
     /// No module with this hash has been registered.
     #[error("unknown module {0}: register its bytes first")]
     UnknownModule(crate::ModuleHash),

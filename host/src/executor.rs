@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::abi::{RunContext, command, component};
 use crate::engine::{EngineConfig, WasmEngine};
 use crate::registry::{CompiledModule, Prepared, Registry};
-use crate::{LimitOverrides, Limits, ModuleHash, Outcome, Result, RunReport};
+use crate::{LimitOverrides, Limits, ModuleHash, ModuleSettings, Outcome, Result, RunReport};
 
 /// A callback for the progress a task reports, as `(done, total)`.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -60,6 +60,8 @@ struct Inner {
     registry: Registry,
     config: EngineConfig,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Where scratch directories are made; `None` when none may be.
+    scratch_root: Option<std::path::PathBuf>,
     queue: async_channel::Sender<Queued>,
     shutdown: CancellationToken,
 }
@@ -84,6 +86,13 @@ impl Executor {
             None => None,
         };
         let registry = Registry::new(&engine.engine, artifacts)?;
+        let scratch_root = (config.max_scratch > 0).then(|| config.scratch_root_dir());
+        if let Some(root) = &scratch_root {
+            let swept = crate::abi::scratch::sweep(root);
+            if swept > 0 {
+                tracing::info!(swept, "removed scratch directories of processes that died");
+            }
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.slots())
             .thread_name("wpool-worker")
@@ -96,6 +105,7 @@ impl Executor {
             registry,
             config: config.clone(),
             runtime: Some(runtime),
+            scratch_root,
             queue,
             shutdown: CancellationToken::new(),
         });
@@ -146,6 +156,58 @@ impl Executor {
     /// component of the `wpool:task` world whose imports the host provides.
     pub fn register(&self, bytes: &[u8]) -> Result<CompiledModule> {
         self.inner.registry.register(bytes)
+    }
+
+    /// Like [`Executor::register`], and sets the module's run settings
+    /// (arguments, environment, success codes, scratch directory; see
+    /// [`ModuleSettings`]), which every later run of the module uses.
+    /// Registering again with other settings replaces them; default
+    /// settings remove them. [`Executor::register`] leaves them as they are.
+    ///
+    /// Refused: malformed settings, a scratch directory larger than
+    /// [`EngineConfig::max_scratch`], and a scratch directory for a module
+    /// that is not a WASI preview 1 command.
+    pub fn register_with(&self, bytes: &[u8], settings: ModuleSettings) -> Result<CompiledModule> {
+        settings.validate()?;
+        let module = self.register(bytes)?;
+        self.set_module_settings(&module, settings)?;
+        Ok(module)
+    }
+
+    /// Sets the run settings of a registered module (see
+    /// [`Executor::register_with`]).
+    pub fn set_module_settings(
+        &self,
+        module: &CompiledModule,
+        settings: ModuleSettings,
+    ) -> Result<()> {
+        settings.validate()?;
+        if let Some(bytes) = settings.scratch {
+            let max = self.inner.config.max_scratch;
+            if bytes > max {
+                return Err(crate::Error::InvalidSettings(format!(
+                    "a scratch directory of {} is more than this pool allows ({}; the operator \
+                     sets `max_scratch`)",
+                    crate::units::format_size(bytes),
+                    crate::units::format_size(max)
+                )));
+            }
+            if !matches!(module.prepared(), Prepared::Command(_)) {
+                return Err(crate::Error::InvalidSettings(
+                    "a scratch directory is given only to WASI preview 1 commands \
+                     (`wasm32-wasip1`), whose file writes wpool can bound; this module is a \
+                     component"
+                        .into(),
+                ));
+            }
+        }
+        self.inner.registry.set_settings(&module.hash(), settings);
+        Ok(())
+    }
+
+    /// A module's run settings (the default if none were set).
+    pub fn module_settings(&self, hash: &ModuleHash) -> ModuleSettings {
+        ModuleSettings::clone(&self.inner.registry.settings(hash))
     }
 
     /// A registered module, by hash.
@@ -202,8 +264,9 @@ impl Executor {
 
     /// Runs one task on the calling async task, under `limits`, until it
     /// ends, its timeout passes or `cancel` fires. Must be called on the
-    /// executor's runtime ([`Executor::handle`]). `env` is the guest's whole
-    /// environment.
+    /// executor's runtime ([`Executor::handle`]). The guest's environment
+    /// is `env` plus the module's own variables (see [`ModuleSettings`]),
+    /// never the host's.
     pub async fn run(
         &self,
         module: &CompiledModule,
@@ -216,17 +279,29 @@ impl Executor {
         if cancel.is_cancelled() {
             return RunReport::without_run(Outcome::Cancelled);
         }
+        let config = &self.inner.config;
+        let settings = self.inner.registry.settings(&module.hash());
+        let read_only_dirs: Vec<(std::path::PathBuf, String)> = config
+            .read_only_dirs
+            .iter()
+            .filter(|dir| dir.applies_to(&module.hash(), &settings))
+            .map(|dir| (dir.host.clone(), dir.guest.clone()))
+            .collect();
         let cx = RunContext {
             limits,
             cancel,
             on_progress,
             fuel_metering: self.inner.engine.fuel_metering,
             env,
+            settings: &settings,
+            read_only_dirs: &read_only_dirs,
+            scratch_root: self.inner.scratch_root.as_deref(),
         };
         let engine = &self.inner.engine.engine;
         let report = match module.prepared() {
             Prepared::Command(pre) => command::run(engine, pre, input, &cx).await,
             Prepared::Component(pre) => component::run(engine, pre, input, &cx).await,
+            Prepared::CliCommand(pre) => component::run_cli(engine, pre, input, &cx).await,
         };
         tracing::debug!(
             module = %module.hash(),

@@ -73,7 +73,16 @@
 //! host call is stopped by dropping its async call. Either way the store is
 //! dropped before the report is sent. Capabilities are deny-by-default: no
 //! files, no sockets, nothing of the host's environment (a pooled task sees
-//! exactly two variables, `WPOOL_TASK_ID` and `WPOOL_ATTEMPT`).
+//! two variables, `WPOOL_TASK_ID` and `WPOOL_ATTEMPT`, plus its module's).
+//!
+//! # Programs built for other hosts
+//!
+//! A WASI program built for any host runs as a task: [`ModuleSettings`]
+//! (given at [`Pool::register_with`]) set its `argv[0]` and fixed
+//! arguments, environment variables, the exit codes that mean success and
+//! a bounded scratch directory; the operator grants read-only directories
+//! ([`EngineConfig::read_only_dir`]). `wasm32-wasip2` binaries
+//! (`wasi:cli/run` components) run like `wasm32-wasip1` commands.
 //!
 //! # Features
 //!
@@ -91,6 +100,7 @@ mod limits;
 mod outcome;
 mod pool;
 mod registry;
+mod settings;
 pub mod store;
 pub mod task;
 pub mod units;
@@ -104,6 +114,10 @@ pub use outcome::{Outcome, RunReport};
 pub use pool::events::{Event, EventKind, Events, EventsError};
 pub use pool::{CancelResult, Pool, PoolConfig, Stats, TaskHandle};
 pub use registry::{CompiledModule, ModuleKind};
+pub use settings::{
+    DEFAULT_PROGRAM_NAME, GrantTo, MAX_ARGS, MAX_ARGS_ENV_BYTES, MAX_ENV, MAX_NAME_LEN,
+    MAX_SUCCESS_CODES, ModuleSettings, ReadOnlyDir,
+};
 pub use task::{
     Attempt, Backoff, MAX_ATTEMPTS, MAX_KEY_LEN, MAX_LABELS, Millis, ModuleHash, ModuleRef,
     StartAt, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,

@@ -13,10 +13,15 @@ pub enum Outcome {
     Success,
     /// A component's `run` returned `err(message)`.
     Failed(String),
-    /// A command module exited with a non-zero code.
-    Exit(i32),
+    /// A command exited with a code that does not mean success: any value a
+    /// guest can pass to `proc_exit`, 0 to 2^32-1 (0 and a module's success
+    /// codes, see [`ModuleSettings::success_codes`](crate::ModuleSettings::success_codes),
+    /// are [`Outcome::Success`]). A `wasi:cli/run` component that returns
+    /// `err` or calls `exit(err)` exits with 1.
+    Exit(u32),
     /// The guest trapped (`unreachable`, stack overflow, out-of-bounds
-    /// access, ...). The message names the trap.
+    /// access, a bad pointer passed to a WASI call, ...). The message names
+    /// the trap; the wasm backtrace is at the end of the log.
     Trap(String),
     /// The wall-clock timeout passed and the task was killed.
     Timeout,

@@ -11,8 +11,8 @@ use wasmtime::InstancePre;
 use wasmtime::component::Component;
 
 use crate::abi::command::{self, CommandState};
-use crate::abi::component::{self, ComponentState, TaskPre};
-use crate::{Error, ModuleHash, Result};
+use crate::abi::component::{self, ComponentPre, ComponentState, TaskPre};
+use crate::{Error, ModuleHash, ModuleSettings, Result};
 
 /// Which ABI a module speaks, told from its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +20,7 @@ use crate::{Error, ModuleHash, Result};
 pub enum ModuleKind {
     /// A core module run as a WASI (preview 1) command.
     Command,
-    /// A component of the `wpool:task` world.
+    /// A component: of the `wpool:task` world, or a `wasi:cli/run` command.
     Component,
 }
 
@@ -52,6 +52,7 @@ impl ModuleKind {
 pub(crate) enum Prepared {
     Command(InstancePre<CommandState>),
     Component(TaskPre<ComponentState>),
+    CliCommand(wasmtime_wasi::p2::bindings::CommandPre<ComponentState>),
 }
 
 /// A module compiled and checked, ready to instantiate. Cheap to clone
@@ -87,6 +88,16 @@ impl CompiledModule {
     pub(crate) fn prepared(&self) -> &Prepared {
         &self.inner.prepared
     }
+
+    /// Whether the module is a command (a WASI preview 1 command module or
+    /// a `wasi:cli/run` component): its output is its stdout and its exit
+    /// code its outcome, and its settings' arguments reach it.
+    pub fn is_command(&self) -> bool {
+        matches!(
+            self.inner.prepared,
+            Prepared::Command(_) | Prepared::CliCommand(_)
+        )
+    }
 }
 
 impl fmt::Debug for CompiledModule {
@@ -108,6 +119,7 @@ pub(crate) struct Registry {
     command_linker: wasmtime::Linker<CommandState>,
     component_linker: wasmtime::component::Linker<ComponentState>,
     modules: RwLock<HashMap<ModuleHash, CompiledModule>>,
+    settings: RwLock<HashMap<ModuleHash, Arc<ModuleSettings>>>,
     compilations: AtomicU64,
     loads: AtomicU64,
 }
@@ -131,6 +143,7 @@ impl Registry {
             command_linker: command::linker(engine)?,
             component_linker: component::linker(engine)?,
             modules: RwLock::new(HashMap::new()),
+            settings: RwLock::new(HashMap::new()),
             compilations: AtomicU64::new(0),
             loads: AtomicU64::new(0),
         })
@@ -154,6 +167,33 @@ impl Registry {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(hash);
+        self.settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(hash);
+    }
+
+    /// Sets a module's run settings (default settings remove them).
+    pub(crate) fn set_settings(&self, hash: &ModuleHash, settings: ModuleSettings) {
+        let mut map = self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if settings.is_default() {
+            map.remove(hash);
+        } else {
+            map.insert(*hash, Arc::new(settings));
+        }
+    }
+
+    /// A module's run settings (the default if none were set).
+    pub(crate) fn settings(&self, hash: &ModuleHash) -> Arc<ModuleSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hash)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub(crate) fn compilations(&self) -> u64 {
@@ -195,7 +235,10 @@ impl Registry {
                 if fresh {
                     self.store_artifact(&hash, kind, component.serialize());
                 }
-                Prepared::Component(prepared)
+                match prepared {
+                    ComponentPre::Task(pre) => Prepared::Component(pre),
+                    ComponentPre::Cli(pre) => Prepared::CliCommand(pre),
+                }
             }
         };
         let module = CompiledModule {
@@ -229,10 +272,13 @@ impl Registry {
                 ModuleKind::Command => "module",
                 ModuleKind::Component => "component",
             };
-            Error::InvalidModule(format!(
-                "the {what} does not validate: {}",
-                crate::abi::error_chain(&e)
-            ))
+            let reason = crate::abi::error_chain(&e);
+            match unsupported_feature(&reason) {
+                Some(hint) => {
+                    Error::InvalidModule(format!("{hint} (the validator said: {reason})"))
+                }
+                None => Error::InvalidModule(format!("the {what} does not validate: {reason}")),
+            }
         })
     }
 
@@ -271,6 +317,32 @@ impl Registry {
             tracing::warn!(%hash, error = %e, "cannot keep the compiled module on disk");
         }
     }
+}
+
+/// A clear refusal for a module that uses a WebAssembly proposal wpool's
+/// engine leaves off, from the validator's message.
+fn unsupported_feature(reason: &str) -> Option<&'static str> {
+    let reason = reason.to_ascii_lowercase();
+    if reason.contains("exception") {
+        // Standard exception handling (exnref) is on; the legacy
+        // instructions (`try`/`catch`/`delegate`) are not supported by
+        // wasmtime outside its test suite.
+        return Some(
+            "the module uses the legacy exception-handling instructions (`try`, `catch`, \
+             `delegate`: what many toolchains still emit for C++ built with \
+             `-fwasm-exceptions`), which wasmtime does not support for production; wpool runs \
+             the standard ones (`try_table`, exnref): rebuild with LLVM's \
+             `-mllvm -wasm-use-legacy-eh=false`, or without exceptions (`-fno-exceptions`)",
+        );
+    }
+    if reason.contains("threads") || reason.contains("shared memor") || reason.contains("atomic") {
+        return Some(
+            "the module uses WebAssembly threads (shared memory or atomics), and wpool runs \
+             single-threaded tasks only: build for `wasm32-wasip1` (not \
+             `wasm32-wasip1-threads`), without `-pthread` or `+atomics`",
+        );
+    }
+    None
 }
 
 #[cfg(test)]

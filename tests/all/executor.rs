@@ -213,7 +213,16 @@ fn unreachable_is_a_trap() {
         Outcome::Trap(message) => assert!(message.contains("unreachable"), "{message}"),
         other => panic!("expected a trap, got {other:?}"),
     }
-    assert_eq!(report.log, "about to trap\n");
+    // The guest's log, then the trap's backtrace, with the function names
+    // of the module's name section.
+    assert!(
+        report
+            .log
+            .starts_with("about to trap\nwpool: wasm backtrace:\n"),
+        "{}",
+        report.log
+    );
+    assert!(report.log.contains("unreachable::main"), "{}", report.log);
     assert_healthy(&ex);
 }
 
@@ -298,8 +307,8 @@ fn invalid_modules_are_rejected_at_registration() {
         ),
         (
             "other world",
-            read(programs::P2_ECHO_COMMAND),
-            "does not implement the `wpool:task/task` world",
+            fixture("other_world.wat"),
+            "implements neither world wpool runs",
         ),
     ];
     for (name, bytes, expected) in cases {

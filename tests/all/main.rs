@@ -12,3 +12,4 @@ mod pool;
 mod server;
 mod server_limits;
 mod util;
+mod wasi_programs;

@@ -5,6 +5,8 @@
 //!   command module); `echo` also → `P2_ECHO_COMMAND` (a wasm32-wasip2
 //!   command component: a component of another world).
 //! - `tests/programs/component` → `P2_COMPONENT` (a `wpool:task` component).
+//! - `tests/programs/cli_p2` → `P2_CLI` (an ordinary binary for
+//!   wasm32-wasip2: a `wasi:cli/run` component).
 //! - `examples/rust/<name>` → `EXAMPLE_P1_<NAME>` and `EXAMPLE_P2_<NAME>`.
 //!
 //! Every test program must be used by a test in `tests/all/`: the build
@@ -88,6 +90,18 @@ fn main() {
         &mut out,
         "P2_COMPONENT",
         &target_dir.join("wasm32-wasip2/release/component.wasm"),
+    ));
+
+    cargo_build(
+        &programs.join("Cargo.toml"),
+        "wasm32-wasip2",
+        &["-p", "cli_p2"],
+        &target_dir,
+    );
+    constants.push(export(
+        &mut out,
+        "P2_CLI",
+        &target_dir.join("wasm32-wasip2/release/cli_p2.wasm"),
     ));
 
     if examples.join("Cargo.toml").exists() {

@@ -3,38 +3,311 @@
 //! `_initialize` runs first if the module exports it (the WASI reactor
 //! convention, which Rust `cdylib`s follow), then `_start`. The input is
 //! stdin, the output stdout, stderr the log; exit code 0 (or returning from
-//! `_start`) is success.
+//! `_start`) is success, and so is any of the module's success codes.
+//!
+//! `argv` is the module's name (or `task`) followed by its fixed arguments;
+//! the environment is the module's variables plus `WPOOL_TASK_ID` and
+//! `WPOOL_ATTEMPT`. Directories: those the operator granted to the module,
+//! read-only, and the task's scratch directory at `/tmp` if the module
+//! asked for one (with the input as `/tmp/input` if it asked for that).
+//!
+//! wpool links its own versions of a few WASI preview 1 calls, on top of
+//! wasmtime-wasi's: `proc_exit` (any exit code, see
+//! [`GuestExit`](super::GuestExit)), and the calls that make a directory
+//! grow (the bound of the scratch directory, see [`super::scratch`]). They
+//! call wasmtime-wasi's implementation for the work itself.
 
 use std::time::Instant;
 
-use wasmtime::{InstancePre, Linker, Module, Store};
-use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime::{AsContextMut, Caller, Extern, InstancePre, Linker, Module, Store};
+use wasmtime_wasi::p1::{WasiP1Ctx, wasi_snapshot_preview1 as p1};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::io::{CappedOutput, LogSink};
-use super::{MemoryLimiter, RunContext, classify, deadline_after, race};
+use super::scratch::{self, ENTRY_COST, ScratchDir, ScratchFull};
+use super::{GuestExit, MemoryLimiter, RunContext, classify, deadline_after, race};
 use crate::{Error, Outcome, Result, RunReport};
 
 /// The store data of a command module.
 pub(crate) struct CommandState {
     wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
+    scratch: Option<ScratchDir>,
 }
+
+const WASI: &str = "wasi_snapshot_preview1";
+
+/// WASI preview 1 errno values wpool's own calls answer with.
+const ERRNO_INVAL: i32 = 28;
+const ERRNO_NOSPC: i32 = 51;
+const ERRNO_NOTSUP: i32 = 58;
+
+/// The most iovecs one write may pass (Linux's `IOV_MAX`).
+const MAX_IOVS: u32 = 1024;
 
 /// The linker of command modules: WASI preview 1, nothing else.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<CommandState>> {
     let mut linker = Linker::new(engine);
+    let link_error = |e: wasmtime::Error| Error::Host(format!("cannot link WASI preview 1: {e}"));
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut CommandState| &mut s.wasi)
-        .map_err(|e| Error::Host(format!("cannot link WASI preview 1: {e}")))?;
+        .map_err(link_error)?;
+    linker.allow_shadowing(true);
+    own_calls(&mut linker).map_err(link_error)?;
+    linker.allow_shadowing(false);
     Ok(linker)
 }
+
+/// Calls wasmtime-wasi's implementation of a WASI preview 1 function with
+/// the caller's memory, as its own linker entry would.
+macro_rules! delegate {
+    ($caller:ident, $func:ident($($arg:expr),*)) => {{
+        let fuel = $caller.as_context_mut().hostcall_fuel();
+        let Some(Extern::Memory(memory)) = $caller.get_export("memory") else {
+            return Err(wasmtime::Error::msg("missing required memory export"));
+        };
+        let (bytes, state) = memory.data_and_store_mut(&mut $caller);
+        let mut memory = wiggle::GuestMemory::Unshared(bytes);
+        use p1::WasiSnapshotPreview1 as _;
+        state.wasi.set_hostcall_fuel(fuel);
+        p1::$func(&mut state.wasi, &mut memory, $($arg),*).await
+    }};
+}
+
+/// Whether the caller's scratch directory (if it has one) can take `more`
+/// bytes.
+fn scratch_fits(caller: &Caller<'_, CommandState>, more: u64) -> bool {
+    caller.data().scratch.as_ref().is_none_or(|s| s.fits(more))
+}
+
+/// After a write: stops the task if its scratch directory passed its bound.
+fn scratch_after_write(caller: &Caller<'_, CommandState>) -> wasmtime::Result<()> {
+    match &caller.data().scratch {
+        Some(s) if !s.fits(0) => Err(wasmtime::Error::new(ScratchFull { bound: s.bound() })),
+        _ => Ok(()),
+    }
+}
+
+/// The total length of the iovecs of a write, `None` if they are not all in
+/// the guest's memory (wasmtime-wasi then traps the guest).
+fn iovecs_len(caller: &mut Caller<'_, CommandState>, iovs: i32, count: i32) -> Option<u64> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return None;
+    };
+    let data = memory.data(&caller);
+    let start = usize::try_from(iovs.cast_unsigned()).ok()?;
+    let count = usize::try_from(count.cast_unsigned()).ok()?;
+    let table = data.get(start..start.checked_add(count.checked_mul(8)?)?)?;
+    Some(
+        table
+            .chunks_exact(8)
+            .map(|iov| u64::from(u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]])))
+            .sum(),
+    )
+}
+
+/// wpool's own WASI preview 1 calls (see the module docs).
+fn own_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        WASI,
+        "proc_exit",
+        |_: Caller<'_, CommandState>, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::new(GuestExit(code.cast_unsigned())))
+        },
+    )?;
+    linker.func_wrap_async(
+        WASI,
+        "fd_write",
+        |mut caller: Caller<'_, CommandState>, (fd, iovs, count, written): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                if fd > 2 && caller.data().scratch.is_some() {
+                    if count.cast_unsigned() > MAX_IOVS {
+                        return Ok(ERRNO_INVAL);
+                    }
+                    if let Some(len) = iovecs_len(&mut caller, iovs, count)
+                        && !scratch_fits(&caller, len)
+                    {
+                        return Ok(ERRNO_NOSPC);
+                    }
+                }
+                let errno = delegate!(caller, fd_write(fd, iovs, count, written))?;
+                if fd > 2 {
+                    scratch_after_write(&caller)?;
+                }
+                Ok(errno)
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        WASI,
+        "fd_pwrite",
+        |mut caller: Caller<'_, CommandState>,
+         (fd, iovs, count, offset, written): (i32, i32, i32, i64, i32)| {
+            Box::new(async move {
+                if caller.data().scratch.is_some() {
+                    if count.cast_unsigned() > MAX_IOVS {
+                        return Ok(ERRNO_INVAL);
+                    }
+                    if let Some(len) = iovecs_len(&mut caller, iovs, count)
+                        && !scratch_fits(&caller, len)
+                    {
+                        return Ok(ERRNO_NOSPC);
+                    }
+                }
+                let errno = delegate!(caller, fd_pwrite(fd, iovs, count, offset, written))?;
+                scratch_after_write(&caller)?;
+                Ok(errno)
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        WASI,
+        "fd_filestat_set_size",
+        |mut caller: Caller<'_, CommandState>, (fd, size): (i32, i64)| {
+            Box::new(async move {
+                if !scratch_fits(&caller, size.cast_unsigned()) {
+                    return Ok(ERRNO_NOSPC);
+                }
+                delegate!(caller, fd_filestat_set_size(fd, size))
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        WASI,
+        "path_open",
+        |mut caller: Caller<'_, CommandState>,
+         (fd, dirflags, path, path_len, oflags, base, inheriting, fdflags, opened): (
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i64,
+            i64,
+            i32,
+            i32,
+        )| {
+            Box::new(async move {
+                const O_CREAT: i32 = 1;
+                if oflags & O_CREAT != 0 && !scratch_fits(&caller, ENTRY_COST) {
+                    return Ok(ERRNO_NOSPC);
+                }
+                delegate!(
+                    caller,
+                    path_open(
+                        fd, dirflags, path, path_len, oflags, base, inheriting, fdflags, opened
+                    )
+                )
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        WASI,
+        "path_create_directory",
+        |mut caller: Caller<'_, CommandState>, (fd, path, path_len): (i32, i32, i32)| {
+            Box::new(async move {
+                if !scratch_fits(&caller, ENTRY_COST) {
+                    return Ok(ERRNO_NOSPC);
+                }
+                delegate!(caller, path_create_directory(fd, path, path_len))
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        WASI,
+        "path_symlink",
+        |mut caller: Caller<'_, CommandState>,
+         (old, old_len, fd, new, new_len): (i32, i32, i32, i32, i32)| {
+            Box::new(async move {
+                let more = ENTRY_COST + u64::from(old_len.cast_unsigned());
+                if !scratch_fits(&caller, more) {
+                    return Ok(ERRNO_NOSPC);
+                }
+                delegate!(caller, path_symlink(old, old_len, fd, new, new_len))
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        WASI,
+        "path_link",
+        |mut caller: Caller<'_, CommandState>,
+         (old_fd, flags, old, old_len, new_fd, new, new_len): (
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+        )| {
+            Box::new(async move {
+                if !scratch_fits(&caller, ENTRY_COST) {
+                    return Ok(ERRNO_NOSPC);
+                }
+                delegate!(
+                    caller,
+                    path_link(old_fd, flags, old, old_len, new_fd, new, new_len)
+                )
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        WASI,
+        "fd_renumber",
+        |mut caller: Caller<'_, CommandState>, (fd, to): (i32, i32)| {
+            Box::new(async move {
+                // Writes to stdout and stderr are not counted against the
+                // scratch bound: a file must not take their place.
+                if caller.data().scratch.is_some() && (0..=2).contains(&to) {
+                    return Ok(ERRNO_NOTSUP);
+                }
+                delegate!(caller, fd_renumber(fd, to))
+            })
+        },
+    )?;
+    Ok(())
+}
+
+/// How to build a command module for wpool, for refusals.
+const BUILD_HINT: &str = "build a binary for `wasm32-wasip1` (Rust: `cargo build --target \
+                          wasm32-wasip1`; C: clang with wasi-libc, `--target=wasm32-wasip1`)";
 
 /// Checks a compiled core module and prepares it for quick instantiation.
 pub(crate) fn prepare(
     linker: &Linker<CommandState>,
     module: &Module,
 ) -> Result<InstancePre<CommandState>> {
+    for import in module.imports() {
+        match (import.module(), import.name(), import.ty()) {
+            ("wasi_unstable", _, _) => {
+                return Err(Error::InvalidModule(format!(
+                    "the module imports `wasi_unstable::{}`: it was built for WASI snapshot 0, \
+                     which wpool does not run; rebuild it with a current toolchain, {BUILD_HINT}",
+                    import.name()
+                )));
+            }
+            ("wasi", "thread-spawn", _) => {
+                return Err(Error::InvalidModule(format!(
+                    "the module imports `wasi::thread-spawn`: it was built for WASI threads \
+                     (wasm32-wasip1-threads), and wpool runs single-threaded tasks only; \
+                     {BUILD_HINT}, without threads"
+                )));
+            }
+            (_, _, wasmtime::ExternType::Memory(ty)) if ty.is_shared() => {
+                return Err(Error::InvalidModule(format!(
+                    "the module imports a shared memory (WebAssembly threads), and wpool runs \
+                     single-threaded tasks only; {BUILD_HINT}, without threads or atomics"
+                )));
+            }
+            (WASI, _, _) => {}
+            (other, name, _) => {
+                return Err(Error::InvalidModule(format!(
+                    "the module imports `{other}::{name}`, which wpool does not provide: a \
+                     command module may import only WASI preview 1 (`wasi_snapshot_preview1`)"
+                )));
+            }
+        }
+    }
     match module.get_export("_start") {
         Some(wasmtime::ExternType::Func(ty))
             if ty.params().len() == 0 && ty.results().len() == 0 => {}
@@ -44,21 +317,20 @@ pub(crate) fn prepare(
             ));
         }
         None => {
-            return Err(Error::InvalidModule(
+            return Err(Error::InvalidModule(format!(
                 "the core module does not export `_start`: a task module must be a WASI command \
-                 (build a binary for wasm32-wasip1, or export `_start`), or a component of the \
-                 `wpool:task` world"
-                    .into(),
-            ));
+                 ({BUILD_HINT}; or export `_start`), or a component of the `wpool:task` world \
+                 or a `wasi:cli/run` command"
+            )));
         }
     }
-    for import in module.imports() {
-        if import.module() != "wasi_snapshot_preview1" {
+    match module.get_export("memory") {
+        Some(wasmtime::ExternType::Memory(_)) => {}
+        _ => {
             return Err(Error::InvalidModule(format!(
-                "the module imports `{}::{}`, which wpool does not provide: a command module \
-                 may import only WASI preview 1 (`wasi_snapshot_preview1`)",
-                import.module(),
-                import.name()
+                "the module does not export its memory as `memory`, which every WASI command \
+                 must (WASI calls read and write the guest's memory through it); {BUILD_HINT}, \
+                 or add `(export \"memory\" (memory 0))`"
             )));
         }
     }
@@ -84,19 +356,16 @@ pub(crate) async fn run(
         usize::try_from(cx.limits.max_log).unwrap_or(usize::MAX),
         cx.on_progress.clone(),
     );
-    // Deny by default: no preopened directories, no host environment, no
-    // arguments, no network (the builder grants none of these unless asked).
-    let wasi = WasiCtxBuilder::new()
-        .envs(cx.env)
-        .stdin(MemoryInputPipe::new(input))
-        .stdout(output.clone())
-        .stderr(log.clone())
-        .build_p1();
+    let (wasi, scratch) = match wasi_ctx(cx, input, &output, &log) {
+        Ok(built) => built,
+        Err(e) => return RunReport::without_run(Outcome::HostError(e)),
+    };
     let mut store = Store::new(
         engine,
         CommandState {
             wasi,
             limiter: MemoryLimiter::new(cx.limits.memory),
+            scratch,
         },
     );
     store.limiter(|s| &mut s.limiter);
@@ -118,8 +387,22 @@ pub(crate) async fn run(
     )
     .await;
 
-    let outcome = classify(result, store.data().limiter.hit, output.overflowed());
+    let outcome = match result {
+        Ok(Err(e)) if e.downcast_ref::<ScratchFull>().is_some() => Outcome::Trap(
+            e.downcast_ref::<ScratchFull>()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        ),
+        result => classify(
+            result,
+            store.data().limiter.hit,
+            output.overflowed(),
+            cx.settings,
+            &log,
+        ),
+    };
     let fuel_consumed = cx.fuel_consumed(&store);
+    // Dropping the store removes the scratch directory.
     drop(store);
     let (log, progress) = log.finish();
     RunReport {
@@ -130,4 +413,60 @@ pub(crate) async fn run(
         duration: started.elapsed(),
         progress,
     }
+}
+
+/// The task's WASI context: deny by default (no host environment, no
+/// network); the module's arguments and environment, the directories the
+/// operator granted it (read-only), and its scratch directory.
+fn wasi_ctx(
+    cx: &RunContext<'_>,
+    input: Vec<u8>,
+    output: &CappedOutput,
+    log: &LogSink,
+) -> Result<(WasiP1Ctx, Option<ScratchDir>), String> {
+    let input = bytes::Bytes::from(input);
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&cx.settings.argv())
+        .stdin(MemoryInputPipe::new(input.clone()))
+        .stdout(output.clone())
+        .stderr(log.clone());
+    for (key, value) in &cx.settings.env {
+        builder.env(key, value);
+    }
+    builder.envs(cx.env);
+    for (host, guest) in cx.read_only_dirs {
+        builder
+            .preopened_dir(host, guest, FsPerms::ReadOnly)
+            .map_err(|e| {
+                format!(
+                    "cannot open the granted directory {} for the task: {e}",
+                    host.display()
+                )
+            })?;
+    }
+    let scratch = match (cx.settings.scratch, cx.scratch_root) {
+        (Some(bound), Some(root)) => {
+            let dir = ScratchDir::create(root, bound).map_err(|e| {
+                format!(
+                    "cannot create a scratch directory under {}: {e}",
+                    root.display()
+                )
+            })?;
+            builder
+                .preopened_dir(dir.path(), scratch::GUEST_PATH, FsPerms::ReadWrite)
+                .map_err(|e| format!("cannot open the scratch directory: {e}"))?;
+            if cx.settings.input_file {
+                std::fs::write(dir.path().join(scratch::INPUT_FILE), &input).map_err(|e| {
+                    format!("cannot write the input into the scratch directory: {e}")
+                })?;
+            }
+            if !cx.settings.env.contains_key("TMPDIR") {
+                builder.env("TMPDIR", scratch::GUEST_PATH);
+            }
+            Some(dir)
+        }
+        _ => None,
+    };
+    Ok((builder.build_p1(), scratch))
 }

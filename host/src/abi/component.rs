@@ -1,17 +1,25 @@
-//! The component ABI: components of the `wpool:task` world (`wit/task.wit`).
+//! The component ABIs: components of the `wpool:task` world
+//! (`wit/task.wit`), and `wasi:cli/run` commands (what `cargo build --target
+//! wasm32-wasip2` makes of a binary), which run like WASI preview 1
+//! commands: input on stdin, output from stdout, stderr the log, the exit
+//! code as the outcome (`wasi:cli/exit` gives 0 or 1).
 //!
-//! The host's bindings are generated from that one file. WASI 0.2 is linked
-//! for clocks, random, stdio and io, deny-by-default.
+//! The host's bindings are generated from `wit/task.wit`. WASI 0.2 is
+//! linked for clocks, random, stdio and io, deny-by-default; both kinds see
+//! their module's arguments and environment and the directories the
+//! operator granted them (no scratch directory: its bound is kept by
+//! wpool's WASI preview 1 calls).
 
 use std::time::Instant;
 
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::io::LogSink;
-use super::{MemoryLimiter, RunContext, classify, deadline_after, race};
+use super::io::{CappedOutput, LogSink};
+use super::{GuestExit, MemoryLimiter, RunContext, classify, deadline_after, race};
 use crate::{Error, Outcome, Result, RunReport};
 
 mod bindings {
@@ -61,11 +69,41 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<ComponentState>
     Ok(linker)
 }
 
+/// A component ready to instantiate, by the world it implements.
+pub(crate) enum ComponentPre {
+    /// The `wpool:task/task` world.
+    Task(TaskPre<ComponentState>),
+    /// A `wasi:cli/run` command.
+    Cli(CommandPre<ComponentState>),
+}
+
+/// What a component must be, for refusals.
+const ACCEPTED: &str = "wpool runs components of the `wpool:task/task` world (export `run: \
+                        func(input: list<u8>) -> result<list<u8>, string>`, see wit/task.wit) \
+                        and WASI 0.2 commands exporting `wasi:cli/run@0.2.x` (`cargo build \
+                        --target wasm32-wasip2` of a binary)";
+
 /// Checks a compiled component and prepares it for quick instantiation.
 pub(crate) fn prepare(
     linker: &Linker<ComponentState>,
     component: &Component,
-) -> Result<TaskPre<ComponentState>> {
+) -> Result<ComponentPre> {
+    let ty = component.component_type();
+    let engine = component.engine();
+    let names: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .chain(ty.exports(engine).map(|(name, _)| name.to_string()))
+        .collect();
+    if let Some(name) = names
+        .iter()
+        .find(|n| n.starts_with("wasi:") && n.contains("@0.3"))
+    {
+        return Err(Error::InvalidModule(format!(
+            "the component uses WASI 0.3 (`{name}`), which wpool does not run yet; {ACCEPTED}: \
+             build for WASI 0.2 (`wasm32-wasip2`)"
+        )));
+    }
     let pre = linker.instantiate_pre(component).map_err(|e| {
         Error::InvalidModule(format!(
             "the component imports something wpool does not provide (it links WASI 0.2 and \
@@ -73,13 +111,24 @@ pub(crate) fn prepare(
             super::error_chain(&e)
         ))
     })?;
-    TaskPre::new(pre).map_err(|e| {
-        Error::InvalidModule(format!(
-            "the component does not implement the `wpool:task/task` world (it must export \
-             `run: func(input: list<u8>) -> result<list<u8>, string>`): {}",
-            super::error_chain(&e)
-        ))
-    })
+    if let Ok(task) = TaskPre::new(pre.clone()) {
+        return Ok(ComponentPre::Task(task));
+    }
+    if let Ok(command) = CommandPre::new(pre) {
+        return Ok(ComponentPre::Cli(command));
+    }
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    Err(Error::InvalidModule(format!(
+        "the component implements neither world wpool runs: {ACCEPTED}; it exports {}",
+        if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        }
+    )))
 }
 
 /// Runs one task on a prepared component.
@@ -100,12 +149,25 @@ pub(crate) async fn run(
         usize::try_from(cx.limits.max_log).unwrap_or(usize::MAX),
         cx.on_progress.clone(),
     );
-    let wasi = WasiCtxBuilder::new()
-        .envs(cx.env)
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&cx.settings.argv())
         .stdin(MemoryInputPipe::new(Vec::new()))
         .stdout(log.clone())
-        .stderr(log.clone())
-        .build();
+        .stderr(log.clone());
+    for (key, value) in &cx.settings.env {
+        builder.env(key, value);
+    }
+    builder.envs(cx.env);
+    for (host, guest) in cx.read_only_dirs {
+        if let Err(e) = builder.preopened_dir(host, guest, FsPerms::ReadOnly) {
+            return RunReport::without_run(Outcome::HostError(format!(
+                "cannot open the granted directory {} for the task: {e}",
+                host.display()
+            )));
+        }
+    }
+    let wasi = builder.build();
     let mut store = Store::new(
         engine,
         ComponentState {
@@ -138,8 +200,14 @@ pub(crate) async fn run(
             Outcome::Success
         }
         Ok(Ok(Err(message))) => Outcome::Failed(message),
-        Ok(Err(e)) => classify(Ok(Err(e)), store.data().limiter.hit, false),
-        Err(killed) => classify(Err(killed), false, false),
+        Ok(Err(e)) => classify(
+            Ok(Err(e)),
+            store.data().limiter.hit,
+            false,
+            cx.settings,
+            &log,
+        ),
+        Err(killed) => classify(Err(killed), false, false, cx.settings, &log),
     };
     let fuel_consumed = cx.fuel_consumed(&store);
     drop(store);
@@ -147,6 +215,87 @@ pub(crate) async fn run(
     RunReport {
         outcome,
         output,
+        log,
+        fuel_consumed,
+        duration: started.elapsed(),
+        progress,
+    }
+}
+
+/// Runs one task on a prepared `wasi:cli/run` command: like a WASI
+/// preview 1 command, the input is stdin, the output stdout, stderr the log;
+/// returning `ok` (or `exit(ok)`) is success, `err` is exit code 1.
+pub(crate) async fn run_cli(
+    engine: &wasmtime::Engine,
+    pre: &CommandPre<ComponentState>,
+    input: Vec<u8>,
+    cx: &RunContext<'_>,
+) -> RunReport {
+    let started = Instant::now();
+    let deadline = deadline_after(cx.limits.timeout);
+    let output = CappedOutput::new(usize::try_from(cx.limits.max_output).unwrap_or(usize::MAX));
+    let log = LogSink::new(
+        usize::try_from(cx.limits.max_log).unwrap_or(usize::MAX),
+        cx.on_progress.clone(),
+    );
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&cx.settings.argv())
+        .stdin(MemoryInputPipe::new(input))
+        .stdout(output.clone())
+        .stderr(log.clone());
+    for (key, value) in &cx.settings.env {
+        builder.env(key, value);
+    }
+    builder.envs(cx.env);
+    for (host, guest) in cx.read_only_dirs {
+        if let Err(e) = builder.preopened_dir(host, guest, FsPerms::ReadOnly) {
+            return RunReport::without_run(Outcome::HostError(format!(
+                "cannot open the granted directory {} for the task: {e}",
+                host.display()
+            )));
+        }
+    }
+    let mut store = Store::new(
+        engine,
+        ComponentState {
+            wasi: builder.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(cx.limits.memory),
+            log: log.clone(),
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    if let Err(e) = cx.arm(&mut store, deadline) {
+        return RunReport::without_run(Outcome::HostError(super::error_chain(&e)));
+    }
+
+    let result = race(
+        async {
+            let command = pre.instantiate_async(&mut store).await?;
+            match command.wasi_cli_run().call_run(&mut store).await? {
+                Ok(()) => Ok(()),
+                Err(()) => Err(wasmtime::Error::new(GuestExit(1))),
+            }
+        },
+        deadline,
+        cx.cancel,
+    )
+    .await;
+
+    let outcome = classify(
+        result,
+        store.data().limiter.hit,
+        output.overflowed(),
+        cx.settings,
+        &log,
+    );
+    let fuel_consumed = cx.fuel_consumed(&store);
+    drop(store);
+    let (log, progress) = log.finish();
+    RunReport {
+        output: output.take(),
+        outcome,
         log,
         fuel_consumed,
         duration: started.elapsed(),

@@ -21,13 +21,14 @@
 pub(crate) mod command;
 pub(crate) mod component;
 pub(crate) mod io;
+pub(crate) mod scratch;
 
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use crate::{Limits, Outcome, ProgressFn};
+use crate::{Limits, ModuleSettings, Outcome, ProgressFn};
 
 /// Why the host stopped a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,21 @@ impl std::fmt::Display for Killed {
 }
 
 impl std::error::Error for Killed {}
+
+/// A guest's `proc_exit(code)`. wasmtime-wasi's own `proc_exit` refuses
+/// codes of 126 and above (they are not portable exit statuses of a
+/// process); a task's exit code is not a process status, so wpool links its
+/// own `proc_exit`, which ends the guest with this error for every code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GuestExit(pub(crate) u32);
+
+impl std::fmt::Display for GuestExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the guest exited with code {}", self.0)
+    }
+}
+
+impl std::error::Error for GuestExit {}
 
 /// The per-task memory limit. A `memory.grow` (or table growth) past the
 /// limit fails the way wasm defines it (the instruction returns -1), so a
@@ -110,9 +126,18 @@ pub(crate) struct RunContext<'a> {
     pub(crate) cancel: &'a CancellationToken,
     pub(crate) on_progress: Option<ProgressFn>,
     pub(crate) fuel_metering: bool,
-    /// The guest's environment variables: only what wpool sets
-    /// (`WPOOL_TASK_ID`, `WPOOL_ATTEMPT`), never the host's.
+    /// The guest's environment variables from wpool (`WPOOL_TASK_ID`,
+    /// `WPOOL_ATTEMPT`), never the host's; the module's own come from
+    /// `settings`.
     pub(crate) env: &'a [(String, String)],
+    /// The module's run settings.
+    pub(crate) settings: &'a ModuleSettings,
+    /// The host directories granted to this module, read-only: (host path,
+    /// guest path).
+    pub(crate) read_only_dirs: &'a [(std::path::PathBuf, String)],
+    /// Where scratch directories are made; `None` when the engine gives
+    /// none.
+    pub(crate) scratch_root: Option<&'a std::path::Path>,
 }
 
 impl RunContext<'_> {
@@ -180,11 +205,14 @@ pub(crate) fn deadline_after(timeout: Duration) -> Instant {
 
 /// Maps how a guest call ended to an [`Outcome`]. `memory_hit` and
 /// `output_overflow` say whether a limit was reached during the run: they
-/// explain a failure that followed.
+/// explain a failure that followed. An exit with one of the module's
+/// success codes is noted in `log`, and so is the wasm backtrace of a trap.
 pub(crate) fn classify(
     result: Result<wasmtime::Result<()>, Killed>,
     memory_hit: bool,
     output_overflow: bool,
+    settings: &ModuleSettings,
+    log: &io::LogSink,
 ) -> Outcome {
     let error = match result {
         Err(Killed::Timeout) => return Outcome::Timeout,
@@ -193,11 +221,19 @@ pub(crate) fn classify(
         Ok(Ok(())) => return Outcome::Success,
         Ok(Err(error)) => error,
     };
-    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return match exit.0 {
-            0 if !output_overflow => Outcome::Success,
-            0 => Outcome::OutputTooLarge,
-            code => Outcome::Exit(code),
+    if let Some(code) = exit_code(&error) {
+        if !settings.is_success_code(code) {
+            return Outcome::Exit(code);
+        }
+        if code != 0 {
+            log.line(&format!(
+                "wpool: exited with code {code}, a success code of this module"
+            ));
+        }
+        return if output_overflow {
+            Outcome::OutputTooLarge
+        } else {
+            Outcome::Success
         };
     }
     if let Some(killed) = error.downcast_ref::<Killed>() {
@@ -209,19 +245,62 @@ pub(crate) fn classify(
     if output_overflow || error.downcast_ref::<io::OutputLimitExceeded>().is_some() {
         return Outcome::OutputTooLarge;
     }
+    if let Some(fault) = error.downcast_ref::<wiggle::GuestError>() {
+        // WASI preview 1 traps on a pointer out of the guest's memory or
+        // misaligned: the guest's fault, not the host's.
+        note_backtrace(&error, log);
+        return Outcome::Trap(format!("bad pointer passed to a WASI call: {fault}"));
+    }
+    if error.downcast_ref::<wasmtime::ThrownException>().is_some() {
+        // A wasm exception nobody caught: the guest's own failure.
+        note_backtrace(&error, log);
+        return Outcome::Trap("uncaught wasm exception".into());
+    }
     if let Some(trap) = error.downcast_ref::<Trap>() {
         return match trap {
             Trap::OutOfFuel => Outcome::OutOfFuel,
             Trap::Interrupt => Outcome::Timeout,
             _ if memory_hit => Outcome::MemoryLimit,
-            Trap::StackOverflow => Outcome::Trap("stack overflow".into()),
-            other => Outcome::Trap(other.to_string()),
+            Trap::StackOverflow => {
+                note_backtrace(&error, log);
+                Outcome::Trap("stack overflow".into())
+            }
+            other => {
+                note_backtrace(&error, log);
+                Outcome::Trap(other.to_string())
+            }
         };
     }
     if memory_hit {
         return Outcome::MemoryLimit;
     }
+    tracing::warn!(error = %error_chain(&error), "a task run failed in the host");
     Outcome::HostError(error_chain(&error))
+}
+
+/// The exit code a guest ended with, if it exited: by wpool's `proc_exit`
+/// (any `u32`) or by WASI 0.2's `exit` (0 or 1).
+fn exit_code(error: &wasmtime::Error) -> Option<u32> {
+    if let Some(GuestExit(code)) = error.downcast_ref::<GuestExit>() {
+        return Some(*code);
+    }
+    error
+        .downcast_ref::<wasmtime_wasi::I32Exit>()
+        .map(|exit| exit.0.cast_unsigned())
+}
+
+/// Appends the wasm backtrace of a failed run to the task's log (with
+/// function names where the module has a name section).
+fn note_backtrace(error: &wasmtime::Error, log: &io::LogSink) {
+    if let Some(trace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+        // Its text starts with a line of wasmtime's ("error while executing
+        // at wasm backtrace:"); the frames follow.
+        let text = trace.to_string();
+        let frames = text.split_once('\n').map_or("", |(_, frames)| frames);
+        if !frames.trim().is_empty() {
+            log.line(&format!("wpool: wasm backtrace:\n{}", frames.trim_end()));
+        }
+    }
 }
 
 /// The whole chain of a wasmtime error, outermost first.

@@ -57,9 +57,9 @@ use std::time::Duration;
 
 pub use embedded::{EmbeddedBackend, Recovered};
 
-use crate::Result;
 use crate::store::{StateCounts, StoredModule, TaskFilter};
 use crate::task::{Completion, Lease, Millis, ModuleHash, TaskId, TaskRecord, TaskState};
+use crate::{ModuleSettings, Result};
 
 #[cfg(doc)]
 use crate::store::MemoryStore;
@@ -147,6 +147,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// ([`Error::ModuleInUse`](crate::Error::ModuleInUse)); `false` if there
     /// was none.
     async fn delete_module(&self, hash: &ModuleHash) -> Result<bool>;
+    /// Stores a module's run settings, replacing any (default settings
+    /// remove them).
+    async fn put_module_settings(&self, hash: &ModuleHash, settings: &ModuleSettings)
+    -> Result<()>;
+    /// A module's run settings, `None` if it has none.
+    async fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>>;
 
     /// Stores new tasks (made by [`TaskRecord::new`]) in one durable write
     /// and returns, for each in order, the stored record (its `seq`

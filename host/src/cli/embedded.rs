@@ -63,10 +63,13 @@ fn queue_only(
     let mut config = EngineConfig::new();
     config.workers(1);
     let executor = Executor::new(&config).map_err(Failure::internal)?;
-    let module = executor
-        .register(bytes)
-        .with_context(|| args_module(args))
-        .map_err(Failure::bad_input)?;
+    let module = if args.settings.given() {
+        executor.register_with(bytes, args.settings.settings())
+    } else {
+        executor.register(bytes)
+    }
+    .with_context(|| args_module(args))
+    .map_err(Failure::bad_input)?;
     let now = now_millis();
     let records = specs
         .into_iter()
@@ -86,6 +89,11 @@ fn queue_only(
         .handle()
         .block_on(async {
             backend.put_module(&module.hash(), bytes).await?;
+            if args.settings.given() {
+                backend
+                    .put_module_settings(&module.hash(), &args.settings.settings())
+                    .await?;
+            }
             backend.enqueue(records).await
         })
         .map_err(Failure::internal)?;
@@ -149,7 +157,13 @@ fn run_embedded(
         .map_err(Failure::internal)?;
     let handle = pool.executor().handle().clone();
     handle
-        .block_on(pool.register(bytes))
+        .block_on(async {
+            if args.settings.given() {
+                pool.register_with(bytes, args.settings.settings()).await
+            } else {
+                pool.register(bytes).await
+            }
+        })
         .with_context(|| args_module(args))
         .map_err(Failure::bad_input)?;
     eprintln!(

@@ -10,6 +10,7 @@ mod modules;
 mod result;
 mod run;
 mod serve;
+mod settings;
 mod stats;
 mod status;
 mod submit;
@@ -60,7 +61,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Serve(serve::ServeArgs),
-    Submit(submit::SubmitArgs),
+    Submit(Box<submit::SubmitArgs>),
     Status(status::StatusArgs),
     Result(result::ResultArgs),
     Cancel(cancel::CancelArgs),
@@ -149,7 +150,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::execute(args),
-        Command::Submit(args) => submit::execute(args),
+        Command::Submit(args) => submit::execute(*args),
         Command::Status(args) => status::execute(args),
         Command::Result(args) => result::execute(args),
         Command::Cancel(args) => cancel::execute(args),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use super::settings::{SettingsArgs, parse_read_only};
 use super::{Failure, LimitArgs, exit, read_input, write_stdout};
 use crate::units::format_duration;
 use crate::{EngineConfig, Executor, Job, Outcome};
@@ -22,6 +23,12 @@ pub(crate) struct RunArgs {
     input: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// Grant a host directory to the task, read-only, at a guest path:
+    /// `HOST_DIR:GUEST_PATH` (`./stdlib:/lib`); repeat for several.
+    #[arg(long = "read-only", value_name = "HOST:GUEST", value_parser = parse_read_only)]
+    read_only: Vec<crate::ReadOnlyDir>,
     /// Print the log (the task's stderr) after the run.
     #[arg(long)]
     log: bool,
@@ -42,9 +49,19 @@ pub(crate) fn execute(args: RunArgs) -> Result<u8, Failure> {
         // Let the engine hold a memory as large as asked for.
         config.max_memory(memory.max(1 << 30));
     }
-    let executor = Executor::new(&config).map_err(Failure::internal)?;
+    for dir in &args.read_only {
+        config.read_only_dir(dir.clone());
+    }
+    if let Some(scratch) = args.settings.scratch {
+        // The one running this is the operator: allow the scratch size asked for.
+        config.max_scratch(scratch);
+    }
+    let executor = Executor::new(&config).map_err(|e| match e {
+        crate::Error::Config(_) => Failure::bad_input(e),
+        e => Failure::internal(e),
+    })?;
     let module = executor
-        .register(&bytes)
+        .register_with(&bytes, args.settings.settings())
         .with_context(|| format!("{}", args.module.display()))
         .map_err(Failure::bad_input)?;
     let limits = executor

@@ -45,7 +45,12 @@ pub(crate) struct ServeArgs {
     /// A config file, TOML (`.toml`) or JSON, with any of: data_dir,
     /// listen, workers, token, max_module_size, max_input_size,
     /// max_queued, stop_grace, body_timeout, header_timeout,
-    /// max_connections, max_body_bytes_in_flight, max_wait.
+    /// max_connections, max_body_bytes_in_flight, max_wait, read_only_dirs,
+    /// scratch_root, max_scratch.
+    ///
+    /// `read_only_dirs` grants host directories to tasks, read-only:
+    /// `[[read_only_dirs]]` with `host`, `guest` and optionally `modules`
+    /// (`"all"`, the default; `{ name = "python" }`; `{ hash = "…" }`).
     #[arg(long, env = "WPOOL_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// The largest module accepted, e.g. `64MiB`. Default: 64MiB.
@@ -83,6 +88,15 @@ pub(crate) struct ServeArgs {
     /// Default: 5m.
     #[arg(long, env = "WPOOL_MAX_WAIT", value_parser = parse_duration)]
     max_wait: Option<Duration>,
+    /// Grant a host directory to every module's tasks, read-only, at a
+    /// guest path: `HOST_DIR:GUEST_PATH`; repeat for several. (Grants to
+    /// some modules only: `read_only_dirs` in the config file.)
+    #[arg(long = "read-only", value_name = "HOST:GUEST", value_parser = super::settings::parse_read_only)]
+    read_only: Vec<crate::ReadOnlyDir>,
+    /// The largest scratch directory a module may ask for, e.g. `64MiB`;
+    /// 0 gives none. Default: 64MiB.
+    #[arg(long, env = "WPOOL_MAX_SCRATCH", value_parser = parse_size)]
+    max_scratch: Option<u64>,
 }
 
 /// The config file's settings; every one optional.
@@ -102,6 +116,10 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_body_bytes_in_flight: Option<HumanSize>,
     max_wait: Option<HumanDuration>,
+    #[serde(default)]
+    read_only_dirs: Vec<crate::ReadOnlyDir>,
+    scratch_root: Option<PathBuf>,
+    max_scratch: Option<HumanSize>,
 }
 
 fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -221,6 +239,15 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
     pool_config
         .engine_mut()
         .artifact_dir(data_dir.join("artifacts"));
+    for dir in file.read_only_dirs.iter().chain(&args.read_only) {
+        pool_config.engine_mut().read_only_dir(dir.clone());
+    }
+    if let Some(root) = &file.scratch_root {
+        pool_config.engine_mut().scratch_root(root);
+    }
+    if let Some(max) = args.max_scratch.or(file.max_scratch.map(|s| s.0)) {
+        pool_config.engine_mut().max_scratch(max);
+    }
 
     let store = SledStore::open(&data_dir, &SledOptions::new())
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))
@@ -228,9 +255,10 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
     // Only now that the store is ours: another daemon on this directory
     // would have been refused above, with its uploads left alone.
     remove_stale_uploads(&data_dir.join("uploads"));
-    let pool = Pool::with_store(pool_config, Arc::new(store))
-        .context("cannot start the pool")
-        .map_err(Failure::internal)?;
+    let pool = Pool::with_store(pool_config, Arc::new(store)).map_err(|e| match e {
+        crate::Error::Config(_) => Failure::bad_input(anyhow::Error::new(e)),
+        e => Failure::internal(anyhow::Error::new(e).context("cannot start the pool")),
+    })?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

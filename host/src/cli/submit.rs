@@ -51,6 +51,10 @@ pub(crate) struct SubmitArgs {
     priority: Option<i32>,
     #[command(flatten)]
     limits: LimitArgs,
+    /// Module run settings (kept with the module; for now only when no
+    /// server answers and the data directory is used directly).
+    #[command(flatten)]
+    pub(crate) settings: super::settings::SettingsArgs,
     /// How many times the task may run in all (1 = no retry). A run lost
     /// with its host is not an attempt.
     #[arg(long)]
@@ -149,6 +153,15 @@ pub(crate) fn execute(args: SubmitArgs) -> Result<u8, Failure> {
         }
     }
 
+    if args.settings.given() {
+        return Err(Failure::bad_input(anyhow!(
+            "the server at {} does not take module settings (--name, --arg, --env, \
+             --success-code, --scratch) over its API yet; stop the server to register the \
+             module with settings in the data directory, or use `wpool run` for a local run",
+            client.base()
+        ))
+        .context(args.module.display().to_string()));
+    }
     match &args.inputs {
         Some(path) => batch(&args, &client, &hash, path),
         None => {

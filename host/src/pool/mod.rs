@@ -305,28 +305,62 @@ impl Pool {
 
     /// Validates, compiles and stores a module; returns its hash, by which
     /// tasks can name it. Compiling runs on a blocking thread (a large
-    /// module takes seconds), not on the caller's async runtime.
+    /// module takes seconds), not on the caller's async runtime. A module
+    /// with run settings stored keeps them.
     pub async fn register(&self, bytes: &[u8]) -> Result<ModuleHash> {
-        let hash = ModuleHash::of(bytes);
-        if self.inner().executor.module(&hash).is_none() {
-            let executor = self.inner().executor.clone();
-            let owned = bytes.to_vec();
-            executor
-                .handle()
-                .clone()
-                .spawn_blocking(move || executor.register(&owned))
-                .await
-                .map_err(|e| Error::Host(format!("compiling the module panicked: {e}")))??;
-        }
-        self.inner().backend.put_module(&hash, bytes).await?;
-        Ok(hash)
+        let module = self.inner().register_stored(bytes).await?;
+        self.inner()
+            .backend
+            .put_module(&module.hash(), bytes)
+            .await?;
+        Ok(module.hash())
     }
 
-    /// Deletes a module from the backend and the compiled cache, unless an
-    /// unfinished task uses it ([`Error::ModuleInUse`]); `false` if there
-    /// was no such module.
+    /// Like [`Pool::register`], and sets the module's run settings
+    /// (arguments, environment, success codes, scratch directory; see
+    /// [`ModuleSettings`](crate::ModuleSettings)), stored with it. Every
+    /// task of the module that starts afterwards runs with them, including
+    /// tasks already queued. Registering again with other settings replaces
+    /// them; [`Pool::register`] leaves them as they are.
+    pub async fn register_with(
+        &self,
+        bytes: &[u8],
+        settings: crate::ModuleSettings,
+    ) -> Result<ModuleHash> {
+        let inner = self.inner();
+        let module = inner.compile(bytes).await?;
+        inner
+            .executor
+            .set_module_settings(&module, settings.clone())?;
+        inner.backend.put_module(&module.hash(), bytes).await?;
+        inner
+            .backend
+            .put_module_settings(&module.hash(), &settings)
+            .await?;
+        Ok(module.hash())
+    }
+
+    /// A module's run settings (the default if it has none).
+    pub async fn module_settings(&self, hash: &ModuleHash) -> Result<crate::ModuleSettings> {
+        Ok(self
+            .inner()
+            .backend
+            .module_settings(hash)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Deletes a module (and its run settings) from the backend and the
+    /// compiled cache, unless an unfinished task uses it
+    /// ([`Error::ModuleInUse`]); `false` if there was no such module.
     pub async fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
         let deleted = self.inner().backend.delete_module(hash).await?;
+        if deleted {
+            self.inner()
+                .backend
+                .put_module_settings(hash, &crate::ModuleSettings::default())
+                .await?;
+        }
         self.inner().executor.forget_module(hash);
         Ok(deleted)
     }

@@ -114,7 +114,7 @@ impl Inner {
         match module {
             ModuleRef::Hash(hash) => self.compiled(hash).await,
             ModuleRef::Bytes(bytes) => {
-                let compiled = self.executor.register(bytes)?;
+                let compiled = self.register_stored(bytes).await?;
                 self.backend.put_module(&compiled.hash(), bytes).await?;
                 Ok(compiled)
             }
@@ -131,7 +131,34 @@ impl Inner {
             .module(hash)
             .await?
             .ok_or(Error::UnknownModule(*hash))?;
-        self.executor.register(&bytes)
+        self.register_stored(&bytes).await
+    }
+
+    /// Compiles `bytes` (once: a module compiled before is at hand) on a
+    /// blocking thread, not on the caller's async runtime.
+    pub(super) async fn compile(&self, bytes: &[u8]) -> Result<CompiledModule> {
+        if let Some(module) = self.executor.module(&ModuleHash::of(bytes)) {
+            return Ok(module);
+        }
+        let executor = self.executor.clone();
+        let owned = bytes.to_vec();
+        executor
+            .handle()
+            .clone()
+            .spawn_blocking(move || executor.register(&owned))
+            .await
+            .map_err(|e| Error::Host(format!("compiling the module panicked: {e}")))?
+    }
+
+    /// Compiles `bytes` with the run settings the backend keeps for them:
+    /// the executor has a module's settings whichever way it came to
+    /// compile it (after a restart too).
+    pub(super) async fn register_stored(&self, bytes: &[u8]) -> Result<CompiledModule> {
+        let module = self.compile(bytes).await?;
+        if let Some(settings) = self.backend.module_settings(&module.hash()).await? {
+            self.executor.set_module_settings(&module, settings)?;
+        }
+        Ok(module)
     }
 }
 

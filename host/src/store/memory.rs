@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{Millis, TaskId, TaskRecord, TaskState};
-use crate::{ModuleHash, Result};
+use crate::{ModuleHash, ModuleSettings, Result};
 
 /// A [`Store`] in memory. One lock guards everything, held only for the
 /// duration of a call.
@@ -22,6 +22,8 @@ struct Inner {
     keys: HashMap<String, TaskId>,
     finished: BTreeSet<(Millis, TaskId)>,
     modules: HashMap<ModuleHash, Arc<[u8]>>,
+    /// Module run settings.
+    module_settings: HashMap<ModuleHash, ModuleSettings>,
     counts: StateCounts,
     seq: u64,
 }
@@ -45,6 +47,20 @@ fn finished_key(task: &TaskRecord) -> Option<(Millis, TaskId)> {
 
 #[async_trait::async_trait]
 impl Store for MemoryStore {
+    fn put_module_settings(&self, hash: &ModuleHash, settings: &ModuleSettings) -> Result<()> {
+        let mut inner = self.lock();
+        if settings.is_default() {
+            inner.module_settings.remove(hash);
+        } else {
+            inner.module_settings.insert(*hash, settings.clone());
+        }
+        Ok(())
+    }
+
+    fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>> {
+        Ok(self.lock().module_settings.get(hash).cloned())
+    }
+
     fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()> {
         self.lock()
             .modules

@@ -19,7 +19,7 @@ pub use self::sled::{CheckReport, SCHEMA_VERSION, SledOptions, SledStore, SyncMo
 pub use memory::MemoryStore;
 
 use crate::task::{Millis, TaskId, TaskRecord, TaskState};
-use crate::{ModuleHash, Result};
+use crate::{ModuleHash, ModuleSettings, Result};
 
 /// What [`Store::insert`] did with one task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +149,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn gc_modules(&self) -> Result<u64> {
         Ok(0)
     }
+    /// Stores a module's run settings, replacing any; default settings
+    /// remove them. Durable once the next [`Store::flush`] completes.
+    fn put_module_settings(&self, hash: &ModuleHash, settings: &ModuleSettings) -> Result<()>;
+    /// A module's run settings, `None` if it has none.
+    fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>>;
+
     /// Makes every write so far durable; concurrent callers share flushes.
     async fn flush(&self) -> Result<()>;
     /// [`Store::flush`], blocking the thread: for callers outside async

@@ -27,7 +27,7 @@ use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
     Completion, Lease, Millis, ModuleHash, TaskId, TaskRecord, TaskState, now_millis,
 };
-use crate::{Error, Result};
+use crate::{Error, ModuleSettings, Result};
 
 /// A [`Backend`] over a [`Store`] of this process. See the module docs.
 pub struct EmbeddedBackend {
@@ -188,6 +188,21 @@ impl Backend for EmbeddedBackend {
         self.wrote();
         self.flush_writes().await?;
         Ok(deleted)
+    }
+
+    async fn put_module_settings(
+        &self,
+        hash: &ModuleHash,
+        settings: &ModuleSettings,
+    ) -> Result<()> {
+        self.store.put_module_settings(hash, settings)?;
+        self.wrote();
+        self.flush_writes().await
+    }
+
+    async fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>> {
+        self.settled().await?;
+        self.store.module_settings(hash)
     }
 
     async fn enqueue(&self, mut tasks: Vec<TaskRecord>) -> Result<Vec<Enqueued>> {

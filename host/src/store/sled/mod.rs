@@ -16,6 +16,7 @@
 //! | `keys` | idempotency key | task id |
 //! | `modules` | module hash (32 bytes) | the module's bytes |
 //! | `meta` | `schema`, `counts` | the schema version; the number of tasks in each state |
+//! | `module_settings` | module hash (32 bytes) | the module's run settings (JSON) |
 //!
 //! Every value except the empty index values is wrapped in an envelope: one
 //! byte of record version, a CRC32 of the key and the payload, then the
@@ -49,7 +50,7 @@ use self::envelope::{
 use self::flusher::Flusher;
 use super::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{Millis, TaskId, TaskRecord, TaskState};
-use crate::{Error, ModuleHash, Result};
+use crate::{Error, ModuleHash, ModuleSettings, Result};
 
 mod check;
 mod envelope;
@@ -546,6 +547,48 @@ fn remove_index(
 
 #[async_trait::async_trait]
 impl Store for SledStore {
+    // A tree of its own, opened on first use (older stores lack it and read
+    // as "no settings"; older wpool versions ignore it). Values go through
+    // the checked envelope; the payload is JSON, so that fields can be added.
+    fn put_module_settings(&self, hash: &ModuleHash, settings: &ModuleSettings) -> Result<()> {
+        const TREE: &str = "module_settings";
+        let tree = self
+            .db
+            .open_tree(TREE)
+            .map_err(|e| self.storage("opening the module settings", e))?;
+        let key = hash.as_bytes();
+        if settings.is_default() {
+            tree.remove(key)
+                .map_err(|e| self.storage(&format!("removing the settings of module {hash}"), e))?;
+            return Ok(());
+        }
+        let payload = serde_json::to_vec(settings).map_err(|e| {
+            Error::Store(format!("cannot encode the settings of module {hash}: {e}"))
+        })?;
+        tree.insert(key, envelope(key, &payload))
+            .map_err(|e| self.storage(&format!("storing the settings of module {hash}"), e))?;
+        Ok(())
+    }
+
+    fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>> {
+        const TREE: &str = "module_settings";
+        let tree = self
+            .db
+            .open_tree(TREE)
+            .map_err(|e| self.storage("opening the module settings", e))?;
+        let key = hash.as_bytes();
+        let Some(bytes) = tree
+            .get(key)
+            .map_err(|e| self.storage(&format!("reading the settings of module {hash}"), e))?
+        else {
+            return Ok(None);
+        };
+        let payload = open_envelope(TREE, key, &bytes)?;
+        serde_json::from_slice(payload)
+            .map(Some)
+            .map_err(|e| corrupted(TREE, key, format_args!("undecodable settings: {e}")))
+    }
+
     fn gc_modules(&self) -> Result<u64> {
         SledStore::gc_modules(self)
     }

@@ -149,7 +149,7 @@ fn outcome_from(o: StoredOutcome) -> Result<Outcome, String> {
         1 => Outcome::Success,
         2 => Outcome::Failed(text),
         3 => Outcome::Exit(
-            i32::try_from(number).map_err(|_| format!("exit code {number} out of range"))?,
+            u32::try_from(number).map_err(|_| format!("exit code {number} out of range"))?,
         ),
         4 => Outcome::Trap(text),
         5 => Outcome::Timeout,
