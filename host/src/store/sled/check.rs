@@ -2,8 +2,9 @@
 
 use std::collections::HashSet;
 
+use super::SledStore;
 use super::envelope::{decode_task, open_envelope};
-use super::{Index, SledStore, index_key};
+use super::tasks::{Index, index_key};
 use crate::Result;
 use crate::store::StateCounts;
 

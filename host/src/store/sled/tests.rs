@@ -1,0 +1,181 @@
+//! Unit tests of the sled store's records, transitions and flushes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::envelope::{decode_counts, decode_task, encode_counts, encode_task};
+use super::*;
+use crate::store::{Inserted, Store};
+use crate::task::{Attempt, TaskState};
+use crate::{Backoff, Limits, ModuleHash, Outcome};
+
+fn record(module: ModuleHash, state: TaskState, seq: u64) -> TaskRecord {
+    let id = TaskId::new();
+    let mut record = TaskRecord {
+        id,
+        module,
+        input: b"input".to_vec(),
+        priority: 3,
+        limits: Limits::default(),
+        max_attempts: 2,
+        backoff: Backoff::default(),
+        run_at: 10,
+        expires_at: Some(99),
+        idempotency_key: None,
+        labels: BTreeMap::from([("team".into(), "a".into())]),
+        state,
+        seq,
+        submitted_at: 1,
+        updated_at: 2,
+        finished_at: None,
+        attempts: vec![Attempt {
+            number: 1,
+            outcome: Some(Outcome::Trap("unreachable".into())),
+            started_at: 5,
+            duration_us: 7,
+            fuel_consumed: Some(8),
+        }],
+        interruptions: 2,
+        lease: Some(crate::task::Lease {
+            task: TaskId::from_bytes([7; 16]),
+            token: 11,
+            expires_at: 12,
+        }),
+        cancel_requested: true,
+        max_interruptions: 4,
+        outcome: Some(Outcome::Exit(3)),
+        output: b"out".to_vec(),
+        log: "log".into(),
+        progress: Some((1, 2)),
+    };
+    record.lease.as_mut().unwrap().task = id;
+    record
+}
+
+fn open(dir: &Path) -> SledStore {
+    SledStore::open(dir, &SledOptions::new()).unwrap()
+}
+
+#[test]
+fn records_round_trip_through_the_envelope() {
+    let task = record(ModuleHash::of(b"m"), TaskState::Failed, 1);
+    let key = task.id.to_bytes();
+    let bytes = encode_task(&task).unwrap();
+    assert_eq!(decode_task(&key, &bytes).unwrap(), task);
+    // A flipped bit anywhere is caught, and so is a record moved to
+    // another key.
+    for i in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x10;
+        let e = decode_task(&key, &bad).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("corrupted record {} in tree `tasks`", task.id)),
+            "{e}"
+        );
+    }
+    assert!(decode_task(&TaskId::new().to_bytes(), &bytes).is_err());
+    assert!(decode_task(&key, &bytes[..3]).is_err());
+    let counts = StateCounts([(TaskState::Queued, 3), (TaskState::Expired, 1)].into());
+    assert_eq!(
+        decode_counts(&encode_counts(&counts).unwrap()).unwrap(),
+        counts
+    );
+}
+
+#[test]
+fn transitions_keep_one_index_entry_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let module = ModuleHash::of(b"m");
+    let mut task = record(module, TaskState::Queued, store.next_seq().unwrap());
+    task.idempotency_key = Some("k1".into());
+    assert_eq!(
+        store
+            .insert(std::slice::from_ref(&task))
+            .unwrap_err()
+            .to_string(),
+        Error::UnknownModule(module).to_string()
+    );
+    store.put_module(&module, b"m").unwrap();
+    assert_eq!(
+        store.insert(std::slice::from_ref(&task)).unwrap(),
+        [Inserted::New]
+    );
+    let mut again = record(module, TaskState::Queued, store.next_seq().unwrap());
+    again.idempotency_key = Some("k1".into());
+    assert_eq!(
+        store.insert(&[again]).unwrap(),
+        [Inserted::Existing(task.id)]
+    );
+    let same_id = TaskRecord {
+        idempotency_key: None,
+        ..task.clone()
+    };
+    assert!(
+        store
+            .insert(&[same_id])
+            .unwrap_err()
+            .to_string()
+            .contains("already exists")
+    );
+
+    task.state = TaskState::Running;
+    assert!(!store.update(&task, TaskState::Scheduled).unwrap());
+    assert!(store.update(&task, TaskState::Queued).unwrap());
+    task.state = TaskState::Succeeded;
+    task.finished_at = Some(50);
+    assert!(store.update(&task, TaskState::Running).unwrap());
+    assert!(!store.update(&task, TaskState::Running).unwrap());
+    assert_eq!(store.counts().unwrap().get(TaskState::Succeeded), 1);
+    assert_eq!(store.counts().unwrap().total(), 1);
+    assert!(store.unfinished().unwrap().is_empty());
+    let report = store.check().unwrap();
+    assert_eq!(
+        (report.tasks, report.finished, report.unfinished),
+        (1, 1, 0)
+    );
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    assert_eq!(store.purge_finished(51, None).unwrap(), 1);
+    assert_eq!(store.by_key("k1").unwrap(), None);
+    assert_eq!(store.counts().unwrap().total(), 0);
+    assert_eq!(store.gc_modules().unwrap(), 1);
+    assert!(store.modules().unwrap().is_empty());
+    drop(store);
+
+    // The counts were stored with the transitions.
+    let store = open(dir.path());
+    assert_eq!(store.counts().unwrap().total(), 0);
+}
+
+#[test]
+fn concurrent_flushes_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    let module = ModuleHash::of(b"m");
+    store.put_module(&module, b"m").unwrap();
+    let before = store.flushes();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let task = record(module, TaskState::Queued, store.next_seq().unwrap());
+                    store.insert(&[task]).unwrap();
+                    store.flush_blocking().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let flushes = store.flushes() - before;
+    eprintln!("{flushes} flushes for 400 acknowledged inserts");
+    assert!(
+        flushes < 400,
+        "{flushes} flushes for 400 acknowledged inserts"
+    );
+    assert!(flushes > 0);
+    assert_eq!(store.unfinished().unwrap().len(), 400);
+}
