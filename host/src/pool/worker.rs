@@ -119,22 +119,29 @@ impl Inner {
         let id = record.id;
         let report = self.execute(&record, &cancel).await;
         let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
+        let mut released = false;
+        let mut recorded = None;
         if for_stop && report.outcome == Outcome::Cancelled {
             match self.backend.release(&lease).await {
-                Ok(true) => {
-                    self.entered_queue(1);
-                    self.emit(id, EventKind::Requeued);
-                }
-                Ok(false) => {}
+                Ok(done) => released = done,
                 Err(e) => {
                     // The lease runs out instead, and the task runs again.
                     tracing::error!(task = %id, error = %e, "cannot put the task back in the queue");
                 }
             }
         } else {
-            self.record_run(lease, report).await;
+            recorded = self.record_run(lease, report).await;
         }
+        // The worker is free before anyone hears of the end: a waiter given
+        // the result sees the pool idle.
         self.lock_running().remove(&id);
+        if released {
+            self.entered_queue(1);
+            self.emit(id, EventKind::Requeued);
+        }
+        if let Some(record) = recorded {
+            self.recorded(&record);
+        }
         self.work.notify_one();
         self.quiet.notify_waiters();
     }
@@ -175,8 +182,9 @@ impl Inner {
             .await
     }
 
-    /// Records the end of a run under its lease, then tells whoever waits.
-    async fn record_run(&self, lease: Lease, report: RunReport) {
+    /// Records the end of a run under its lease; the task as recorded, or
+    /// `None` if the lease was lost or the backend kept failing.
+    async fn record_run(&self, lease: Lease, report: RunReport) -> Option<TaskRecord> {
         let id = lease.task;
         let run = Completion {
             outcome: report.outcome,
@@ -190,17 +198,14 @@ impl Inner {
         let mut wait = Duration::from_millis(50);
         for tries in 1..=COMPLETE_TRIES {
             match self.backend.complete(&lease, run.clone()).await {
-                Ok(Completed::Recorded(record)) => {
-                    self.recorded(&record);
-                    return;
-                }
+                Ok(Completed::Recorded(record)) => return Some(*record),
                 Ok(Completed::LeaseLost) => {
                     tracing::warn!(
                         task = %id,
                         "the task's lease was lost while it ran (its host stalled or was cut \
                          off): this run's result is dropped, and the run that replaced it counts"
                     );
-                    return;
+                    return None;
                 }
                 Err(e) if tries < COMPLETE_TRIES => {
                     tracing::warn!(task = %id, error = %e, tries, "cannot record the task's result; trying again");
@@ -216,6 +221,7 @@ impl Inner {
                 }
             }
         }
+        None
     }
 
     /// After a run's end was recorded.
