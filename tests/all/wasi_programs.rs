@@ -855,3 +855,190 @@ modules = { name = "python" }
 fn block<F: std::future::Future>(pool: &Pool, call: F) -> F::Output {
     pool.executor().handle().block_on(call)
 }
+
+/// `PUT` with a JSON body, for the settings route.
+fn put(
+    server: &crate::server::Server,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut response = crate::server::agent()
+        .put(format!("{}{path}", server.url))
+        .header("Content-Type", content_type)
+        .send(body.as_bytes())
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.body_mut().read_to_vec().unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+#[test]
+fn settings_are_set_and_shown_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_dir();
+    let grant = format!("{}:/config", config.path().display());
+    let server = crate::server::Server::start(&dir.path().join("data"), &["--read-only", &grant]);
+    let hash = server.upload(programs::P1_CLI_TOOL);
+    let settings_path = format!("/v1/modules/{hash}/settings");
+    let run = |server: &crate::server::Server| {
+        let (status, body) = server.post(
+            "/v1/tasks?wait=60s",
+            &serde_json::json!({"module": hash, "input": "in"}),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["result"].clone()
+    };
+
+    // No settings yet: the tool has no argument and says how to use it.
+    let (status, body) = server.get(&settings_path);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, serde_json::json!(ModuleSettings::default()));
+    let result = run(&server);
+    assert_eq!(result["outcome"]["kind"], "exit", "{result}");
+
+    let (status, body) = put(
+        &server,
+        &settings_path,
+        "application/json",
+        r#"{"name": "tool", "args": ["/config/tool.conf", "-v"], "env": {"LANG": "C"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["hash"], hash);
+    assert_eq!(body["settings"]["name"], "tool");
+    let result = run(&server);
+    assert_eq!(result["state"], "succeeded", "{result}");
+    let out = json(result["output"].as_str().unwrap().as_bytes());
+    assert_eq!(
+        out["argv"],
+        serde_json::json!(["tool", "/config/tool.conf", "-v"])
+    );
+    assert_eq!(out["lang"], "C");
+    assert_eq!(out["config"], "threshold = 3");
+
+    // Refusals: each names the problem, and changes nothing.
+    let (status, body) = put(
+        &server,
+        &settings_path,
+        "application/json",
+        r#"{"env": {"WPOOL_X": "1"}}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_settings", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("WPOOL_X"),
+        "{body}"
+    );
+    let (status, body) = put(
+        &server,
+        &settings_path,
+        "application/json",
+        r#"{"colour": "red"}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour"),
+        "{body}"
+    );
+    let (status, body) = put(&server, &settings_path, "text/plain", "{}");
+    assert_eq!(status, 415, "{body}");
+    let unknown = format!("/v1/modules/{}/settings", "0".repeat(64));
+    let (status, body) = put(&server, &unknown, "application/json", "{}");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_module");
+    let (status, body) = server.get(&unknown);
+    assert_eq!(status, 404, "{body}");
+    let component = server.upload(programs::P2_CLI);
+    let (status, body) = put(
+        &server,
+        &format!("/v1/modules/{component}/settings"),
+        "application/json",
+        r#"{"scratch": 65536}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_settings", "{body}");
+    let (_, body) = server.get(&settings_path);
+    assert_eq!(body["name"], "tool", "{body}");
+
+    // Listings show the settings; the CLI shows the name.
+    let (status, body) = server.get("/v1/modules");
+    assert_eq!(status, 200);
+    let listed = body["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["hash"] == hash)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        listed["settings"]["args"],
+        serde_json::json!(["/config/tool.conf", "-v"])
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_wpool"))
+        .args(["modules", "--server", &server.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("tool") && stdout.contains("env LANG"),
+        "{stdout}"
+    );
+
+    // Settings survive a restart of the daemon.
+    drop(server);
+    let server = crate::server::Server::start(&dir.path().join("data"), &["--read-only", &grant]);
+    let result = run(&server);
+    assert_eq!(result["state"], "succeeded", "{result}");
+}
+
+#[test]
+fn cli_submit_sends_settings_to_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::server::Server::start(&dir.path().join("data"), &[]);
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "10").unwrap();
+    let submit = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wpool"))
+            .args(["submit", programs::P1_EXIT_WITH, "--input"])
+            .arg(&input)
+            .args(["--wait", "--server", &server.url])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Exit 10 fails without settings, and succeeds once the module says so.
+    let out = submit(&[]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = submit(&["--name", "exiter", "--success-code", "10"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"exiting with 10");
+    let out = submit(&["--env", "WPOOL_NO=1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("WPOOL_NO") && stderr.contains("reserved"),
+        "{stderr}"
+    );
+}

@@ -194,6 +194,15 @@ impl Client {
         )
     }
 
+    pub(crate) fn put_json(&self, path: &str, body: &impl Serialize) -> Result<Answer, CallError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| CallError::Other(e.into()))?;
+        self.finish(
+            self.auth(self.agent.put(self.url(path)))
+                .header("Content-Type", "application/json")
+                .send(&bytes[..]),
+        )
+    }
+
     pub(crate) fn post_bytes(&self, path: &str, body: &[u8]) -> Result<Answer, CallError> {
         self.finish(
             self.auth(self.agent.post(self.url(path)))

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::client::{CallError, Client, ServerArgs, is_local};
-use super::server::types::ModuleList;
+use super::server::types::{ModuleInfo, ModuleList};
 use super::submit::print_json;
 use super::{Failure, exit, write_stdout};
 use crate::ModuleSettings;
@@ -43,24 +43,27 @@ pub(crate) fn execute(args: ModulesArgs) -> Result<u8, Failure> {
         }
         Err(e) => return Err(e.into_failure(client.base())),
     };
-    if args.server.json {
-        print_json(&list)?;
+    print(&list, args.server.json)
+}
+
+/// The list as JSON, or as a table with each module's name and settings.
+fn print(list: &ModuleList, json: bool) -> Result<u8, Failure> {
+    if json {
+        print_json(list)?;
         return Ok(exit::OK);
     }
-    let mut text = format!("{:<64}  {:>10}\n", "HASH", "SIZE");
+    let mut text = format!("{:<64}  {:>10}  {:<16}  SETTINGS\n", "HASH", "SIZE", "NAME");
     for m in &list.modules {
-        text.push_str(&format!("{:<64}  {:>10}\n", m.hash, format_size(m.size)));
+        text.push_str(&format!(
+            "{:<64}  {:>10}  {:<16}  {}\n",
+            m.hash,
+            format_size(m.size),
+            m.settings.name.as_deref().unwrap_or("-"),
+            describe(&m.settings)
+        ));
     }
     write_stdout(text.as_bytes())?;
     Ok(exit::OK)
-}
-
-/// One module of the data directory, with its run settings.
-#[derive(Debug, serde::Serialize)]
-struct LocalModule {
-    hash: String,
-    size: u64,
-    settings: ModuleSettings,
 }
 
 /// The modules of the data directory, read directly.
@@ -84,28 +87,13 @@ fn local(args: &ModulesArgs) -> Result<u8, Failure> {
             .module_settings(&module.hash)
             .map_err(Failure::internal)?
             .unwrap_or_default();
-        modules.push(LocalModule {
+        modules.push(ModuleInfo {
             hash: module.hash.to_string(),
             size: module.size,
             settings,
         });
     }
-    if args.server.json {
-        print_json(&serde_json::json!({ "modules": modules }))?;
-        return Ok(exit::OK);
-    }
-    let mut text = format!("{:<64}  {:>10}  {:<16}  SETTINGS\n", "HASH", "SIZE", "NAME");
-    for m in &modules {
-        text.push_str(&format!(
-            "{:<64}  {:>10}  {:<16}  {}\n",
-            m.hash,
-            format_size(m.size),
-            m.settings.name.as_deref().unwrap_or("-"),
-            describe(&m.settings)
-        ));
-    }
-    write_stdout(text.as_bytes())?;
-    Ok(exit::OK)
+    print(&ModuleList { modules }, args.server.json)
 }
 
 /// The settings other than the name, in a line.

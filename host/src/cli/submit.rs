@@ -154,13 +154,17 @@ pub(crate) fn execute(args: SubmitArgs) -> Result<u8, Failure> {
     }
 
     if args.settings.given() {
-        return Err(Failure::bad_input(anyhow!(
-            "the server at {} does not take module settings (--name, --arg, --env, \
-             --success-code, --scratch) over its API yet; stop the server to register the \
-             module with settings in the data directory, or use `wpool run` for a local run",
-            client.base()
-        ))
-        .context(args.module.display().to_string()));
+        // The settings replace the module's; a task queued before runs with
+        // them too, as in the data directory.
+        client
+            .put_json(
+                &format!("/v1/modules/{hash}/settings"),
+                &args.settings.settings(),
+            )
+            .map_err(|e| {
+                e.into_failure(client.base())
+                    .context(args.module.display().to_string())
+            })?;
     }
     match &args.inputs {
         Some(path) => batch(&args, &client, &hash, path),

@@ -340,6 +340,24 @@ impl Pool {
         Ok(module.hash())
     }
 
+    /// Sets the run settings of a stored module, replacing any (default
+    /// settings remove them): every task of it that starts afterwards runs
+    /// with them, including tasks already queued. Refused with
+    /// [`Error::UnknownModule`] if the module is not stored, and with
+    /// [`Error::InvalidSettings`] if the settings are not valid for it.
+    pub async fn set_module_settings(
+        &self,
+        hash: &ModuleHash,
+        settings: crate::ModuleSettings,
+    ) -> Result<()> {
+        let inner = self.inner();
+        let module = inner.compiled(hash).await?;
+        inner
+            .executor
+            .set_module_settings(&module, settings.clone())?;
+        inner.backend.put_module_settings(hash, &settings).await
+    }
+
     /// A module's run settings (the default if it has none).
     pub async fn module_settings(&self, hash: &ModuleHash) -> Result<crate::ModuleSettings> {
         Ok(self

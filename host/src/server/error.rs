@@ -54,6 +54,8 @@ pub enum ErrorCode {
     InvalidBase64,
     /// 400: the bytes are not a module wpool can run.
     InvalidModule,
+    /// 400: a module's run settings are not valid for it.
+    InvalidSettings,
     /// 400: a limit is out of range.
     InvalidLimit,
     /// 400: the task's settings disagree (attempts, labels, times).
@@ -150,6 +152,7 @@ impl From<Error> for ApiError {
         let message = error.to_string();
         match error {
             Error::InvalidModule(_) => Self::bad_request("invalid_module", message),
+            Error::InvalidSettings(_) => Self::bad_request("invalid_settings", message),
             Error::UnknownModule(hash) => Self::new(
                 StatusCode::NOT_FOUND,
                 "unknown_module",

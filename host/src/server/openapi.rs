@@ -61,6 +61,29 @@ const OUTCOME_KINDS: [&str; 12] = [
 /// `max_memory`, which `wpool serve` keeps.
 const MAX_MEMORY: u64 = 1 << 30;
 
+/// What [`ModuleSettings::validate`](crate::ModuleSettings::validate)
+/// checks and a schema can say. What it cannot (the total size of the
+/// arguments and environment, a scratch directory only for preview-1
+/// commands and within the operator's `max_scratch`, `input_file` only
+/// with `scratch`) is refused with `400 invalid_settings`, documented on
+/// the operation.
+fn module_settings_constraints(schema: &mut Value) {
+    use crate::settings::{MAX_ARGS, MAX_ENV, MAX_NAME_LEN, MAX_SUCCESS_CODES};
+    let properties = &mut schema["properties"];
+    properties["name"]["pattern"] = json!("^[A-Za-z0-9][A-Za-z0-9._+-]*$");
+    properties["name"]["minLength"] = json!(1);
+    properties["name"]["maxLength"] = json!(MAX_NAME_LEN);
+    properties["args"]["maxItems"] = json!(MAX_ARGS);
+    properties["args"]["items"]["pattern"] = json!("^[^\\u0000]*$");
+    properties["env"]["maxProperties"] = json!(MAX_ENV);
+    properties["env"]["propertyNames"] = json!({"pattern": "^[^=\\u0000]+$"});
+    properties["env"]["additionalProperties"] =
+        json!({"type": "string", "pattern": "^[^\\u0000]*$"});
+    properties["success_codes"]["maxItems"] = json!(MAX_SUCCESS_CODES);
+    properties["success_codes"]["uniqueItems"] = json!(true);
+    properties["scratch"]["minimum"] = json!(1);
+}
+
 /// The document for a server with `config`.
 pub(crate) fn document(config: &ServerConfig) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
@@ -88,6 +111,7 @@ pub(crate) fn document(config: &ServerConfig) -> Value {
     schemas["ErrorDetail"]["properties"]["code"] =
         json!({"$ref": "#/components/schemas/ErrorCode"});
     schemas["ModuleInfo"]["properties"]["hash"]["pattern"] = json!(HASH_PATTERN);
+    module_settings_constraints(&mut schemas["ModuleSettings"]);
     schemas["CancelAnswer"]["properties"]["cancel"] =
         json!({"type": "string", "enum": ["cancelled", "killed"]});
     schemas["CancelAnswer"]["properties"]["id"]["pattern"] = json!(ID_PATTERN);
@@ -178,6 +202,7 @@ fn error_codes() -> Vec<Value> {
         InvalidRequest,
         InvalidBase64,
         InvalidModule,
+        InvalidSettings,
         InvalidLimit,
         InvalidTask,
         Unauthorized,

@@ -36,6 +36,8 @@ use crate::{CancelResult, EventsError, ModuleHash, TaskId, TaskState};
         list_modules,
         get_module,
         delete_module,
+        get_module_settings,
+        put_module_settings,
         submit_task,
         list_tasks,
         get_task,
@@ -56,6 +58,10 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/modules", get(list_modules).post(upload_module))
         .route("/v1/modules/{hash}", get(get_module).delete(delete_module))
+        .route(
+            "/v1/modules/{hash}/settings",
+            get(get_module_settings).put(put_module_settings),
+        )
         .route("/v1/tasks", get(list_tasks).post(submit_task))
         .route("/v1/tasks/{id}", get(get_task).delete(cancel_task))
         .route("/v1/tasks/{id}/result", get(get_result))
@@ -179,6 +185,7 @@ async fn upload_module(State(state): State<AppState>, body: Body) -> Result<Resp
     let info = ModuleInfo {
         hash: hash.to_string(),
         size,
+        settings: state.pool.module_settings(&hash).await?,
     };
     Ok((status, Json(info)).into_response())
 }
@@ -186,16 +193,16 @@ async fn upload_module(State(state): State<AppState>, body: Body) -> Result<Resp
 /// Every stored module.
 #[utoipa::path(get, path = "/v1/modules", responses((status = 200, body = ModuleList)))]
 async fn list_modules(State(state): State<AppState>) -> Result<Json<ModuleList>, ApiError> {
-    let modules = state.pool.modules().await?;
-    Ok(Json(ModuleList {
-        modules: modules
-            .into_iter()
-            .map(|m| ModuleInfo {
-                hash: m.hash.to_string(),
-                size: m.size,
-            })
-            .collect(),
-    }))
+    let stored = state.pool.modules().await?;
+    let mut modules = Vec::with_capacity(stored.len());
+    for m in stored {
+        modules.push(ModuleInfo {
+            hash: m.hash.to_string(),
+            size: m.size,
+            settings: state.pool.module_settings(&m.hash).await?,
+        });
+    }
+    Ok(Json(ModuleList { modules }))
 }
 
 /// Whether a module is stored (the CLI asks before uploading).
@@ -223,9 +230,74 @@ async fn get_module(
         Some(size) => Ok(Json(ModuleInfo {
             hash: hash.to_string(),
             size,
+            settings: state.pool.module_settings(&hash).await?,
         })),
         None => Err(crate::Error::UnknownModule(hash).into()),
     }
+}
+
+/// A module's run settings (all defaults when none were set).
+#[utoipa::path(
+    get, path = "/v1/modules/{hash}/settings",
+    params(("hash" = String, Path, description = "the module's SHA-256, hex")),
+    responses(
+        (status = 200, body = crate::ModuleSettings),
+        (status = 400, description = "not a module hash", body = ErrorBody),
+        (status = 404, description = "unknown module", body = ErrorBody),
+    )
+)]
+async fn get_module_settings(
+    State(state): State<AppState>,
+    Path(hash): Path<String>,
+) -> Result<Json<crate::ModuleSettings>, ApiError> {
+    let hash = parse_hash(&hash)?;
+    if state.pool.backend().module(&hash).await?.is_none() {
+        return Err(crate::Error::UnknownModule(hash).into());
+    }
+    Ok(Json(state.pool.module_settings(&hash).await?))
+}
+
+/// Set a module's run settings, replacing any: its name (`argv[0]`), fixed
+/// arguments, environment variables, exit codes that mean success, and a
+/// bounded scratch directory. They grant nothing of the host (directories
+/// are the operator's to grant), so any client allowed to upload may set
+/// them. Every task of the module that starts afterwards runs with them,
+/// tasks already queued included. Default settings (`{}`) remove them.
+#[utoipa::path(
+    put, path = "/v1/modules/{hash}/settings",
+    params(("hash" = String, Path, description = "the module's SHA-256, hex")),
+    request_body = crate::ModuleSettings,
+    responses(
+        (status = 200, description = "set; the module with its settings", body = ModuleInfo),
+        (status = 400, description = "not a module hash, or settings not valid for this module \
+            (`invalid_settings`: the message names the field and what is accepted)", body = ErrorBody),
+        (status = 404, description = "unknown module", body = ErrorBody),
+        (status = 415, description = "a Content-Type other than application/json", body = ErrorBody),
+    )
+)]
+async fn put_module_settings(
+    State(state): State<AppState>,
+    Path(hash): Path<String>,
+    body: Bytes,
+) -> Result<Json<ModuleInfo>, ApiError> {
+    let hash = parse_hash(&hash)?;
+    let settings: crate::ModuleSettings = serde_json::from_slice(&body)?;
+    let size = state
+        .pool
+        .backend()
+        .module(&hash)
+        .await?
+        .map(|b| b.len() as u64)
+        .ok_or(crate::Error::UnknownModule(hash))?;
+    state
+        .pool
+        .set_module_settings(&hash, settings.clone())
+        .await?;
+    Ok(Json(ModuleInfo {
+        hash: hash.to_string(),
+        size,
+        settings,
+    }))
 }
 
 /// Delete a module; refused (409) while unfinished tasks use it.

@@ -428,6 +428,10 @@ pub struct ModuleInfo {
     pub hash: String,
     /// Its size in bytes.
     pub size: u64,
+    /// Its run settings: name, fixed arguments, environment, success codes,
+    /// scratch directory (all defaults when none were set).
+    #[serde(default)]
+    pub settings: crate::ModuleSettings,
 }
 
 /// `GET /v1/modules`.
