@@ -57,6 +57,16 @@ pub enum Error {
     #[error("the queue is full ({0} tasks waiting); retry later or raise `max_queued`")]
     QueueFull(usize),
 
+    /// The store's output files hold as many bytes as the pool allows
+    /// ([`PoolConfig::max_stored_output`](crate::PoolConfig::max_stored_output)):
+    /// `(held, allowed)`.
+    #[error(
+        "the stored task outputs take {0} bytes, the most this pool keeps ({1}); retry once \
+         retention has removed old results, or lower `retention`/`max_results`, or raise \
+         `max_stored_output`"
+    )]
+    StorageFull(u64, u64),
+
     /// The pool no longer accepts work (it is closing or stopped).
     #[error("the pool is shut down and accepts no new tasks")]
     ShutDown,

@@ -298,11 +298,14 @@ impl Executor {
             scratch_root: self.inner.scratch_root.as_deref(),
         };
         let engine = &self.inner.engine.engine;
-        let report = match module.prepared() {
+        let mut report = match module.prepared() {
             Prepared::Command(pre) => command::run(engine, pre, input, &cx).await,
             Prepared::Component(pre) => component::run(engine, pre, input, &cx).await,
             Prepared::CliCommand(pre) => component::run_cli(engine, pre, input, &cx).await,
         };
+        if report.outcome == Outcome::OutputTooLarge {
+            keep_tail(&mut report);
+        }
         tracing::debug!(
             module = %module.hash(),
             outcome = report.outcome.kind(),
@@ -311,6 +314,22 @@ impl Executor {
             "task run finished"
         );
         report
+    }
+}
+
+/// An `output_too_large` failure keeps only the last
+/// [`TOO_LARGE_TAIL`](crate::task::TOO_LARGE_TAIL) bytes of what the task
+/// wrote, enough to see what it was doing: a failure never stores the
+/// whole `max_output`.
+fn keep_tail(report: &mut RunReport) {
+    let written = report.output.len();
+    let tail = crate::task::TOO_LARGE_TAIL;
+    if written > tail {
+        report.output.drain(..written - tail);
+        report.output.shrink_to_fit();
+        report.log.push_str(&format!(
+            "\nwpool: the output passed its limit; kept its last {tail} of {written} bytes\n"
+        ));
     }
 }
 

@@ -112,7 +112,7 @@ pub use executor::{Execution, Executor, Job, ProgressFn};
 pub use limits::{LimitOverrides, Limits, MAX_OUTPUT, MAX_TIMEOUT};
 pub use outcome::{Outcome, RunReport};
 pub use pool::events::{Event, EventKind, Events, EventsError};
-pub use pool::{CancelResult, Pool, PoolConfig, Stats, TaskHandle};
+pub use pool::{CancelResult, DEFAULT_MAX_STORED_OUTPUT, Pool, PoolConfig, Stats, TaskHandle};
 pub use registry::{CompiledModule, ModuleKind};
 pub use settings::{
     DEFAULT_PROGRAM_NAME, GrantTo, MAX_ARGS, MAX_ARGS_ENV_BYTES, MAX_ENV, MAX_NAME_LEN,
@@ -122,7 +122,9 @@ pub use task::{
     Attempt, Backoff, MAX_ATTEMPTS, MAX_KEY_LEN, MAX_LABELS, Millis, ModuleHash, ModuleRef,
     StartAt, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,
 };
-pub use task::{Completion, DEFAULT_MAX_INTERRUPTIONS, Lease};
+pub use task::{
+    Completion, DEFAULT_MAX_INTERRUPTIONS, INLINE_OUTPUT, Lease, Output, TOO_LARGE_TAIL,
+};
 pub use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "cli")]

@@ -112,7 +112,8 @@ pub struct RunReport {
     pub outcome: Outcome,
     /// The output (stdout of a command, the `ok` value of a component).
     /// Empty unless the outcome is a success, except for a command that
-    /// failed after writing some.
+    /// failed after writing some; an `output_too_large` failure keeps only
+    /// the last [`TOO_LARGE_TAIL`](crate::task::TOO_LARGE_TAIL) bytes.
     pub output: Vec<u8>,
     /// The tail of the task's log (stderr and `log` calls), at most
     /// [`Limits::max_log`](crate::Limits::max_log) bytes, lossily UTF-8.

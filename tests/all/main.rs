@@ -8,6 +8,7 @@ mod contract;
 mod durable;
 mod examples;
 mod executor;
+mod outputs;
 mod pool;
 mod server;
 mod server_limits;

@@ -333,11 +333,13 @@ fn check(dir: &Path, finished: bool) -> Check {
         };
         let output = output.unwrap_or("");
         match records.get(&id) {
-            Some(task) if task.state.as_str() == state && hex(&task.output) == output => {}
+            Some(task)
+                if task.state.as_str() == state
+                    && hex(task.output.inline().unwrap_or(b"(an output file)")) == output => {}
             Some(task) => check.changed_after_seen.push(format!(
                 "{id}: seen {state} {output}, now {} {}",
                 task.state,
-                hex(&task.output)
+                hex(task.output.inline().unwrap_or(b"(an output file)"))
             )),
             None => check
                 .changed_after_seen

@@ -74,15 +74,13 @@ impl CappedOutput {
     }
 
     fn permit(&self) -> Result<usize, OutputLimitExceeded> {
-        let mut state = self.lock();
+        let state = self.lock();
         let room = state.cap - state.buf.len();
-        if room == 0 {
-            // Full: the next byte would be past the limit. Saying "0, wait"
-            // would make the guest wait forever; stop it instead.
-            state.overflowed = true;
-            return Err(OutputLimitExceeded);
-        }
-        Ok(room.min(MAX_PERMIT))
+        // Full: saying "0, wait" would make the guest wait forever, and
+        // refusing here would fail a task that wrote exactly `cap` bytes and
+        // then asks to write nothing (a flush at exit). Permit one byte: the
+        // write of a byte is what passes the limit, and is refused.
+        Ok(room.clamp(1, MAX_PERMIT))
     }
 }
 

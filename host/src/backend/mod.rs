@@ -53,12 +53,13 @@
 mod embedded;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use embedded::{EmbeddedBackend, Recovered};
 
 use crate::store::{StateCounts, StoredModule, TaskFilter};
-use crate::task::{Completion, Lease, Millis, ModuleHash, TaskId, TaskRecord, TaskState};
+use crate::task::{Completion, Lease, Millis, ModuleHash, Output, TaskId, TaskRecord, TaskState};
 use crate::{ModuleSettings, Result};
 
 #[cfg(doc)]
@@ -197,4 +198,30 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn flush(&self) -> Result<()>;
     /// Whether acknowledged writes survive a crash of this process.
     fn is_durable(&self) -> bool;
+
+    /// The bytes of a task's output as its record names it: the record's
+    /// own bytes, or the file a backend keeps a large output in
+    /// ([`Output::File`]).
+    async fn read_output(&self, task: &TaskId, output: &Output) -> Result<Vec<u8>> {
+        match output {
+            Output::Inline(bytes) => Ok(bytes.clone()),
+            Output::File { .. } => Err(crate::Error::Store(format!(
+                "the output of task {task} is a file, and this backend keeps none"
+            ))),
+        }
+    }
+
+    /// The file holding a task's output ([`Output::File`]), to be read as
+    /// a stream; `None` for an output the record holds.
+    fn output_file(&self, task: &TaskId, output: &Output) -> Option<PathBuf> {
+        let _ = (task, output);
+        None
+    }
+
+    /// Bytes of outputs kept outside task records, now. Submissions are
+    /// refused while this is at the pool's
+    /// [`max_stored_output`](crate::PoolConfig::max_stored_output).
+    fn stored_output_bytes(&self) -> u64 {
+        0
+    }
 }

@@ -181,6 +181,29 @@ impl Client {
         self.finish(self.auth(self.agent.get(self.url(path))).call())
     }
 
+    /// GETs `path` and copies the body to `out` as it arrives (for
+    /// outputs of any size); the number of bytes copied.
+    pub(crate) fn get_to(
+        &self,
+        path: &str,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64, CallError> {
+        let response = self.auth(self.agent.get(self.url(path))).call();
+        let mut response = match response {
+            Ok(response) if response.status().as_u16() < 400 => response,
+            other => {
+                return Err(self.finish(other).err().unwrap_or_else(|| {
+                    CallError::Other(anyhow!(
+                        "the server's answer to GET {path} was not an error"
+                    ))
+                }));
+            }
+        };
+        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut reader, out)
+            .map_err(|e| CallError::Other(anyhow!(e).context(format!("reading {path}"))))
+    }
+
     pub(crate) fn delete(&self, path: &str) -> Result<Answer, CallError> {
         self.finish(self.auth(self.agent.delete(self.url(path))).call())
     }

@@ -192,7 +192,7 @@ fn run_embedded(
     if args.inputs.is_none() {
         let (id, result) = &results[0];
         return match result {
-            Some(result) => print_result(&ResultView::from(result), args.server.json),
+            Some(result) => print_result(&ResultView::from(result), args.server.json, None),
             None => Err(Failure::new(
                 exit::NOT_FINISHED,
                 anyhow!("task {id} has not finished within the wait; it stays queued"),

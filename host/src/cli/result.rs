@@ -47,7 +47,7 @@ pub(crate) fn execute(args: ResultArgs) -> Result<u8, Failure> {
         }
     };
     match result {
-        Some(result) => print_result(&result, args.server.json),
+        Some(result) => print_result(&result, args.server.json, Some(&client)),
         None => Err(Failure::new(
             exit::NOT_FINISHED,
             anyhow!(

@@ -46,7 +46,7 @@ pub(crate) struct ServeArgs {
     /// listen, workers, token, max_module_size, max_input_size,
     /// max_queued, stop_grace, body_timeout, header_timeout,
     /// max_connections, max_body_bytes_in_flight, max_wait, read_only_dirs,
-    /// scratch_root, max_scratch.
+    /// scratch_root, max_scratch, retention, max_results, max_stored_output.
     ///
     /// `read_only_dirs` grants host directories to tasks, read-only:
     /// `[[read_only_dirs]]` with `host`, `guest` and optionally `modules`
@@ -97,6 +97,20 @@ pub(crate) struct ServeArgs {
     /// 0 gives none. Default: 64MiB.
     #[arg(long, env = "WPOOL_MAX_SCRATCH", value_parser = parse_size)]
     max_scratch: Option<u64>,
+    /// How long finished tasks and their results are kept, e.g. `7d`,
+    /// `12h`. Default: 7d.
+    #[arg(long, env = "WPOOL_RETENTION", value_parser = parse_duration)]
+    retention: Option<Duration>,
+    /// The most finished tasks kept; the oldest go first. Default: no
+    /// limit (only --retention applies).
+    #[arg(long, env = "WPOOL_MAX_RESULTS")]
+    max_results: Option<u64>,
+    /// The most bytes of large task outputs (over 64 KiB, kept as files in
+    /// the data directory's `outputs/`) kept at once, e.g. `8GiB`; while
+    /// they take this much, submissions get 503 `storage_full` until
+    /// retention removes old results. Default: 8GiB.
+    #[arg(long, env = "WPOOL_MAX_STORED_OUTPUT", value_parser = parse_size)]
+    max_stored_output: Option<u64>,
 }
 
 /// The config file's settings; every one optional.
@@ -120,6 +134,9 @@ struct FileConfig {
     read_only_dirs: Vec<crate::ReadOnlyDir>,
     scratch_root: Option<PathBuf>,
     max_scratch: Option<HumanSize>,
+    retention: Option<HumanDuration>,
+    max_results: Option<u64>,
+    max_stored_output: Option<HumanSize>,
 }
 
 fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -230,6 +247,18 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
     }
     if let Some(max) = args.max_queued.or(file.max_queued) {
         pool_config.max_queued(max);
+    }
+    if let Some(retention) = args.retention.or(file.retention.map(|d| d.0)) {
+        pool_config.retention(retention);
+    }
+    if let Some(max) = args.max_results.or(file.max_results) {
+        pool_config.max_results(max);
+    }
+    if let Some(max) = args
+        .max_stored_output
+        .or(file.max_stored_output.map(|s| s.0))
+    {
+        pool_config.max_stored_output(max);
     }
     let grace = args
         .stop_grace

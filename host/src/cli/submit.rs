@@ -227,7 +227,7 @@ fn single(
     let deadline = args.wait_timeout.map(|d| Instant::now() + d);
     let result = wait_with_spinner(client, &id, deadline)?;
     match result {
-        Some(result) => print_result(&result, args.server.json),
+        Some(result) => print_result(&result, args.server.json, Some(client)),
         None => Err(Failure::new(
             exit::NOT_FINISHED,
             anyhow!(
@@ -287,11 +287,33 @@ pub(crate) fn wait_with_spinner(
 
 /// Prints a result: its output on stdout and a summary on stderr (or the
 /// whole result as JSON); the exit code says whether it succeeded.
-pub(crate) fn print_result(result: &ResultView, json: bool) -> Result<u8, Failure> {
+///
+/// An output too large to be carried in the result is streamed from the
+/// server (`client`) to stdout.
+pub(crate) fn print_result(
+    result: &ResultView,
+    json: bool,
+    client: Option<&Client>,
+) -> Result<u8, Failure> {
     if json {
         print_json(result)?;
     } else {
-        write_stdout(&result.output_bytes())?;
+        match (result.output_bytes(), &result.output_url, client) {
+            (Some(bytes), _, _) => write_stdout(&bytes)?,
+            (None, Some(url), Some(client)) => {
+                let mut out = std::io::stdout().lock();
+                client
+                    .get_to(url, &mut out)
+                    .map_err(|e| e.into_failure(client.base()))?;
+                out.flush().map_err(Failure::internal)?;
+            }
+            (None, _, _) => {
+                return Err(Failure::internal(anyhow!(
+                    "the result of task {} carries no output and says nowhere to read it",
+                    result.id
+                )));
+            }
+        }
         let fuel = result
             .fuel_consumed
             .map(|f| format!(", fuel {f}"))

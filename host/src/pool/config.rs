@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use crate::{EngineConfig, Error, Result};
 
+/// The default of [`PoolConfig::max_stored_output`]: 8 GiB.
+pub const DEFAULT_MAX_STORED_OUTPUT: u64 = 8 << 30;
+
 /// How a [`Pool`] is set up.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -15,6 +18,7 @@ pub struct PoolConfig {
     pub(crate) gc_modules: bool,
     pub(crate) lease_ttl: Duration,
     pub(crate) poll_interval: Duration,
+    pub(crate) max_stored_output: u64,
 }
 
 impl Default for PoolConfig {
@@ -28,6 +32,7 @@ impl Default for PoolConfig {
             gc_modules: false,
             lease_ttl: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
+            max_stored_output: DEFAULT_MAX_STORED_OUTPUT,
         }
     }
 }
@@ -74,6 +79,19 @@ impl PoolConfig {
     /// (only [`PoolConfig::retention`] applies).
     pub fn max_results(&mut self, max: u64) -> &mut Self {
         self.max_results = Some(max);
+        self
+    }
+
+    /// The most bytes of task outputs kept in the store's output files
+    /// (outputs larger than [`INLINE_OUTPUT`](crate::task::INLINE_OUTPUT);
+    /// the sled store keeps them beside the database). While the files
+    /// hold this much, submissions are refused with
+    /// [`Error::StorageFull`] (HTTP 503 `storage_full`) until retention
+    /// removes old results; tasks already queued still run and keep their
+    /// outputs, so the files can pass the bound by at most what the tasks
+    /// queued then produce. Default: 8 GiB.
+    pub fn max_stored_output(&mut self, bytes: u64) -> &mut Self {
+        self.max_stored_output = bytes;
         self
     }
 

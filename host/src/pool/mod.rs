@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast, oneshot};
 
-pub use self::config::PoolConfig;
+pub use self::config::{DEFAULT_MAX_STORED_OUTPUT, PoolConfig};
 use self::events::{Event, EventKind, Events};
 use crate::backend::{Backend, Cancelled, EmbeddedBackend};
 use crate::store::{MemoryStore, StateCounts, Store, StoredModule, TaskFilter};
@@ -104,7 +104,7 @@ pub(crate) struct Inner {
     /// `close`/`stop` wait here for tasks to end.
     quiet: Notify,
     events: broadcast::Sender<Event>,
-    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskResult>>>>,
+    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskRecord>>>>,
     phase: AtomicU8,
     /// Tasks waiting in the queue (queued or scheduled), as far as this
     /// pool knows: it counts its own submissions and every task it sees
@@ -392,6 +392,7 @@ impl Pool {
     /// the task is stored (durably, with a durable backend).
     pub async fn submit(&self, spec: TaskSpec) -> Result<TaskHandle> {
         self.inner().check_open()?;
+        self.inner().check_storage()?;
         self.inner().reserve_room(1).await?;
         self.submit_reserved(spec).await
     }
@@ -400,6 +401,7 @@ impl Pool {
     /// queue is full.
     pub async fn try_submit(&self, spec: TaskSpec) -> Result<TaskHandle> {
         self.inner().check_open()?;
+        self.inner().check_storage()?;
         if !self.inner().try_reserve_room(1) {
             return Err(Error::QueueFull(self.inner().config.max_queued));
         }
@@ -423,6 +425,7 @@ impl Pool {
         specs: impl IntoIterator<Item = TaskSpec>,
     ) -> Result<Vec<Result<TaskHandle>>> {
         self.inner().check_open()?;
+        self.inner().check_storage()?;
         let specs: Vec<TaskSpec> = specs.into_iter().collect();
         if specs.is_empty() {
             return Ok(Vec::new());
@@ -461,19 +464,37 @@ impl Pool {
 
     /// A task's result, or `None` while it has not finished.
     pub async fn result(&self, id: TaskId) -> Result<Option<TaskResult>> {
-        Ok(self.status(id).await?.result())
+        let record = self.status(id).await?;
+        if !record.state.is_final() {
+            return Ok(None);
+        }
+        self.inner().result_of(&record).await.map(Some)
     }
 
     /// Waits for a task's result.
     pub async fn wait(&self, id: TaskId) -> Result<TaskResult> {
-        self.inner().wait(id).await
+        let record = self.inner().wait(id).await?;
+        self.inner().result_of(&record).await
     }
 
     /// Waits at most `timeout` for a task's result; `None` if it has not
     /// finished by then.
     pub async fn wait_timeout(&self, id: TaskId, timeout: Duration) -> Result<Option<TaskResult>> {
-        match tokio::time::timeout(timeout, self.inner().wait(id)).await {
+        match tokio::time::timeout(timeout, self.wait(id)).await {
             Ok(result) => result.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Waits at most `timeout` for a task to be final; its record then
+    /// (whose output may be a file of the store's: nothing large is read).
+    pub(crate) async fn wait_record_timeout(
+        &self,
+        id: TaskId,
+        timeout: Duration,
+    ) -> Result<Option<TaskRecord>> {
+        match tokio::time::timeout(timeout, self.inner().wait(id)).await {
+            Ok(record) => record.map(Some),
             Err(_) => Ok(None),
         }
     }
@@ -690,7 +711,20 @@ impl Inner {
         }
     }
 
-    async fn wait(&self, id: TaskId) -> Result<TaskResult> {
+    /// A final task's result, its output read from the backend when the
+    /// record does not hold it.
+    async fn result_of(&self, record: &TaskRecord) -> Result<TaskResult> {
+        let output = match &record.output {
+            crate::task::Output::Inline(bytes) => bytes.clone(),
+            stored => self.backend.read_output(&record.id, stored).await?,
+        };
+        record
+            .result_with(output)
+            .ok_or_else(|| Error::Host(format!("task {} is not final yet", record.id)))
+    }
+
+    /// Waits until the task is final; its record then.
+    async fn wait(&self, id: TaskId) -> Result<TaskRecord> {
         let (sender, receiver) = oneshot::channel();
         self.waiters
             .lock()
@@ -711,9 +745,9 @@ impl Inner {
                 return Err(e);
             }
         };
-        if let Some(result) = record.result() {
+        if record.state.is_final() {
             self.forget_waiter(id);
-            return Ok(result);
+            return Ok(record);
         }
         receiver.await.map_err(|_| Error::ShutDown)
     }
@@ -740,11 +774,9 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&record.id);
-        if let Some(waiters) = waiters
-            && let Some(result) = record.result()
-        {
+        if let Some(waiters) = waiters {
             for waiter in waiters {
-                let _ = waiter.send(result.clone());
+                let _ = waiter.send(record.clone());
             }
         }
         self.finished.fetch_add(1, Ordering::Relaxed);

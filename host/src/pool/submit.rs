@@ -23,6 +23,17 @@ impl Inner {
             .is_ok()
     }
 
+    /// Refuses new work while the store's output files hold
+    /// [`PoolConfig::max_stored_output`](crate::PoolConfig::max_stored_output).
+    pub(super) fn check_storage(&self) -> Result<()> {
+        let held = self.backend.stored_output_bytes();
+        let allowed = self.config.max_stored_output;
+        if held >= allowed {
+            return Err(Error::StorageFull(held, allowed));
+        }
+        Ok(())
+    }
+
     /// Takes room for `n` tasks in the queue, waiting for it.
     pub(super) async fn reserve_room(&self, n: usize) -> Result<()> {
         loop {

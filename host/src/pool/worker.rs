@@ -188,7 +188,7 @@ impl Inner {
         let id = lease.task;
         let run = Completion {
             outcome: report.outcome,
-            output: report.output,
+            output: report.output.into(),
             log: report.log,
             progress: report.progress,
             duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),

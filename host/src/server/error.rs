@@ -74,6 +74,8 @@ pub enum ErrorCode {
     ModuleInUse,
     /// 409: the task already finished.
     AlreadyFinished,
+    /// 409: the task is not final yet (its output is not there).
+    NotFinished,
     /// 413: the body is larger than the route's limit.
     TooLarge,
     /// 414: the URI is too long.
@@ -88,6 +90,10 @@ pub enum ErrorCode {
     Internal,
     /// 503: too many request bodies in flight; retry after `Retry-After`.
     Busy,
+    /// 503: the stored task outputs are at the daemon's bound
+    /// (`--max-stored-output`); retry after `Retry-After`, once retention
+    /// removed old results.
+    StorageFull,
     /// 503: the server is shutting down.
     ShuttingDown,
     /// Any other error status.
@@ -164,6 +170,9 @@ impl From<Error> for ApiError {
             Error::NotFound(_) => Self::not_found(message),
             Error::QueueFull(_) => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message).retry_after(1)
+            }
+            Error::StorageFull(..) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_full", message).retry_after(30)
             }
             Error::ShutDown => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

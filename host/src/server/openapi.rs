@@ -212,6 +212,7 @@ fn error_codes() -> Vec<Value> {
         BodyTimeout,
         ModuleInUse,
         AlreadyFinished,
+        NotFinished,
         TooLarge,
         UriTooLong,
         UnsupportedMediaType,
@@ -219,6 +220,7 @@ fn error_codes() -> Vec<Value> {
         HeadersTooLarge,
         Internal,
         Busy,
+        StorageFull,
         ShuttingDown,
         HttpError,
     ]

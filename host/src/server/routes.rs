@@ -42,6 +42,7 @@ use crate::{CancelResult, EventsError, ModuleHash, TaskId, TaskState};
         list_tasks,
         get_task,
         get_result,
+        get_output,
         cancel_task,
         stats,
         events,
@@ -65,6 +66,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/tasks", get(list_tasks).post(submit_task))
         .route("/v1/tasks/{id}", get(get_task).delete(cancel_task))
         .route("/v1/tasks/{id}/result", get(get_result))
+        .route("/v1/tasks/{id}/output", get(get_output))
         .route("/v1/stats", get(stats))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
@@ -120,16 +122,18 @@ fn wait_param(state: &AppState, pairs: &[(String, String)]) -> Result<Option<Dur
     Ok(Some(wait.min(state.config.max_wait)))
 }
 
-/// Waits for a result, at most `wait`, or until the server shuts down.
+/// Waits for a task to be final, at most `wait`, or until the server
+/// shuts down; its result then.
 async fn wait_for(
     state: &AppState,
     id: TaskId,
     wait: Duration,
-) -> Result<Option<crate::TaskResult>, ApiError> {
-    tokio::select! {
-        result = state.pool.wait_timeout(id, wait) => Ok(result?),
-        () = state.shutdown.cancelled() => Ok(state.pool.result(id).await?),
-    }
+) -> Result<Option<ResultView>, ApiError> {
+    let record = tokio::select! {
+        record = state.pool.wait_record_timeout(id, wait) => record?,
+        () = state.shutdown.cancelled() => Some(state.pool.status(id).await?),
+    };
+    Ok(record.as_ref().and_then(ResultView::of_record))
 }
 
 /// Upload a module (raw wasm bytes); answers with its hash.
@@ -385,7 +389,7 @@ async fn submit_task(
     };
     let answer = TaskAnswer {
         task: TaskView::from(&record),
-        result: result.as_ref().map(ResultView::from),
+        result,
         created: Some(created),
     };
     let mut response = (status, Json(answer)).into_response();
@@ -479,7 +483,7 @@ async fn get_task(
     let record = state.pool.status(id).await?;
     Ok(Json(TaskAnswer {
         task: TaskView::from(&record),
-        result: record.result().as_ref().map(ResultView::from),
+        result: ResultView::of_record(&record),
         created: None,
     }))
 }
@@ -510,15 +514,78 @@ async fn get_result(
     let id = parse_id(&id)?;
     let result = match wait {
         Some(wait) => wait_for(&state, id, wait).await?,
-        None => state.pool.result(id).await?,
+        None => ResultView::of_record(&state.pool.status(id).await?),
     };
     Ok(match result {
-        Some(result) => Json(ResultView::from(&result)).into_response(),
+        Some(result) => Json(result).into_response(),
         None => {
             let record = state.pool.status(id).await?;
             (StatusCode::ACCEPTED, Json(TaskView::from(&record))).into_response()
         }
     })
+}
+
+/// A final task's output, as raw bytes, streamed from where the store
+/// keeps it (large outputs are never read whole into the server's memory).
+#[utoipa::path(
+    get, path = "/v1/tasks/{id}/output",
+    params(("id" = String, Path, description = "the task's id")),
+    responses(
+        (status = 200, description = "the output of the task's last attempt",
+            content_type = "application/octet-stream", body = WasmBytes),
+        (status = 400, description = "not a task id", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the task is not final yet (`not_finished`)", body = ErrorBody),
+    )
+)]
+async fn get_output(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let record = state.pool.status(id).await?;
+    if !record.state.is_final() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_finished",
+            format!(
+                "task {id} is {}: its output is there once it is final; wait for it with \
+                 GET /v1/tasks/{id}/result?wait=30s",
+                record.state
+            ),
+        ));
+    }
+    let octets = [(header::CONTENT_TYPE, "application/octet-stream")];
+    let length = record.output.len();
+    let body = match &record.output {
+        crate::Output::Inline(bytes) => Body::from(bytes.clone()),
+        stored => {
+            let path = state
+                .pool
+                .backend()
+                .output_file(&id, stored)
+                .ok_or_else(|| {
+                    ApiError::internal(&format!(
+                        "task {id}'s output names a file the backend lacks"
+                    ))
+                })?;
+            let file = match tokio::fs::File::open(&path).await {
+                Ok(file) => file,
+                // Retention removed the task and its output meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(crate::Error::NotFound(id).into());
+                }
+                Err(e) => {
+                    return Err(ApiError::internal(&format!(
+                        "cannot open the output file {}: {e}",
+                        path.display()
+                    )));
+                }
+            };
+            Body::from_stream(tokio_util::io::ReaderStream::new(file))
+        }
+    };
+    Ok((octets, [(header::CONTENT_LENGTH, length.to_string())], body).into_response())
 }
 
 /// Cancel a task: a waiting one never runs, a running one is killed.

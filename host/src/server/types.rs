@@ -551,11 +551,20 @@ pub struct ResultView {
     /// How it ended (absent for an expired task: it never ran).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<OutcomeView>,
-    /// The output as text, when it is valid UTF-8.
+    /// The output as text, when it is valid UTF-8 and carried here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
-    /// The output bytes, base64.
-    pub output_base64: String,
+    /// The output bytes, base64, when carried here: outputs up to 64 KiB.
+    /// A larger one is read as a stream from `output_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_base64: Option<String>,
+    /// The output's size in bytes.
+    #[serde(default)]
+    pub output_size: u64,
+    /// Where to read an output too large to be carried here
+    /// (`/v1/tasks/{id}/output`); absent when it is carried here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_url: Option<String>,
     /// The log tail of the last attempt.
     pub log: String,
     /// How many attempts ran.
@@ -576,6 +585,30 @@ pub struct ResultView {
     pub finished_at: u64,
 }
 
+impl ResultView {
+    /// The result of a final task as the API shows it: its output carried
+    /// when the record holds it and it is at most
+    /// [`INLINE_OUTPUT`](crate::INLINE_OUTPUT), else named by
+    /// `output_url` (nothing large is read or copied here).
+    pub fn of_record(record: &TaskRecord) -> Option<Self> {
+        let carried = record
+            .output
+            .inline()
+            .filter(|bytes| bytes.len() <= crate::INLINE_OUTPUT);
+        let mut view =
+            Self::from(&record.result_with(carried.map(<[u8]>::to_vec).unwrap_or_default())?);
+        view.output_size = record.output.len();
+        if carried.is_none() {
+            view.output = None;
+            view.output_base64 = None;
+            view.output_url = Some(format!("/v1/tasks/{}/output", record.id));
+        }
+        Some(view)
+    }
+}
+
+/// A result with its whole output carried (for results read in this
+/// process, not over the API).
 impl From<&TaskResult> for ResultView {
     fn from(r: &TaskResult) -> Self {
         Self {
@@ -583,7 +616,9 @@ impl From<&TaskResult> for ResultView {
             state: r.state.to_string(),
             outcome: r.outcome.as_ref().map(OutcomeView::from),
             output: std::str::from_utf8(&r.output).ok().map(str::to_string),
-            output_base64: base64::engine::general_purpose::STANDARD.encode(&r.output),
+            output_base64: Some(base64::engine::general_purpose::STANDARD.encode(&r.output)),
+            output_size: r.output.len() as u64,
+            output_url: None,
             log: r.log.clone(),
             attempts: r.attempts.len(),
             interruptions: r.interruptions,
@@ -597,13 +632,15 @@ impl From<&TaskResult> for ResultView {
 }
 
 impl ResultView {
-    /// The output bytes.
-    pub fn output_bytes(&self) -> Vec<u8> {
-        match &self.output {
-            Some(text) => text.clone().into_bytes(),
-            None => base64::engine::general_purpose::STANDARD
-                .decode(&self.output_base64)
-                .unwrap_or_default(),
+    /// The output bytes when they are carried here; `None` when they are
+    /// to be read from `output_url`.
+    pub fn output_bytes(&self) -> Option<Vec<u8>> {
+        match (&self.output, &self.output_base64) {
+            (Some(text), _) => Some(text.clone().into_bytes()),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok(),
+            (None, None) => None,
         }
     }
 }

@@ -14,11 +14,12 @@ mod sled;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 pub use self::sled::{CheckReport, SCHEMA_VERSION, SledOptions, SledStore, SyncMode};
 pub use memory::MemoryStore;
 
-use crate::task::{Millis, TaskId, TaskRecord, TaskState};
+use crate::task::{Millis, Output, TaskId, TaskRecord, TaskState};
 use crate::{ModuleHash, ModuleSettings, Result};
 
 /// What [`Store::insert`] did with one task.
@@ -154,6 +155,40 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn put_module_settings(&self, hash: &ModuleHash, settings: &ModuleSettings) -> Result<()>;
     /// A module's run settings, `None` if it has none.
     fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>>;
+
+    /// Keeps the output of the run held under `token` of `task`: a store
+    /// that keeps large outputs apart from its records writes it to a file
+    /// (durably, before returning) and answers [`Output::File`]; the default
+    /// keeps it in the record. The output is not yet named by any record:
+    /// [`Store::discard_output`] removes it if it never will be.
+    fn keep_output(&self, task: &TaskId, token: u64, bytes: Vec<u8>) -> Result<Output> {
+        let _ = (task, token);
+        Ok(Output::Inline(bytes))
+    }
+    /// Removes an output kept by [`Store::keep_output`] that no record names
+    /// (its run's lease was lost).
+    fn discard_output(&self, task: &TaskId, output: &Output) -> Result<()> {
+        let _ = (task, output);
+        Ok(())
+    }
+    /// The bytes of an output as a record names it.
+    fn read_output(&self, task: &TaskId, output: &Output) -> Result<Vec<u8>> {
+        match output {
+            Output::Inline(bytes) => Ok(bytes.clone()),
+            Output::File { .. } => Err(crate::Error::Store(format!(
+                "the output of task {task} is a file, and this store keeps none"
+            ))),
+        }
+    }
+    /// The file holding an output ([`Output::File`]).
+    fn output_file(&self, task: &TaskId, output: &Output) -> Option<PathBuf> {
+        let _ = (task, output);
+        None
+    }
+    /// Bytes of outputs kept in files, now.
+    fn stored_output_bytes(&self) -> u64 {
+        0
+    }
 
     /// Makes every write so far durable; concurrent callers share flushes.
     async fn flush(&self) -> Result<()>;

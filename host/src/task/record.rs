@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backoff, ModuleHash, StartAt, TaskId, TaskSpec, TaskState};
+use super::{Backoff, ModuleHash, Output, StartAt, TaskId, TaskSpec, TaskState};
 use crate::{Limits, Outcome};
 
 /// Milliseconds since the Unix epoch, the time unit of stored records.
@@ -96,8 +96,9 @@ pub struct TaskRecord {
     pub cancel_requested: bool,
     /// The final outcome (once final).
     pub outcome: Option<Outcome>,
-    /// The output of the last run.
-    pub output: Vec<u8>,
+    /// The output of the last run: in the record, or in a file of the
+    /// store's when it is large.
+    pub output: Output,
     /// The log tail of the last run.
     pub log: String,
     /// The last progress the task reported.
@@ -128,7 +129,7 @@ pub struct Completion {
     /// How the run ended.
     pub outcome: Outcome,
     /// Its output.
-    pub output: Vec<u8>,
+    pub output: Output,
     /// Its log tail.
     pub log: String,
     /// The last progress it reported.
@@ -175,7 +176,7 @@ impl TaskRecord {
             lease: None,
             cancel_requested: false,
             outcome: None,
-            output: Vec::new(),
+            output: Output::default(),
             log: String::new(),
             progress: None,
         }
@@ -315,8 +316,17 @@ impl TaskRecord {
         }
     }
 
-    /// The result, once the task is final.
+    /// The result, once the task is final, with its output when the record
+    /// holds it. An output kept in a file is left empty here: read it with
+    /// [`Backend::read_output`](crate::backend::Backend::read_output) and
+    /// [`TaskRecord::result_with`], as [`Pool::result`](crate::Pool::result)
+    /// does.
     pub fn result(&self) -> Option<TaskResult> {
+        self.result_with(self.output.inline().map(<[u8]>::to_vec).unwrap_or_default())
+    }
+
+    /// The result, once the task is final, with `output` as its output.
+    pub fn result_with(&self, output: Vec<u8>) -> Option<TaskResult> {
         if !self.state.is_final() {
             return None;
         }
@@ -324,7 +334,7 @@ impl TaskRecord {
             id: self.id,
             state: self.state,
             outcome: self.outcome.clone(),
-            output: self.output.clone(),
+            output,
             log: self.log.clone(),
             attempts: self.attempts.clone(),
             interruptions: self.interruptions,

@@ -25,7 +25,8 @@ use self::index::Index;
 use super::{Backend, Cancelled, Claim, Completed, Enqueued, LeaseState, Tick};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
-    Completion, Lease, Millis, ModuleHash, TaskId, TaskRecord, TaskState, now_millis,
+    Completion, INLINE_OUTPUT, Lease, Millis, ModuleHash, Output, TaskId, TaskRecord, TaskState,
+    now_millis,
 };
 use crate::{Error, ModuleSettings, Result};
 
@@ -301,22 +302,53 @@ impl Backend for EmbeddedBackend {
             .collect())
     }
 
-    async fn complete(&self, lease: &Lease, run: Completion) -> Result<Completed> {
+    async fn complete(&self, lease: &Lease, mut run: Completion) -> Result<Completed> {
+        // A large output goes to the store's file first, outside the lock
+        // (it is written and synced), and is named by the record after.
+        if let Output::Inline(bytes) = &mut run.output
+            && bytes.len() > INLINE_OUTPUT
+        {
+            let bytes = std::mem::take(bytes);
+            let store = self.store.clone();
+            let (task, token) = (lease.task, lease.token);
+            run.output =
+                tokio::task::spawn_blocking(move || store.keep_output(&task, token, bytes))
+                    .await
+                    .map_err(|e| Error::Store(format!("keeping an output panicked: {e}")))??;
+        }
+        let discard = |output: &Output| {
+            if let Err(e) = self.store.discard_output(&lease.task, output) {
+                tracing::warn!(task = %lease.task, error = %e, "cannot remove an output no record names");
+            }
+        };
         let record = {
             let mut index = self.lock();
-            let Some(running) = index.running.get(&lease.task) else {
+            let held = index
+                .running
+                .get(&lease.task)
+                .filter(|running| running.is_held_by(lease));
+            let Some(running) = held else {
+                drop(index);
+                discard(&run.output);
                 return Ok(Completed::LeaseLost);
             };
-            if !running.is_held_by(lease) {
-                return Ok(Completed::LeaseLost);
-            }
             let mut record = running.clone();
+            let output = run.output.clone();
             record.complete(run);
-            let written = self.store.update(&record, TaskState::Running)?;
+            let written = match self.store.update(&record, TaskState::Running) {
+                Ok(written) => written,
+                Err(e) => {
+                    drop(index);
+                    discard(&output);
+                    return Err(e);
+                }
+            };
             self.wrote();
             match written {
                 true => {}
                 false => {
+                    drop(index);
+                    discard(&output);
                     return Err(Error::Store(format!(
                         "task {} changed in the store behind the queue's back",
                         record.id
@@ -501,6 +533,25 @@ impl Backend for EmbeddedBackend {
 
     async fn flush(&self) -> Result<()> {
         self.flush_writes().await
+    }
+
+    async fn read_output(&self, task: &TaskId, output: &Output) -> Result<Vec<u8>> {
+        if let Output::Inline(bytes) = output {
+            return Ok(bytes.clone());
+        }
+        let store = self.store.clone();
+        let (task, output) = (*task, output.clone());
+        tokio::task::spawn_blocking(move || store.read_output(&task, &output))
+            .await
+            .map_err(|e| Error::Store(format!("reading an output panicked: {e}")))?
+    }
+
+    fn output_file(&self, task: &TaskId, output: &Output) -> Option<std::path::PathBuf> {
+        self.store.output_file(task, output)
+    }
+
+    fn stored_output_bytes(&self) -> u64 {
+        self.store.stored_output_bytes()
     }
 
     fn is_durable(&self) -> bool {

@@ -12,7 +12,7 @@ use crate::{Error, Result};
 pub(super) const RECORD_VERSION: u8 = 1;
 /// The version byte of task records this build writes (see
 /// [`schema`](super::schema) for what each version holds).
-pub(super) const TASK_RECORD_VERSION: u8 = 2;
+pub(super) const TASK_RECORD_VERSION: u8 = 3;
 /// Envelope header: version byte + CRC32.
 pub(super) const HEADER: usize = 5;
 
@@ -147,12 +147,14 @@ pub(super) fn encode_task(task: &TaskRecord) -> Result<Vec<u8>> {
 
 pub(super) fn decode_task(key: &[u8], bytes: &[u8]) -> Result<TaskRecord> {
     let (version, payload) = open_versioned("tasks", key, bytes, TASK_RECORD_VERSION)?;
-    let task = if version == 1 {
-        TaskRecord::try_from(decode_payload::<schema::StoredTaskV1>(
+    let task = match version {
+        1 => TaskRecord::try_from(decode_payload::<schema::StoredTaskV1>(
             "tasks", key, payload,
-        )?)
-    } else {
-        TaskRecord::try_from(decode_payload::<schema::StoredTask>("tasks", key, payload)?)
+        )?),
+        2 => TaskRecord::try_from(decode_payload::<schema::StoredTaskV2>(
+            "tasks", key, payload,
+        )?),
+        _ => TaskRecord::try_from(decode_payload::<schema::StoredTask>("tasks", key, payload)?),
     };
     task.map_err(|e| corrupted("tasks", key, e))
 }

@@ -18,6 +18,9 @@
 //! | `meta` | `schema`, `counts` | the schema version; the number of tasks in each state |
 //! | `module_settings` | module hash (32 bytes) | the module's run settings (JSON) |
 //!
+//! Outputs larger than [`INLINE_OUTPUT`](crate::task::INLINE_OUTPUT) are
+//! files in `outputs/`, not records: see [`outputs`].
+//!
 //! Every value except the empty index values is wrapped in an envelope: one
 //! byte of record version, a CRC32 of the key and the payload, then the
 //! payload (bincode for records, raw bytes for modules). A record whose
@@ -43,6 +46,7 @@ use ::sled::transaction::TransactionError;
 
 use self::envelope::{decode, decode_counts, decode_task, encode, module_hash};
 use self::flusher::Flusher;
+use self::outputs::OutputFiles;
 use super::StateCounts;
 use crate::task::{TaskId, TaskRecord};
 use crate::{Error, Result};
@@ -50,6 +54,7 @@ use crate::{Error, Result};
 mod check;
 mod envelope;
 mod flusher;
+mod outputs;
 mod schema;
 mod tasks;
 
@@ -57,7 +62,7 @@ pub use check::CheckReport;
 
 /// The schema version this build writes and reads. A store written by a
 /// newer wpool (a higher version) is refused, never modified.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The file beside the database that names the schema version.
 const VERSION_FILE: &str = "wpool-store";
@@ -141,6 +146,8 @@ pub struct SledStore {
     writes: Mutex<StateCounts>,
     flusher: Flusher,
     sync: SyncMode,
+    /// Outputs too large for a record.
+    outputs: OutputFiles,
 }
 
 struct Trees {
@@ -236,10 +243,11 @@ impl SledStore {
             Ok(())
         };
         let upgraded = match store_version {
-            // Schema 1 stores are read as they are (their task records are
-            // version 1, read with defaults for what version 2 added) and
-            // marked schema 2, so that an older wpool refuses them rather
-            // than misreading the records written from now on.
+            // Older stores are read as they are (their task records keep
+            // their versions, read with defaults for what later versions
+            // added) and marked with this schema, so that an older wpool
+            // refuses them rather than misreading the records written from
+            // now on.
             Some(version) if version < SCHEMA_VERSION => {
                 check_version(&dir, version)?;
                 write_schema()?;
@@ -292,6 +300,16 @@ impl SledStore {
                 )));
             }
         };
+        let outputs = OutputFiles::open(&dir, |task, token| {
+            let key = task.to_bytes();
+            let record = trees.tasks.get(key).map_err(|e| {
+                Error::Store(format!("reading task {task} in {}: {e}", dir.display()))
+            })?;
+            Ok(match record {
+                Some(bytes) => outputs::names(&decode_task(&key, &bytes)?, token),
+                None => false,
+            })
+        })?;
         let flusher = Flusher::start(db.clone())?;
         let store = SledStore {
             dir,
@@ -300,6 +318,7 @@ impl SledStore {
             writes: Mutex::new(StateCounts::default()),
             flusher,
             sync: options.sync,
+            outputs,
         };
         let counts = match counts {
             Some(counts) => counts,

@@ -11,6 +11,10 @@
 //!   (interruptions and the lease, schema 2). A version 1 record reads as
 //!   a task never interrupted, holding no lease; it is rewritten as
 //!   version 2 the next time the task changes.
+//! - 3: [`StoredTask`], version 2 followed by where the output is when it
+//!   is not in the record ([`StoredOutputFile`], schema 3: large outputs in
+//!   files beside the database). Versions 1 and 2 read as outputs held in
+//!   the record, which they are.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,15 +22,32 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::task::{
-    Attempt, Backoff, DEFAULT_MAX_INTERRUPTIONS, Lease, TaskId, TaskRecord, TaskState,
+    Attempt, Backoff, DEFAULT_MAX_INTERRUPTIONS, Lease, Output, TaskId, TaskRecord, TaskState,
 };
 use crate::{Limits, ModuleHash, Outcome};
 
-/// A task record, version 2.
+/// A task record, version 3.
 #[derive(Serialize, Deserialize)]
 pub(super) struct StoredTask {
     base: StoredTaskV1,
     lease: StoredLease,
+    /// Set when the output is in a file (the base's output is empty then).
+    output_file: Option<StoredOutputFile>,
+}
+
+/// A task record, version 2.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredTaskV2 {
+    base: StoredTaskV1,
+    lease: StoredLease,
+}
+
+/// An output kept in a file: the lease token of the run that wrote it
+/// (which, with the task id, names the file) and its size.
+#[derive(Serialize, Deserialize)]
+struct StoredOutputFile {
+    token: u64,
+    len: u64,
 }
 
 /// What version 2 added to a task record.
@@ -176,6 +197,10 @@ impl From<&TaskRecord> for StoredTask {
                 lease: t.lease.map(|l| (l.token, l.expires_at)),
                 cancel_requested: t.cancel_requested,
             },
+            output_file: match t.output {
+                Output::Inline(_) => None,
+                Output::File { token, len } => Some(StoredOutputFile { token, len }),
+            },
         }
     }
 }
@@ -184,6 +209,24 @@ impl TryFrom<StoredTask> for TaskRecord {
     type Error = String;
 
     fn try_from(t: StoredTask) -> Result<Self, String> {
+        let mut record = TaskRecord::try_from(StoredTaskV2 {
+            base: t.base,
+            lease: t.lease,
+        })?;
+        if let Some(file) = t.output_file {
+            record.output = Output::File {
+                token: file.token,
+                len: file.len,
+            };
+        }
+        Ok(record)
+    }
+}
+
+impl TryFrom<StoredTaskV2> for TaskRecord {
+    type Error = String;
+
+    fn try_from(t: StoredTaskV2) -> Result<Self, String> {
         let mut record = TaskRecord::try_from(t.base)?;
         record.max_interruptions = t.lease.max_interruptions;
         record.interruptions = t.lease.interruptions;
@@ -239,7 +282,7 @@ impl From<&TaskRecord> for StoredTaskV1 {
                 })
                 .collect(),
             outcome: t.outcome.as_ref().map(outcome),
-            output: t.output.clone(),
+            output: t.output.inline().map(<[u8]>::to_vec).unwrap_or_default(),
             log: t.log.clone(),
             progress: t.progress,
         }
@@ -296,7 +339,7 @@ impl TryFrom<StoredTaskV1> for TaskRecord {
             lease: None,
             cancel_requested: false,
             outcome: t.outcome.map(outcome_from).transpose()?,
-            output: t.output,
+            output: Output::Inline(t.output),
             log: t.log,
             progress: t.progress,
         })

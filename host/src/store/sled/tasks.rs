@@ -9,7 +9,7 @@ use super::envelope::{
 };
 use super::{META_COUNTS, PURGE_BATCH, SledStore, SyncMode};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
-use crate::task::{Millis, TaskId, TaskRecord, TaskState};
+use crate::task::{Millis, Output, TaskId, TaskRecord, TaskState};
 use crate::{Error, ModuleHash, ModuleSettings, Result};
 
 /// Where a task belongs: one index entry per task, always.
@@ -253,6 +253,8 @@ impl Store for SledStore {
         let mut counts = self.lock_writes();
         let current = &*counts;
         let t = &self.trees;
+        // The output the stored record named, if this one replaces it.
+        let replaced = std::cell::RefCell::new(None);
         let result = (&t.tasks, &t.unfinished, &t.finished, &t.meta)
             .transaction(|(tasks, unfinished, finished, meta)| {
                 let Some(stored) = tasks.get(id)? else {
@@ -262,6 +264,9 @@ impl Store for SledStore {
                 if stored.state != expected {
                     return Ok(None);
                 }
+                *replaced.borrow_mut() = (matches!(stored.output, Output::File { .. })
+                    && stored.output != task.output)
+                    .then(|| stored.output.clone());
                 remove_index(unfinished, finished, index_key(&stored))?;
                 put_index(unfinished, finished, index_key(task))?;
                 tasks.insert(&id[..], value.as_slice())?;
@@ -276,10 +281,34 @@ impl Store for SledStore {
         match result {
             Some(new_counts) => {
                 *counts = new_counts;
+                drop(counts);
+                if let Some(output) = replaced.into_inner() {
+                    self.outputs.remove_all(&[(task.id, output)]);
+                }
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    fn keep_output(&self, task: &TaskId, token: u64, bytes: Vec<u8>) -> Result<Output> {
+        self.outputs.keep(task, token, bytes)
+    }
+
+    fn discard_output(&self, task: &TaskId, output: &Output) -> Result<()> {
+        self.outputs.remove(task, output)
+    }
+
+    fn read_output(&self, task: &TaskId, output: &Output) -> Result<Vec<u8>> {
+        self.outputs.read(task, output)
+    }
+
+    fn output_file(&self, task: &TaskId, output: &Output) -> Option<std::path::PathBuf> {
+        self.outputs.file(task, output)
+    }
+
+    fn stored_output_bytes(&self) -> u64 {
+        self.outputs.bytes()
     }
 
     fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
@@ -379,9 +408,12 @@ impl Store for SledStore {
             }
             let current = &*counts;
             let t = &self.trees;
+            // Output files of the removed tasks, removed once they are.
+            let files = std::cell::RefCell::new(Vec::new());
             let new_counts = (&t.tasks, &t.finished, &t.keys, &t.meta)
                 .transaction(|(tasks, finished, keys, meta)| {
                     let mut new_counts = current.clone();
+                    files.borrow_mut().clear();
                     for key in &doomed {
                         finished.remove(key)?;
                         let id_bytes = key.get(8..).unwrap_or_default();
@@ -390,6 +422,9 @@ impl Store for SledStore {
                         };
                         let task: TaskRecord = decode_task(id_bytes, &value).map_err(abort)?;
                         new_counts.moved(Some(task.state), None);
+                        if matches!(task.output, Output::File { .. }) {
+                            files.borrow_mut().push((task.id, task.output));
+                        }
                         if let Some(k) = &task.idempotency_key
                             && keys.get(k.as_bytes())?.as_deref() == Some(id_bytes)
                         {
@@ -401,6 +436,7 @@ impl Store for SledStore {
                 })
                 .map_err(|e| self.tx_error("removing finished tasks", e))?;
             *counts = new_counts;
+            self.outputs.remove_all(&files.into_inner());
             removed += doomed.len() as u64;
         }
         Ok(removed)

@@ -44,7 +44,7 @@ fn record(module: ModuleHash, state: TaskState, seq: u64) -> TaskRecord {
         cancel_requested: true,
         max_interruptions: 4,
         outcome: Some(Outcome::Exit(3)),
-        output: b"out".to_vec(),
+        output: b"out".to_vec().into(),
         log: "log".into(),
         progress: Some((1, 2)),
     };
