@@ -109,7 +109,7 @@ pub use cache::{ARTIFACTS_DIR, ArtifactCache, CacheStats};
 pub use engine::EngineConfig;
 pub use error::{Error, Result};
 pub use executor::{Execution, Executor, Job, ProgressFn};
-pub use limits::{LimitOverrides, Limits, MAX_OUTPUT, MAX_TIMEOUT};
+pub use limits::{LimitOverrides, Limits, MAX_LOG, MAX_OUTPUT, MAX_TIMEOUT};
 pub use outcome::{Outcome, RunReport};
 pub use pool::events::{Event, EventKind, Events, EventsError};
 pub use pool::{CancelResult, DEFAULT_MAX_STORED_OUTPUT, Pool, PoolConfig, Stats, TaskHandle};
@@ -123,7 +123,7 @@ pub use task::{
     StartAt, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,
 };
 pub use task::{
-    Completion, DEFAULT_MAX_INTERRUPTIONS, INLINE_OUTPUT, Lease, Output, TOO_LARGE_TAIL,
+    Completion, DEFAULT_MAX_INTERRUPTIONS, INLINE_PAYLOAD, Lease, Payload, Slot, TOO_LARGE_TAIL,
 };
 pub use tokio_util::sync::CancellationToken;
 

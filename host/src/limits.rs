@@ -30,7 +30,8 @@ pub struct Limits {
     /// never buffers more than this. Default: 16 MiB.
     pub max_output: u64,
     /// How much of the task's log (stderr and `log` calls) is kept: its
-    /// last `max_log` bytes. Writing more never fails the task. Default: 64 KiB.
+    /// last `max_log` bytes. Writing more never fails the task. Default, and
+    /// the most allowed ([`MAX_LOG`]): 64 KiB.
     pub max_log: u64,
 }
 
@@ -49,8 +50,14 @@ impl Default for Limits {
 /// The longest timeout a task may ask for: one week.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The largest output or log a task may be allowed: 1 GiB.
+/// The largest output a task may be allowed: 1 GiB.
 pub const MAX_OUTPUT: u64 = 1 << 30;
+
+/// The largest log tail a task may keep: 64 KiB, the default. A log is a
+/// tail for people to read, kept in its task's record (unlike large inputs
+/// and outputs, which go to files), and its bound keeps records small:
+/// write bulky diagnostics to the output instead.
+pub const MAX_LOG: u64 = 64 << 10;
 
 /// Per-task overrides of the pool's default [`Limits`]; `None` keeps the
 /// default.
@@ -131,14 +138,17 @@ impl Limits {
                 ),
             });
         }
-        for (name, value) in [("max_output", self.max_output), ("max_log", self.max_log)] {
-            if value > MAX_OUTPUT {
+        for (name, value, max) in [
+            ("max_output", self.max_output, MAX_OUTPUT),
+            ("max_log", self.max_log, MAX_LOG),
+        ] {
+            if value > max {
                 return Err(Error::InvalidLimit {
                     name,
                     reason: format!(
                         "{} is more than the maximum of {}",
                         crate::units::format_size(value),
-                        crate::units::format_size(MAX_OUTPUT)
+                        crate::units::format_size(max)
                     ),
                 });
             }

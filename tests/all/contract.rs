@@ -288,7 +288,7 @@ async fn a_completion_under_a_lost_lease_is_refused(h: &dyn Harness) {
         Completed::LeaseLost
     );
     let stored = backend.get(&id).await.unwrap().unwrap();
-    assert_eq!(stored.output, wpool::Output::Inline(b"out".to_vec()));
+    assert_eq!(stored.output, wpool::Payload::Inline(b"out".to_vec()));
     assert_eq!(stored.lease, None);
     counts_add_up(&backend, 1).await;
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wpool::store::{SledOptions, SledStore, Store};
-use wpool::{LimitOverrides, Output, Pool, PoolConfig, TaskId, TaskSpec, TaskState};
+use wpool::{LimitOverrides, Payload, Pool, PoolConfig, TaskId, TaskSpec, TaskState};
 use wpool_test_artifacts as programs;
 
 use crate::server::Server;
@@ -35,7 +35,7 @@ fn expected_output(size: usize, seed: u64) -> Vec<u8> {
 
 /// The files in the data directory's `outputs/`, with their sizes.
 fn output_files(dir: &Path) -> Vec<(String, u64)> {
-    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir.join("outputs"))
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir.join("payloads"))
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
@@ -80,7 +80,7 @@ async fn large_outputs_live_in_files_and_leave_with_their_tasks() {
 
     // The record names a file; the small output stays in its record.
     let record = pool.status(big.id).await.unwrap();
-    let Output::File { token, len } = record.output else {
+    let Payload::File { token, len } = record.output else {
         panic!(
             "a 1 MiB output is kept in a file, not {:?}",
             record.output.len()
@@ -91,7 +91,7 @@ async fn large_outputs_live_in_files_and_leave_with_their_tasks() {
     assert_eq!(output_files(dir.path()), [(name.clone(), 1 << 20)]);
     assert!(matches!(
         pool.status(small.id).await.unwrap().output,
-        Output::Inline(_)
+        Payload::Inline(_)
     ));
     assert_eq!(store.stored_output_bytes(), 1 << 20);
 
@@ -105,15 +105,15 @@ async fn large_outputs_live_in_files_and_leave_with_their_tasks() {
     }
     drop(store);
     let orphan = format!("{}-{:016x}", TaskId::new(), 1);
-    std::fs::write(dir.path().join("outputs").join(&orphan), b"left behind").unwrap();
+    std::fs::write(dir.path().join("payloads").join(&orphan), b"left behind").unwrap();
     std::fs::write(
-        dir.path().join("outputs").join(format!("{name}.tmp")),
+        dir.path().join("payloads").join(format!("{name}.tmp")),
         b"cut",
     )
     .unwrap();
     std::fs::write(
         dir.path()
-            .join("outputs")
+            .join("payloads")
             .join(format!("{}-{:016x}", big.id, token + 1)),
         b"an earlier attempt's",
     )
@@ -130,6 +130,72 @@ async fn large_outputs_live_in_files_and_leave_with_their_tasks() {
     assert_eq!(store.purge_finished(u64::MAX, None).unwrap(), 2);
     assert_eq!(output_files(dir.path()), []);
     assert_eq!(store.stored_output_bytes(), 0);
+    pool.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_inputs_live_in_files_until_their_task_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), &SledOptions::new()).unwrap());
+    let mut config = PoolConfig::new();
+    config.workers(1);
+    let pool = Pool::with_store(config, store.clone()).unwrap();
+    let echo = pool.register(&read(programs::P1_ECHO)).await.unwrap();
+    let input = expected_output(300 << 10, 3);
+
+    // Stored but not run yet: the record, and the queue's index, hold the
+    // input's size; the bytes are in the task's input file.
+    let delayed = pool
+        .submit(TaskSpec::new(echo, input.clone()).delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let record = pool.status(delayed.id()).await.unwrap();
+    assert_eq!(
+        record.input,
+        Payload::File {
+            token: 0,
+            len: 300 << 10
+        }
+    );
+    assert_eq!(
+        output_files(dir.path()),
+        [(format!("{}.input", delayed.id()), 300 << 10)]
+    );
+
+    // Run: the guest gets the whole input, and echoes it back.
+    let result = pool
+        .submit(TaskSpec::new(echo, input.clone()))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(result.state, TaskState::Succeeded, "{}", result.log);
+    assert_eq!(result.output, input);
+    assert_eq!(
+        output_files(dir.path()).len(),
+        3,
+        "{:?}",
+        output_files(dir.path())
+    );
+
+    // A submission whose idempotency key is taken stores nothing, and
+    // leaves no file.
+    let keyed = || TaskSpec::new(echo, input.clone()).idempotency_key("once");
+    let first = pool.submit(keyed()).await.unwrap();
+    first.wait().await.unwrap();
+    assert_eq!(output_files(dir.path()).len(), 5);
+    let again = pool.submit(keyed()).await.unwrap();
+    assert_eq!(again.id(), first.id());
+    assert_eq!(output_files(dir.path()).len(), 5);
+
+    // Retention takes each finished task's files with it; the waiting
+    // task keeps its input.
+    assert_eq!(store.purge_finished(u64::MAX, None).unwrap(), 2);
+    assert_eq!(
+        output_files(dir.path()),
+        [(format!("{}.input", delayed.id()), 300 << 10)]
+    );
     pool.stop().await.unwrap();
 }
 
@@ -179,24 +245,32 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// The bound the daemon's resident memory stays within over its start
-/// (after a warm-up), whatever its tasks output: the runs in flight (two
-/// workers, each holding at most its task's 16 MiB output and a copy while
-/// it is recorded) and allocator slack. sled's page cache (64 MiB) is
-/// already part of the start.
-const RSS_BOUND_MIB: u64 = 192;
+/// The bound the daemon's resident memory stays within over its start,
+/// whatever its tasks take in and put out: sled's page cache (64 MiB), and
+/// for each of the two workers a run in flight (its input, its output and
+/// a copy of each while they are recorded, and its linear memory until it
+/// is given back, about 96 MiB for these tasks), and 64 MiB of allocator
+/// slack.
+const RSS_BOUND_MIB: u64 = 64 + 2 * 96 + 64;
 
 #[test]
 fn a_stream_of_maximum_outputs_keeps_the_daemon_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = Server::start(&data, &["--workers", "2", "--retention", "4s"]);
+    let start = rss_kib(server.pid());
     let hash = server.upload(programs::P1_OUTPUT_SIZED);
     let max = 16usize << 20; // the default `max_output`
+    // Each task also writes a log of 64 KiB.
+    let log = 64 << 10;
     let submit = |seed: u64| {
         let (status, body) = server.post(
             "/v1/tasks",
-            &serde_json::json!({"module": hash, "input": format!("{max} {seed}")}),
+            &serde_json::json!({
+                "module": hash,
+                "input": format!("{max} {seed} {log}"),
+                "max_log": "64KiB",
+            }),
         );
         assert_eq!(status, 201, "{body}");
         body["task"]["id"].as_str().unwrap().to_string()
@@ -211,15 +285,21 @@ fn a_stream_of_maximum_outputs_keeps_the_daemon_bounded() {
     for seed in 0..4 {
         wait(&submit(seed));
     }
-    let start = rss_kib(server.pid());
 
     let started = Instant::now();
     let ids: Vec<String> = (100..300).map(submit).collect();
+    let mut elapsed = Duration::ZERO;
+    let mut half = 0;
     let mut peak = start;
     for (i, id) in ids.iter().enumerate() {
         let result = wait(id);
         assert_eq!(result["state"], "succeeded", "{result}");
         assert_eq!(result["output_size"], max as u64);
+        assert_eq!(
+            result["log"].as_str().unwrap().len(),
+            log,
+            "the log's tail is kept"
+        );
         // Carried by reference, not inline: the answer is small.
         assert!(result.get("output_base64").is_none(), "{result}");
         if i % 50 == 0 {
@@ -242,12 +322,48 @@ fn a_stream_of_maximum_outputs_keeps_the_daemon_bounded() {
             assert_eq!(bytes, expected_output(max, 100 + i as u64));
         }
         peak = peak.max(rss_kib(server.pid()));
+        elapsed = started.elapsed();
+        if i == 99 {
+            half = rss_kib(server.pid());
+        }
     }
+    let full = rss_kib(server.pid());
+    eprintln!(
+        "RSS after 100 of the 200 tasks: {} MiB, after 200: {} MiB",
+        half >> 10,
+        full >> 10
+    );
+    // Memory does not grow with the number of results.
+    assert!(
+        full.saturating_sub(half) < 64 << 10,
+        "RSS grew from {} MiB to {} MiB over the second hundred tasks",
+        half >> 10,
+        full >> 10
+    );
+    eprintln!("200 tasks of 16 MiB output in {elapsed:.1?}");
+    // And 30 echo tasks of 8 MiB input (and so output) each.
+    let echo = server.upload(programs::P1_ECHO);
+    let echo_started = Instant::now();
+    for seed in 0..30u64 {
+        use base64::Engine as _;
+        let input = expected_output(8 << 20, seed);
+        let (status, body) = server.post(
+            "/v1/tasks?wait=120s",
+            &serde_json::json!({
+                "module": echo,
+                "input_base64": base64::engine::general_purpose::STANDARD.encode(&input),
+            }),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["state"], "succeeded", "{body}");
+        assert_eq!(body["result"]["output_size"], 8 << 20);
+        peak = peak.max(rss_kib(server.pid()));
+    }
+    eprintln!("30 echo tasks of 8 MiB in {:.1?}", echo_started.elapsed());
     let end = rss_kib(server.pid());
     eprintln!(
-        "200 tasks of {} MiB output in {:.1?}: RSS {} MiB at start, {} MiB at most, {} MiB at the end",
+        "200 tasks of {} MiB output and 64 KiB log: RSS {} MiB at start, {} MiB at most, {} MiB at the end",
         max >> 20,
-        started.elapsed(),
         start >> 10,
         peak >> 10,
         end >> 10
@@ -262,7 +378,7 @@ fn a_stream_of_maximum_outputs_keeps_the_daemon_bounded() {
     // Retention (4 s here) takes the results, and their files, away.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let outputs = dir_bytes(&data.join("outputs"));
+        let outputs = dir_bytes(&data.join("payloads"));
         if outputs == 0 {
             break;
         }

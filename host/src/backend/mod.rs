@@ -59,7 +59,9 @@ use std::time::Duration;
 pub use embedded::{EmbeddedBackend, Recovered};
 
 use crate::store::{StateCounts, StoredModule, TaskFilter};
-use crate::task::{Completion, Lease, Millis, ModuleHash, Output, TaskId, TaskRecord, TaskState};
+use crate::task::{
+    Completion, Lease, Millis, ModuleHash, Payload, Slot, TaskId, TaskRecord, TaskState,
+};
 use crate::{ModuleSettings, Result};
 
 #[cfg(doc)]
@@ -199,22 +201,23 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Whether acknowledged writes survive a crash of this process.
     fn is_durable(&self) -> bool;
 
-    /// The bytes of a task's output as its record names it: the record's
-    /// own bytes, or the file a backend keeps a large output in
-    /// ([`Output::File`]).
-    async fn read_output(&self, task: &TaskId, output: &Output) -> Result<Vec<u8>> {
-        match output {
-            Output::Inline(bytes) => Ok(bytes.clone()),
-            Output::File { .. } => Err(crate::Error::Store(format!(
-                "the output of task {task} is a file, and this backend keeps none"
+    /// The bytes of a task's payload (its input, or its output) as its
+    /// record names it: the record's own bytes, or the file a backend keeps
+    /// a large one in ([`Payload::File`]).
+    async fn read_payload(&self, task: &TaskId, slot: Slot, payload: &Payload) -> Result<Vec<u8>> {
+        let _ = slot;
+        match payload {
+            Payload::Inline(bytes) => Ok(bytes.clone()),
+            Payload::File { .. } => Err(crate::Error::Store(format!(
+                "a payload of task {task} is a file, and this backend keeps none"
             ))),
         }
     }
 
-    /// The file holding a task's output ([`Output::File`]), to be read as
-    /// a stream; `None` for an output the record holds.
-    fn output_file(&self, task: &TaskId, output: &Output) -> Option<PathBuf> {
-        let _ = (task, output);
+    /// The file holding a task's payload ([`Payload::File`]), to be read as
+    /// a stream; `None` for one the record holds.
+    fn payload_file(&self, task: &TaskId, slot: Slot, payload: &Payload) -> Option<PathBuf> {
+        let _ = (task, slot, payload);
         None
     }
 

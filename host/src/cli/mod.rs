@@ -87,7 +87,7 @@ pub(crate) struct LimitArgs {
     /// Output size limit, e.g. `1MiB`. Default: 16MiB.
     #[arg(long, value_parser = crate::units::parse_size)]
     pub(crate) max_output: Option<u64>,
-    /// How much of the log is kept, e.g. `64KiB`. Default: 64KiB.
+    /// How much of the log is kept, e.g. `16KiB`. Default and most: 64KiB.
     #[arg(long, value_parser = crate::units::parse_size)]
     pub(crate) max_log: Option<u64>,
 }

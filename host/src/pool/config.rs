@@ -83,7 +83,7 @@ impl PoolConfig {
     }
 
     /// The most bytes of task outputs kept in the store's output files
-    /// (outputs larger than [`INLINE_OUTPUT`](crate::task::INLINE_OUTPUT);
+    /// (outputs larger than [`INLINE_PAYLOAD`](crate::task::INLINE_PAYLOAD);
     /// the sled store keeps them beside the database). While the files
     /// hold this much, submissions are refused with
     /// [`Error::StorageFull`] (HTTP 503 `storage_full`) until retention

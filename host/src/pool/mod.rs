@@ -715,8 +715,12 @@ impl Inner {
     /// record does not hold it.
     async fn result_of(&self, record: &TaskRecord) -> Result<TaskResult> {
         let output = match &record.output {
-            crate::task::Output::Inline(bytes) => bytes.clone(),
-            stored => self.backend.read_output(&record.id, stored).await?,
+            crate::task::Payload::Inline(bytes) => bytes.clone(),
+            stored => {
+                self.backend
+                    .read_payload(&record.id, crate::task::Slot::Output, stored)
+                    .await?
+            }
         };
         record
             .result_with(output)

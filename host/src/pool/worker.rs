@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::events::EventKind;
 use super::{BackgroundGuard, Inner, Phase, Running};
 use crate::backend::{Completed, LeaseState};
-use crate::task::{Completion, Lease, TaskRecord, TaskState, now_millis};
+use crate::task::{Completion, Lease, Payload, Slot, TaskRecord, TaskState, now_millis};
 use crate::{CancellationToken, Error, Outcome, Result, RunReport};
 
 /// How many times recording a run's end is tried before the pool gives up
@@ -170,10 +170,21 @@ impl Inner {
                 record.attempts.len().to_string(),
             ),
         ];
+        let input = match &record.input {
+            Payload::Inline(bytes) => bytes.clone(),
+            kept => match self.backend.read_payload(&id, Slot::Input, kept).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    return RunReport::without_run(Outcome::HostError(format!(
+                        "cannot read the task's input: {e}"
+                    )));
+                }
+            },
+        };
         self.executor
             .run(
                 &module,
-                record.input.clone(),
+                input,
                 &record.limits,
                 cancel,
                 Some(on_progress),

@@ -431,13 +431,15 @@ fn submit_task() -> Value {
         "max_output",
         nullable(size("Output size limit.", 0, max_output, output_size)),
     );
+    // Up to 64 KiB (`MAX_LOG`), exactly: bytes, KiB or KB.
+    let log_size = "^([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-6]|[0-9]KiB|[0-5][0-9]KiB|6[0-4]KiB|[0-9]KB|[0-5][0-9]KB|6[0-5]KB)$";
     put(
         "max_log",
         nullable(size(
-            "How much of the log is kept.",
+            "How much of the log is kept (at most 64 KiB).",
             0,
-            max_output,
-            output_size,
+            crate::limits::MAX_LOG,
+            log_size,
         )),
     );
     put(

@@ -558,12 +558,12 @@ async fn get_output(
     let octets = [(header::CONTENT_TYPE, "application/octet-stream")];
     let length = record.output.len();
     let body = match &record.output {
-        crate::Output::Inline(bytes) => Body::from(bytes.clone()),
+        crate::Payload::Inline(bytes) => Body::from(bytes.clone()),
         stored => {
             let path = state
                 .pool
                 .backend()
-                .output_file(&id, stored)
+                .payload_file(&id, crate::Slot::Output, stored)
                 .ok_or_else(|| {
                     ApiError::internal(&format!(
                         "task {id}'s output names a file the backend lacks"

@@ -588,13 +588,13 @@ pub struct ResultView {
 impl ResultView {
     /// The result of a final task as the API shows it: its output carried
     /// when the record holds it and it is at most
-    /// [`INLINE_OUTPUT`](crate::INLINE_OUTPUT), else named by
+    /// [`INLINE_PAYLOAD`](crate::INLINE_PAYLOAD), else named by
     /// `output_url` (nothing large is read or copied here).
     pub fn of_record(record: &TaskRecord) -> Option<Self> {
         let carried = record
             .output
             .inline()
-            .filter(|bytes| bytes.len() <= crate::INLINE_OUTPUT);
+            .filter(|bytes| bytes.len() <= crate::INLINE_PAYLOAD);
         let mut view =
             Self::from(&record.result_with(carried.map(<[u8]>::to_vec).unwrap_or_default())?);
         view.output_size = record.output.len();

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 pub use self::sled::{CheckReport, SCHEMA_VERSION, SledOptions, SledStore, SyncMode};
 pub use memory::MemoryStore;
 
-use crate::task::{Millis, Output, TaskId, TaskRecord, TaskState};
+use crate::task::{Millis, Payload, Slot, TaskId, TaskRecord, TaskState};
 use crate::{ModuleHash, ModuleSettings, Result};
 
 /// What [`Store::insert`] did with one task.
@@ -156,33 +156,42 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// A module's run settings, `None` if it has none.
     fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>>;
 
-    /// Keeps the output of the run held under `token` of `task`: a store
-    /// that keeps large outputs apart from its records writes it to a file
-    /// (durably, before returning) and answers [`Output::File`]; the default
-    /// keeps it in the record. The output is not yet named by any record:
-    /// [`Store::discard_output`] removes it if it never will be.
-    fn keep_output(&self, task: &TaskId, token: u64, bytes: Vec<u8>) -> Result<Output> {
-        let _ = (task, token);
-        Ok(Output::Inline(bytes))
+    /// Keeps a payload of `task`: its input (`token` 0), or the output of
+    /// its run under the lease `token`. A store that keeps large payloads
+    /// apart from its records writes one larger than
+    /// [`INLINE_PAYLOAD`](crate::task::INLINE_PAYLOAD) to a file (durably,
+    /// before returning) and answers [`Payload::File`]; the default keeps it
+    /// in the record. The file is not yet named by any record:
+    /// [`Store::discard_payload`] removes it if it never will be.
+    fn keep_payload(
+        &self,
+        task: &TaskId,
+        slot: Slot,
+        token: u64,
+        bytes: Vec<u8>,
+    ) -> Result<Payload> {
+        let _ = (task, slot, token);
+        Ok(Payload::Inline(bytes))
     }
-    /// Removes an output kept by [`Store::keep_output`] that no record names
-    /// (its run's lease was lost).
-    fn discard_output(&self, task: &TaskId, output: &Output) -> Result<()> {
-        let _ = (task, output);
+    /// Removes a payload kept by [`Store::keep_payload`] that no record
+    /// names (its task was not stored, or its run's lease was lost).
+    fn discard_payload(&self, task: &TaskId, slot: Slot, payload: &Payload) -> Result<()> {
+        let _ = (task, slot, payload);
         Ok(())
     }
-    /// The bytes of an output as a record names it.
-    fn read_output(&self, task: &TaskId, output: &Output) -> Result<Vec<u8>> {
-        match output {
-            Output::Inline(bytes) => Ok(bytes.clone()),
-            Output::File { .. } => Err(crate::Error::Store(format!(
-                "the output of task {task} is a file, and this store keeps none"
+    /// The bytes of a payload as a record names it.
+    fn read_payload(&self, task: &TaskId, slot: Slot, payload: &Payload) -> Result<Vec<u8>> {
+        let _ = slot;
+        match payload {
+            Payload::Inline(bytes) => Ok(bytes.clone()),
+            Payload::File { .. } => Err(crate::Error::Store(format!(
+                "a payload of task {task} is a file, and this store keeps none"
             ))),
         }
     }
-    /// The file holding an output ([`Output::File`]).
-    fn output_file(&self, task: &TaskId, output: &Output) -> Option<PathBuf> {
-        let _ = (task, output);
+    /// The file holding a payload ([`Payload::File`]).
+    fn payload_file(&self, task: &TaskId, slot: Slot, payload: &Payload) -> Option<PathBuf> {
+        let _ = (task, slot, payload);
         None
     }
     /// Bytes of outputs kept in files, now.

@@ -8,14 +8,14 @@
 mod hash;
 mod id;
 pub(crate) mod millis;
-mod output;
+mod payload;
 mod record;
 mod spec;
 mod state;
 
 pub use hash::ModuleHash;
 pub use id::TaskId;
-pub use output::{INLINE_OUTPUT, Output, TOO_LARGE_TAIL};
+pub use payload::{INLINE_PAYLOAD, Payload, Slot, TOO_LARGE_TAIL};
 pub use record::{Attempt, Completion, Lease, Millis, TaskRecord, TaskResult, now_millis};
 pub use spec::{
     Backoff, DEFAULT_MAX_INTERRUPTIONS, MAX_ATTEMPTS, MAX_KEY_LEN, MAX_LABELS, ModuleRef, StartAt,

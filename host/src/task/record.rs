@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backoff, ModuleHash, Output, StartAt, TaskId, TaskSpec, TaskState};
+use super::{Backoff, ModuleHash, Payload, StartAt, TaskId, TaskSpec, TaskState};
 use crate::{Limits, Outcome};
 
 /// Milliseconds since the Unix epoch, the time unit of stored records.
@@ -52,8 +52,9 @@ pub struct TaskRecord {
     pub id: TaskId,
     /// The module's hash.
     pub module: ModuleHash,
-    /// The input bytes.
-    pub input: Vec<u8>,
+    /// The input: in the record, or in a file of the store's when it is
+    /// large.
+    pub input: Payload,
     /// Higher runs first.
     pub priority: i32,
     /// The limits each attempt runs under.
@@ -98,7 +99,7 @@ pub struct TaskRecord {
     pub outcome: Option<Outcome>,
     /// The output of the last run: in the record, or in a file of the
     /// store's when it is large.
-    pub output: Output,
+    pub output: Payload,
     /// The log tail of the last run.
     pub log: String,
     /// The last progress the task reported.
@@ -129,7 +130,7 @@ pub struct Completion {
     /// How the run ended.
     pub outcome: Outcome,
     /// Its output.
-    pub output: Output,
+    pub output: Payload,
     /// Its log tail.
     pub log: String,
     /// The last progress it reported.
@@ -152,7 +153,7 @@ impl TaskRecord {
         TaskRecord {
             id: TaskId::new(),
             module,
-            input: spec.input,
+            input: Payload::Inline(spec.input),
             priority: spec.priority,
             limits,
             max_attempts: spec.max_attempts,
@@ -176,7 +177,7 @@ impl TaskRecord {
             lease: None,
             cancel_requested: false,
             outcome: None,
-            output: Output::default(),
+            output: Payload::default(),
             log: String::new(),
             progress: None,
         }

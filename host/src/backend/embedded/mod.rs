@@ -25,8 +25,8 @@ use self::index::Index;
 use super::{Backend, Cancelled, Claim, Completed, Enqueued, LeaseState, Tick};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
-    Completion, INLINE_OUTPUT, Lease, Millis, ModuleHash, Output, TaskId, TaskRecord, TaskState,
-    now_millis,
+    Completion, INLINE_PAYLOAD, Lease, Millis, ModuleHash, Payload, Slot, TaskId, TaskRecord,
+    TaskState, now_millis,
 };
 use crate::{Error, ModuleSettings, Result};
 
@@ -65,7 +65,44 @@ pub struct Recovered {
     pub ended: usize,
 }
 
+/// Writes the large inputs of `tasks` to the store's files; on a failure,
+/// removes those written and fails.
+fn keep_inputs(store: &dyn Store, mut tasks: Vec<TaskRecord>) -> Result<Vec<TaskRecord>> {
+    for i in 0..tasks.len() {
+        let task = &mut tasks[i];
+        let Payload::Inline(bytes) = &mut task.input else {
+            continue;
+        };
+        if bytes.len() <= INLINE_PAYLOAD {
+            continue;
+        }
+        let bytes = std::mem::take(bytes);
+        match store.keep_payload(&task.id, Slot::Input, 0, bytes) {
+            Ok(kept) => task.input = kept,
+            Err(e) => {
+                for done in &tasks[..i] {
+                    let _ = store.discard_payload(&done.id, Slot::Input, &done.input);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(tasks)
+}
+
 impl EmbeddedBackend {
+    /// Removes the input files of tasks that were not stored.
+    fn discard_inputs<'a>(&self, tasks: impl Iterator<Item = &'a TaskRecord>) {
+        for task in tasks {
+            if let Err(e) = self
+                .store
+                .discard_payload(&task.id, Slot::Input, &task.input)
+            {
+                tracing::warn!(task = %task.id, error = %e, "cannot remove an input no record names");
+            }
+        }
+    }
+
     /// Opens the backend over `store`: takes up its waiting tasks, and
     /// expires the leases of the tasks that were running when the process
     /// that held them stopped (each counts an interruption).
@@ -210,10 +247,36 @@ impl Backend for EmbeddedBackend {
         for task in &mut tasks {
             task.seq = self.store.next_seq()?;
         }
+        // Large inputs go to the store's files first, outside the lock; the
+        // records, and so the index, hold only their size.
+        if tasks
+            .iter()
+            .any(|t| t.input.inline().is_some_and(|b| b.len() > INLINE_PAYLOAD))
+        {
+            let store = self.store.clone();
+            tasks = tokio::task::spawn_blocking(move || keep_inputs(&*store, tasks))
+                .await
+                .map_err(|e| Error::Store(format!("keeping inputs panicked: {e}")))??;
+        }
         let answers = {
             let mut index = self.lock();
-            let inserted = self.store.insert(&tasks)?;
+            let inserted = match self.store.insert(&tasks) {
+                Ok(inserted) => inserted,
+                Err(e) => {
+                    drop(index);
+                    self.discard_inputs(tasks.iter());
+                    return Err(e);
+                }
+            };
             self.wrote();
+            // A task not stored (its key was taken) leaves no file behind.
+            self.discard_inputs(
+                tasks
+                    .iter()
+                    .zip(&inserted)
+                    .filter(|(_, i)| matches!(i, Inserted::Existing(_)))
+                    .map(|(t, _)| t),
+            );
             tasks
                 .into_iter()
                 .zip(inserted)
@@ -305,19 +368,23 @@ impl Backend for EmbeddedBackend {
     async fn complete(&self, lease: &Lease, mut run: Completion) -> Result<Completed> {
         // A large output goes to the store's file first, outside the lock
         // (it is written and synced), and is named by the record after.
-        if let Output::Inline(bytes) = &mut run.output
-            && bytes.len() > INLINE_OUTPUT
+        if let Payload::Inline(bytes) = &mut run.output
+            && bytes.len() > INLINE_PAYLOAD
         {
             let bytes = std::mem::take(bytes);
             let store = self.store.clone();
             let (task, token) = (lease.task, lease.token);
-            run.output =
-                tokio::task::spawn_blocking(move || store.keep_output(&task, token, bytes))
-                    .await
-                    .map_err(|e| Error::Store(format!("keeping an output panicked: {e}")))??;
+            run.output = tokio::task::spawn_blocking(move || {
+                store.keep_payload(&task, Slot::Output, token, bytes)
+            })
+            .await
+            .map_err(|e| Error::Store(format!("keeping an output panicked: {e}")))??;
         }
-        let discard = |output: &Output| {
-            if let Err(e) = self.store.discard_output(&lease.task, output) {
+        let discard = |output: &Payload| {
+            if let Err(e) = self
+                .store
+                .discard_payload(&lease.task, Slot::Output, output)
+            {
                 tracing::warn!(task = %lease.task, error = %e, "cannot remove an output no record names");
             }
         };
@@ -535,19 +602,24 @@ impl Backend for EmbeddedBackend {
         self.flush_writes().await
     }
 
-    async fn read_output(&self, task: &TaskId, output: &Output) -> Result<Vec<u8>> {
-        if let Output::Inline(bytes) = output {
+    async fn read_payload(&self, task: &TaskId, slot: Slot, payload: &Payload) -> Result<Vec<u8>> {
+        if let Payload::Inline(bytes) = payload {
             return Ok(bytes.clone());
         }
         let store = self.store.clone();
-        let (task, output) = (*task, output.clone());
-        tokio::task::spawn_blocking(move || store.read_output(&task, &output))
+        let (task, payload) = (*task, payload.clone());
+        tokio::task::spawn_blocking(move || store.read_payload(&task, slot, &payload))
             .await
-            .map_err(|e| Error::Store(format!("reading an output panicked: {e}")))?
+            .map_err(|e| Error::Store(format!("reading a payload panicked: {e}")))?
     }
 
-    fn output_file(&self, task: &TaskId, output: &Output) -> Option<std::path::PathBuf> {
-        self.store.output_file(task, output)
+    fn payload_file(
+        &self,
+        task: &TaskId,
+        slot: Slot,
+        payload: &Payload,
+    ) -> Option<std::path::PathBuf> {
+        self.store.payload_file(task, slot, payload)
     }
 
     fn stored_output_bytes(&self) -> u64 {

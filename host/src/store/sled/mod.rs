@@ -18,8 +18,9 @@
 //! | `meta` | `schema`, `counts` | the schema version; the number of tasks in each state |
 //! | `module_settings` | module hash (32 bytes) | the module's run settings (JSON) |
 //!
-//! Outputs larger than [`INLINE_OUTPUT`](crate::task::INLINE_OUTPUT) are
-//! files in `outputs/`, not records: see [`outputs`].
+//! Inputs and outputs larger than
+//! [`INLINE_PAYLOAD`](crate::task::INLINE_PAYLOAD) are files in `payloads/`,
+//! not records: see [`payloads`].
 //!
 //! Every value except the empty index values is wrapped in an envelope: one
 //! byte of record version, a CRC32 of the key and the payload, then the
@@ -46,7 +47,7 @@ use ::sled::transaction::TransactionError;
 
 use self::envelope::{decode, decode_counts, decode_task, encode, module_hash};
 use self::flusher::Flusher;
-use self::outputs::OutputFiles;
+use self::payloads::PayloadFiles;
 use super::StateCounts;
 use crate::task::{TaskId, TaskRecord};
 use crate::{Error, Result};
@@ -54,7 +55,7 @@ use crate::{Error, Result};
 mod check;
 mod envelope;
 mod flusher;
-mod outputs;
+mod payloads;
 mod schema;
 mod tasks;
 
@@ -146,8 +147,8 @@ pub struct SledStore {
     writes: Mutex<StateCounts>,
     flusher: Flusher,
     sync: SyncMode,
-    /// Outputs too large for a record.
-    outputs: OutputFiles,
+    /// Inputs and outputs too large for a record.
+    payloads: PayloadFiles,
 }
 
 struct Trees {
@@ -300,15 +301,12 @@ impl SledStore {
                 )));
             }
         };
-        let outputs = OutputFiles::open(&dir, |task, token| {
+        let payloads = PayloadFiles::open(&dir, |task| {
             let key = task.to_bytes();
             let record = trees.tasks.get(key).map_err(|e| {
                 Error::Store(format!("reading task {task} in {}: {e}", dir.display()))
             })?;
-            Ok(match record {
-                Some(bytes) => outputs::names(&decode_task(&key, &bytes)?, token),
-                None => false,
-            })
+            record.map(|bytes| decode_task(&key, &bytes)).transpose()
         })?;
         let flusher = Flusher::start(db.clone())?;
         let store = SledStore {
@@ -318,7 +316,7 @@ impl SledStore {
             writes: Mutex::new(StateCounts::default()),
             flusher,
             sync: options.sync,
-            outputs,
+            payloads,
         };
         let counts = match counts {
             Some(counts) => counts,

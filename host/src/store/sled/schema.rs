@@ -11,10 +11,10 @@
 //!   (interruptions and the lease, schema 2). A version 1 record reads as
 //!   a task never interrupted, holding no lease; it is rewritten as
 //!   version 2 the next time the task changes.
-//! - 3: [`StoredTask`], version 2 followed by where the output is when it
-//!   is not in the record ([`StoredOutputFile`], schema 3: large outputs in
-//!   files beside the database). Versions 1 and 2 read as outputs held in
-//!   the record, which they are.
+//! - 3: [`StoredTask`], version 2 followed by where the input and the
+//!   output are when they are not in the record ([`StoredFile`], schema 3:
+//!   large inputs and outputs in files beside the database). Versions 1
+//!   and 2 read as payloads held in the record, which they are.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::task::{
-    Attempt, Backoff, DEFAULT_MAX_INTERRUPTIONS, Lease, Output, TaskId, TaskRecord, TaskState,
+    Attempt, Backoff, DEFAULT_MAX_INTERRUPTIONS, Lease, Payload, TaskId, TaskRecord, TaskState,
 };
 use crate::{Limits, ModuleHash, Outcome};
 
@@ -31,8 +31,10 @@ use crate::{Limits, ModuleHash, Outcome};
 pub(super) struct StoredTask {
     base: StoredTaskV1,
     lease: StoredLease,
+    /// Set when the input is in a file (the base's input is empty then).
+    input_file: Option<StoredFile>,
     /// Set when the output is in a file (the base's output is empty then).
-    output_file: Option<StoredOutputFile>,
+    output_file: Option<StoredFile>,
 }
 
 /// A task record, version 2.
@@ -42,10 +44,10 @@ pub(super) struct StoredTaskV2 {
     lease: StoredLease,
 }
 
-/// An output kept in a file: the lease token of the run that wrote it
-/// (which, with the task id, names the file) and its size.
+/// A payload kept in a file: the lease token of the run that wrote it (0
+/// for an input), which with the task id names the file, and its size.
 #[derive(Serialize, Deserialize)]
-struct StoredOutputFile {
+struct StoredFile {
     token: u64,
     len: u64,
 }
@@ -197,10 +199,8 @@ impl From<&TaskRecord> for StoredTask {
                 lease: t.lease.map(|l| (l.token, l.expires_at)),
                 cancel_requested: t.cancel_requested,
             },
-            output_file: match t.output {
-                Output::Inline(_) => None,
-                Output::File { token, len } => Some(StoredOutputFile { token, len }),
-            },
+            input_file: stored_file(&t.input),
+            output_file: stored_file(&t.output),
         }
     }
 }
@@ -213,13 +213,26 @@ impl TryFrom<StoredTask> for TaskRecord {
             base: t.base,
             lease: t.lease,
         })?;
+        if let Some(file) = t.input_file {
+            record.input = Payload::File {
+                token: file.token,
+                len: file.len,
+            };
+        }
         if let Some(file) = t.output_file {
-            record.output = Output::File {
+            record.output = Payload::File {
                 token: file.token,
                 len: file.len,
             };
         }
         Ok(record)
+    }
+}
+
+fn stored_file(payload: &Payload) -> Option<StoredFile> {
+    match *payload {
+        Payload::Inline(_) => None,
+        Payload::File { token, len } => Some(StoredFile { token, len }),
     }
 }
 
@@ -245,7 +258,7 @@ impl From<&TaskRecord> for StoredTaskV1 {
         StoredTaskV1 {
             id: t.id.to_bytes(),
             module: *t.module.as_bytes(),
-            input: t.input.clone(),
+            input: t.input.inline().map(<[u8]>::to_vec).unwrap_or_default(),
             priority: t.priority,
             limits: StoredLimits {
                 timeout_ms: millis(t.limits.timeout),
@@ -296,7 +309,7 @@ impl TryFrom<StoredTaskV1> for TaskRecord {
         Ok(TaskRecord {
             id: TaskId::from_bytes(t.id),
             module: ModuleHash::from_bytes(t.module),
-            input: t.input,
+            input: Payload::Inline(t.input),
             priority: t.priority,
             limits: Limits {
                 timeout: Duration::from_millis(t.limits.timeout_ms),
@@ -339,7 +352,7 @@ impl TryFrom<StoredTaskV1> for TaskRecord {
             lease: None,
             cancel_requested: false,
             outcome: t.outcome.map(outcome_from).transpose()?,
-            output: Output::Inline(t.output),
+            output: Payload::Inline(t.output),
             log: t.log,
             progress: t.progress,
         })

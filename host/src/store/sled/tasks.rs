@@ -9,7 +9,7 @@ use super::envelope::{
 };
 use super::{META_COUNTS, PURGE_BATCH, SledStore, SyncMode};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
-use crate::task::{Millis, Output, TaskId, TaskRecord, TaskState};
+use crate::task::{Millis, Payload, Slot, TaskId, TaskRecord, TaskState};
 use crate::{Error, ModuleHash, ModuleSettings, Result};
 
 /// Where a task belongs: one index entry per task, always.
@@ -264,7 +264,7 @@ impl Store for SledStore {
                 if stored.state != expected {
                     return Ok(None);
                 }
-                *replaced.borrow_mut() = (matches!(stored.output, Output::File { .. })
+                *replaced.borrow_mut() = (matches!(stored.output, Payload::File { .. })
                     && stored.output != task.output)
                     .then(|| stored.output.clone());
                 remove_index(unfinished, finished, index_key(&stored))?;
@@ -283,7 +283,7 @@ impl Store for SledStore {
                 *counts = new_counts;
                 drop(counts);
                 if let Some(output) = replaced.into_inner() {
-                    self.outputs.remove_all(&[(task.id, output)]);
+                    self.payloads.remove_all(&[(task.id, Slot::Output, output)]);
                 }
                 Ok(true)
             }
@@ -291,24 +291,35 @@ impl Store for SledStore {
         }
     }
 
-    fn keep_output(&self, task: &TaskId, token: u64, bytes: Vec<u8>) -> Result<Output> {
-        self.outputs.keep(task, token, bytes)
+    fn keep_payload(
+        &self,
+        task: &TaskId,
+        slot: Slot,
+        token: u64,
+        bytes: Vec<u8>,
+    ) -> Result<Payload> {
+        self.payloads.keep(task, slot, token, bytes)
     }
 
-    fn discard_output(&self, task: &TaskId, output: &Output) -> Result<()> {
-        self.outputs.remove(task, output)
+    fn discard_payload(&self, task: &TaskId, slot: Slot, payload: &Payload) -> Result<()> {
+        self.payloads.remove(task, slot, payload)
     }
 
-    fn read_output(&self, task: &TaskId, output: &Output) -> Result<Vec<u8>> {
-        self.outputs.read(task, output)
+    fn read_payload(&self, task: &TaskId, slot: Slot, payload: &Payload) -> Result<Vec<u8>> {
+        self.payloads.read(task, slot, payload)
     }
 
-    fn output_file(&self, task: &TaskId, output: &Output) -> Option<std::path::PathBuf> {
-        self.outputs.file(task, output)
+    fn payload_file(
+        &self,
+        task: &TaskId,
+        slot: Slot,
+        payload: &Payload,
+    ) -> Option<std::path::PathBuf> {
+        self.payloads.file(task, slot, payload)
     }
 
     fn stored_output_bytes(&self) -> u64 {
-        self.outputs.bytes()
+        self.payloads.output_bytes()
     }
 
     fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
@@ -408,7 +419,7 @@ impl Store for SledStore {
             }
             let current = &*counts;
             let t = &self.trees;
-            // Output files of the removed tasks, removed once they are.
+            // Payload files of the removed tasks, removed once they are.
             let files = std::cell::RefCell::new(Vec::new());
             let new_counts = (&t.tasks, &t.finished, &t.keys, &t.meta)
                 .transaction(|(tasks, finished, keys, meta)| {
@@ -422,9 +433,7 @@ impl Store for SledStore {
                         };
                         let task: TaskRecord = decode_task(id_bytes, &value).map_err(abort)?;
                         new_counts.moved(Some(task.state), None);
-                        if matches!(task.output, Output::File { .. }) {
-                            files.borrow_mut().push((task.id, task.output));
-                        }
+                        files.borrow_mut().extend(super::payloads::files_of(&task));
                         if let Some(k) = &task.idempotency_key
                             && keys.get(k.as_bytes())?.as_deref() == Some(id_bytes)
                         {
@@ -436,7 +445,7 @@ impl Store for SledStore {
                 })
                 .map_err(|e| self.tx_error("removing finished tasks", e))?;
             *counts = new_counts;
-            self.outputs.remove_all(&files.into_inner());
+            self.payloads.remove_all(&files.into_inner());
             removed += doomed.len() as u64;
         }
         Ok(removed)

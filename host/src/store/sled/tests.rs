@@ -14,7 +14,7 @@ fn record(module: ModuleHash, state: TaskState, seq: u64) -> TaskRecord {
     let mut record = TaskRecord {
         id,
         module,
-        input: b"input".to_vec(),
+        input: b"input".to_vec().into(),
         priority: 3,
         limits: Limits::default(),
         max_attempts: 2,

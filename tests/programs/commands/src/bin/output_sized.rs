@@ -1,6 +1,6 @@
-//! Writes exactly as many bytes as its input asks, `SIZE SEED` (bare, or
-//! as a JSON string): a PRNG sequence seeded by SEED, so that every task's
-//! output is its own.
+//! Writes exactly as many bytes as its input asks, `SIZE SEED [LOG]` (bare,
+//! or as a JSON string): a PRNG sequence seeded by SEED, so that every
+//! task's output is its own; and LOG bytes of text lines to stderr.
 use std::io::{Read, Write};
 
 fn main() {
@@ -9,6 +9,13 @@ fn main() {
     let mut words = input.trim_matches(|c: char| c == '"' || c.is_whitespace()).split_whitespace();
     let size: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
     let mut x: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(1) | 1;
+    let log: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let line = format!("{:>63}\n", format!("log line of seed {x}"));
+    let mut stderr = std::io::stderr().lock();
+    for _ in 0..log / line.len() {
+        stderr.write_all(line.as_bytes()).unwrap();
+    }
+    stderr.write_all(&line.as_bytes()[..log % line.len()]).unwrap();
     let mut chunk = vec![0u8; 64 << 10];
     let mut left = size;
     let mut stdout = std::io::stdout().lock();
