@@ -11,6 +11,7 @@ mod executor;
 mod outputs;
 mod pool;
 mod server;
+mod server_actions;
 mod server_limits;
 mod util;
 mod wasi_programs;

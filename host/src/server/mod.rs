@@ -199,6 +199,9 @@ fn accepted_types(method: &Method, path: &str) -> Option<&'static [&'static str]
     match (method, path) {
         (&Method::POST, "/v1/modules") => Some(&["application/wasm", "application/octet-stream"]),
         (&Method::POST, "/v1/tasks") => Some(&["application/json"]),
+        (&Method::POST, "/v1/tasks:purge") | (&Method::PUT, "/v1/workers") => {
+            Some(&["application/json"])
+        }
         (&Method::PUT, p) if p.starts_with("/v1/modules/") && p.ends_with("/settings") => {
             Some(&["application/json"])
         }

@@ -85,9 +85,12 @@ fn module_settings_constraints(schema: &mut Value) {
 }
 
 /// The document for a server with `config`.
-pub(crate) fn document(config: &ServerConfig) -> Value {
+pub(crate) fn document(config: &ServerConfig, max_workers: usize) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
     let schemas = &mut doc["components"]["schemas"];
+    schemas["WorkersRequest"]["properties"]["workers"]["minimum"] = json!(1);
+    schemas["WorkersRequest"]["properties"]["workers"]["maximum"] = json!(max_workers);
+    schemas["PurgeRequest"]["properties"]["state"] = json!({"type": ["string", "null"], "enum": ["succeeded", "failed", "cancelled", "expired", null]});
     schemas["SubmitTask"] = submit_task();
     schemas["TaskState"] = json!({
         "type": "string", "enum": STATES, "description": "Where a task is in its life."
