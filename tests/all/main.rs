@@ -3,6 +3,7 @@
 
 mod cache;
 mod cli;
+mod cli_actions;
 mod cli_run;
 mod contract;
 mod durable;

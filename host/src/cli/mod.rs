@@ -2,6 +2,7 @@
 //! struct and an `execute` function; this module only parses and
 //! dispatches, and turns errors into messages and exit codes.
 
+mod actions;
 mod cancel;
 mod client;
 mod embedded;
@@ -69,7 +70,31 @@ enum Command {
     Stats(stats::StatsArgs),
     Modules(modules::ModulesArgs),
     Run(run::RunArgs),
+    Retry(actions::RetryArgs),
+    Delete(actions::DeleteArgs),
+    Purge(actions::PurgeArgs),
+    Pause(actions::PauseArgs),
+    Resume(actions::ResumeArgs),
+    Workers(actions::WorkersArgs),
+    Events(actions::EventsArgs),
+    Completions(CompletionsArgs),
+    Man(ManArgs),
 }
+
+/// Print a completion script for a shell.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  wpool completions bash > /etc/bash_completion.d/wpool\n  wpool completions zsh > \"${fpath[1]}/_wpool\""
+)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
+}
+
+/// Print the manual page (roff), generated from these definitions.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  wpool man > wpool.1 && man ./wpool.1")]
+struct ManArgs {}
 
 /// The per-task limit flags, shared by `run` and `submit`.
 #[derive(Debug, Clone, clap::Args)]
@@ -158,6 +183,29 @@ pub fn main() -> ExitCode {
         Command::Stats(args) => stats::execute(args),
         Command::Modules(args) => modules::execute(args),
         Command::Run(args) => run::execute(args),
+        Command::Retry(args) => actions::retry(args),
+        Command::Delete(args) => actions::delete(args),
+        Command::Purge(args) => actions::purge(args),
+        Command::Pause(args) => actions::pause(args),
+        Command::Resume(args) => actions::resume(args),
+        Command::Workers(args) => actions::workers(args),
+        Command::Events(args) => actions::events(args),
+        Command::Completions(args) => {
+            use clap::CommandFactory as _;
+            // Into a buffer: the generator panics on a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "wpool", &mut script);
+            write_stdout(&script).map(|()| exit::OK)
+        }
+        Command::Man(ManArgs {}) => {
+            use clap::CommandFactory as _;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(Failure::internal)
+                .and_then(|()| write_stdout(&page))
+                .map(|()| exit::OK)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -183,11 +231,19 @@ fn init_tracing() {
         .try_init();
 }
 
-/// Reads a task's input: a file, `-` for stdin, or nothing.
+/// Reads a task's input: a file, `-` for stdin, or, with no `--input`,
+/// stdin when it is piped (not a terminal), else nothing.
 pub(crate) fn read_input(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
-    use std::io::Read as _;
+    use std::io::{IsTerminal as _, Read as _};
     match path {
+        None if !std::io::stdin().is_terminal() => {
+            let mut input = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .context("cannot read the input from stdin")?;
+            Ok(input)
+        }
         None => Ok(Vec::new()),
         Some(p) if p.as_os_str() == "-" => {
             let mut input = Vec::new();

@@ -27,6 +27,9 @@ use crate::{Pool, PoolConfig};
 /// stops accepting, lets running tasks finish within the grace period,
 /// kills the rest (they run again at the next start) and exits 0.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  wpool serve\n  wpool serve --workers 8 --data-dir /var/lib/wpool --listen 0.0.0.0:7878 --token \"$TOKEN\"\n  wpool serve --config wpool.toml"
+)]
 pub(crate) struct ServeArgs {
     /// Where tasks, results and modules are kept. Default: ./wpool-data.
     #[arg(long, env = "WPOOL_DATA_DIR", value_name = "DIR")]

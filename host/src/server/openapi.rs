@@ -181,6 +181,8 @@ fn add_examples_and_links(doc: &mut Value) {
     let module_links = json!({
         "GetModule": {"operationId": "get_module", "parameters": by_hash},
         "DeleteModule": {"operationId": "delete_module", "parameters": by_hash},
+        "GetModuleSettings": {"operationId": "get_module_settings", "parameters": by_hash},
+        "PutModuleSettings": {"operationId": "put_module_settings", "parameters": by_hash},
         "SubmitTask": {"operationId": "submit_task",
                        "requestBody": {"module": "$response.body#/hash"}},
     });
@@ -192,6 +194,10 @@ fn add_examples_and_links(doc: &mut Value) {
         "GetTask": {"operationId": "get_task", "parameters": by_id},
         "GetResult": {"operationId": "get_result", "parameters": by_id},
         "CancelTask": {"operationId": "cancel_task", "parameters": by_id},
+        "GetInput": {"operationId": "get_input", "parameters": by_id},
+        "GetOutput": {"operationId": "get_output", "parameters": by_id},
+        "RetryTask": {"operationId": "retry_task", "parameters": by_id},
+        "DeleteTask": {"operationId": "delete_task", "parameters": by_id},
     });
     for status in ["200", "201", "202"] {
         paths["/v1/tasks"]["post"]["responses"][status]["links"] = task_links.clone();

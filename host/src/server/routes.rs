@@ -728,11 +728,9 @@ async fn purge_tasks(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<PurgeView>, ApiError> {
-    let request: PurgeRequest = if body.is_empty() {
-        PurgeRequest::default()
-    } else {
-        serde_json::from_slice(&body)?
-    };
+    // A body is required, `{}` for every final task: a purge of
+    // everything is never a request's accident.
+    let request: PurgeRequest = serde_json::from_slice(&body)?;
     let mut filter = TaskFilter::default();
     if let Some(text) = &request.state {
         let task_state = text
