@@ -218,3 +218,66 @@ fn completions_man_page_and_examples_in_every_help() {
         );
     }
 }
+
+#[test]
+fn the_daemon_logs_each_transition_and_request_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(
+        dir.path(),
+        &["--workers", "1", "--log-format", "json"],
+        |mut c| {
+            c.env("WPOOL_LOG", "debug");
+            c
+        },
+    );
+    let hash = server.upload(programs::P1_ECHO);
+    let (status, body) = server.post(
+        "/v1/tasks?wait=30s",
+        &serde_json::json!({"module": hash, "input": "hi"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let id = body["task"]["id"].as_str().unwrap().to_string();
+    assert_eq!(server.get("/v1/nothing-here").0, 404);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.terminate(Duration::from_secs(30)), Some(0));
+    let log = server.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal"
+    );
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let of_task: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["fields"]["task"] == id.as_str())
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .collect();
+    for message in ["task submitted", "task started", "task succeeded"] {
+        assert!(
+            of_task.contains(&message),
+            "no `{message}` for {id}: {of_task:?}"
+        );
+    }
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "wpool::access" && l["fields"]["status"] == 404)
+        .unwrap_or_else(|| panic!("no access line for the 404:\n{log}"));
+    assert_eq!(access["fields"]["path"], "/v1/nothing-here");
+    // `WPOOL_LOG=debug` is wpool's debug: no dependency floods the log.
+    let foreign = lines
+        .iter()
+        .filter(|l| {
+            let target = l["target"].as_str().unwrap_or("");
+            !target.starts_with("wpool") && l["level"] != "WARN" && l["level"] != "ERROR"
+        })
+        .count();
+    assert_eq!(foreign, 0, "dependencies logged below warn:\n{log}");
+    assert!(
+        lines.len() < 200,
+        "{} lines for one task:\n{log}",
+        lines.len()
+    );
+}

@@ -57,6 +57,25 @@ pub mod exit {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines (on stderr) are written: `text`, or `json` (one object
+    /// per line, for log collectors). Levels are set with `WPOOL_LOG`:
+    /// `debug`, `info`, `warn` (wpool's own logs; dependencies stay at
+    /// warn), or a full filter such as `wpool=debug,sled=info`.
+    #[arg(
+        long,
+        global = true,
+        env = "WPOOL_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// See `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,8 +190,14 @@ impl Failure {
 /// Parses the command line, runs the subcommand, and maps the result to an
 /// exit code. Errors print as `wpool: <what happened>: <cause>`.
 pub fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    // The daemon logs each task's transitions and each request at info;
+    // the other commands only warnings.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(cli.log_format, default_level);
     let result = match cli.command {
         Command::Serve(args) => serve::execute(args),
         Command::Submit(args) => submit::execute(*args),
@@ -217,18 +242,32 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `WPOOL_LOG` (or `RUST_LOG`); quiet
-/// (warnings only) by default.
-fn init_tracing() {
+/// Logs go to stderr, filtered by `WPOOL_LOG` (or `RUST_LOG`). A bare
+/// level (`debug`) applies to wpool only, dependencies staying at warn
+/// (cranelift alone writes thousands of debug lines per module); a full
+/// filter (`wpool=debug,sled=info`) is taken as written. Colours only on
+/// a terminal.
+fn init_tracing(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("WPOOL_LOG")
+    let given = std::env::var("WPOOL_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "warn".into());
-    let _ = tracing_subscriber::fmt()
+        .filter(|f| !f.trim().is_empty());
+    let filter = match given {
+        Some(f) if f.contains('=') || f.contains(',') => f,
+        Some(level) => format!("warn,wpool={level}"),
+        None => format!("warn,wpool={default_level}"),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Reads a task's input: a file, `-` for stdin, or, with no `--input`,

@@ -805,7 +805,45 @@ impl Inner {
     }
 
     fn emit(&self, id: TaskId, kind: EventKind) {
-        tracing::debug!(task = %id, event = ?kind, "task event");
+        // One line per transition at info (progress at debug): what an
+        // operator reads to follow a task.
+        match &kind {
+            EventKind::Progress { done, total } => {
+                tracing::debug!(task = %id, done, total, "task progress");
+            }
+            EventKind::Started { attempt } => tracing::info!(task = %id, attempt, "task started"),
+            EventKind::Retrying {
+                attempt,
+                outcome,
+                run_at,
+            } => tracing::info!(
+                task = %id,
+                attempt,
+                outcome = outcome.kind(),
+                reason = %outcome,
+                run_at,
+                "task failed; it will be retried"
+            ),
+            EventKind::Failed { outcome } => tracing::info!(
+                task = %id,
+                outcome = outcome.kind(),
+                reason = %outcome,
+                "task failed"
+            ),
+            EventKind::Interrupted { interruptions } => tracing::info!(
+                task = %id,
+                interruptions,
+                "task interrupted (its host stopped while it ran); it runs again"
+            ),
+            EventKind::Submitted => tracing::info!(task = %id, "task submitted"),
+            EventKind::Succeeded => tracing::info!(task = %id, "task succeeded"),
+            EventKind::Cancelled => tracing::info!(task = %id, "task cancelled"),
+            EventKind::Expired => tracing::info!(task = %id, "task expired before it ran"),
+            EventKind::Requeued => tracing::info!(
+                task = %id,
+                "task put back in the queue by a graceful stop"
+            ),
+        }
         // No subscriber is not an error.
         let _ = self.events.send(Event {
             id,
