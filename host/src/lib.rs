@@ -129,3 +129,5 @@ pub use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "server")]
+pub mod server;

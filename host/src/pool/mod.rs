@@ -22,6 +22,7 @@ mod rate;
 mod submit;
 mod worker;
 
+#[cfg(feature = "cli")]
 pub(crate) use submit::new_record;
 
 use std::collections::HashMap;
