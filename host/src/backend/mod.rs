@@ -33,7 +33,8 @@
 //!   [`Backend::expire_leases`] puts its task back in the queue and counts
 //!   an interruption (see [`TaskRecord::interrupt`]). Embedded backends
 //!   also expire, when they open, every lease taken before: the process
-//!   that held them is gone.
+//!   that held them is gone. A shared backend never does: other hosts may
+//!   hold them, alive; its leases expire by time only.
 //! - **Attempts and interruptions.** A run that ends with the task's own
 //!   outcome is an attempt; a run lost with its host is an interruption,
 //!   never an attempt. `max_interruptions` ends a task that keeps losing
@@ -51,11 +52,15 @@
 //! - **Counts** add up: every task is in exactly one state, always.
 
 mod embedded;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 use std::fmt;
 use std::time::Duration;
 
 pub use embedded::{EmbeddedBackend, Recovered};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresBackend, PostgresOptions, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
 use crate::store::{StateCounts, StoredModule, TaskFilter};
 use crate::task::{Completion, Lease, Millis, ModuleHash, TaskId, TaskRecord, TaskState};
@@ -197,4 +202,22 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn flush(&self) -> Result<()>;
     /// Whether acknowledged writes survive a crash of this process.
     fn is_durable(&self) -> bool;
+
+    /// Returns when work may have become ready that this process was not
+    /// told of: tasks submitted, promoted or put back by another host
+    /// sharing the queue. The pool's dispatcher waits on it beside its own
+    /// signals and its poll interval (which stays the fallback). Default:
+    /// never returns (all the work of an embedded backend comes through
+    /// its own pool, which knows of it).
+    async fn wait_for_work(&self) {
+        std::future::pending::<()>().await
+    }
+
+    /// Whether other hosts share this queue. The pool then also looks for
+    /// due scheduled tasks every poll interval, since another host may
+    /// have scheduled them earlier than anything this one knows of.
+    /// Default: `false`.
+    fn is_shared(&self) -> bool {
+        false
+    }
 }

@@ -1,0 +1,154 @@
+//! How a [`TaskRecord`] is kept in the `tasks` table: the one place that
+//! writes a task's row ([`insert`], [`update`]) and reads it back
+//! ([`decode`]).
+//!
+//! The columns hold what queries select and order by; the rest of the
+//! record is JSON in `record`. Input and output bytes have columns of their
+//! own (`bytea`): the JSON holds them empty.
+
+use tokio_postgres::Row;
+use tokio_postgres::types::Json;
+
+use super::{Tx, db_error, from_db, to_db};
+use crate::task::{TaskId, TaskRecord, TaskState};
+use crate::{Error, Result};
+
+/// The columns a task is read with, in the order [`decode`] takes them.
+pub(super) const COLUMNS: &str = "record, input, output, lease_expires_at";
+
+/// The record's JSON, without its input and output bytes.
+fn to_json(record: &mut TaskRecord) -> Result<serde_json::Value> {
+    let input = std::mem::take(&mut record.input);
+    let output = std::mem::take(&mut record.output);
+    let json = serde_json::to_value(&*record);
+    record.input = input;
+    record.output = output;
+    json.map_err(|e| Error::Store(format!("cannot encode task {}: {e}", record.id)))
+}
+
+/// A task read with [`COLUMNS`].
+pub(super) fn decode(row: &Row) -> Result<TaskRecord> {
+    let Json(mut record): Json<TaskRecord> = row
+        .try_get(0)
+        .map_err(|e| db_error("reading a task record", &e))?;
+    record.input = row
+        .try_get(1)
+        .map_err(|e| db_error("reading a task's input", &e))?;
+    record.output = row
+        .try_get(2)
+        .map_err(|e| db_error("reading a task's output", &e))?;
+    // Renewals move only the column.
+    let lease_expires_at: Option<i64> = row
+        .try_get(3)
+        .map_err(|e| db_error("reading a task's lease", &e))?;
+    if let (Some(lease), Some(at)) = (record.lease.as_mut(), lease_expires_at) {
+        lease.expires_at = from_db(at);
+    }
+    Ok(record)
+}
+
+/// A task id read from a text column.
+pub(super) fn task_id(row: &Row, index: usize) -> Result<TaskId> {
+    let text: String = row
+        .try_get(index)
+        .map_err(|e| db_error("reading a task id", &e))?;
+    text.parse()
+        .map_err(|e| Error::Store(format!("a task id in the database is malformed: {e}")))
+}
+
+/// A state read from a text column.
+pub(super) fn state(row: &Row, index: usize) -> Result<TaskState> {
+    let text: String = row
+        .try_get(index)
+        .map_err(|e| db_error("reading a task state", &e))?;
+    text.parse()
+        .map_err(|e| Error::Store(format!("a task state in the database is malformed: {e}")))
+}
+
+fn finished_at(record: &TaskRecord) -> Option<i64> {
+    record
+        .state
+        .is_final()
+        .then(|| to_db(record.finished_at.unwrap_or(record.updated_at)))
+}
+
+/// Stores a new task; `false` (and nothing written) if its idempotency key
+/// is taken.
+pub(super) async fn insert(tx: &Tx<'_>, record: &mut TaskRecord) -> Result<bool> {
+    let json = to_json(record)?;
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO tasks (id, seq, state, priority, run_at, expires_at, idempotency_key, \
+             lease_token, lease_expires_at, cancel_requested, module, labels, finished_at, \
+             record, input, output) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .await
+        .map_err(|e| db_error("preparing to store tasks", &e))?;
+    let inserted = tx
+        .execute(
+            &statement,
+            &[
+                &record.id.to_string(),
+                &to_db(record.seq),
+                &record.state.as_str(),
+                &record.priority,
+                &to_db(record.run_at),
+                &record.expires_at.map(to_db),
+                &record.idempotency_key,
+                &record.lease.map(|l| to_db(l.token)),
+                &record.lease.map(|l| to_db(l.expires_at)),
+                &record.cancel_requested,
+                &record.module.to_string(),
+                &Json(&record.labels),
+                &finished_at(record),
+                &Json(&json),
+                &record.input,
+                &record.output,
+            ],
+        )
+        .await
+        .map_err(|e| db_error(&format!("storing task {}", record.id), &e))?;
+    Ok(inserted == 1)
+}
+
+/// Writes a task's new state over its row, which the transaction holds
+/// locked (the row's id, module, priority, labels, key and input never
+/// change).
+pub(super) async fn update(tx: &Tx<'_>, record: &mut TaskRecord) -> Result<()> {
+    let json = to_json(record)?;
+    let statement = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = $2, run_at = $3, expires_at = $4, lease_token = $5, \
+             lease_expires_at = $6, cancel_requested = $7, finished_at = $8, record = $9, \
+             output = $10 WHERE id = $1",
+        )
+        .await
+        .map_err(|e| db_error("preparing to update tasks", &e))?;
+    let updated = tx
+        .execute(
+            &statement,
+            &[
+                &record.id.to_string(),
+                &record.state.as_str(),
+                &to_db(record.run_at),
+                &record.expires_at.map(to_db),
+                &record.lease.map(|l| to_db(l.token)),
+                &record.lease.map(|l| to_db(l.expires_at)),
+                &record.cancel_requested,
+                &finished_at(record),
+                &Json(&json),
+                &record.output,
+            ],
+        )
+        .await
+        .map_err(|e| db_error(&format!("updating task {}", record.id), &e))?;
+    if updated != 1 {
+        return Err(Error::Store(format!(
+            "task {} vanished from the database while it was being updated",
+            record.id
+        )));
+    }
+    Ok(())
+}
