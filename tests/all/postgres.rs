@@ -1,0 +1,185 @@
+//! The PostgreSQL backend beyond the contract (`contract.rs` runs that on
+//! it too): its schema's versions, a clear error when the server is out of
+//! reach, hosts waking each other, and `wpool serve --store` running real
+//! tasks end to end.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wpool::backend::{
+    Backend, Enqueued, POSTGRES_SCHEMA_VERSION, PostgresBackend, PostgresOptions,
+};
+use wpool::{Error, Limits, ModuleHash, TaskRecord, TaskSpec, TaskState, now_millis};
+use wpool_test_artifacts as programs;
+
+use crate::pg::TestDatabase;
+use crate::server::Server;
+
+fn task(module: ModuleHash) -> TaskRecord {
+    TaskRecord::new(
+        TaskSpec::new(module, b"{}".to_vec()),
+        module,
+        Limits::default(),
+        now_millis(),
+    )
+}
+
+/// A database migrated by a newer wpool is refused, naming both versions
+/// and what to do, rather than misread.
+#[test]
+fn a_newer_schema_is_refused_naming_both_versions() {
+    let db = TestDatabase::create();
+    drop(db.backend());
+    db.execute("INSERT INTO schema_version (version) VALUES (99)");
+    let error = PostgresBackend::connect_blocking(&db.url, &PostgresOptions::new()).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::Store(_)), "{message}");
+    assert!(message.contains("schema version 99"), "{message}");
+    assert!(
+        message.contains(&format!("version {POSTGRES_SCHEMA_VERSION}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("point it at another database"),
+        "{message}"
+    );
+}
+
+/// Hosts starting together migrate once: the advisory lock serializes them.
+#[test]
+fn hosts_starting_together_migrate_once() {
+    let db = TestDatabase::create();
+    let backends: Vec<_> = std::thread::scope(|scope| {
+        let started: Vec<_> = (0..4).map(|_| scope.spawn(|| db.backend())).collect();
+        started.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    assert_eq!(backends.len(), 4);
+    drop(backends);
+    // The versions recorded: one row, the current one.
+    db.execute(&format!(
+        "DO $$ BEGIN IF (SELECT count(*) FROM schema_version) <> 1 \
+         OR (SELECT max(version) FROM schema_version) <> {POSTGRES_SCHEMA_VERSION} \
+         THEN RAISE EXCEPTION 'schema_version is wrong'; END IF; END $$"
+    ));
+}
+
+/// A server out of reach is a store error that says where and what to do.
+#[test]
+fn an_unreachable_server_is_a_clear_error() {
+    // Nothing listens on port 1.
+    let error = PostgresBackend::connect_blocking(
+        "postgres://wpool@127.0.0.1:1/nothing",
+        PostgresOptions::new().connect_timeout(Duration::from_secs(2)),
+    )
+    .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::Store(_)), "{message}");
+    assert!(
+        message.contains("cannot reach PostgreSQL at 127.0.0.1:1/nothing"),
+        "{message}"
+    );
+    assert!(message.contains("check that the server runs"), "{message}");
+    let error =
+        PostgresBackend::connect_blocking("postgres://[nope", &PostgresOptions::new()).unwrap_err();
+    assert!(matches!(error, Error::Config(_)), "{error}");
+}
+
+/// A submission on one host wakes another that waits for work (LISTEN /
+/// NOTIFY), long before any poll would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_wakes_the_other_hosts() {
+    let db = TestDatabase::create();
+    let submitter = db.open();
+    let waiter = db.open();
+    // The wake-up every new listening connection gives, for what it may
+    // have missed.
+    tokio::time::timeout(Duration::from_secs(10), waiter.wait_for_work())
+        .await
+        .expect("the first wake-up");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), waiter.wait_for_work())
+            .await
+            .is_err(),
+        "woken with no work"
+    );
+    let wasm = std::fs::read(programs::P1_TRIVIAL).unwrap();
+    let module = ModuleHash::of(&wasm);
+    submitter.put_module(&module, &wasm).await.unwrap();
+    let waiting = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            waiter.wait_for_work().await;
+            started.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stored = submitter.enqueue(vec![task(module)]).await.unwrap();
+    assert!(matches!(stored[0], Enqueued::New(_)));
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the other host was not woken")
+        .unwrap();
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    let claim = waiter.claim(1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(claim.claimed.len(), 1, "the woken host takes the task");
+}
+
+/// `wpool serve --store postgres://…`: a real task, submitted over HTTP,
+/// runs and its result is in the database, where another host sees it.
+#[test]
+fn serve_runs_a_task_from_a_postgres_store() {
+    let db = TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--store", &db.url, "--workers", "2"]);
+    let bytes = std::fs::read(programs::P1_ECHO).unwrap();
+    let (status, module) = server.post_raw("/v1/modules", &bytes);
+    assert_eq!(status, 201, "{module}");
+    let echo = module["hash"].as_str().unwrap().to_string();
+    let (status, answer) = server.post(
+        "/v1/tasks?wait=30s",
+        &json!({"module": echo, "input": {"x": 1}, "timeout": "5s", "labels": {"via": "pg"}}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"]["state"], "succeeded", "{answer}");
+    assert_eq!(answer["result"]["output"], r#"{"x":1}"#);
+    let id: wpool::TaskId = answer["task"]["id"].as_str().unwrap().parse().unwrap();
+
+    // Another host (this test) reads it from the database.
+    let other = db.backend();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stored = runtime
+        .block_on(other.get(&id))
+        .unwrap()
+        .expect("the task is in the database");
+    assert_eq!(stored.state, TaskState::Succeeded);
+    assert_eq!(stored.output, br#"{"x":1}"#);
+    assert_eq!(stored.labels["via"], "pg");
+    assert_eq!(stored.attempts.len(), 1);
+    let modules = runtime.block_on(other.modules()).unwrap();
+    assert_eq!(modules.len(), 1);
+    assert_eq!(modules[0].hash.to_string(), echo);
+    drop(other);
+    drop(runtime);
+    assert!(server.log().contains("store postgres"), "{}", server.log());
+
+    // A bad URL is refused as bad input, before anything starts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wpool"))
+        .args([
+            "serve",
+            "--store",
+            "mysql://x@y/z",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("takes a PostgreSQL URL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
