@@ -183,3 +183,78 @@ fn serve_runs_a_task_from_a_postgres_store() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Two `wpool serve` on one database: tasks submitted to either run once
+/// each, both hosts take a share, and a long poll on either host gives
+/// the result of a task the other one ran.
+#[test]
+fn two_servers_on_one_database_run_each_task_once() {
+    let db = TestDatabase::create();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let start = |i: usize| {
+        let dir: &tempfile::TempDir = &dirs[i];
+        Server::start(dir.path(), &["--store", &db.url, "--workers", "2"])
+    };
+    let first = start(0);
+    let (status, module) =
+        first.post_raw("/v1/modules", &std::fs::read(programs::P1_SLEEP).unwrap());
+    assert_eq!(status, 201, "{module}");
+    let sleep = module["hash"].as_str().unwrap().to_string();
+    // Running on the first host before the second exists: only the first
+    // can run it, and the second is asked for its result below.
+    let (status, answer) = first.post(
+        "/v1/tasks",
+        &json!({"module": sleep, "input": 2000, "timeout": "20s"}),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let long = answer["task"]["id"].as_str().unwrap().to_string();
+    first.wait_state(&long, "running");
+    let servers = [first, start(1)];
+
+    let n = 16;
+    let ids: Vec<String> = (0..n)
+        .map(|i| {
+            // Each host is given half, naming the module by its hash: the
+            // second host finds it in the database.
+            let (status, answer) = servers[i % 2].post(
+                "/v1/tasks",
+                &json!({"module": sleep, "input": 150, "timeout": "10s"}),
+            );
+            assert_eq!(status, 201, "{answer}");
+            answer["task"]["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let (status, result) = servers[1].get(&format!("/v1/tasks/{long}/result?wait=30s"));
+    assert_eq!(
+        status, 200,
+        "the second host hears of the first's result: {result}"
+    );
+    assert_eq!(result["output"], "slept 2000 ms");
+    for (i, id) in ids.iter().enumerate() {
+        // Waited for on the host that was not given it.
+        let (status, result) = servers[(i + 1) % 2].get(&format!("/v1/tasks/{id}/result?wait=30s"));
+        assert_eq!(status, 200, "{result}");
+        assert_eq!(result["state"], "succeeded", "{result}");
+        assert_eq!(result["output"], "slept 150 ms");
+        assert_eq!(result["attempts"], 1, "ran once: {result}");
+        assert_eq!(result["interruptions"], 0, "{result}");
+    }
+    let finished: Vec<u64> = servers
+        .iter()
+        .map(|server| {
+            let (status, stats) = server.get("/v1/stats");
+            assert_eq!(status, 200, "{stats}");
+            assert_eq!(stats["counts"]["succeeded"], n + 1, "{stats}");
+            stats["finished"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        finished.iter().sum::<u64>(),
+        n as u64 + 1,
+        "each task ran on one host only: {finished:?}"
+    );
+    assert!(
+        finished.iter().all(|&ran| ran > 0),
+        "both hosts took work: {finished:?}"
+    );
+}

@@ -697,7 +697,31 @@ impl Inner {
             self.forget_waiter(id);
             return Ok(result);
         }
-        receiver.await.map_err(|_| Error::ShutDown)
+        if !self.backend.is_shared() {
+            return receiver.await.map_err(|_| Error::ShutDown);
+        }
+        // Another host may run it, and this pool would not hear of its
+        // end: look again every poll interval.
+        let mut receiver = receiver;
+        let found = loop {
+            tokio::select! {
+                result = &mut receiver => break result.map_err(|_| Error::ShutDown),
+                () = tokio::time::sleep(self.config.poll_interval) => {
+                    match self.backend.get(&id).await {
+                        Ok(Some(record)) => {
+                            if let Some(result) = record.result() {
+                                break Ok(result);
+                            }
+                        }
+                        Ok(None) => break Err(Error::NotFound(id)),
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+        };
+        drop(receiver);
+        self.forget_waiter(id);
+        found
     }
 
     /// Drops the waiters of `id` whose receivers are gone.
