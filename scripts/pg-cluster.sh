@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster for the tests of the PostgreSQL backend.
 #
-#   eval "$(bash scripts/pg-cluster.sh start)"   # exports WPOOL_TEST_POSTGRES and WPOOL_PG_CLUSTER
+#   cluster=$(bash scripts/pg-cluster.sh start) && eval "$cluster"   # exports WPOOL_TEST_POSTGRES and WPOOL_PG_CLUSTER
 #   bash scripts/pg-cluster.sh stop "$WPOOL_PG_CLUSTER"
 #
 # `start` installs Debian's `postgresql` package if no initdb is found,

@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 bash scripts/install-toolchains.sh
 
 if [ -z "${WPOOL_TEST_POSTGRES:-}" ]; then
-    eval "$(bash scripts/pg-cluster.sh start)"
+    # Assigned first, so that a failed start stops the script.
+    cluster=$(bash scripts/pg-cluster.sh start)
+    eval "$cluster"
     cleanup() {
         bash scripts/pg-cluster.sh stop "$WPOOL_PG_CLUSTER"
     }

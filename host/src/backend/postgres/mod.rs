@@ -102,7 +102,33 @@ impl PostgresOptions {
 }
 
 /// A [`Backend`] in a PostgreSQL database, shared by every host that opens
-/// it. See the [module docs](self).
+/// it.
+///
+/// Hosts claim tasks with `SELECT … FOR UPDATE SKIP LOCKED` (priority, then
+/// submission order), each claim a lease whose expiry comes from the
+/// database's clock; renewing, completing and releasing are fenced by the
+/// lease's token, so a host that lost a lease cannot overwrite the run
+/// that replaced it. Connecting never expires a lease: other hosts may be
+/// running those tasks. Every call returns once its transaction has
+/// committed. A submission wakes the other hosts (`LISTEN`/`NOTIFY`,
+/// [`Backend::wait_for_work`]); polling stays the fallback.
+///
+/// Tables are created, or migrated, when a host connects (see
+/// [`POSTGRES_SCHEMA_VERSION`](crate::backend::POSTGRES_SCHEMA_VERSION)).
+/// Connections are plain TCP or Unix sockets: no TLS yet.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use wpool::backend::PostgresBackend;
+/// use wpool::{Pool, PoolConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let backend = PostgresBackend::connect("postgres://wpool@db.internal:5432/wpool").await?;
+/// let pool = Pool::with_backend(PoolConfig::new(), Arc::new(backend))?;
+/// # drop(pool);
+/// # Ok(())
+/// # }
+/// ```
 pub struct PostgresBackend {
     shared: Arc<Shared>,
     /// Runs the connections and every call; shut down on drop.
