@@ -125,6 +125,87 @@ async fn a_submission_wakes_the_other_hosts() {
     assert_eq!(claim.claimed.len(), 1, "the woken host takes the task");
 }
 
+/// Several hosts expiring leases at once: each lost lease is expired by
+/// one host only, so each task counts one interruption; the host that lost
+/// a lease is refused when it comes back, and the host that ran the task
+/// again records its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_expire_each_lease_once_and_fence_the_loser() {
+    let db = TestDatabase::create();
+    let hosts: Vec<_> = (0..3).map(|_| db.open()).collect();
+    let wasm = std::fs::read(programs::P1_TRIVIAL).unwrap();
+    let module = ModuleHash::of(&wasm);
+    hosts[0].put_module(&module, &wasm).await.unwrap();
+    let n = 60;
+    hosts[0]
+        .enqueue((0..n).map(|_| task(module)).collect())
+        .await
+        .unwrap();
+    let claim = hosts[0].claim(n, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(claim.claimed.len(), n);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let expiring: Vec<_> = hosts
+        .iter()
+        .map(|host| {
+            let host = host.clone();
+            tokio::spawn(async move { host.expire_leases().await.unwrap() })
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for expired in expiring {
+        for record in expired.await.unwrap() {
+            assert_eq!(record.state, TaskState::Queued);
+            assert_eq!(record.interruptions, 1);
+            assert!(seen.insert(record.id), "{} expired twice", record.id);
+        }
+    }
+    assert_eq!(seen.len(), n);
+
+    // The first holder comes back after another host ran the task again.
+    let (lost_record, lost) = &claim.claimed[0];
+    let mut rerun = None;
+    while rerun.is_none() {
+        let again = hosts[1].claim(10, Duration::from_secs(30)).await.unwrap();
+        assert!(!again.claimed.is_empty(), "the task never came back");
+        rerun = again
+            .claimed
+            .into_iter()
+            .find(|(r, _)| r.id == lost_record.id);
+    }
+    let (_, lease) = rerun.unwrap();
+    let done = |outcome| wpool::Completion {
+        outcome,
+        output: b"mine".to_vec(),
+        log: String::new(),
+        progress: None,
+        duration_us: 1,
+        fuel_consumed: None,
+        at: now_millis(),
+    };
+    assert_eq!(
+        hosts[0]
+            .complete(lost, done(wpool::Outcome::Exit(9)))
+            .await
+            .unwrap(),
+        wpool::backend::Completed::LeaseLost
+    );
+    assert_eq!(
+        hosts[0]
+            .renew(&[*lost], Duration::from_secs(30))
+            .await
+            .unwrap(),
+        [wpool::backend::LeaseState::Lost]
+    );
+    let recorded = hosts[1]
+        .complete(&lease, done(wpool::Outcome::Success))
+        .await
+        .unwrap();
+    assert!(matches!(recorded, wpool::backend::Completed::Recorded(_)));
+    let stored = hosts[0].get(&lost_record.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, TaskState::Succeeded);
+    assert_eq!((stored.interruptions, stored.attempts.len()), (1, 1));
+}
+
 /// `wpool serve --store postgres://…`: a real task, submitted over HTTP,
 /// runs and its result is in the database, where another host sees it.
 #[test]
