@@ -244,6 +244,25 @@ fn serve_runs_a_task_from_a_postgres_store() {
     drop(runtime);
     assert!(server.log().contains("store postgres"), "{}", server.log());
 
+    // The same store named by the config file's `store`, and by
+    // WPOOL_STORE: the task is there.
+    let config = dir.path().join("wpool.toml");
+    std::fs::write(&config, format!("store = \"{}\"\n", db.url)).unwrap();
+    let by_file = Server::start(
+        &dir.path().join("by-file"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let by_env = Server::start_with(&dir.path().join("by-env"), &[], |mut command| {
+        command.env("WPOOL_STORE", &db.url);
+        command
+    });
+    for other in [&by_file, &by_env] {
+        let (status, body) = other.get(&format!("/v1/tasks/{id}"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["task"]["state"], "succeeded", "{body}");
+        assert!(other.log().contains("store postgres"), "{}", other.log());
+    }
+
     // A bad URL is refused as bad input, before anything starts.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wpool"))
         .args([
