@@ -358,3 +358,42 @@ fn two_servers_on_one_database_run_each_task_once() {
         "both hosts took work: {finished:?}"
     );
 }
+
+/// A host killed (SIGKILL) while it runs a task: its lease is not renewed,
+/// and once it expires another host runs the task again, counting one
+/// interruption and no extra attempt.
+#[test]
+fn a_task_of_a_killed_host_runs_again_on_another() {
+    let db = TestDatabase::create();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let flags = ["--store", &db.url, "--workers", "1", "--lease-ttl", "1s"];
+    let doomed = Server::start(dirs[0].path(), &flags);
+    let (status, module) =
+        doomed.post_raw("/v1/modules", &std::fs::read(programs::P1_SLEEP).unwrap());
+    assert_eq!(status, 201, "{module}");
+    let (status, answer) = doomed.post(
+        "/v1/tasks",
+        &json!({"module": module["hash"], "input": 1500, "timeout": "20s"}),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["task"]["id"].as_str().unwrap().to_string();
+    doomed.wait_state(&id, "running");
+    drop(doomed); // SIGKILL: no release, no heartbeat.
+
+    let survivor = Server::start(dirs[1].path(), &flags);
+    let started = Instant::now();
+    let (status, result) = survivor.get(&format!("/v1/tasks/{id}/result?wait=30s"));
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["state"], "succeeded", "{result}");
+    assert_eq!(result["output"], "slept 1500 ms");
+    assert_eq!(result["attempts"], 1, "{result}");
+    assert_eq!(result["interruptions"], 1, "{result}");
+    // The lease (1 s) ran out, then the run (1.5 s): well before the wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, stats) = survivor.get("/v1/stats");
+    assert_eq!(stats["finished"], 1, "the survivor ran it: {stats}");
+}

@@ -53,7 +53,7 @@ pub(crate) struct ServeArgs {
     token: Option<String>,
     /// A config file, TOML (`.toml`) or JSON, with any of: data_dir,
     /// store, listen, workers, token, max_module_size, max_input_size,
-    /// max_queued, stop_grace, body_timeout, header_timeout,
+    /// max_queued, stop_grace, lease_ttl, body_timeout, header_timeout,
     /// max_connections, max_body_bytes_in_flight, max_wait, read_only_dirs,
     /// scratch_root, max_scratch.
     ///
@@ -76,6 +76,12 @@ pub(crate) struct ServeArgs {
     /// killed (and queued again). Default: 30s.
     #[arg(long, env = "WPOOL_STOP_GRACE", value_parser = parse_duration)]
     stop_grace: Option<Duration>,
+    /// How long a running task's lease lasts without a heartbeat (renewed
+    /// every third of it). With a shared store (`--store`), how long the
+    /// tasks of a host that died wait before another host runs them.
+    /// Default: 30s.
+    #[arg(long, env = "WPOOL_LEASE_TTL", value_parser = parse_duration)]
+    lease_ttl: Option<Duration>,
     /// How long a request body may take to arrive. Default: 30s.
     #[arg(long, env = "WPOOL_BODY_TIMEOUT", value_parser = parse_duration)]
     body_timeout: Option<Duration>,
@@ -121,6 +127,7 @@ struct FileConfig {
     max_input_size: Option<HumanSize>,
     max_queued: Option<usize>,
     stop_grace: Option<HumanDuration>,
+    lease_ttl: Option<HumanDuration>,
     body_timeout: Option<HumanDuration>,
     header_timeout: Option<HumanDuration>,
     max_connections: Option<usize>,
@@ -246,6 +253,9 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
         .or(file.stop_grace.map(|d| d.0))
         .unwrap_or(Duration::from_secs(30));
     pool_config.stop_grace(grace);
+    if let Some(ttl) = args.lease_ttl.or(file.lease_ttl.map(|d| d.0)) {
+        pool_config.lease_ttl(ttl);
+    }
     pool_config
         .engine_mut()
         .artifact_dir(data_dir.join("artifacts"));
