@@ -397,3 +397,37 @@ fn a_task_of_a_killed_host_runs_again_on_another() {
     let (_, stats) = survivor.get("/v1/stats");
     assert_eq!(stats["finished"], 1, "the survivor ran it: {stats}");
 }
+
+/// `--max-queued` on a shared queue: tasks a host counted as waiting and
+/// another host ran leave room, though the first host never ran them.
+#[test]
+fn room_freed_by_another_host_counts() {
+    let db = TestDatabase::create();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let full = Server::start(
+        dirs[0].path(),
+        &["--store", &db.url, "--workers", "1", "--max-queued", "2"],
+    );
+    let (status, module) =
+        full.post_raw("/v1/modules", &std::fs::read(programs::P1_SLEEP).unwrap());
+    assert_eq!(status, 201, "{module}");
+    // The first host's only worker stays busy: the tasks below run on the
+    // second host.
+    let (status, answer) = full.post(
+        "/v1/tasks",
+        &json!({"module": module["hash"], "input": 20000, "timeout": "30s"}),
+    );
+    assert_eq!(status, 201, "{answer}");
+    full.wait_state(answer["task"]["id"].as_str().unwrap(), "running");
+    let runner = Server::start(dirs[1].path(), &["--store", &db.url, "--workers", "2"]);
+    for i in 0..6 {
+        let (status, answer) = full.post(
+            "/v1/tasks?wait=30s",
+            &json!({"module": module["hash"], "input": 10, "timeout": "10s"}),
+        );
+        assert_eq!(status, 200, "task {i}: {answer}");
+        assert_eq!(answer["result"]["state"], "succeeded", "{answer}");
+    }
+    let (_, stats) = runner.get("/v1/stats");
+    assert_eq!(stats["finished"], 6, "{stats}");
+}

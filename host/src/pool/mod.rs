@@ -382,7 +382,7 @@ impl Pool {
     /// queue is full.
     pub async fn try_submit(&self, spec: TaskSpec) -> Result<TaskHandle> {
         self.inner().check_open()?;
-        if !self.inner().try_reserve_room(1) {
+        if !self.inner().try_reserve_room(1) && !self.inner().recounted_room(1).await {
             return Err(Error::QueueFull(self.inner().config.max_queued));
         }
         self.submit_reserved(spec).await
