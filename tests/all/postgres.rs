@@ -431,3 +431,39 @@ fn room_freed_by_another_host_counts() {
     let (_, stats) = runner.get("/v1/stats");
     assert_eq!(stats["finished"], 6, "{stats}");
 }
+
+/// A cancel given to one host of a task another host runs: the holder
+/// hears of it at its next heartbeat and kills the run, which ends
+/// `cancelled`, long before it would have ended by itself.
+#[test]
+fn a_cancel_reaches_the_host_that_runs_the_task() {
+    let db = TestDatabase::create();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let flags = ["--store", &db.url, "--workers", "1", "--lease-ttl", "1s"];
+    let runner = Server::start(dirs[0].path(), &flags);
+    let (status, module) =
+        runner.post_raw("/v1/modules", &std::fs::read(programs::P1_SLEEP).unwrap());
+    assert_eq!(status, 201, "{module}");
+    let (status, answer) = runner.post(
+        "/v1/tasks",
+        &json!({"module": module["hash"], "input": 60000, "timeout": "120s"}),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["task"]["id"].as_str().unwrap().to_string();
+    runner.wait_state(&id, "running");
+    let other = Server::start(dirs[1].path(), &flags);
+    let started = Instant::now();
+    let (status, answer) = other.delete(&format!("/v1/tasks/{id}"));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["cancel"], "killed", "{answer}");
+    let (status, result) = other.get(&format!("/v1/tasks/{id}/result?wait=30s"));
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["state"], "cancelled", "{result}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, stats) = runner.get("/v1/stats");
+    assert_eq!(stats["finished"], 1, "the runner recorded it: {stats}");
+}
