@@ -79,6 +79,13 @@ fn an_unreachable_server_is_a_clear_error() {
         "{message}"
     );
     assert!(message.contains("check that the server runs"), "{message}");
+    // A server that runs, without the database.
+    let db = TestDatabase::create();
+    let missing = db.url.replace("wpool_test_", "wpool_missing_");
+    let error = PostgresBackend::connect_blocking(&missing, &PostgresOptions::new()).unwrap_err();
+    assert!(matches!(error, Error::Store(_)), "{error}");
+    assert!(error.to_string().contains("no such database"), "{error}");
+    assert!(error.to_string().contains("createdb"), "{error}");
     let error =
         PostgresBackend::connect_blocking("postgres://[nope", &PostgresOptions::new()).unwrap_err();
     assert!(matches!(error, Error::Config(_)), "{error}");

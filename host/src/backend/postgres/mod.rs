@@ -316,6 +316,16 @@ impl Shared {
     /// reach.
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| {
+            if let deadpool_postgres::PoolError::Backend(e) = &e
+                && e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
+            {
+                return Error::Store(format!(
+                    "PostgreSQL at {} has no such database ({}): create it (`createdb`, or \
+                     CREATE DATABASE), then start again; wpool creates its tables itself",
+                    self.target,
+                    describe(e)
+                ));
+            }
             let cause = match &e {
                 deadpool_postgres::PoolError::Backend(e) => describe(e),
                 deadpool_postgres::PoolError::Timeout(_) => {
