@@ -213,6 +213,56 @@ async fn hosts_expire_each_lease_once_and_fence_the_loser() {
     assert_eq!((stored.interruptions, stored.attempts.len()), (1, 1));
 }
 
+/// Two hosts submitting batches that name the same idempotency keys in
+/// opposite orders, at once: no deadlock, no error, and each key ends with
+/// one task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_sharing_keys_never_deadlock() {
+    let db = TestDatabase::create();
+    let hosts = [db.open(), db.open()];
+    let wasm = std::fs::read(programs::P1_TRIVIAL).unwrap();
+    let module = ModuleHash::of(&wasm);
+    hosts[0].put_module(&module, &wasm).await.unwrap();
+    for round in 0..20 {
+        let keys: Vec<String> = (0..10).map(|k| format!("r{round}-k{k}")).collect();
+        let batches = hosts.iter().enumerate().map(|(h, host)| {
+            let host = host.clone();
+            let mut keys = keys.clone();
+            if h == 1 {
+                keys.reverse();
+            }
+            tokio::spawn(async move {
+                let tasks = keys
+                    .iter()
+                    .map(|key| {
+                        TaskRecord::new(
+                            TaskSpec::new(module, b"{}".to_vec()).idempotency_key(key.as_str()),
+                            module,
+                            Limits::default(),
+                            now_millis(),
+                        )
+                    })
+                    .collect();
+                host.enqueue(tasks).await.unwrap()
+            })
+        });
+        let mut stored = 0;
+        for batch in batches.collect::<Vec<_>>() {
+            stored += batch
+                .await
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e, Enqueued::New(_)))
+                .count();
+        }
+        assert_eq!(stored, 10, "round {round}: each key stored once");
+        for key in &keys {
+            assert!(hosts[1].by_key(key).await.unwrap().is_some(), "{key}");
+        }
+    }
+    assert_eq!(hosts[0].counts().await.unwrap().total(), 200);
+}
+
 /// `wpool serve --store postgres://…`: a real task, submitted over HTTP,
 /// runs and its result is in the database, where another host sees it.
 #[test]

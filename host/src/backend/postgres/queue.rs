@@ -281,43 +281,56 @@ impl Shared {
         for (task, seq) in tasks.iter_mut().zip(seqs) {
             task.seq = seq;
         }
-        // Inserted in key order (a stable sort: the first of a batch to
-        // name a key takes it), so that two submissions naming the same
-        // keys wait for each other in one order and never deadlock.
-        let mut order: Vec<usize> = (0..tasks.len()).collect();
-        order.sort_by(|&a, &b| tasks[a].idempotency_key.cmp(&tasks[b].idempotency_key));
-        let mut holders: HashMap<usize, TaskId> = HashMap::new();
-        let mut ready = false;
-        for i in order {
-            let task = &mut tasks[i];
-            if record::insert(&tx, task).await? {
-                ready |= task.state == TaskState::Queued;
-                continue;
-            }
-            let key = task.idempotency_key.clone().unwrap_or_default();
-            let row = tx
-                .query_opt("SELECT id FROM tasks WHERE idempotency_key = $1", &[&key])
+        let stored = record::insert_all(&tx, &mut tasks).await?;
+        // The holders of the keys that were taken.
+        let taken: Vec<&str> = tasks
+            .iter()
+            .zip(&stored)
+            .filter(|(_, stored)| !**stored)
+            .filter_map(|(task, _)| task.idempotency_key.as_deref())
+            .collect();
+        let mut holders: HashMap<String, TaskId> = HashMap::new();
+        if !taken.is_empty() {
+            let rows = tx
+                .query(
+                    "SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1)",
+                    &[&taken],
+                )
                 .await
-                .map_err(|e| db_error("finding an idempotency key's task", &e))?
-                .ok_or_else(|| {
-                    Error::Store(format!(
-                        "the idempotency key `{key}` is taken, but no task holds it"
-                    ))
-                })?;
-            holders.insert(i, record::task_id(&row, 0)?);
+                .map_err(|e| db_error("finding the tasks holding idempotency keys", &e))?;
+            for row in &rows {
+                let key: String = row
+                    .try_get(0)
+                    .map_err(|e| db_error("finding the tasks holding idempotency keys", &e))?;
+                holders.insert(key, record::task_id(row, 1)?);
+            }
         }
+        let ready = tasks
+            .iter()
+            .zip(&stored)
+            .any(|(task, stored)| *stored && task.state == TaskState::Queued);
         if ready {
             notify_ready(&tx).await?;
         }
         commit(tx, "new tasks").await?;
-        Ok(tasks
+        tasks
             .into_iter()
-            .enumerate()
-            .map(|(i, task)| match holders.get(&i) {
-                Some(holder) => Enqueued::Existing(*holder),
-                None => Enqueued::New(Box::new(task)),
+            .zip(stored)
+            .map(|(task, stored)| {
+                if stored {
+                    return Ok(Enqueued::New(Box::new(task)));
+                }
+                let key = task.idempotency_key.unwrap_or_default();
+                holders
+                    .get(&key)
+                    .map(|id| Enqueued::Existing(*id))
+                    .ok_or_else(|| {
+                        Error::Store(format!(
+                            "the idempotency key `{key}` is taken, but no task holds it"
+                        ))
+                    })
             })
-            .collect())
+            .collect()
     }
 
     pub(super) async fn claim(&self, max: usize, ttl: Duration) -> Result<Claim> {

@@ -72,45 +72,87 @@ fn finished_at(record: &TaskRecord) -> Option<i64> {
         .then(|| to_db(record.finished_at.unwrap_or(record.updated_at)))
 }
 
-/// Stores a new task; `false` (and nothing written) if its idempotency key
-/// is taken.
-pub(super) async fn insert(tx: &Tx<'_>, record: &mut TaskRecord) -> Result<bool> {
-    let json = to_json(record)?;
-    let statement = tx
-        .prepare_cached(
+/// Stores new tasks in one statement; for each, whether it was stored
+/// (`false`: its idempotency key was taken, by an earlier task or an
+/// earlier one of `records`, and nothing was written for it).
+///
+/// Rows go in ordered by key, then by their place in `records`: the first
+/// task of a batch to name a key takes it, and two batches naming the same
+/// keys wait for each other in one order, never in a deadlock.
+pub(super) async fn insert_all(tx: &Tx<'_>, records: &mut [TaskRecord]) -> Result<Vec<bool>> {
+    let json = records
+        .iter_mut()
+        .map(to_json)
+        .collect::<Result<Vec<_>>>()?;
+    let ids: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
+    let seqs: Vec<i64> = records.iter().map(|r| to_db(r.seq)).collect();
+    let states: Vec<&str> = records.iter().map(|r| r.state.as_str()).collect();
+    let priorities: Vec<i32> = records.iter().map(|r| r.priority).collect();
+    let run_at: Vec<i64> = records.iter().map(|r| to_db(r.run_at)).collect();
+    let expires_at: Vec<Option<i64>> = records.iter().map(|r| r.expires_at.map(to_db)).collect();
+    let keys: Vec<Option<&str>> = records
+        .iter()
+        .map(|r| r.idempotency_key.as_deref())
+        .collect();
+    let tokens: Vec<Option<i64>> = records
+        .iter()
+        .map(|r| r.lease.map(|l| to_db(l.token)))
+        .collect();
+    let lease_expiries: Vec<Option<i64>> = records
+        .iter()
+        .map(|r| r.lease.map(|l| to_db(l.expires_at)))
+        .collect();
+    let cancels: Vec<bool> = records.iter().map(|r| r.cancel_requested).collect();
+    let modules: Vec<String> = records.iter().map(|r| r.module.to_string()).collect();
+    let labels: Vec<Json<_>> = records.iter().map(|r| Json(&r.labels)).collect();
+    let finished: Vec<Option<i64>> = records.iter().map(finished_at).collect();
+    let json: Vec<Json<&serde_json::Value>> = json.iter().map(Json).collect();
+    let inputs: Vec<&[u8]> = records.iter().map(|r| r.input.as_slice()).collect();
+    let outputs: Vec<&[u8]> = records.iter().map(|r| r.output.as_slice()).collect();
+    let rows = tx
+        .query(
             "INSERT INTO tasks (id, seq, state, priority, run_at, expires_at, idempotency_key, \
              lease_token, lease_expires_at, cancel_requested, module, labels, finished_at, \
              record, input, output) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .await
-        .map_err(|e| db_error("preparing to store tasks", &e))?;
-    let inserted = tx
-        .execute(
-            &statement,
+             SELECT id, seq, state, priority, run_at, expires_at, idempotency_key, \
+             lease_token, lease_expires_at, cancel_requested, module, labels, finished_at, \
+             record, input, output \
+             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::bigint[], \
+             $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::boolean[], $11::text[], \
+             $12::jsonb[], $13::bigint[], $14::jsonb[], $15::bytea[], $16::bytea[]) \
+             WITH ORDINALITY AS t(id, seq, state, priority, run_at, expires_at, \
+             idempotency_key, lease_token, lease_expires_at, cancel_requested, module, labels, \
+             finished_at, record, input, output, place) \
+             ORDER BY idempotency_key NULLS LAST, place \
+             ON CONFLICT (idempotency_key) DO NOTHING \
+             RETURNING id",
             &[
-                &record.id.to_string(),
-                &to_db(record.seq),
-                &record.state.as_str(),
-                &record.priority,
-                &to_db(record.run_at),
-                &record.expires_at.map(to_db),
-                &record.idempotency_key,
-                &record.lease.map(|l| to_db(l.token)),
-                &record.lease.map(|l| to_db(l.expires_at)),
-                &record.cancel_requested,
-                &record.module.to_string(),
-                &Json(&record.labels),
-                &finished_at(record),
-                &Json(&json),
-                &record.input,
-                &record.output,
+                &ids,
+                &seqs,
+                &states,
+                &priorities,
+                &run_at,
+                &expires_at,
+                &keys,
+                &tokens,
+                &lease_expiries,
+                &cancels,
+                &modules,
+                &labels,
+                &finished,
+                &json,
+                &inputs,
+                &outputs,
             ],
         )
         .await
-        .map_err(|e| db_error(&format!("storing task {}", record.id), &e))?;
-    Ok(inserted == 1)
+        .map_err(|e| db_error("storing tasks", &e))?;
+    let stored = rows
+        .iter()
+        .map(|row| row.try_get::<_, String>(0))
+        .collect::<std::result::Result<std::collections::HashSet<_>, _>>()
+        .map_err(|e| db_error("storing tasks", &e))?;
+    Ok(ids.iter().map(|id| stored.contains(id)).collect())
 }
 
 /// Writes a task's new state over its row, which the transaction holds
