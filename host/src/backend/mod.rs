@@ -213,9 +213,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         std::future::pending::<()>().await
     }
 
-    /// Whether other hosts share this queue. The pool then also looks for
-    /// due scheduled tasks every poll interval, since another host may
-    /// have scheduled them earlier than anything this one knows of.
+    /// Whether other hosts share this queue, changing it without this
+    /// pool's knowledge. The pool then also looks every poll interval for
+    /// due scheduled tasks (another host may have scheduled one earlier
+    /// than anything this one knows of) and for the results it waits for
+    /// (another host may have run the task), and counts the waiting tasks
+    /// in the backend again when its own count says the queue is full.
     /// Default: `false`.
     fn is_shared(&self) -> bool {
         false
