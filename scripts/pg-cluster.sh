@@ -70,11 +70,14 @@ start() {
     fi
 
     local dir port
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/wpool-pg.XXXXXX")
+    # /tmp rather than $TMPDIR: the server's user must be able to reach it.
+    dir=$(mktemp -d /tmp/wpool-pg.XXXXXX)
     chmod 755 "$dir"
     if [ "$(id -u)" = 0 ]; then
         chown "$PG_USER" "$dir"
     fi
+    # The server's user may not be allowed into the caller's directory.
+    cd "$dir"
     as_pg_user "$bin/initdb" --pgdata "$dir/data" --username wpool --auth trust \
         --encoding UTF8 --locale C.UTF-8 > "$dir/initdb.log" 2>&1 || {
         cat "$dir/initdb.log" >&2
@@ -108,6 +111,7 @@ stop() {
     fi
     local bin
     bin=$(find_bin)
+    cd /
     if [ -f "$dir/data/postmaster.pid" ]; then
         as_pg_user "$bin/pg_ctl" --pgdata "$dir/data" --mode fast --wait stop > /dev/null 2>&1 || true
     fi
