@@ -524,3 +524,43 @@ fn a_cancel_reaches_the_host_that_runs_the_task() {
     let (_, stats) = runner.get("/v1/stats");
     assert_eq!(stats["finished"], 1, "the runner recorded it: {stats}");
 }
+
+/// The library: a `Pool` over a `PostgresBackend` runs a task, and a second
+/// pool on the same database (another program) waits for it and gets the
+/// same result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_in_two_programs_share_one_queue() {
+    let db = TestDatabase::create();
+    let backend = PostgresBackend::connect(&db.url).await.unwrap();
+    let runner = wpool::Pool::with_backend(
+        wpool::PoolConfig::new().workers(1).clone(),
+        std::sync::Arc::new(backend),
+    )
+    .unwrap();
+    let watcher = wpool::Pool::with_backend(
+        wpool::PoolConfig::new()
+            .workers(1)
+            .poll_interval(Duration::from_millis(100))
+            .clone(),
+        db.open(),
+    )
+    .unwrap();
+    let module = runner
+        .register(&std::fs::read(programs::P1_ECHO).unwrap())
+        .await
+        .unwrap();
+    let handle = runner
+        .submit(TaskSpec::new(module, b"shared".to_vec()))
+        .await
+        .unwrap();
+    let watched = tokio::time::timeout(Duration::from_secs(30), watcher.wait(handle.id()))
+        .await
+        .expect("the second pool hears of the result")
+        .unwrap();
+    let result = handle.wait().await.unwrap();
+    assert_eq!(result.state, TaskState::Succeeded);
+    assert_eq!(result.output, b"shared");
+    assert_eq!(watched, result);
+    runner.close().await.unwrap();
+    watcher.close().await.unwrap();
+}
