@@ -89,6 +89,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `cli` | yes | the `wpool` binary (command line) |
+//! | `postgres` | yes | [`backend::PostgresBackend`]: one queue in PostgreSQL, shared by many hosts |
 
 mod abi;
 pub mod backend;
