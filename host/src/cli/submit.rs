@@ -13,10 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::client::{CallError, Client, is_local};
 use super::print::{BatchLine, print_json, print_result, write_line};
-use super::server::types::{ModuleInfo, ResultView, TaskAnswer, TaskView};
+use super::server::types::{ModuleInfo, ResultView, SubmitTask, TaskAnswer, TaskView};
 use super::submit_args::SubmitArgs;
 use super::{Failure, embedded, exit, read_input, write_stdout};
 use crate::ModuleHash;
+use crate::units::format_duration;
 
 pub(crate) fn execute(args: SubmitArgs) -> Result<u8, Failure> {
     let bytes = std::fs::read(&args.module)
@@ -198,6 +199,10 @@ fn batch(
         (0..total).map(|_| Mutex::new(Err(String::new()))).collect();
     let next = AtomicUsize::new(0);
     let unreachable = Mutex::new(None);
+    // Lines the server kept refusing for a reason of its own (a full queue,
+    // too many bodies in flight, stored outputs at their bound) until the
+    // submission gave up: exit 7, as a single submit refused so.
+    let gave_up = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..args.concurrency.clamp(1, 64) {
             scope.spawn(|| {
@@ -206,11 +211,21 @@ fn batch(
                     if i >= total {
                         break;
                     }
-                    let outcome = client
-                        .post_json("/v1/tasks", &args.request(hash, &inputs[i]))
-                        .and_then(|a| a.json::<TaskAnswer>());
+                    let outcome = submit_with_backoff(client, &args.request(hash, &inputs[i]));
                     let entry = match outcome {
                         Ok(answer) => Ok(answer.task.id),
+                        Err(CallError::Api {
+                            status: 429 | 503,
+                            message,
+                            ..
+                        }) => {
+                            gave_up.fetch_add(1, Ordering::Relaxed);
+                            Err(format!(
+                                "{message} (still refused after {} of retries; submit this \
+                                 line again later)",
+                                format_duration(BACKPRESSURE_PATIENCE)
+                            ))
+                        }
                         Err(CallError::Api { message, .. }) => Err(message),
                         Err(CallError::Unreachable(cause)) => {
                             *unreachable.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -329,13 +344,42 @@ fn batch(
             String::new()
         }
     );
-    Ok(if refused > 0 {
+    Ok(if gave_up.load(Ordering::Relaxed) > 0 {
+        exit::REFUSED
+    } else if refused > 0 {
         exit::BAD_INPUT
     } else if failed > 0 {
         exit::TASK_FAILED
     } else {
         exit::OK
     })
+}
+
+/// How long one line of a batch is retried while the server refuses it
+/// for backpressure (429, 503) before the submission gives up on it.
+const BACKPRESSURE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Submits one task, waiting and retrying (50 ms doubling to 5 s, with
+/// jitter) while the server answers 429 or 503: a full queue drains, as
+/// the library's `submit` waits for room.
+fn submit_with_backoff(client: &Client, request: &SubmitTask) -> Result<TaskAnswer, CallError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match client
+            .post_json("/v1/tasks", request)
+            .and_then(|a| a.json::<TaskAnswer>())
+        {
+            Err(CallError::Api {
+                status: 429 | 503, ..
+            }) if started.elapsed() < BACKPRESSURE_PATIENCE => {
+                let jitter = Duration::from_millis(fastrand::u64(0..=pause.as_millis() as u64 / 2));
+                std::thread::sleep(pause + jitter);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn poll_result(client: &Client, id: &str, deadline: Option<Instant>) -> Result<ResultView, String> {
