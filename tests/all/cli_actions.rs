@@ -55,6 +55,15 @@ fn retry_delete_purge_pause_resume_and_workers_from_the_command_line() {
     assert!(text(&out.stderr).contains(&format!("wpool result {copy} --wait")));
     let out = wpool(url, &["result", &copy, "--wait"]);
     assert_eq!(out.status.code(), Some(1), "the copy fails the same way");
+    // Its status tells when, and how each attempt ended.
+    let out = wpool(url, &["status", &copy]);
+    let status = text(&out.stdout);
+    assert!(
+        status.contains("submitted ") && status.contains(" ago"),
+        "{status}"
+    );
+    assert!(status.contains("finished  "), "{status}");
+    assert!(status.contains("attempt 1 exited with code 7"), "{status}");
 
     // Delete: a finished task goes; a missing one is 5.
     let out = wpool(url, &["delete", &id]);

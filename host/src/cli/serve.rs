@@ -461,7 +461,8 @@ async fn run(
         .map_err(Failure::internal)?;
     let workers = pool.stats().await.map(|s| s.workers).unwrap_or(0);
     eprintln!(
-        "wpool: listening on http://{local} ({location}, {workers} workers{})",
+        "wpool: listening on http://{local} ({location}, {workers} worker{}{})",
+        if workers == 1 { "" } else { "s" },
         if config.token.is_some() {
             ", token required"
         } else {

@@ -142,12 +142,20 @@ pub(crate) fn wait_with_spinner(
     spinner.set_prefix(id.to_string());
     spinner.set_message("waiting");
     spinner.enable_steady_tick(Duration::from_millis(100));
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        spinner.println(format!(
+            "wpool: Ctrl-C stops the waiting, not the task: `wpool result {id} --wait` waits \
+             again, `wpool cancel {id}` stops it"
+        ));
+    }
+    // Short polls while it runs, so that its progress shows as it comes.
+    let mut poll = Duration::from_secs(10);
     let outcome = loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left == Some(Duration::ZERO) {
             break Ok(None);
         }
-        let wait = left.map_or(Duration::from_secs(10), |l| l.min(Duration::from_secs(10)));
+        let wait = left.map_or(poll, |l| l.min(poll));
         let answer = client.get(&format!(
             "/v1/tasks/{id}/result?wait={}ms",
             wait.as_millis().max(1)
@@ -166,6 +174,11 @@ pub(crate) fn wait_with_spinner(
                         .map(|(done, total)| format!(" ({done}/{total})"))
                         .unwrap_or_default();
                     spinner.set_message(format!("{}{progress}", task.state));
+                    poll = if task.state == "running" {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::from_secs(10)
+                    };
                 }
             }
             Err(e) => break Err(e.into_failure(client.base())),
@@ -178,7 +191,16 @@ pub(crate) fn wait_with_spinner(
 fn bar(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {rate} eta {eta}")
+            .map(|style| {
+                // A whole number of tasks per second, not `2,082.3542/s`.
+                style.with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0}/s", state.per_sec());
+                    },
+                )
+            })
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
