@@ -15,16 +15,25 @@ use std::time::Duration;
 pub(crate) struct StatusArgs {
     /// The task's id.
     id: String,
+    /// Read this data directory directly instead of asking a daemon (for
+    /// tasks queued there while no server answered).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     server: ServerArgs,
 }
 
 pub(crate) fn execute(args: StatusArgs) -> Result<u8, Failure> {
-    let client = Client::new(&args.server);
-    let answer: TaskAnswer = client
-        .get(&format!("/v1/tasks/{}", args.id))
-        .and_then(|a| a.json())
-        .map_err(|e| e.into_failure(client.base()))?;
+    let answer: TaskAnswer = match &args.data_dir {
+        Some(dir) => super::local::task(dir, &args.id)?,
+        None => {
+            let client = Client::new(&args.server);
+            client
+                .get(&format!("/v1/tasks/{}", args.id))
+                .and_then(|a| a.json())
+                .map_err(|e| e.into_failure(client.base()))?
+        }
+    };
     if args.server.json {
         print_json(&answer)?;
         return Ok(exit::OK);
