@@ -135,6 +135,10 @@ fn delete_and_purge_remove_final_tasks_and_their_payloads() {
     assert_eq!(body["deleted"], 3);
     let (_, list) = server.get("/v1/tasks?label=team=b");
     assert_eq!(list["tasks"].as_array().unwrap().len(), 2);
+    // Only an object is a filter: `[]` would otherwise read as one with
+    // every field at its default, and purge everything.
+    let (status, body) = server.post("/v1/tasks:purge", &json!([]));
+    assert_eq!(status, 400, "{body}");
     let (status, body) = server.post("/v1/tasks:purge", &json!({"state": "queued"}));
     assert_eq!(status, 400, "{body}");
     assert!(

@@ -104,6 +104,20 @@ async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
     ))
 }
 
+/// A request body that must be a JSON object: serde would also take a
+/// struct from an array of its fields (`[]` for one whose fields all have
+/// defaults), which the schema does not allow.
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body)?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object",
+        ));
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
 fn parse_hash(text: &str) -> Result<ModuleHash, ApiError> {
     text.parse()
         .map_err(|e: crate::Error| ApiError::bad_request("invalid_request", e.to_string()))
@@ -303,7 +317,7 @@ async fn put_module_settings(
     body: Bytes,
 ) -> Result<Json<ModuleInfo>, ApiError> {
     let hash = parse_hash(&hash)?;
-    let settings: crate::ModuleSettings = serde_json::from_slice(&body)?;
+    let settings: crate::ModuleSettings = json_object(&body)?;
     let size = state
         .pool
         .backend()
@@ -370,7 +384,7 @@ async fn submit_task(
 ) -> Result<Response, ApiError> {
     let pairs = query(&uri, &["wait"])?;
     let wait = wait_param(&state, &pairs)?;
-    let request: SubmitTask = serde_json::from_slice(&body)?;
+    let request: SubmitTask = json_object(&body)?;
     let spec_error = |e: SpecError| match e {
         SpecError::Invalid(code, message) => ApiError::bad_request(code, message),
         SpecError::InputTooLarge(size, limit) => ApiError::too_large(format!(
@@ -730,7 +744,7 @@ async fn purge_tasks(
 ) -> Result<Json<PurgeView>, ApiError> {
     // A body is required, `{}` for every final task: a purge of
     // everything is never a request's accident.
-    let request: PurgeRequest = serde_json::from_slice(&body)?;
+    let request: PurgeRequest = json_object(&body)?;
     let mut filter = TaskFilter::default();
     if let Some(text) = &request.state {
         let task_state = text
@@ -785,7 +799,7 @@ async fn set_workers(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<WorkersView>, ApiError> {
-    let request: WorkersRequest = serde_json::from_slice(&body)?;
+    let request: WorkersRequest = json_object(&body)?;
     let max_workers = state.pool.max_workers();
     if request.workers == 0 || request.workers > max_workers {
         return Err(ApiError::bad_request(
