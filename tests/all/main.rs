@@ -5,6 +5,7 @@ mod cache;
 mod cli;
 mod cli_run;
 mod contract;
+mod dashboard;
 mod durable;
 mod examples;
 mod executor;
