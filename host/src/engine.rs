@@ -58,6 +58,11 @@ impl EngineConfig {
         self
     }
 
+    /// How many tasks run at once (see [`EngineConfig::workers`]).
+    pub fn worker_count(&self) -> usize {
+        self.workers
+    }
+
     /// The most workers the pool can ever be resized to while it runs; the
     /// engine's instance pool is sized for this many. Default: `workers`.
     pub fn max_workers(&mut self, max_workers: usize) -> &mut Self {

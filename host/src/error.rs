@@ -57,6 +57,11 @@ pub enum Error {
     #[error("the queue is full ({0} tasks waiting); retry later or raise `max_queued`")]
     QueueFull(usize),
 
+    /// The task is not final yet (its state is given): it cannot be
+    /// retried or deleted; cancel it first, or wait for it.
+    #[error("task {0} is {1}, not final: wait for it to end, or cancel it first")]
+    NotFinal(crate::TaskId, crate::TaskState),
+
     /// The store's output files hold as many bytes as the pool allows
     /// ([`PoolConfig::max_stored_output`](crate::PoolConfig::max_stored_output)):
     /// `(held, allowed)`.

@@ -19,6 +19,23 @@ fn wpool(server: &str, args: &[&str]) -> Output {
         .expect("run wpool")
 }
 
+/// `wpool` with no server named: the default address, where no daemon
+/// answers on a machine running the tests (nothing may listen on
+/// 127.0.0.1:7878 there).
+fn wpool_unnamed(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_wpool"))
+        .args(args)
+        .env_remove("WPOOL_TOKEN")
+        .env_remove("WPOOL_SERVER")
+        .output()
+        .expect("run wpool");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("HTTP"),
+        "a daemon answers at 127.0.0.1:7878, the default address: stop it to run this test"
+    );
+    out
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -250,11 +267,11 @@ fn submit_with_no_server_uses_the_data_directory() {
     let input = dir.path().join("in");
     std::fs::write(&input, "hello").unwrap();
     let input = input.to_str().unwrap();
-    let nobody = "http://127.0.0.1:9";
 
-    // Without --wait: queued durably, not run.
+    // A server named but not answering: an error, and the data directory
+    // is not touched.
     let out = wpool(
-        nobody,
+        "http://127.0.0.1:9",
         &[
             "submit",
             programs::P1_ECHO,
@@ -264,6 +281,24 @@ fn submit_with_no_server_uses_the_data_directory() {
             data_arg,
         ],
     );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no wpool server at http://127.0.0.1:9"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data.exists());
+
+    // None named: the default address, and with no daemon there, the data
+    // directory. Without --wait: queued durably, not run.
+    let out = wpool_unnamed(&[
+        "submit",
+        programs::P1_ECHO,
+        "--input",
+        input,
+        "--data-dir",
+        data_arg,
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("using the data directory"),
@@ -273,18 +308,15 @@ fn submit_with_no_server_uses_the_data_directory() {
     let queued = stdout(&out).trim().to_string();
 
     // With --wait: an embedded pool runs it.
-    let out = wpool(
-        nobody,
-        &[
-            "submit",
-            programs::P1_ECHO,
-            "--input",
-            input,
-            "--data-dir",
-            data_arg,
-            "--wait",
-        ],
-    );
+    let out = wpool_unnamed(&[
+        "submit",
+        programs::P1_ECHO,
+        "--input",
+        input,
+        "--data-dir",
+        data_arg,
+        "--wait",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("embedded"), "{}", stderr(&out));
     assert_eq!(stdout(&out), "hello");

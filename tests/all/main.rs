@@ -3,6 +3,7 @@
 
 mod cache;
 mod cli;
+mod cli_actions;
 mod cli_run;
 mod contract;
 mod dashboard;
@@ -12,6 +13,7 @@ mod executor;
 mod outputs;
 mod pool;
 mod server;
+mod server_actions;
 mod server_limits;
 mod util;
 mod wasi_programs;

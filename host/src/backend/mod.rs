@@ -194,6 +194,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Removes final tasks that finished before `before`, and beyond the
     /// `keep` most recent final tasks; returns how many.
     async fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64>;
+    /// Removes the tasks of `ids` that are final (with their results and
+    /// payload files), durably; tasks not final, and ids not found, are left
+    /// alone. Returns the ids removed.
+    async fn delete_finished(&self, ids: &[TaskId]) -> Result<Vec<TaskId>>;
     /// Removes stored modules that no task names; returns how many.
     async fn gc_modules(&self) -> Result<u64>;
     /// Makes every write so far durable.

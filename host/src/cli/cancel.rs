@@ -9,6 +9,7 @@ use super::{Failure, exit};
 
 /// Cancel a task: a waiting one never runs, a running one is killed.
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  wpool cancel 01J9ZK3V6Q8R2T4W5X7Y9A0B1C")]
 pub(crate) struct CancelArgs {
     /// The task's id.
     id: String,

@@ -14,20 +14,48 @@ use crate::cli::server::ErrorBody;
 /// Where the daemon is.
 #[derive(Clone, Debug, Args)]
 pub(crate) struct ServerArgs {
-    /// The daemon's URL.
-    #[arg(
-        long,
-        env = "WPOOL_SERVER",
-        default_value = "http://127.0.0.1:7878",
-        value_name = "URL"
-    )]
-    pub(crate) server: String,
+    /// The daemon's URL. Default: http://127.0.0.1:7878; when neither this
+    /// nor WPOOL_SERVER is given and no daemon answers there, commands that
+    /// can (`submit`, `modules`) use the data directory directly, and say so.
+    #[arg(long, env = "WPOOL_SERVER", value_name = "URL", value_parser = parse_server)]
+    pub(crate) server: Option<String>,
     /// The bearer token, when the daemon requires one.
     #[arg(long, env = "WPOOL_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// Print JSON (one document, or JSON lines) instead of tables.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// The daemon's address when none is given.
+pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
+
+impl ServerArgs {
+    /// The daemon's URL, given or the default.
+    pub(crate) fn url(&self) -> &str {
+        self.server.as_deref().unwrap_or(DEFAULT_SERVER)
+    }
+
+    /// Whether a daemon was named (`--server` or `WPOOL_SERVER`): then a
+    /// daemon that does not answer is an error, never a reason to use a
+    /// local data directory instead.
+    pub(crate) fn given(&self) -> bool {
+        self.server.is_some()
+    }
+}
+
+/// `--server`: an `http://` or `https://` URL with a host.
+fn parse_server(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{text}` is not a server URL: write e.g. http://127.0.0.1:7878"))?;
+    if rest.split(['/', '?']).next().unwrap_or("").is_empty() {
+        return Err(format!(
+            "`{text}` names no host: write e.g. http://127.0.0.1:7878"
+        ));
+    }
+    Ok(text.to_string())
 }
 
 /// What a call to the daemon can end with, besides success.
@@ -107,7 +135,7 @@ impl Client {
             .max_idle_connections_per_host(64)
             .build();
         Self {
-            base: args.server.trim_end_matches('/').to_string(),
+            base: args.url().trim_end_matches('/').to_string(),
             token: args.token.clone(),
             agent: config.into(),
         }
@@ -202,6 +230,42 @@ impl Client {
         let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
         std::io::copy(&mut reader, out)
             .map_err(|e| CallError::Other(anyhow!(e).context(format!("reading {path}"))))
+    }
+
+    /// GETs `path` with no overall timeout (an event stream never ends)
+    /// and hands each line of the body to `line` until it says stop or the
+    /// server closes the stream.
+    pub(crate) fn stream_lines(
+        &self,
+        path: &str,
+        mut line: impl FnMut(&str) -> bool,
+    ) -> Result<(), CallError> {
+        use std::io::BufRead as _;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut response = match self.auth(agent.get(self.url(path))).call() {
+            Ok(response) if response.status().as_u16() < 400 => response,
+            other => {
+                return Err(self.finish(other).err().unwrap_or_else(|| {
+                    CallError::Other(anyhow!(
+                        "the server's answer to GET {path} was not an error"
+                    ))
+                }));
+            }
+        };
+        let reader =
+            std::io::BufReader::new(response.body_mut().with_config().limit(u64::MAX).reader());
+        for text in reader.lines() {
+            let text =
+                text.map_err(|e| CallError::Other(anyhow!(e).context(format!("reading {path}"))))?;
+            if !line(&text) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn delete(&self, path: &str) -> Result<Answer, CallError> {

@@ -40,7 +40,7 @@ pub(crate) fn execute(args: &SubmitArgs, bytes: &[u8], inputs: &[Vec<u8>]) -> Re
                 "cannot open the data directory {} (is a `wpool serve` that does not answer \
                  at {} holding it?)",
                 args.data_dir.display(),
-                args.server.server
+                args.server.url()
             )
         })
         .map_err(|e| Failure::new(exit::REFUSED, e))?;

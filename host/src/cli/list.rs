@@ -9,6 +9,9 @@ use super::{Failure, exit, write_stdout};
 
 /// List tasks, newest first.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  wpool list --state failed --label team=search\n  wpool list --limit 20 --json"
+)]
 pub(crate) struct ListArgs {
     /// Only tasks in this state (queued, scheduled, running, succeeded,
     /// failed, cancelled, expired).

@@ -2,6 +2,7 @@
 //! struct and an `execute` function; this module only parses and
 //! dispatches, and turns errors into messages and exit codes.
 
+mod actions;
 mod cancel;
 mod client;
 mod embedded;
@@ -56,6 +57,25 @@ pub mod exit {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines (on stderr) are written: `text`, or `json` (one object
+    /// per line, for log collectors). Levels are set with `WPOOL_LOG`:
+    /// `debug`, `info`, `warn` (wpool's own logs; dependencies stay at
+    /// warn), or a full filter such as `wpool=debug,sled=info`.
+    #[arg(
+        long,
+        global = true,
+        env = "WPOOL_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// See `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,7 +89,31 @@ enum Command {
     Stats(stats::StatsArgs),
     Modules(modules::ModulesArgs),
     Run(run::RunArgs),
+    Retry(actions::RetryArgs),
+    Delete(actions::DeleteArgs),
+    Purge(actions::PurgeArgs),
+    Pause(actions::PauseArgs),
+    Resume(actions::ResumeArgs),
+    Workers(actions::WorkersArgs),
+    Events(actions::EventsArgs),
+    Completions(CompletionsArgs),
+    Man(ManArgs),
 }
+
+/// Print a completion script for a shell.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  wpool completions bash > /etc/bash_completion.d/wpool\n  wpool completions zsh > \"${fpath[1]}/_wpool\""
+)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
+}
+
+/// Print the manual page (roff), generated from these definitions.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  wpool man > wpool.1 && man ./wpool.1")]
+struct ManArgs {}
 
 /// The per-task limit flags, shared by `run` and `submit`.
 #[derive(Debug, Clone, clap::Args)]
@@ -146,8 +190,14 @@ impl Failure {
 /// Parses the command line, runs the subcommand, and maps the result to an
 /// exit code. Errors print as `wpool: <what happened>: <cause>`.
 pub fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    // The daemon logs each task's transitions and each request at info;
+    // the other commands only warnings.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(cli.log_format, default_level);
     let result = match cli.command {
         Command::Serve(args) => serve::execute(args),
         Command::Submit(args) => submit::execute(*args),
@@ -158,6 +208,29 @@ pub fn main() -> ExitCode {
         Command::Stats(args) => stats::execute(args),
         Command::Modules(args) => modules::execute(args),
         Command::Run(args) => run::execute(args),
+        Command::Retry(args) => actions::retry(args),
+        Command::Delete(args) => actions::delete(args),
+        Command::Purge(args) => actions::purge(args),
+        Command::Pause(args) => actions::pause(args),
+        Command::Resume(args) => actions::resume(args),
+        Command::Workers(args) => actions::workers(args),
+        Command::Events(args) => actions::events(args),
+        Command::Completions(args) => {
+            use clap::CommandFactory as _;
+            // Into a buffer: the generator panics on a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "wpool", &mut script);
+            write_stdout(&script).map(|()| exit::OK)
+        }
+        Command::Man(ManArgs {}) => {
+            use clap::CommandFactory as _;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(Failure::internal)
+                .and_then(|()| write_stdout(&page))
+                .map(|()| exit::OK)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -169,25 +242,47 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `WPOOL_LOG` (or `RUST_LOG`); quiet
-/// (warnings only) by default.
-fn init_tracing() {
+/// Logs go to stderr, filtered by `WPOOL_LOG` (or `RUST_LOG`). A bare
+/// level (`debug`) applies to wpool only, dependencies staying at warn
+/// (cranelift alone writes thousands of debug lines per module); a full
+/// filter (`wpool=debug,sled=info`) is taken as written. Colours only on
+/// a terminal.
+fn init_tracing(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("WPOOL_LOG")
+    let given = std::env::var("WPOOL_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "warn".into());
-    let _ = tracing_subscriber::fmt()
+        .filter(|f| !f.trim().is_empty());
+    let filter = match given {
+        Some(f) if f.contains('=') || f.contains(',') => f,
+        Some(level) => format!("warn,wpool={level}"),
+        None => format!("warn,wpool={default_level}"),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
-/// Reads a task's input: a file, `-` for stdin, or nothing.
+/// Reads a task's input: a file, `-` for stdin, or, with no `--input`,
+/// stdin when it is piped (not a terminal), else nothing.
 pub(crate) fn read_input(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
-    use std::io::Read as _;
+    use std::io::{IsTerminal as _, Read as _};
     match path {
+        None if !std::io::stdin().is_terminal() => {
+            let mut input = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .context("cannot read the input from stdin")?;
+            Ok(input)
+        }
         None => Ok(Vec::new()),
         Some(p) if p.as_os_str() == "-" => {
             let mut input = Vec::new();

@@ -16,7 +16,12 @@ use crate::units::format_size;
 /// List the modules stored on the server, or, with no server answering on
 /// this machine, in the data directory (with their run settings).
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  wpool modules\n  wpool modules rm 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+)]
 pub(crate) struct ModulesArgs {
+    #[command(subcommand)]
+    action: Option<ModulesAction>,
     #[command(flatten)]
     server: ServerArgs,
     /// The data directory read when no daemon is reachable.
@@ -29,11 +34,33 @@ pub(crate) struct ModulesArgs {
     data_dir: PathBuf,
 }
 
+/// What to do with the modules, besides listing them.
+#[derive(Debug, clap::Subcommand)]
+enum ModulesAction {
+    /// Delete a module from the daemon (refused while unfinished tasks use
+    /// it).
+    Rm {
+        /// The module's hash (as `wpool modules` shows it).
+        hash: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
 pub(crate) fn execute(args: ModulesArgs) -> Result<u8, Failure> {
+    if let Some(ModulesAction::Rm { hash, server }) = &args.action {
+        let client = Client::new(server);
+        client.delete(&format!("/v1/modules/{hash}")).map_err(|e| {
+            e.into_failure(client.base())
+                .context(format!("module {hash}"))
+        })?;
+        eprintln!("wpool: module {hash} deleted");
+        return Ok(exit::OK);
+    }
     let client = Client::new(&args.server);
     let list: ModuleList = match client.get("/v1/modules").and_then(|a| a.json()) {
         Ok(list) => list,
-        Err(CallError::Unreachable(cause)) if is_local(client.base()) => {
+        Err(CallError::Unreachable(cause)) if !args.server.given() && is_local(client.base()) => {
             eprintln!(
                 "wpool: no server at {} ({cause}); reading the data directory {}",
                 client.base(),

@@ -14,6 +14,9 @@ use crate::units::parse_duration;
 /// Print a task's output (stdout) and outcome (stderr). Exit 0 when it
 /// succeeded, 1 when it failed, 6 when it has not finished.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  wpool result 01J9ZK3V6Q8R2T4W5X7Y9A0B1C --wait\n  wpool result 01J9ZK3V6Q8R2T4W5X7Y9A0B1C --json"
+)]
 pub(crate) struct ResultArgs {
     /// The task's id.
     id: String,

@@ -15,6 +15,9 @@ use crate::{EngineConfig, Executor, Job, Outcome};
 /// The output goes to stdout; the outcome, fuel and time to stderr. The
 /// exit code is 0 when the task succeeded, 1 when it failed.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  wpool run task.wasm --input data.json\n  wpool run solver.wasm --arg --smt2 --success-code 10 --input problem.smt2"
+)]
 pub(crate) struct RunArgs {
     /// The task: a WASI command module (.wasm) or a `wpool:task` component.
     module: PathBuf,

@@ -27,6 +27,9 @@ use crate::{Pool, PoolConfig};
 /// stops accepting, lets running tasks finish within the grace period,
 /// kills the rest (they run again at the next start) and exits 0.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  wpool serve\n  wpool serve --workers 8 --data-dir /var/lib/wpool --listen 0.0.0.0:7878 --token \"$TOKEN\"\n  wpool serve --config wpool.toml"
+)]
 pub(crate) struct ServeArgs {
     /// Where tasks, results and modules are kept. Default: ./wpool-data.
     #[arg(long, env = "WPOOL_DATA_DIR", value_name = "DIR")]
@@ -46,7 +49,8 @@ pub(crate) struct ServeArgs {
     /// listen, workers, token, max_module_size, max_input_size,
     /// max_queued, stop_grace, body_timeout, header_timeout,
     /// max_connections, max_body_bytes_in_flight, max_wait, read_only_dirs,
-    /// scratch_root, max_scratch, retention, max_results, max_stored_output.
+    /// scratch_root, max_scratch, retention, max_results, max_stored_output,
+    /// max_workers.
     ///
     /// `read_only_dirs` grants host directories to tasks, read-only:
     /// `[[read_only_dirs]]` with `host`, `guest` and optionally `modules`
@@ -97,6 +101,10 @@ pub(crate) struct ServeArgs {
     /// 0 gives none. Default: 64MiB.
     #[arg(long, env = "WPOOL_MAX_SCRATCH", value_parser = parse_size)]
     max_scratch: Option<u64>,
+    /// The most workers the running daemon can be set to (`PUT /v1/workers`,
+    /// `wpool workers N`). Default: 4 times the worker count, at least 8.
+    #[arg(long, env = "WPOOL_MAX_WORKERS")]
+    max_workers: Option<usize>,
     /// How long finished tasks and their results are kept, e.g. `7d`,
     /// `12h`. Default: 7d.
     #[arg(long, env = "WPOOL_RETENTION", value_parser = parse_duration)]
@@ -136,6 +144,7 @@ struct FileConfig {
     max_scratch: Option<HumanSize>,
     retention: Option<HumanDuration>,
     max_results: Option<u64>,
+    max_workers: Option<usize>,
     max_stored_output: Option<HumanSize>,
 }
 
@@ -245,6 +254,18 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
         }
         pool_config.workers(workers);
     }
+    let workers = pool_config.engine_mut().worker_count();
+    let max_workers = args
+        .max_workers
+        .or(file.max_workers)
+        .unwrap_or((workers * 4).max(8));
+    if max_workers < workers {
+        return Err(Failure::bad_input(anyhow!(
+            "--max-workers ({max_workers}) is below --workers ({workers}): raise it, or lower \
+             --workers"
+        )));
+    }
+    pool_config.engine_mut().max_workers(max_workers);
     if let Some(max) = args.max_queued.or(file.max_queued) {
         pool_config.max_queued(max);
     }

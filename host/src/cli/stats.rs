@@ -9,6 +9,7 @@ use super::{Failure, exit, write_stdout};
 
 /// Show counts per state, workers and throughput.
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  wpool stats --server http://127.0.0.1:7878")]
 pub(crate) struct StatsArgs {
     #[command(flatten)]
     server: ServerArgs,

@@ -9,6 +9,7 @@ use super::{Failure, exit, write_stdout};
 
 /// Show a task's state, attempts and outcome.
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  wpool status 01J9ZK3V6Q8R2T4W5X7Y9A0B1C")]
 pub(crate) struct StatusArgs {
     /// The task's id.
     id: String,

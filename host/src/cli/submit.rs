@@ -30,6 +30,9 @@ use crate::units::{format_duration, parse_duration};
 /// daemon reachable on this machine, the task is queued in the local data
 /// directory; with `--wait`, an embedded pool runs it there.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  wpool submit task.wasm --input data.json --wait\n  wpool submit task.wasm --inputs inputs.jsonl --wait > results.jsonl\n  echo '{\"n\": 3}' | wpool submit task.wasm --timeout 5s --label team=a"
+)]
 pub(crate) struct SubmitArgs {
     /// The task: a WASI command module (.wasm) or a `wpool:task` component.
     pub(crate) module: PathBuf,
@@ -93,7 +96,7 @@ pub(crate) struct SubmitArgs {
     pub(crate) server: ServerArgs,
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("`{text}` is not a label: write key=value"))
@@ -138,7 +141,7 @@ pub(crate) fn execute(args: SubmitArgs) -> Result<u8, Failure> {
 
     match ensure_module(&client, &hash, &bytes) {
         Ok(()) => {}
-        Err(CallError::Unreachable(cause)) if is_local(client.base()) => {
+        Err(CallError::Unreachable(cause)) if !args.server.given() && is_local(client.base()) => {
             eprintln!(
                 "wpool: no server at {} ({cause}); using the data directory {} directly",
                 client.base(),

@@ -72,6 +72,8 @@ pub struct Stats {
     pub finished_per_sec: f64,
     /// How long the pool has run, in seconds.
     pub uptime_secs: f64,
+    /// Whether the pool is paused ([`Pool::pause`]).
+    pub paused: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -90,6 +92,9 @@ struct Running {
     /// Killed by a pool stop: put it back in the queue rather than record
     /// it cancelled.
     for_stop: bool,
+    /// The last progress the run reported (the record has it only once
+    /// the run ends).
+    progress: Option<(u64, u64)>,
 }
 
 pub(crate) struct Inner {
@@ -114,6 +119,8 @@ pub(crate) struct Inner {
     /// Submitters waiting for room wait here.
     room: Notify,
     active_workers: AtomicUsize,
+    /// Paused: no task is claimed until resumed; running tasks go on.
+    paused: std::sync::atomic::AtomicBool,
     finished: AtomicU64,
     recent: Mutex<rate::RateWindow>,
     started: Instant,
@@ -264,6 +271,7 @@ impl Pool {
             waiting: AtomicUsize::new(waiting.unwrap_or(0)),
             room: Notify::new(),
             active_workers: AtomicUsize::new(workers),
+            paused: std::sync::atomic::AtomicBool::new(false),
             finished: AtomicU64::new(0),
             recent: Mutex::new(rate::RateWindow::default()),
             started: Instant::now(),
@@ -438,6 +446,118 @@ impl Pool {
             .collect())
     }
 
+    /// Pauses the pool: it claims no task until [`Pool::resume`]; tasks
+    /// running now finish, and submissions are still taken. For this pool
+    /// only: other hosts on a shared backend go on.
+    pub fn pause(&self) {
+        self.inner().paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Resumes a paused pool.
+    pub fn resume(&self) {
+        self.inner().paused.store(false, Ordering::SeqCst);
+        self.inner().work.notify_one();
+    }
+
+    /// Whether the pool is paused.
+    pub fn is_paused(&self) -> bool {
+        self.inner().paused.load(Ordering::SeqCst)
+    }
+
+    /// Runs a final task again, as a new task: a copy with the same module,
+    /// input, limits, priority, attempts, backoff and labels (plus the
+    /// label `retry_of` naming the original, when there is room for it),
+    /// and no idempotency key, delay or expiry. The original stays as it
+    /// ended. Refused with [`Error::NotFinal`] for a task not final yet.
+    pub async fn retry(&self, id: TaskId) -> Result<TaskHandle> {
+        let record = self.status(id).await?;
+        if !record.state.is_final() {
+            return Err(Error::NotFinal(id, record.state));
+        }
+        let input = match &record.input {
+            crate::task::Payload::Inline(bytes) => bytes.clone(),
+            kept => {
+                self.inner()
+                    .backend
+                    .read_payload(&id, crate::task::Slot::Input, kept)
+                    .await?
+            }
+        };
+        let limits = record.limits;
+        let mut spec = TaskSpec::new(record.module, input)
+            .priority(record.priority)
+            .max_attempts(record.max_attempts)
+            .max_interruptions(record.max_interruptions)
+            .backoff(record.backoff)
+            .limits(crate::LimitOverrides {
+                timeout: Some(limits.timeout),
+                fuel: limits.fuel,
+                memory: Some(limits.memory),
+                max_output: Some(limits.max_output),
+                max_log: Some(limits.max_log),
+            });
+        for (key, value) in record.labels {
+            spec = spec.label(key, value);
+        }
+        if spec.labels.len() < crate::MAX_LABELS && !spec.labels.contains_key("retry_of") {
+            spec = spec.label("retry_of", id.to_string());
+        }
+        self.submit(spec).await
+    }
+
+    /// Deletes final tasks (with their results and stored payloads); tasks
+    /// not final and unknown ids are left alone. Returns the ids deleted.
+    pub async fn delete(&self, ids: &[TaskId]) -> Result<Vec<TaskId>> {
+        self.inner().backend.delete_finished(ids).await
+    }
+
+    /// Deletes every final task matching `filter` (its state, if given,
+    /// must be final; `before` and `limit` are ignored), a page at a time.
+    /// Returns how many were deleted.
+    pub async fn purge(&self, filter: &TaskFilter) -> Result<u64> {
+        if filter.state.is_some_and(|s| !s.is_final()) {
+            return Err(Error::InvalidTask(format!(
+                "only final tasks can be purged, not {} ones: cancel them first",
+                filter.state.map(|s| s.to_string()).unwrap_or_default()
+            )));
+        }
+        let states: Vec<TaskState> = match filter.state {
+            Some(state) => vec![state],
+            None => TaskState::ALL
+                .into_iter()
+                .filter(|s| s.is_final())
+                .collect(),
+        };
+        let mut deleted = 0u64;
+        for state in states {
+            loop {
+                let page = TaskFilter {
+                    state: Some(state),
+                    labels: filter.labels.clone(),
+                    before: None,
+                    limit: 1000,
+                };
+                let ids: Vec<TaskId> = self
+                    .inner()
+                    .backend
+                    .list(&page)
+                    .await?
+                    .iter()
+                    .map(|t| t.id)
+                    .collect();
+                if ids.is_empty() {
+                    break;
+                }
+                let removed = self.delete(&ids).await?;
+                deleted += removed.len() as u64;
+                if removed.is_empty() {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     /// A handle to an existing task (to wait for it).
     pub fn handle(&self, id: TaskId) -> TaskHandle {
         TaskHandle {
@@ -455,11 +575,24 @@ impl Pool {
     /// A task's record (state, spec, attempts, interruptions; the result
     /// once final).
     pub async fn status(&self, id: TaskId) -> Result<TaskRecord> {
-        self.inner()
+        let mut record = self
+            .inner()
             .backend
             .get(&id)
             .await?
-            .ok_or(Error::NotFound(id))
+            .ok_or(Error::NotFound(id))?;
+        // A task running here: its live progress, which the record gets
+        // only when the run ends.
+        if record.state == TaskState::Running
+            && let Some(progress) = self
+                .inner()
+                .lock_running()
+                .get(&id)
+                .and_then(|r| r.progress)
+        {
+            record.progress = Some(progress);
+        }
+        Ok(record)
     }
 
     /// A task's result, or `None` while it has not finished.
@@ -529,7 +662,14 @@ impl Pool {
                 .unwrap_or_else(PoisonError::into_inner)
                 .rate(),
             uptime_secs: inner.started.elapsed().as_secs_f64(),
+            paused: inner.paused.load(Ordering::SeqCst),
         })
+    }
+
+    /// The most workers [`Pool::set_workers`] allows: the engine's
+    /// [`max_workers`](crate::EngineConfig::max_workers).
+    pub fn max_workers(&self) -> usize {
+        self.inner().config.engine.slots()
     }
 
     /// Changes how many workers take tasks, while the pool runs, up to the
@@ -665,7 +805,45 @@ impl Inner {
     }
 
     fn emit(&self, id: TaskId, kind: EventKind) {
-        tracing::debug!(task = %id, event = ?kind, "task event");
+        // One line per transition at info (progress at debug): what an
+        // operator reads to follow a task.
+        match &kind {
+            EventKind::Progress { done, total } => {
+                tracing::debug!(task = %id, done, total, "task progress");
+            }
+            EventKind::Started { attempt } => tracing::info!(task = %id, attempt, "task started"),
+            EventKind::Retrying {
+                attempt,
+                outcome,
+                run_at,
+            } => tracing::info!(
+                task = %id,
+                attempt,
+                outcome = outcome.kind(),
+                reason = %outcome,
+                run_at,
+                "task failed; it will be retried"
+            ),
+            EventKind::Failed { outcome } => tracing::info!(
+                task = %id,
+                outcome = outcome.kind(),
+                reason = %outcome,
+                "task failed"
+            ),
+            EventKind::Interrupted { interruptions } => tracing::info!(
+                task = %id,
+                interruptions,
+                "task interrupted (its host stopped while it ran); it runs again"
+            ),
+            EventKind::Submitted => tracing::info!(task = %id, "task submitted"),
+            EventKind::Succeeded => tracing::info!(task = %id, "task succeeded"),
+            EventKind::Cancelled => tracing::info!(task = %id, "task cancelled"),
+            EventKind::Expired => tracing::info!(task = %id, "task expired before it ran"),
+            EventKind::Requeued => tracing::info!(
+                task = %id,
+                "task put back in the queue by a graceful stop"
+            ),
+        }
         // No subscriber is not an error.
         let _ = self.events.send(Event {
             id,

@@ -53,10 +53,14 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
         if phase >= Phase::Stopping {
             break;
         }
-        let free = inner
-            .active_workers
-            .load(Ordering::Relaxed)
-            .saturating_sub(inner.lock_running().len());
+        let free = if inner.paused.load(Ordering::SeqCst) {
+            0
+        } else {
+            inner
+                .active_workers
+                .load(Ordering::Relaxed)
+                .saturating_sub(inner.lock_running().len())
+        };
         let mut pause = inner.config.poll_interval;
         if free > 0 {
             match inner.backend.claim(free, ttl).await {
@@ -104,6 +108,7 @@ impl Inner {
                 lease,
                 cancel: cancel.clone(),
                 for_stop: false,
+                progress: None,
             },
         );
         let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
@@ -115,7 +120,7 @@ impl Inner {
         });
     }
 
-    async fn run(&self, record: TaskRecord, lease: Lease, cancel: CancellationToken) {
+    async fn run(self: &Arc<Self>, record: TaskRecord, lease: Lease, cancel: CancellationToken) {
         let id = record.id;
         let report = self.execute(&record, &cancel).await;
         let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
@@ -146,7 +151,11 @@ impl Inner {
         self.quiet.notify_waiters();
     }
 
-    async fn execute(&self, record: &TaskRecord, cancel: &CancellationToken) -> RunReport {
+    async fn execute(
+        self: &Arc<Self>,
+        record: &TaskRecord,
+        cancel: &CancellationToken,
+    ) -> RunReport {
         let id = record.id;
         let module = match self.compiled(&record.module).await {
             Ok(module) => module,
@@ -156,7 +165,13 @@ impl Inner {
             Err(e) => return RunReport::without_run(Outcome::HostError(e.to_string())),
         };
         let events = self.events.clone();
+        let pool = Arc::downgrade(self);
         let on_progress: crate::ProgressFn = Arc::new(move |done, total| {
+            if let Some(pool) = pool.upgrade()
+                && let Some(running) = pool.lock_running().get_mut(&id)
+            {
+                running.progress = Some((done, total));
+            }
             let _ = events.send(super::Event {
                 id,
                 at: now_millis(),

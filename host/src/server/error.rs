@@ -171,6 +171,7 @@ impl From<Error> for ApiError {
             Error::QueueFull(_) => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message).retry_after(1)
             }
+            Error::NotFinal(..) => Self::new(StatusCode::CONFLICT, "not_finished", message),
             Error::StorageFull(..) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_full", message).retry_after(30)
             }

@@ -133,7 +133,27 @@ pub fn router(pool: Pool, config: ServerConfig, shutdown: CancellationToken) -> 
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), check_token))
         .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn(access_log))
         .with_state(state)
+}
+
+/// One line per request at info (`wpool::access`): method, path, status
+/// and time taken. The query string is left out (it may carry ids a log
+/// need not keep); the token never appears.
+async fn access_log(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    tracing::info!(
+        target: "wpool::access",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops
@@ -201,6 +221,9 @@ fn accepted_types(method: &Method, path: &str) -> Option<&'static [&'static str]
     match (method, path) {
         (&Method::POST, "/v1/modules") => Some(&["application/wasm", "application/octet-stream"]),
         (&Method::POST, "/v1/tasks") => Some(&["application/json"]),
+        (&Method::POST, "/v1/tasks:purge") | (&Method::PUT, "/v1/workers") => {
+            Some(&["application/json"])
+        }
         (&Method::PUT, p) if p.starts_with("/v1/modules/") && p.ends_with("/settings") => {
             Some(&["application/json"])
         }

@@ -85,9 +85,12 @@ fn module_settings_constraints(schema: &mut Value) {
 }
 
 /// The document for a server with `config`.
-pub(crate) fn document(config: &ServerConfig) -> Value {
+pub(crate) fn document(config: &ServerConfig, max_workers: usize) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
     let schemas = &mut doc["components"]["schemas"];
+    schemas["WorkersRequest"]["properties"]["workers"]["minimum"] = json!(1);
+    schemas["WorkersRequest"]["properties"]["workers"]["maximum"] = json!(max_workers);
+    schemas["PurgeRequest"]["properties"]["state"] = json!({"type": ["string", "null"], "enum": ["succeeded", "failed", "cancelled", "expired", null]});
     schemas["SubmitTask"] = submit_task();
     schemas["TaskState"] = json!({
         "type": "string", "enum": STATES, "description": "Where a task is in its life."
@@ -178,6 +181,8 @@ fn add_examples_and_links(doc: &mut Value) {
     let module_links = json!({
         "GetModule": {"operationId": "get_module", "parameters": by_hash},
         "DeleteModule": {"operationId": "delete_module", "parameters": by_hash},
+        "GetModuleSettings": {"operationId": "get_module_settings", "parameters": by_hash},
+        "PutModuleSettings": {"operationId": "put_module_settings", "parameters": by_hash},
         "SubmitTask": {"operationId": "submit_task",
                        "requestBody": {"module": "$response.body#/hash"}},
     });
@@ -189,6 +194,10 @@ fn add_examples_and_links(doc: &mut Value) {
         "GetTask": {"operationId": "get_task", "parameters": by_id},
         "GetResult": {"operationId": "get_result", "parameters": by_id},
         "CancelTask": {"operationId": "cancel_task", "parameters": by_id},
+        "GetInput": {"operationId": "get_input", "parameters": by_id},
+        "GetOutput": {"operationId": "get_output", "parameters": by_id},
+        "RetryTask": {"operationId": "retry_task", "parameters": by_id},
+        "DeleteTask": {"operationId": "delete_task", "parameters": by_id},
     });
     for status in ["200", "201", "202"] {
         paths["/v1/tasks"]["post"]["responses"][status]["links"] = task_links.clone();

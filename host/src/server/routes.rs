@@ -11,14 +11,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use futures_util::Stream;
 use utoipa::OpenApi;
 
 use super::error::{ApiError, ErrorBody};
 use super::types::{
-    CancelAnswer, ModuleInfo, ModuleList, ResultView, SpecError, StatsView, SubmitTask, TaskAnswer,
-    TaskList, TaskView, WasmBytes,
+    CancelAnswer, ModuleInfo, ModuleList, PurgeRequest, PurgeView, QueueView, ResultView,
+    SpecError, StatsView, SubmitTask, TaskAnswer, TaskList, TaskView, WasmBytes, WorkersRequest,
+    WorkersView,
 };
 use super::{AppState, metrics};
 use crate::store::TaskFilter;
@@ -43,7 +44,14 @@ use crate::{CancelResult, EventsError, ModuleHash, TaskId, TaskState};
         get_task,
         get_result,
         get_output,
+        get_input,
         cancel_task,
+        retry_task,
+        delete_task,
+        purge_tasks,
+        pause_queue,
+        resume_queue,
+        set_workers,
         stats,
         events,
         healthz,
@@ -67,6 +75,13 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/tasks/{id}", get(get_task).delete(cancel_task))
         .route("/v1/tasks/{id}/result", get(get_result))
         .route("/v1/tasks/{id}/output", get(get_output))
+        .route("/v1/tasks/{id}/input", get(get_input))
+        .route("/v1/tasks/{id}/retry", post(retry_task))
+        .route("/v1/tasks/{id}/delete", post(delete_task))
+        .route("/v1/tasks:purge", post(purge_tasks))
+        .route("/v1/queue/pause", post(pause_queue))
+        .route("/v1/queue/resume", post(resume_queue))
+        .route("/v1/workers", put(set_workers))
         .route("/v1/stats", get(stats))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
@@ -83,7 +98,10 @@ async fn no_route(uri: Uri) -> ApiError {
 }
 
 async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(super::openapi::document(&state.config))
+    Json(super::openapi::document(
+        &state.config,
+        state.pool.max_workers(),
+    ))
 }
 
 fn parse_hash(text: &str) -> Result<ModuleHash, ApiError> {
@@ -586,6 +604,207 @@ async fn get_output(
         }
     };
     Ok((octets, [(header::CONTENT_LENGTH, length.to_string())], body).into_response())
+}
+
+/// A task's input, as raw bytes.
+#[utoipa::path(
+    get, path = "/v1/tasks/{id}/input",
+    params(("id" = String, Path, description = "the task's id")),
+    responses(
+        (status = 200, description = "the task's input",
+            content_type = "application/octet-stream", body = WasmBytes),
+        (status = 400, description = "not a task id", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn get_input(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let record = state.pool.status(id).await?;
+    let octets = [(header::CONTENT_TYPE, "application/octet-stream")];
+    let length = record.input.len();
+    let body = match &record.input {
+        crate::Payload::Inline(bytes) => Body::from(bytes.clone()),
+        stored => {
+            let path = state
+                .pool
+                .backend()
+                .payload_file(&id, crate::Slot::Input, stored)
+                .ok_or_else(|| {
+                    ApiError::internal(&format!("task {id}'s input names a file the backend lacks"))
+                })?;
+            match tokio::fs::File::open(&path).await {
+                Ok(file) => Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(crate::Error::NotFound(id).into());
+                }
+                Err(e) => {
+                    return Err(ApiError::internal(&format!(
+                        "cannot open the input file {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+    };
+    Ok((octets, [(header::CONTENT_LENGTH, length.to_string())], body).into_response())
+}
+
+/// Run a final task again, as a new task: a copy with the same module,
+/// input, limits, priority, attempts, backoff and labels (plus the label
+/// `retry_of` naming the original), without its idempotency key, delay or
+/// expiry. The original stays as it ended.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/retry",
+    params(("id" = String, Path, description = "the final task to run again")),
+    responses(
+        (status = 201, description = "the new task", body = TaskAnswer),
+        (status = 400, description = "not a task id", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the task is not final (`not_finished`)", body = ErrorBody),
+        (status = 429, description = "the queue is full", body = ErrorBody),
+        (status = 503, description = "shutting down, or stored outputs at their bound", body = ErrorBody),
+    )
+)]
+async fn retry_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let handle = state.pool.retry(id).await?;
+    let record = state.pool.status(handle.id()).await?;
+    let answer = TaskAnswer {
+        task: TaskView::from(&record),
+        result: None,
+        created: Some(true),
+    };
+    let mut response = (StatusCode::CREATED, Json(answer)).into_response();
+    if let Ok(location) = format!("/v1/tasks/{}", handle.id()).parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Delete a final task, with its result and stored input and output.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/delete",
+    params(("id" = String, Path, description = "the final task to delete")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "not a task id", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the task is not final (`not_finished`): cancel it first", body = ErrorBody),
+    )
+)]
+async fn delete_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let record = state.pool.status(id).await?;
+    if !record.state.is_final() {
+        return Err(crate::Error::NotFinal(id, record.state).into());
+    }
+    match state.pool.delete(&[id]).await?.as_slice() {
+        [] => Err(crate::Error::NotFound(id).into()),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
+}
+
+/// Delete every final task matching a filter (a final state, labels), with
+/// their results and stored inputs and outputs.
+#[utoipa::path(
+    post, path = "/v1/tasks:purge",
+    request_body = PurgeRequest,
+    responses(
+        (status = 200, body = PurgeView),
+        (status = 400, description = "a state that is not final, or a malformed filter", body = ErrorBody),
+        (status = 415, description = "a Content-Type other than application/json", body = ErrorBody),
+    )
+)]
+async fn purge_tasks(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<PurgeView>, ApiError> {
+    // A body is required, `{}` for every final task: a purge of
+    // everything is never a request's accident.
+    let request: PurgeRequest = serde_json::from_slice(&body)?;
+    let mut filter = TaskFilter::default();
+    if let Some(text) = &request.state {
+        let task_state = text
+            .parse::<TaskState>()
+            .map_err(|e: crate::Error| ApiError::bad_request("invalid_request", e.to_string()))?;
+        if !task_state.is_final() {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "only final tasks can be purged (succeeded, failed, cancelled, expired), \
+                     not {task_state} ones: cancel them first"
+                ),
+            ));
+        }
+        filter.state = Some(task_state);
+    }
+    filter.labels = request.labels;
+    let deleted = state.pool.purge(&filter).await?;
+    Ok(Json(PurgeView { deleted }))
+}
+
+/// Pause the queue: no task is started until it is resumed; running tasks
+/// finish, and submissions are still taken.
+#[utoipa::path(post, path = "/v1/queue/pause", responses((status = 200, body = QueueView)))]
+async fn pause_queue(State(state): State<AppState>) -> Json<QueueView> {
+    state.pool.pause();
+    tracing::info!("queue paused");
+    Json(QueueView { paused: true })
+}
+
+/// Resume a paused queue.
+#[utoipa::path(post, path = "/v1/queue/resume", responses((status = 200, body = QueueView)))]
+async fn resume_queue(State(state): State<AppState>) -> Json<QueueView> {
+    state.pool.resume();
+    tracing::info!("queue resumed");
+    Json(QueueView { paused: false })
+}
+
+/// Change how many tasks run at once, from 1 to the daemon's
+/// `--max-workers`. Fewer: running tasks finish, no new ones start until
+/// below the new count.
+#[utoipa::path(
+    put, path = "/v1/workers",
+    request_body = WorkersRequest,
+    responses(
+        (status = 200, body = WorkersView),
+        (status = 400, description = "not from 1 to the daemon's maximum", body = ErrorBody),
+        (status = 415, description = "a Content-Type other than application/json", body = ErrorBody),
+    )
+)]
+async fn set_workers(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<WorkersView>, ApiError> {
+    let request: WorkersRequest = serde_json::from_slice(&body)?;
+    let max_workers = state.pool.max_workers();
+    if request.workers == 0 || request.workers > max_workers {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "`workers` must be from 1 to {max_workers} (this daemon's --max-workers), not {}",
+                request.workers
+            ),
+        ));
+    }
+    state
+        .pool
+        .set_workers(request.workers)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    tracing::info!(workers = request.workers, "worker count changed");
+    Ok(Json(WorkersView {
+        workers: request.workers,
+        max_workers,
+    }))
 }
 
 /// Cancel a task: a waiting one never runs, a running one is killed.

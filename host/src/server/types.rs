@@ -512,6 +512,41 @@ pub struct TaskView {
     /// The fuel budget, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
+    /// Every attempt so far, oldest first (the one running now last).
+    #[serde(default)]
+    pub history: Vec<AttemptView>,
+    /// The input's size in bytes (the bytes: `GET /v1/tasks/{id}/input`).
+    #[serde(default)]
+    pub input_size: u64,
+}
+
+/// One attempt of a task.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    /// 1 for the first.
+    pub number: u32,
+    /// How it ended; absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<OutcomeView>,
+    /// Started at (ms since the Unix epoch).
+    pub started_at: u64,
+    /// Its wall time, in microseconds.
+    pub duration_us: u64,
+    /// Fuel it consumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel_consumed: Option<u64>,
+}
+
+impl From<&crate::Attempt> for AttemptView {
+    fn from(a: &crate::Attempt) -> Self {
+        Self {
+            number: a.number,
+            outcome: a.outcome.as_ref().map(OutcomeView::from),
+            started_at: a.started_at,
+            duration_us: a.duration_us,
+            fuel_consumed: a.fuel_consumed,
+        }
+    }
 }
 
 impl From<&TaskRecord> for TaskView {
@@ -537,6 +572,8 @@ impl From<&TaskRecord> for TaskView {
             timeout_ms: u64::try_from(r.limits.timeout.as_millis()).unwrap_or(u64::MAX),
             memory: r.limits.memory,
             fuel: r.limits.fuel,
+            history: r.attempts.iter().map(AttemptView::from).collect(),
+            input_size: r.input.len(),
         }
     }
 }
@@ -569,6 +606,9 @@ pub struct ResultView {
     pub log: String,
     /// How many attempts ran.
     pub attempts: usize,
+    /// Every attempt, oldest first.
+    #[serde(default)]
+    pub history: Vec<AttemptView>,
     /// How many runs were lost with their host, and ran again.
     pub interruptions: u32,
     /// Wall time of all attempts, in microseconds.
@@ -621,6 +661,7 @@ impl From<&TaskResult> for ResultView {
             output_url: None,
             log: r.log.clone(),
             attempts: r.attempts.len(),
+            history: r.attempts.iter().map(AttemptView::from).collect(),
             interruptions: r.interruptions,
             duration_us: r.duration_us,
             fuel_consumed: r.fuel_consumed,
@@ -699,8 +740,55 @@ pub struct StatsView {
     pub finished_per_sec: f64,
     /// Seconds since the server started.
     pub uptime_secs: f64,
+    /// Whether the queue is paused (no task is started until resumed).
+    #[serde(default)]
+    pub paused: bool,
     /// The server's version.
     pub version: String,
+}
+
+/// `PUT /v1/workers`: how many tasks run at once.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersRequest {
+    /// From 1 to the daemon's `--max-workers`.
+    pub workers: usize,
+}
+
+/// `PUT /v1/workers`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkersView {
+    /// How many tasks run at once now.
+    pub workers: usize,
+    /// The most this daemon can be set to (`--max-workers`).
+    pub max_workers: usize,
+}
+
+/// `POST /v1/queue/pause` and `/resume`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueueView {
+    /// Whether the queue is paused.
+    pub paused: bool,
+}
+
+/// `POST /v1/tasks:purge`: which final tasks to delete.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Only tasks in this final state (`succeeded`, `failed`, `cancelled`,
+    /// `expired`); all final tasks when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only tasks carrying all these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /v1/tasks:purge`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PurgeView {
+    /// How many tasks were deleted.
+    pub deleted: u64,
 }
 
 impl From<&crate::Stats> for StatsView {
@@ -717,6 +805,7 @@ impl From<&crate::Stats> for StatsView {
             finished: s.finished,
             finished_per_sec: s.finished_per_sec,
             uptime_secs: s.uptime_secs,
+            paused: s.paused,
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }

@@ -231,6 +231,28 @@ impl Store for MemoryStore {
         Ok(doomed.len() as u64)
     }
 
+    fn remove_finished(&self, ids: &[TaskId]) -> Result<Vec<TaskId>> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut removed = Vec::new();
+        for id in ids {
+            let Some(key) = inner.tasks.get(id).and_then(finished_key) else {
+                continue;
+            };
+            inner.finished.remove(&key);
+            if let Some(task) = inner.tasks.remove(id) {
+                inner.counts.moved(Some(task.state), None);
+                if let Some(k) = &task.idempotency_key
+                    && inner.keys.get(k) == Some(id)
+                {
+                    inner.keys.remove(k);
+                }
+                removed.push(*id);
+            }
+        }
+        Ok(removed)
+    }
+
     fn gc_modules(&self) -> Result<u64> {
         let mut inner = self.lock();
         let inner = &mut *inner;

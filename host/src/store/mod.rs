@@ -145,6 +145,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Removes final tasks that finished before `before`, and beyond the
     /// `keep` most recent final tasks; returns how many were removed.
     fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64>;
+    /// Removes the tasks of `ids` that are final, in one atomic write (their
+    /// payload files after it); returns the ids removed.
+    fn remove_finished(&self, ids: &[TaskId]) -> Result<Vec<TaskId>>;
     /// Removes stored modules that no task references; returns how many.
     /// Stores that cannot tell keep everything (the default).
     fn gc_modules(&self) -> Result<u64> {

@@ -594,6 +594,19 @@ impl Backend for EmbeddedBackend {
         self.store.purge_finished(before, keep)
     }
 
+    async fn delete_finished(&self, ids: &[TaskId]) -> Result<Vec<TaskId>> {
+        let removed = {
+            // Final tasks are not in the index; the lock orders this write
+            // with the others.
+            let _index = self.lock();
+            let removed = self.store.remove_finished(ids)?;
+            self.wrote();
+            removed
+        };
+        self.flush_writes().await?;
+        Ok(removed)
+    }
+
     async fn gc_modules(&self) -> Result<u64> {
         self.store.gc_modules()
     }

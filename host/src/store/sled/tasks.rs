@@ -283,6 +283,9 @@ impl Store for SledStore {
                 *counts = new_counts;
                 drop(counts);
                 if let Some(output) = replaced.into_inner() {
+                    // Durable first: a crash must not bring back a record
+                    // naming a file already removed.
+                    self.sync()?;
                     self.payloads.remove_all(&[(task.id, Slot::Output, output)]);
                 }
                 Ok(true)
@@ -445,8 +448,58 @@ impl Store for SledStore {
                 })
                 .map_err(|e| self.tx_error("removing finished tasks", e))?;
             *counts = new_counts;
-            self.payloads.remove_all(&files.into_inner());
+            let files = files.into_inner();
+            if !files.is_empty() {
+                self.sync()?;
+                self.payloads.remove_all(&files);
+            }
             removed += doomed.len() as u64;
+        }
+        Ok(removed)
+    }
+
+    fn remove_finished(&self, ids: &[TaskId]) -> Result<Vec<TaskId>> {
+        let mut counts = self.lock_writes();
+        let current = &*counts;
+        let t = &self.trees;
+        let files = std::cell::RefCell::new(Vec::new());
+        let (new_counts, removed) = (&t.tasks, &t.finished, &t.keys, &t.meta)
+            .transaction(|(tasks, finished, keys, meta)| {
+                let mut new_counts = current.clone();
+                let mut removed = Vec::new();
+                files.borrow_mut().clear();
+                for id in ids {
+                    let key = id.to_bytes();
+                    let Some(value) = tasks.get(key)? else {
+                        continue;
+                    };
+                    let task: TaskRecord = decode_task(&key, &value).map_err(abort)?;
+                    let Index::Finished(index) = index_key(&task) else {
+                        continue;
+                    };
+                    tasks.remove(&key[..])?;
+                    finished.remove(index)?;
+                    if let Some(k) = &task.idempotency_key
+                        && keys.get(k.as_bytes())?.as_deref() == Some(&key[..])
+                    {
+                        keys.remove(k.as_bytes())?;
+                    }
+                    new_counts.moved(Some(task.state), None);
+                    files.borrow_mut().extend(super::payloads::files_of(&task));
+                    removed.push(*id);
+                }
+                if !removed.is_empty() {
+                    meta.insert(META_COUNTS, encode_counts(&new_counts).map_err(abort)?)?;
+                }
+                Ok((new_counts, removed))
+            })
+            .map_err(|e| self.tx_error("removing finished tasks", e))?;
+        *counts = new_counts;
+        drop(counts);
+        let files = files.into_inner();
+        if !files.is_empty() {
+            self.sync()?;
+            self.payloads.remove_all(&files);
         }
         Ok(removed)
     }
