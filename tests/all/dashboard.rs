@@ -120,12 +120,21 @@ fn the_dashboard_works_in_a_real_browser() {
     let echo = upload(&server, programs::P1_ECHO);
     let sleep = upload(&server, programs::P1_SLEEP);
     let exit_with = upload(&server, programs::P1_EXIT_WITH);
+    let progress = upload(&server, programs::P1_PROGRESS);
 
     let screenshots = root.join("target/dashboard-screenshots");
     let output = Command::new("node")
         .arg(&script)
         .args(["--url", &server.url, "--token", TOKEN])
-        .args(["--echo", &echo, "--sleep", &sleep, "--exit-with", &exit_with])
+        .args([
+            "--echo",
+            &echo,
+            "--sleep",
+            &sleep,
+            "--exit-with",
+            &exit_with,
+        ])
+        .args(["--progress", &progress])
         .arg("--screenshots")
         .arg(&screenshots)
         .env("WPOOL_CHROMIUM", &chromium)

@@ -3,13 +3,14 @@
 // `wpool serve --token ...`, and checks what a person would see.
 //
 //   node tests/browser/dashboard.mjs --url http://127.0.0.1:PORT --token T \
-//     --echo HASH --sleep HASH --exit-with HASH [--screenshots DIR]
+//     --echo HASH --sleep HASH --exit-with HASH --progress HASH [--screenshots DIR]
 //
 // Every option may also come from the environment: WPOOL_URL, WPOOL_TOKEN,
-// WPOOL_ECHO, WPOOL_SLEEP, WPOOL_EXIT_WITH, WPOOL_SCREENSHOTS. The modules
-// are the test programs `echo` (output = input), `sleep` (sleeps for the
-// milliseconds given, an hour for no input) and `exit_with` (exits with the
-// code given). Exits 0 when every check passed, 1 with the failed check.
+// WPOOL_ECHO, WPOOL_SLEEP, WPOOL_EXIT_WITH, WPOOL_PROGRESS, WPOOL_SCREENSHOTS.
+// The modules are the test programs `echo` (output = input), `sleep`
+// (sleeps for the milliseconds given, an hour for no input), `exit_with`
+// (exits with the code given) and `progress` (reports 4 of 4, then sleeps
+// for the milliseconds given). Exits 0 when every check passed, 1 with the failed check.
 
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,6 +23,7 @@ function options() {
     echo: process.env.WPOOL_ECHO,
     sleep: process.env.WPOOL_SLEEP,
     'exit-with': process.env.WPOOL_EXIT_WITH,
+    progress: process.env.WPOOL_PROGRESS,
     screenshots: process.env.WPOOL_SCREENSHOTS || 'target/dashboard-screenshots',
     chromium: process.env.WPOOL_CHROMIUM || '/usr/bin/chromium',
   };
@@ -31,7 +33,7 @@ function options() {
     if (!m || !(m[1] in opts)) throw new Error(`unknown argument ${args[i]}`);
     opts[m[1]] = m[2] ?? args[++i];
   }
-  for (const required of ['url', 'token', 'echo', 'sleep', 'exit-with']) {
+  for (const required of ['url', 'token', 'echo', 'sleep', 'exit-with', 'progress']) {
     if (!opts[required]) throw new Error(`--${required} is required`);
   }
   opts.url = opts.url.replace(/\/$/, '');
@@ -116,6 +118,12 @@ try {
   page.setDefaultTimeout(WAIT);
   const errors = watchErrors(page);
 
+  step = 'the modules are named';
+  for (const name of ['echo', 'sleep', 'exit-with', 'progress']) {
+    const named = await api('PUT', `/v1/modules/${opts[name]}/settings`, { name: name.replace('-', '_') });
+    if (named.status !== 200) throw new Error(`module settings: ${named.status} ${named.text}`);
+  }
+
   step = 'the page loads';
   const response = await page.goto(`${opts.url}/`);
   check(response.status() === 200, 'GET / answers 200');
@@ -136,6 +144,7 @@ try {
   await page.locator(`#tasks tr[data-id="${echoId}"][data-state="succeeded"]`).waitFor();
   check(true, 'a task submitted through the API appears in the list and turns succeeded');
   check((await echoRow.locator('.label').innerText()) === 'suite=browser', 'the row shows its labels');
+  check((await echoRow.locator('td').nth(3).innerText()) === 'echo', "the row names the task's module");
   await page.waitForFunction(() => Number(document.querySelector('#counts .count[data-state="succeeded"] .n').textContent) >= 1);
   check(true, 'the succeeded count went up');
   await screenshot(page, 'succeeded');
@@ -178,7 +187,7 @@ try {
   check((await page.locator('#t-log').innerText()).includes('about to exit with 3'), 'the log tail is shown');
   await screenshot(page, 'failed');
   // What an operator would fix before retrying: exit code 3 means success.
-  const fixed = await api('PUT', `/v1/modules/${opts['exit-with']}/settings`, { success_codes: [3] });
+  const fixed = await api('PUT', `/v1/modules/${opts['exit-with']}/settings`, { name: 'exit_with', success_codes: [3] });
   if (fixed.status !== 200) throw new Error(`module settings: ${fixed.status} ${fixed.text}`);
   await page.locator('#t-retry').click();
   await page.waitForFunction((old) => /^#\/tasks\/\w+$/.test(location.hash) && !location.hash.endsWith(old), failId);
@@ -200,15 +209,29 @@ try {
   await page.locator(`#tasks tr[data-id="${retryId}"]`).waitFor();
   check((await page.locator(`#tasks tr[data-id="${failId}"]`).count()) === 0, 'and from the list');
 
-  step = 'the queue is paused and resumed, the workers set';
+  step = 'the queue is paused and resumed; live progress';
   await page.locator('#pause').waitFor();
   await page.locator('#pause').click();
   await page.locator('#paused-note').waitFor();
   check((await api('GET', '/v1/stats')).body.paused === true, 'pausing from the page pauses the queue');
+  const progressId = await submit(opts.progress, '3000', { suite: 'browser' });
+  await page.goto(`${opts.url}/#/tasks/${progressId}`);
+  await page.locator('#t-state[data-state="queued"]').waitFor();
+  check(true, 'a task submitted while paused stays queued');
   await screenshot(page, 'paused');
   await page.locator('#pause:has-text("Resume")').click();
   await page.locator('#paused-note').waitFor({ state: 'hidden' });
   check((await api('GET', '/v1/stats')).body.paused === false, 'resuming from the page resumes it');
+  await page.locator('#t-state[data-state="running"]').waitFor();
+  await page.waitForFunction(() => !document.getElementById('t-progress-row').hidden
+    && document.getElementById('t-progress-text').textContent.startsWith('4 / 4'));
+  check(true, 'a running task shows its progress, live');
+  await screenshot(page, 'progress');
+  await page.locator('#t-state[data-state="succeeded"]').waitFor();
+  check(await page.locator('#t-progress-row').isHidden(), 'the progress bar goes once the task is final');
+  await page.goto(`${opts.url}/#/`);
+
+  step = 'the workers are set';
   const workers = (await api('GET', '/v1/stats')).body.workers;
   await page.locator('#workers-input').fill('1');
   await page.locator('#workers-form button').click();
@@ -225,6 +248,8 @@ try {
   const refusal = await page.locator('#banner-text').innerText();
   check(refusal.startsWith('Set workers:') && refusal.length > 'Set workers: '.length + 10, `the server's error message is shown (${refusal})`);
   await page.locator('#banner-close').click();
+  await page.locator('#workers-input').press('Escape');
+  check((await page.locator('#workers-input').inputValue()) === String(workers), 'Escape gives the field back the live count');
   // The 4xx answer above is the one console error this step expects.
   errors.splice(0, errors.length, ...errors.filter((e) => !/status of 4\d\d/.test(e)));
 

@@ -437,6 +437,12 @@ $('pause').addEventListener('click', () => act($('pause'), 'Pause/resume', async
 }));
 
 $('workers-input').addEventListener('input', (e) => { e.target.dataset.edited = '1'; });
+// Escape gives the field back to the live count.
+$('workers-input').addEventListener('keydown', (e) => {
+  if (e.key !== 'Escape') return;
+  delete e.target.dataset.edited;
+  if (view.stats) e.target.value = view.stats.workers;
+});
 $('workers-form').addEventListener('submit', (e) => {
   e.preventDefault();
   const input = $('workers-input');
@@ -857,6 +863,7 @@ async function loadTask(id) {
   $('t-retry').hidden = !final;
   $('t-delete').hidden = !final;
   renderProgress(task.progress, task.state);
+  showRetryOf((task.labels && task.labels.retry_of) || retriedFrom.get(id));
 
   const dl = $('t-facts');
   dl.replaceChildren();
@@ -896,6 +903,15 @@ async function loadTask(id) {
   }
 }
 
+/** Names the task this one is a retry of (the server labels a retry
+ *  `retry_of`; a retry made here is known before its first load). */
+function showRetryOf(from) {
+  $('t-retried').hidden = !from;
+  if (from) {
+    $('t-retried').replaceChildren('A retry of task ', h('a', { href: `#/tasks/${from}` }, h('code', {}, from)), '.');
+  }
+}
+
 function showTask(id) {
   view.route = { kind: 'task', id };
   view.task = null;
@@ -913,11 +929,7 @@ function showTask(id) {
   $('t-facts').replaceChildren();
   $('t-history').tBodies[0].replaceChildren();
   $('t-progress-row').hidden = true;
-  const from = retriedFrom.get(id);
-  $('t-retried').hidden = !from;
-  if (from) {
-    $('t-retried').replaceChildren('A retry of task ', h('a', { href: `#/tasks/${from}` }, h('code', {}, from)), '.');
-  }
+  showRetryOf(retriedFrom.get(id));
   window.scrollTo(0, 0);
   loadTask(id);
 }
