@@ -160,6 +160,15 @@ try {
   check(await page.locator('#t-cancel').isHidden(), 'no cancel button on a final task');
   await screenshot(page, 'task-succeeded');
 
+  step = 'binary input and output are shown in hex';
+  const binaryId = await submit(opts.echo, Buffer.from(Array.from({ length: 256 }, (_, i) => i)));
+  await waitApiState(binaryId, 'succeeded');
+  await page.goto(`${opts.url}/#/tasks/${binaryId}`);
+  for (const which of ['input', 'output']) {
+    await page.waitForFunction((w) => document.getElementById(`t-${w}-note`).textContent.includes('binary'), which);
+    check((await page.locator(`#t-${which}`).innerText()).startsWith('000000  00 01 02 03'), `binary ${which} is shown as a hex dump`);
+  }
+
   step = 'a running task is cancelled from the page';
   await page.goto(`${opts.url}/#/`);
   const sleepId = await submit(opts.sleep, '', { suite: 'browser' });

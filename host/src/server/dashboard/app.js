@@ -312,10 +312,7 @@ function renderStats(stats) {
   $('w-meter').value = stats.busy;
   const input = $('workers-input');
   if (document.activeElement !== input && !input.dataset.edited) input.value = stats.workers;
-  const hasPause = typeof stats.paused === 'boolean';
-  $('pause').hidden = !hasPause;
-  $('pause').textContent = stats.paused ? 'Resume queue' : 'Pause queue';
-  $('paused-note').hidden = !stats.paused;
+  renderPaused(stats.paused);
   const running = stats.counts.running ?? 0;
   document.title = running ? `wpool · ${running} running` : 'wpool';
 
@@ -325,6 +322,13 @@ function renderStats(stats) {
   $('tp-now').textContent = `${fmtRate(stats.finished_per_sec ?? 0)}/s`;
   $('qd-now').textContent = String(stats.counts.queued ?? 0);
   drawCharts();
+}
+
+/** The pause button and note; a server without pausing shows neither. */
+function renderPaused(paused) {
+  $('pause').hidden = typeof paused !== 'boolean';
+  $('pause').textContent = paused ? 'Resume queue' : 'Pause queue';
+  $('paused-note').hidden = !paused;
 }
 
 function drawCharts() {
@@ -428,11 +432,8 @@ async function pollStats() {
 $('pause').addEventListener('click', () => act($('pause'), 'Pause/resume', async () => {
   const pausing = !(view.stats && view.stats.paused);
   const answer = await api(pausing ? '/v1/queue/pause' : '/v1/queue/resume', { method: 'POST' });
-  if (view.stats) {
-    view.stats.paused = answer.paused;
-    renderStats(view.stats);
-    view.samples.pop();
-  }
+  if (view.stats) view.stats.paused = answer.paused;
+  renderPaused(answer.paused);
   notice(answer.paused ? 'Queue paused: no task starts until it is resumed.' : 'Queue resumed.');
 }));
 
@@ -752,14 +753,9 @@ function showBytes(pre, note, { bytes, total, truncated }) {
   }
   let text = null;
   try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
-    // Cut in the middle of a character at the end: drop the last bytes.
-  } catch {
-    if (truncated) {
-      try { text = new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(0, bytes.length - 3)); } catch { text = null; }
-    }
-  }
-  // eslint-disable-next-line no-control-regex
+    // A prefix may end inside a character: `stream` holds those bytes back.
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes, { stream: truncated });
+  } catch { /* not UTF-8: shown in hex */ }
   if (text !== null && !/[\u0000-\u0008\u000e-\u001f\u007f]/.test(text)) {
     if (!truncated) {
       try { text = JSON.stringify(JSON.parse(text), null, 2); } catch { /* not JSON: as it is */ }
