@@ -693,10 +693,10 @@ fn http_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::erro
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(wpool::cli::server::serve(
+    let server = runtime.spawn(wpool::server::serve(
         listener,
         pool.clone(),
-        wpool::cli::server::ServerConfig::default(),
+        wpool::server::ServerConfig::default(),
         async move {
             let _ = stopped.await;
         },

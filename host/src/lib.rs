@@ -89,6 +89,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `cli` | yes | the `wpool` binary (command line) |
+//! | `postgres` | yes | [`backend::PostgresBackend`]: one queue in PostgreSQL, shared by many hosts |
 
 mod abi;
 pub mod backend;
@@ -129,3 +130,5 @@ pub use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "server")]
+pub mod server;

@@ -1,6 +1,7 @@
 //! The queue backend contract (see `wpool::backend`), written once and run
 //! against every backend: the embedded backend over the memory store and
-//! over the sled store. Each test is instantiated per backend by the
+//! over the sled store, and the PostgreSQL backend (a database of its own
+//! per test, see `pg`). Each test is instantiated per backend by the
 //! `contract!` macro at the bottom.
 
 use std::collections::HashSet;
@@ -51,6 +52,36 @@ impl Harness for Sled {
     fn open(&self) -> Arc<dyn Backend> {
         let store = SledStore::open(self.dir.path(), &SledOptions::new()).unwrap();
         Arc::new(EmbeddedBackend::open(Arc::new(store)).unwrap())
+    }
+
+    fn reopen(&self, old: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        assert_eq!(
+            Arc::strong_count(&old),
+            1,
+            "the test still holds the backend"
+        );
+        drop(old);
+        self.open()
+    }
+}
+
+/// A PostgreSQL database of its own; reopening is another host (or the
+/// same one restarted) connecting to it.
+struct Postgres {
+    db: crate::pg::TestDatabase,
+}
+
+impl Postgres {
+    fn new() -> Self {
+        Postgres {
+            db: crate::pg::TestDatabase::create(),
+        }
+    }
+}
+
+impl Harness for Postgres {
+    fn open(&self) -> Arc<dyn Backend> {
+        self.db.open()
     }
 
     fn reopen(&self, old: Arc<dyn Backend>) -> Arc<dyn Backend> {
@@ -590,6 +621,35 @@ async fn a_restart_expires_the_leases_taken_before(h: &dyn Harness) {
     counts_add_up(&backend, 4).await;
 }
 
+/// Shared backends only: a host that connects (or connects again) leaves
+/// the leases it finds alone, since the hosts holding them may be alive;
+/// they expire by time only.
+async fn connecting_leaves_the_leases_of_other_hosts_alone(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(&backend, vec![task(m, |s| s), task(m, |s| s)]).await;
+    let (_, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    assert_eq!(lease.task, tasks[0].id);
+    let backend = h.reopen(backend);
+    let held = backend.get(&tasks[0].id).await.unwrap().unwrap();
+    assert_eq!(held.state, TaskState::Running);
+    assert_eq!(held.interruptions, 0);
+    assert_eq!(held.lease.map(|l| l.token), Some(lease.token));
+    assert!(backend.expire_leases().await.unwrap().is_empty());
+    let claim = backend.claim(5, TTL).await.unwrap();
+    let ids: Vec<_> = claim.claimed.iter().map(|(r, _)| r.id).collect();
+    assert_eq!(ids, [tasks[1].id], "the held task is not handed out again");
+    // The holder goes on as if nothing happened.
+    assert_eq!(
+        backend.renew(&[lease], TTL).await.unwrap(),
+        [LeaseState::Held]
+    );
+    let done = complete(&backend, &lease, Outcome::Success).await;
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!((done.interruptions, done.attempts.len()), (0, 1));
+    counts_add_up(&backend, 2).await;
+}
+
 macro_rules! contract {
     ($harness:ident: $make:expr; $($name:ident),* $(,)?) => {
         mod $harness {
@@ -607,6 +667,7 @@ macro_rules! every_backend {
     ($($name:ident),* $(,)?) => {
         contract!(memory: super::Memory; $($name),*);
         contract!(sled: super::Sled::new(); $($name),*, a_restart_expires_the_leases_taken_before);
+        contract!(postgres: super::Postgres::new(); $($name),*, connecting_leaves_the_leases_of_other_hosts_alone);
     };
 }
 

@@ -249,9 +249,9 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// whatever its tasks take in and put out: sled's page cache (64 MiB), and
 /// for each of the two workers a run in flight (its input, its output and
 /// a copy of each while they are recorded, and its linear memory until it
-/// is given back, about 96 MiB for these tasks), and 64 MiB of allocator
-/// slack.
-const RSS_BOUND_MIB: u64 = 64 + 2 * 96 + 64;
+/// is given back, about 64 MiB for these tasks), and 64 MiB of allocator
+/// slack. (Measured: about 100 MiB over the start.)
+const RSS_BOUND_MIB: u64 = 64 + 2 * 64 + 64;
 
 #[test]
 fn a_stream_of_maximum_outputs_keeps_the_daemon_bounded() {

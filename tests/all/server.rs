@@ -39,7 +39,9 @@ impl Server {
             .arg("--data-dir")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra);
+            .args(extra)
+            // The embedded store unless a test asks otherwise.
+            .env_remove("WPOOL_STORE");
         let mut child = wrap(command)
             .env_remove("WPOOL_TOKEN")
             .stdin(Stdio::null())

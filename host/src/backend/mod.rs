@@ -33,7 +33,8 @@
 //!   [`Backend::expire_leases`] puts its task back in the queue and counts
 //!   an interruption (see [`TaskRecord::interrupt`]). Embedded backends
 //!   also expire, when they open, every lease taken before: the process
-//!   that held them is gone.
+//!   that held them is gone. A shared backend never does: other hosts may
+//!   hold them, alive; its leases expire by time only.
 //! - **Attempts and interruptions.** A run that ends with the task's own
 //!   outcome is an attempt; a run lost with its host is an interruption,
 //!   never an attempt. `max_interruptions` ends a task that keeps losing
@@ -51,12 +52,16 @@
 //! - **Counts** add up: every task is in exactly one state, always.
 
 mod embedded;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use embedded::{EmbeddedBackend, Recovered};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresBackend, PostgresOptions, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
 use crate::store::{StateCounts, StoredModule, TaskFilter};
 use crate::task::{
@@ -230,5 +235,26 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// [`max_stored_output`](crate::PoolConfig::max_stored_output).
     fn stored_output_bytes(&self) -> u64 {
         0
+    }
+
+    /// Returns when work may have become ready that this process was not
+    /// told of: tasks submitted, promoted or put back by another host
+    /// sharing the queue. The pool's dispatcher waits on it beside its own
+    /// signals and its poll interval (which stays the fallback). Default:
+    /// never returns (all the work of an embedded backend comes through
+    /// its own pool, which knows of it).
+    async fn wait_for_work(&self) {
+        std::future::pending::<()>().await
+    }
+
+    /// Whether other hosts share this queue, changing it without this
+    /// pool's knowledge. The pool then also looks every poll interval for
+    /// due scheduled tasks (another host may have scheduled one earlier
+    /// than anything this one knows of) and for the results it waits for
+    /// (another host may have run the task), and counts the waiting tasks
+    /// in the backend again when its own count says the queue is full.
+    /// Default: `false`.
+    fn is_shared(&self) -> bool {
+        false
     }
 }

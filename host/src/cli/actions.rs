@@ -5,8 +5,8 @@ use anyhow::anyhow;
 use clap::Args;
 
 use super::client::{Client, ServerArgs};
+use super::print::print_json;
 use super::server::types::{PurgeView, QueueView, TaskAnswer, WorkersView};
-use super::submit::print_json;
 use super::{Failure, exit, write_stdout};
 
 /// Run a finished task again, as a new task (a copy; the original stays
@@ -80,7 +80,7 @@ pub(crate) struct PurgeArgs {
     #[arg(long)]
     state: Option<String>,
     /// Only tasks with this label, `key=value`; repeat for several.
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::submit::parse_label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::submit_args::parse_label)]
     labels: Vec<(String, String)>,
     /// Needed to purge every finished task (no --state and no --label).
     #[arg(long)]

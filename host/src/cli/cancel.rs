@@ -3,8 +3,8 @@
 use clap::Args;
 
 use super::client::{Client, ServerArgs};
+use super::print::print_json;
 use super::server::types::CancelAnswer;
-use super::submit::print_json;
 use super::{Failure, exit};
 
 /// Cancel a task: a waiting one never runs, a running one is killed.

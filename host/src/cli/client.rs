@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Failure, exit};
-use crate::cli::server::ErrorBody;
+use crate::server::ErrorBody;
 
 /// Where the daemon is.
 #[derive(Clone, Debug, Args)]

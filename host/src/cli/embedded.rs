@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 
+use super::print::{BatchLine, print_json, print_result, write_line};
 use super::server::types::{ResultView, SpecError};
-use super::submit::{BatchLine, SubmitArgs, print_json, print_result, write_line};
+use super::submit_args::SubmitArgs;
 use super::{Failure, exit, write_stdout};
 use crate::backend::{Backend, EmbeddedBackend, Enqueued};
 use crate::store::{SledOptions, SledStore, Store};

@@ -8,6 +8,7 @@ mod client;
 mod embedded;
 mod list;
 mod modules;
+mod print;
 mod result;
 mod run;
 mod serve;
@@ -15,11 +16,10 @@ mod settings;
 mod stats;
 mod status;
 mod submit;
+mod submit_args;
 
-/// The HTTP daemon behind `wpool serve`. It lives with the command line,
-/// behind the `cli` feature: the library proper does not know HTTP exists.
-#[path = "../server/mod.rs"]
-pub mod server;
+use self::print::write_stdout;
+use crate::server;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -81,7 +81,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     Serve(serve::ServeArgs),
-    Submit(Box<submit::SubmitArgs>),
+    Submit(Box<submit_args::SubmitArgs>),
     Status(status::StatusArgs),
     Result(result::ResultArgs),
     Cancel(cancel::CancelArgs),
@@ -294,17 +294,5 @@ pub(crate) fn read_input(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u
         Some(p) => {
             std::fs::read(p).with_context(|| format!("cannot read the input {}", p.display()))
         }
-    }
-}
-
-/// Writes to stdout, treating a closed pipe (`wpool ... | head`) as success.
-pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::internal(
-            anyhow::Error::new(e).context("writing to stdout"),
-        )),
     }
 }

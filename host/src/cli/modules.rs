@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::Args;
 
 use super::client::{CallError, Client, ServerArgs, is_local};
+use super::print::print_json;
 use super::server::types::{ModuleInfo, ModuleList};
-use super::submit::print_json;
 use super::{Failure, exit, write_stdout};
 use crate::ModuleSettings;
 use crate::store::{SledOptions, SledStore, Store};

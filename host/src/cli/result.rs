@@ -6,8 +6,9 @@ use anyhow::anyhow;
 use clap::Args;
 
 use super::client::{Client, ServerArgs};
+use super::print::print_result;
 use super::server::types::ResultView;
-use super::submit::{print_result, wait_with_spinner};
+use super::submit::wait_with_spinner;
 use super::{Failure, exit};
 use crate::units::parse_duration;
 

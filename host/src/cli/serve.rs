@@ -1,5 +1,6 @@
-//! `wpool serve`: the daemon. Opens the data directory, runs the pool and
-//! serves the HTTP API until SIGINT or SIGTERM.
+//! `wpool serve`: the daemon. Opens the data directory (or the PostgreSQL
+//! queue given with `--store`), runs the pool and serves the HTTP API until
+//! SIGINT or SIGTERM.
 //!
 //! Settings come from, highest first: flags, environment variables
 //! (`WPOOL_*`), the config file (`--config`, TOML or JSON), the defaults.
@@ -32,8 +33,16 @@ use crate::{Pool, PoolConfig};
 )]
 pub(crate) struct ServeArgs {
     /// Where tasks, results and modules are kept. Default: ./wpool-data.
+    /// With `--store`, only this host's compiled modules and uploads in
+    /// progress (give each host its own).
     #[arg(long, env = "WPOOL_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the queue (tasks, results, modules) in PostgreSQL, shared by
+    /// every host given the same database:
+    /// `postgres://user[:password]@host:5432/database`. Default: the
+    /// embedded store in the data directory.
+    #[arg(long, env = "WPOOL_STORE", value_name = "URL", hide_env_values = true)]
+    store: Option<String>,
     /// The address to listen on; port 0 picks a free port. Default:
     /// 127.0.0.1:7878.
     #[arg(long, env = "WPOOL_LISTEN", value_name = "ADDR:PORT")]
@@ -46,8 +55,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "WPOOL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// A config file, TOML (`.toml`) or JSON, with any of: data_dir,
-    /// listen, workers, token, max_module_size, max_input_size,
-    /// max_queued, stop_grace, body_timeout, header_timeout,
+    /// store, listen, workers, token, max_module_size, max_input_size,
+    /// max_queued, stop_grace, lease_ttl, body_timeout, header_timeout,
     /// max_connections, max_body_bytes_in_flight, max_wait, read_only_dirs,
     /// scratch_root, max_scratch, retention, max_results, max_stored_output,
     /// max_workers.
@@ -71,6 +80,12 @@ pub(crate) struct ServeArgs {
     /// killed (and queued again). Default: 30s.
     #[arg(long, env = "WPOOL_STOP_GRACE", value_parser = parse_duration)]
     stop_grace: Option<Duration>,
+    /// How long a running task's lease lasts without a heartbeat (renewed
+    /// every third of it). With a shared store (`--store`), how long the
+    /// tasks of a host that died wait before another host runs them.
+    /// Default: 30s.
+    #[arg(long, env = "WPOOL_LEASE_TTL", value_parser = parse_duration)]
+    lease_ttl: Option<Duration>,
     /// How long a request body may take to arrive. Default: 30s.
     #[arg(long, env = "WPOOL_BODY_TIMEOUT", value_parser = parse_duration)]
     body_timeout: Option<Duration>,
@@ -126,6 +141,7 @@ pub(crate) struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    store: Option<String>,
     listen: Option<String>,
     workers: Option<usize>,
     token: Option<String>,
@@ -133,6 +149,7 @@ struct FileConfig {
     max_input_size: Option<HumanSize>,
     max_queued: Option<usize>,
     stop_grace: Option<HumanDuration>,
+    lease_ttl: Option<HumanDuration>,
     body_timeout: Option<HumanDuration>,
     header_timeout: Option<HumanDuration>,
     max_connections: Option<usize>,
@@ -286,6 +303,9 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
         .or(file.stop_grace.map(|d| d.0))
         .unwrap_or(Duration::from_secs(30));
     pool_config.stop_grace(grace);
+    if let Some(ttl) = args.lease_ttl.or(file.lease_ttl.map(|d| d.0)) {
+        pool_config.lease_ttl(ttl);
+    }
     pool_config
         .engine_mut()
         .artifact_dir(data_dir.join("artifacts"));
@@ -299,16 +319,21 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
         pool_config.engine_mut().max_scratch(max);
     }
 
-    let store = SledStore::open(&data_dir, &SledOptions::new())
-        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))
-        .map_err(|e| Failure::new(exit::REFUSED, e))?;
-    // Only now that the store is ours: another daemon on this directory
-    // would have been refused above, with its uploads left alone.
-    remove_stale_uploads(&data_dir.join("uploads"));
-    let pool = Pool::with_store(pool_config, Arc::new(store)).map_err(|e| match e {
-        crate::Error::Config(_) => Failure::bad_input(anyhow::Error::new(e)),
-        e => Failure::internal(anyhow::Error::new(e).context("cannot start the pool")),
-    })?;
+    let store_url = args.store.or(file.store).filter(|url| !url.is_empty());
+    let (pool, location) = match store_url {
+        Some(url) => open_shared(&url, &data_dir, pool_config)?,
+        None => {
+            let store = SledStore::open(&data_dir, &SledOptions::new())
+                .with_context(|| format!("cannot open the data directory {}", data_dir.display()))
+                .map_err(|e| Failure::new(exit::REFUSED, e))?;
+            // Only now that the store is ours: another daemon on this
+            // directory would have been refused above, with its uploads
+            // left alone.
+            remove_stale_uploads(&data_dir.join("uploads"));
+            let pool = Pool::with_store(pool_config, Arc::new(store)).map_err(pool_failure)?;
+            (pool, format!("data {}", data_dir.display()))
+        }
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -317,10 +342,62 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
         .build()
         .context("cannot start the server's threads")
         .map_err(Failure::internal)?;
-    let outcome = runtime.block_on(run(pool.clone(), addr, server_config, &data_dir, grace));
+    let outcome = runtime.block_on(run(pool.clone(), addr, server_config, &location, grace));
     drop(runtime);
     drop(pool);
     outcome.map(|()| exit::OK)
+}
+
+fn pool_failure(e: crate::Error) -> Failure {
+    match e {
+        crate::Error::Config(_) => Failure::bad_input(anyhow::Error::new(e)),
+        e => Failure::internal(anyhow::Error::new(e).context("cannot start the pool")),
+    }
+}
+
+/// A pool over the PostgreSQL queue at `url`, shared with the other hosts
+/// given it; `data_dir` keeps this host's compiled modules and uploads.
+/// Returns the pool and where its queue is, for the log.
+#[cfg(feature = "postgres")]
+fn open_shared(url: &str, data_dir: &Path, config: PoolConfig) -> Result<(Pool, String), Failure> {
+    use crate::backend::{PostgresBackend, PostgresOptions};
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Failure::bad_input(anyhow!(
+            "--store takes a PostgreSQL URL, e.g. postgres://user@host:5432/database \
+             (without --store, the queue is kept in --data-dir)"
+        )));
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))
+        .map_err(|e| Failure::new(exit::REFUSED, e))?;
+    let backend =
+        PostgresBackend::connect_blocking(url, &PostgresOptions::new()).map_err(|e| match e {
+            crate::Error::Config(_) => Failure::bad_input(anyhow::Error::new(e)),
+            e => Failure::new(
+                exit::REFUSED,
+                anyhow::Error::new(e).context("cannot open the store"),
+            ),
+        })?;
+    remove_stale_uploads(&data_dir.join("uploads"));
+    let location = format!(
+        "store postgres {}, data {}",
+        backend.target(),
+        data_dir.display()
+    );
+    let pool = Pool::with_backend(config, Arc::new(backend)).map_err(pool_failure)?;
+    Ok((pool, location))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_shared(
+    _url: &str,
+    _data_dir: &Path,
+    _config: PoolConfig,
+) -> Result<(Pool, String), Failure> {
+    Err(Failure::bad_input(anyhow!(
+        "--store needs the PostgreSQL backend, which this wpool was built without \
+         (cargo feature `postgres`)"
+    )))
 }
 
 /// File descriptors kept for the store, the compiled-module cache, logs and
@@ -371,7 +448,7 @@ async fn run(
     pool: Pool,
     addr: SocketAddr,
     config: ServerConfig,
-    data_dir: &Path,
+    location: &str,
     grace: Duration,
 ) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -384,8 +461,7 @@ async fn run(
         .map_err(Failure::internal)?;
     let workers = pool.stats().await.map(|s| s.workers).unwrap_or(0);
     eprintln!(
-        "wpool: listening on http://{local} (data {}, {workers} workers{})",
-        data_dir.display(),
+        "wpool: listening on http://{local} ({location}, {workers} workers{})",
         if config.token.is_some() {
             ", token required"
         } else {

@@ -3,8 +3,8 @@
 use clap::Args;
 
 use super::client::{Client, ServerArgs};
+use super::print::print_json;
 use super::server::types::StatsView;
-use super::submit::print_json;
 use super::{Failure, exit, write_stdout};
 
 /// Show counts per state, workers and throughput.

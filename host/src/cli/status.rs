@@ -3,8 +3,8 @@
 use clap::Args;
 
 use super::client::{Client, ServerArgs};
+use super::print::print_json;
 use super::server::types::TaskAnswer;
-use super::submit::print_json;
 use super::{Failure, exit, write_stdout};
 
 /// Show a task's state, attempts and outcome.

@@ -2,135 +2,21 @@
 //! and with `--wait` print the result. With no daemon on this machine, the
 //! task goes into the local data directory instead (see [`super::embedded`]).
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use base64::Engine as _;
-use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::client::{CallError, Client, ServerArgs, is_local};
-use super::server::types::{
-    BackoffRequest, HumanCount, HumanDuration, HumanSize, ModuleInfo, ResultView, SubmitTask,
-    TaskAnswer, TaskView,
-};
-use super::{Failure, LimitArgs, embedded, exit, read_input, write_stdout};
+use super::client::{CallError, Client, is_local};
+use super::print::{BatchLine, print_json, print_result, write_line};
+use super::server::types::{ModuleInfo, ResultView, TaskAnswer, TaskView};
+use super::submit_args::SubmitArgs;
+use super::{Failure, embedded, exit, read_input, write_stdout};
 use crate::ModuleHash;
-use crate::units::{format_duration, parse_duration};
-
-/// Submit a task to the daemon (or a batch, one task per line of
-/// `--inputs`), and with `--wait` print its output.
-///
-/// The module is uploaded only if the server lacks it (by hash). With no
-/// daemon reachable on this machine, the task is queued in the local data
-/// directory; with `--wait`, an embedded pool runs it there.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  wpool submit task.wasm --input data.json --wait\n  wpool submit task.wasm --inputs inputs.jsonl --wait > results.jsonl\n  echo '{\"n\": 3}' | wpool submit task.wasm --timeout 5s --label team=a"
-)]
-pub(crate) struct SubmitArgs {
-    /// The task: a WASI command module (.wasm) or a `wpool:task` component.
-    pub(crate) module: PathBuf,
-    /// The input: a file, or `-` for stdin. Sent as its exact bytes.
-    #[arg(short, long, value_name = "FILE", conflicts_with = "inputs")]
-    input: Option<PathBuf>,
-    /// A batch: one task per line of this JSON Lines file (`-` for stdin);
-    /// each line is one task's input. Results are written as JSON lines.
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub(crate) inputs: Option<PathBuf>,
-    /// Wait for the result and print it (a spinner shows the task's state).
-    #[arg(short, long)]
-    pub(crate) wait: bool,
-    /// Give up waiting after this long (exit 6), e.g. `10m`.
-    #[arg(long, value_parser = parse_duration, requires = "wait")]
-    pub(crate) wait_timeout: Option<Duration>,
-    /// Higher runs first. Default: 0.
-    #[arg(long, allow_hyphen_values = true)]
-    priority: Option<i32>,
-    #[command(flatten)]
-    limits: LimitArgs,
-    /// Module run settings (kept with the module; for now only when no
-    /// server answers and the data directory is used directly).
-    #[command(flatten)]
-    pub(crate) settings: super::settings::SettingsArgs,
-    /// How many times the task may run in all (1 = no retry). A run lost
-    /// with its host is not an attempt.
-    #[arg(long)]
-    attempts: Option<u32>,
-    /// How many runs may be lost with their host (a crash, a lost lease)
-    /// before the task ends `interrupted` (default 3).
-    #[arg(long, value_name = "N")]
-    max_interruptions: Option<u32>,
-    /// The wait before the first retry, e.g. `1s` (it doubles each time).
-    #[arg(long, value_parser = parse_duration)]
-    backoff: Option<Duration>,
-    /// Start no sooner than this from now, e.g. `10m`.
-    #[arg(long, value_parser = parse_duration)]
-    delay: Option<Duration>,
-    /// Expire (never start) if not started within this, e.g. `1h`.
-    #[arg(long, value_parser = parse_duration)]
-    expire_after: Option<Duration>,
-    /// An idempotency key: submitting again with it returns the first task.
-    #[arg(long, value_name = "KEY")]
-    key: Option<String>,
-    /// A label `key=value`; repeat for several.
-    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
-    labels: Vec<(String, String)>,
-    /// Submissions in flight at once for a batch.
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    /// The data directory used when no daemon is reachable.
-    #[arg(
-        long,
-        env = "WPOOL_DATA_DIR",
-        value_name = "DIR",
-        default_value = "wpool-data"
-    )]
-    pub(crate) data_dir: PathBuf,
-    #[command(flatten)]
-    pub(crate) server: ServerArgs,
-}
-
-pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("`{text}` is not a label: write key=value"))
-}
-
-impl SubmitArgs {
-    /// The request for one input.
-    pub(crate) fn request(&self, module: &ModuleHash, input: &[u8]) -> SubmitTask {
-        SubmitTask {
-            module: module.to_string(),
-            input: None,
-            input_base64: (!input.is_empty())
-                .then(|| base64::engine::general_purpose::STANDARD.encode(input)),
-            priority: self.priority,
-            timeout: self.limits.timeout.map(HumanDuration),
-            fuel: self.limits.fuel.map(HumanCount),
-            memory: self.limits.memory.map(HumanSize),
-            max_output: self.limits.max_output.map(HumanSize),
-            max_log: self.limits.max_log.map(HumanSize),
-            max_attempts: self.attempts,
-            max_interruptions: self.max_interruptions,
-            backoff: self.backoff.map(|d| BackoffRequest {
-                initial: Some(HumanDuration(d)),
-                ..BackoffRequest::default()
-            }),
-            delay: self.delay.map(HumanDuration),
-            run_at: None,
-            expire_after: self.expire_after.map(HumanDuration),
-            expire_at: None,
-            idempotency_key: self.key.clone(),
-            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-        }
-    }
-}
 
 pub(crate) fn execute(args: SubmitArgs) -> Result<u8, Failure> {
     let bytes = std::fs::read(&args.module)
@@ -288,70 +174,6 @@ pub(crate) fn wait_with_spinner(
     outcome
 }
 
-/// Prints a result: its output on stdout and a summary on stderr (or the
-/// whole result as JSON); the exit code says whether it succeeded.
-///
-/// An output too large to be carried in the result is streamed from the
-/// server (`client`) to stdout.
-pub(crate) fn print_result(
-    result: &ResultView,
-    json: bool,
-    client: Option<&Client>,
-) -> Result<u8, Failure> {
-    if json {
-        print_json(result)?;
-    } else {
-        match (result.output_bytes(), &result.output_url, client) {
-            (Some(bytes), _, _) => write_stdout(&bytes)?,
-            (None, Some(url), Some(client)) => {
-                let mut out = std::io::stdout().lock();
-                client
-                    .get_to(url, &mut out)
-                    .map_err(|e| e.into_failure(client.base()))?;
-                out.flush().map_err(Failure::internal)?;
-            }
-            (None, _, _) => {
-                return Err(Failure::internal(anyhow!(
-                    "the result of task {} carries no output and says nowhere to read it",
-                    result.id
-                )));
-            }
-        }
-        let fuel = result
-            .fuel_consumed
-            .map(|f| format!(", fuel {f}"))
-            .unwrap_or_default();
-        let interrupted = match result.interruptions {
-            0 => String::new(),
-            n => format!(" (its host stopped while it ran {n} time(s); it ran again)"),
-        };
-        let how = result
-            .outcome
-            .as_ref()
-            .map_or_else(|| result.state.clone(), |o| o.message.clone());
-        eprintln!(
-            "wpool: task {} {} in {}{fuel}{interrupted}",
-            result.id,
-            how,
-            format_duration(Duration::from_micros(result.duration_us))
-        );
-        if result.state != "succeeded" && !result.log.is_empty() {
-            eprintln!("wpool: log tail:\n{}", result.log.trim_end());
-        }
-    }
-    Ok(if result.state == "succeeded" {
-        exit::OK
-    } else {
-        exit::TASK_FAILED
-    })
-}
-
-pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
-    let mut json = serde_json::to_vec_pretty(value).map_err(Failure::internal)?;
-    json.push(b'\n');
-    write_stdout(&json)
-}
-
 fn bar(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
@@ -361,19 +183,6 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     );
     bar.set_prefix(what.to_string());
     bar
-}
-
-/// One line of batch output.
-#[derive(Debug, serde::Serialize)]
-pub(crate) struct BatchLine<'a> {
-    /// 1-based line of the inputs file.
-    pub(crate) line: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) error: Option<String>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub(crate) result: Option<&'a ResultView>,
 }
 
 fn batch(
@@ -550,19 +359,6 @@ fn poll_result(client: &Client, id: &str, deadline: Option<Instant>) -> Result<R
             Err(CallError::Unreachable(cause)) => return Err(format!("no server: {cause}")),
             Err(CallError::Other(e)) => return Err(format!("{e:#}")),
         }
-    }
-}
-
-pub(crate) fn write_line(
-    out: &mut impl Write,
-    line: &impl serde::Serialize,
-) -> Result<(), Failure> {
-    let mut json = serde_json::to_vec(line).map_err(Failure::internal)?;
-    json.push(b'\n');
-    match out.write_all(&json) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::internal(anyhow!(e).context("writing to stdout"))),
     }
 }
 

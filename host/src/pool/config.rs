@@ -63,7 +63,9 @@ impl PoolConfig {
 
     /// The most tasks waiting (queued or scheduled) at once. Past it
     /// [`Pool::submit`] waits for room and [`Pool::try_submit`] fails with
-    /// [`Error::QueueFull`]. Default: 1,000,000.
+    /// [`Error::QueueFull`]. On a queue shared with other hosts, the count
+    /// is the shared queue's, read again from the backend whenever this
+    /// pool's own count says the queue is full. Default: 1,000,000.
     pub fn max_queued(&mut self, max: usize) -> &mut Self {
         self.max_queued = max;
         self

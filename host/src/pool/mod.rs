@@ -22,6 +22,7 @@ mod rate;
 mod submit;
 mod worker;
 
+#[cfg(feature = "cli")]
 pub(crate) use submit::new_record;
 
 use std::collections::HashMap;
@@ -410,7 +411,7 @@ impl Pool {
     pub async fn try_submit(&self, spec: TaskSpec) -> Result<TaskHandle> {
         self.inner().check_open()?;
         self.inner().check_storage()?;
-        if !self.inner().try_reserve_room(1) {
+        if !self.inner().try_reserve_room(1) && !self.inner().recounted_room(1).await {
             return Err(Error::QueueFull(self.inner().config.max_queued));
         }
         self.submit_reserved(spec).await
@@ -931,7 +932,31 @@ impl Inner {
             self.forget_waiter(id);
             return Ok(record);
         }
-        receiver.await.map_err(|_| Error::ShutDown)
+        if !self.backend.is_shared() {
+            return receiver.await.map_err(|_| Error::ShutDown);
+        }
+        // Another host may run it, and this pool would not hear of its
+        // end: look again every poll interval.
+        let mut receiver = receiver;
+        let found = loop {
+            tokio::select! {
+                result = &mut receiver => break result.map_err(|_| Error::ShutDown),
+                () = tokio::time::sleep(self.config.poll_interval) => {
+                    match self.backend.get(&id).await {
+                        Ok(Some(record)) => {
+                            if record.state.is_final() {
+                                break Ok(record);
+                            }
+                        }
+                        Ok(None) => break Err(Error::NotFound(id)),
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+        };
+        drop(receiver);
+        self.forget_waiter(id);
+        found
     }
 
     /// Drops the waiters of `id` whose receivers are gone.

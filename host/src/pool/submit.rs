@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use super::Inner;
 use super::events::EventKind;
 use crate::backend::Enqueued;
-use crate::task::{Millis, ModuleHash, ModuleRef, TaskId, TaskRecord, TaskSpec, now_millis};
+use crate::task::{
+    Millis, ModuleHash, ModuleRef, TaskId, TaskRecord, TaskSpec, TaskState, now_millis,
+};
 use crate::{CompiledModule, Error, Executor, Result};
 
 impl Inner {
@@ -41,10 +43,42 @@ impl Inner {
             tokio::pin!(notified);
             notified.as_mut().enable();
             self.check_open()?;
-            if self.try_reserve_room(n) {
+            if self.try_reserve_room(n) || self.recounted_room(n).await {
                 return Ok(());
             }
-            notified.await;
+            if self.backend.is_shared() {
+                // Other hosts empty the queue without telling this pool.
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+            } else {
+                notified.await;
+            }
+        }
+    }
+
+    /// On a shared queue, where other hosts take tasks this pool counted
+    /// as waiting (and never hears of it): counts the waiting tasks in the
+    /// backend again, then tries to take room for `n`. `false` at once on
+    /// other backends, whose count is exact.
+    pub(super) async fn recounted_room(&self, n: usize) -> bool {
+        if !self.backend.is_shared() {
+            return false;
+        }
+        match self.backend.counts().await {
+            Ok(counts) => {
+                let waiting = counts.get(TaskState::Queued) + counts.get(TaskState::Scheduled);
+                self.waiting.store(
+                    usize::try_from(waiting).unwrap_or(usize::MAX),
+                    Ordering::SeqCst,
+                );
+                self.try_reserve_room(n)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the waiting tasks");
+                false
+            }
         }
     }
 

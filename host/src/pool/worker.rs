@@ -88,6 +88,7 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
         }
         tokio::select! {
             () = notified => {}
+            () = inner.backend.wait_for_work() => {}
             () = tokio::time::sleep(pause) => {}
         }
     }
@@ -356,7 +357,13 @@ async fn timer(guard: BackgroundGuard) {
             break;
         }
         let next = inner.tick().await;
-        let sleep_ms = next.map_or(3_600_000, |at| at.saturating_sub(now_millis()).max(1));
+        let mut sleep_ms = next.map_or(3_600_000, |at| at.saturating_sub(now_millis()).max(1));
+        if inner.backend.is_shared() {
+            // Another host may schedule a task earlier than anything this
+            // one knows of (and die before its own timer promotes it).
+            let poll = u64::try_from(inner.config.poll_interval.as_millis()).unwrap_or(u64::MAX);
+            sleep_ms = sleep_ms.min(poll.max(1));
+        }
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
