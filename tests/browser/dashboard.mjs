@@ -218,6 +218,22 @@ try {
   await page.locator(`#tasks tr[data-id="${retryId}"]`).waitFor();
   check((await page.locator(`#tasks tr[data-id="${failId}"]`).count()) === 0, 'and from the list');
 
+  step = 'the list is filtered by state and label';
+  await page.locator('#f-label').fill('suite=nowhere');
+  await page.locator('#filters button[type="submit"]').click();
+  await page.locator('#tasks-empty').waitFor();
+  check((await page.locator('#tasks tbody tr').count()) === 0, 'a label no task has lists nothing');
+  await page.locator('#f-label').fill('suite=browser');
+  await page.locator('#f-state').selectOption('cancelled');
+  await page.locator('#filters button[type="submit"]').click();
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('#tasks tbody tr')];
+    return rows.length > 0 && rows.every((r) => r.dataset.state === 'cancelled');
+  });
+  check(true, 'state and label filters list only the matching tasks');
+  await page.locator('#f-clear').click();
+  await page.locator(`#tasks tr[data-id="${echoId}"]`).waitFor();
+
   step = 'the queue is paused and resumed; live progress';
   await page.locator('#pause').waitFor();
   await page.locator('#pause').click();
