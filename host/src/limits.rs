@@ -132,7 +132,8 @@ impl Limits {
             return Err(Error::InvalidLimit {
                 name: "memory",
                 reason: format!(
-                    "{} is more than the pool's maximum of {}; raise the pool's `max_memory` to allow it",
+                    "{} is more than the most a task may have in this pool ({}); ask for less (a \
+                     program embedding wpool sets the most with `EngineConfig::max_memory`)",
                     crate::units::format_size(self.memory),
                     crate::units::format_size(max_memory)
                 ),

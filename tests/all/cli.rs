@@ -307,6 +307,33 @@ fn submit_with_no_server_uses_the_data_directory() {
     );
     let queued = stdout(&out).trim().to_string();
 
+    // What was queued there can be read there, with no daemon.
+    let out = wpool_unnamed(&["status", &queued, "--data-dir", data_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("state     queued"),
+        "{}",
+        stdout(&out)
+    );
+    let out = wpool_unnamed(&["result", &queued, "--data-dir", data_arg]);
+    assert_eq!(out.status.code(), Some(6), "not run yet: {}", stderr(&out));
+    let out = wpool_unnamed(&[
+        "list",
+        "--state",
+        "queued",
+        "--limit",
+        "1",
+        "--data-dir",
+        data_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&queued), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("more: wpool list --state queued --limit 1 --data-dir"),
+        "the next page keeps the filters: {}",
+        stderr(&out)
+    );
+
     // With --wait: an embedded pool runs it.
     let out = wpool_unnamed(&[
         "submit",
@@ -319,6 +346,19 @@ fn submit_with_no_server_uses_the_data_directory() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("embedded"), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello");
+    let out = wpool_unnamed(&[
+        "list",
+        "--state",
+        "succeeded",
+        "--data-dir",
+        data_arg,
+        "--json",
+    ]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let done = list["tasks"][0]["id"].as_str().unwrap().to_string();
+    let out = wpool_unnamed(&["result", &done, "--data-dir", data_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "hello");
 
     // A daemon on the directory finds the queued task and runs it.

@@ -55,6 +55,15 @@ fn retry_delete_purge_pause_resume_and_workers_from_the_command_line() {
     assert!(text(&out.stderr).contains(&format!("wpool result {copy} --wait")));
     let out = wpool(url, &["result", &copy, "--wait"]);
     assert_eq!(out.status.code(), Some(1), "the copy fails the same way");
+    // Its status tells when, and how each attempt ended.
+    let out = wpool(url, &["status", &copy]);
+    let status = text(&out.stdout);
+    assert!(
+        status.contains("submitted ") && status.contains(" ago"),
+        "{status}"
+    );
+    assert!(status.contains("finished  "), "{status}");
+    assert!(status.contains("attempt 1 exited with code 7"), "{status}");
 
     // Delete: a finished task goes; a missing one is 5.
     let out = wpool(url, &["delete", &id]);
@@ -280,4 +289,31 @@ fn the_daemon_logs_each_transition_and_request_as_json_lines() {
         "{} lines for one task:\n{log}",
         lines.len()
     );
+}
+
+#[test]
+fn a_batch_waits_for_room_in_a_full_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--workers", "1", "--max-queued", "10"]);
+    let inputs = dir.path().join("inputs.jsonl");
+    std::fs::write(&inputs, "20\n".repeat(60)).unwrap();
+    let out = wpool(
+        &server.url,
+        &[
+            "submit",
+            programs::P1_SLEEP,
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--wait",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("60 of 60 tasks submitted"), "{stderr}");
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 60);
+    assert!(lines.iter().all(|l| l["state"] == "succeeded"), "{lines:?}");
 }

@@ -261,3 +261,41 @@ fn a_running_task_shows_its_live_progress() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_daemon_sets_the_default_limits_of_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--workers",
+            "1",
+            "--default-timeout",
+            "200ms",
+            "--default-max-output",
+            "1KiB",
+        ],
+    );
+    let sleep = server.upload(programs::P1_SLEEP);
+    let done = run(&server, json!({"module": sleep, "input": "5000"}));
+    assert_eq!(done["result"]["outcome"]["kind"], "timeout", "{done}");
+    assert_eq!(done["task"]["timeout_ms"], 200);
+    // A task's own limit still wins.
+    let done = run(
+        &server,
+        json!({"module": sleep, "input_base64": "MzAw", "timeout": "5s"}),
+    );
+    assert_eq!(done["result"]["state"], "succeeded", "{done}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wpool"))
+        .args(["serve", "--default-memory", "2GiB", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the default task limits") && stderr.contains("ask for less"),
+        "{stderr}"
+    );
+}

@@ -112,8 +112,13 @@ async fn child() {
             let mut waiters = Vec::new();
             for _ in 0..submit / SUBMITTERS {
                 // Default options: one attempt. A kill is not the task's
-                // failure; it must run again.
-                let spec = TaskSpec::new(sleep, TASK_INPUT.to_vec());
+                // failure; it must run again. The host is killed on
+                // purpose every round, and a task may be running at
+                // several of those kills: allow as many interruptions as
+                // there are rounds (the bound itself has its own test,
+                // `a_task_that_kills_its_host_ends_at_max_interruptions`).
+                let spec = TaskSpec::new(sleep, TASK_INPUT.to_vec())
+                    .max_interruptions(u32::try_from(KILLED_ROUNDS).unwrap_or(u32::MAX) + 1);
                 let task = pool.submit(spec).await.unwrap();
                 // Acknowledged: `submit` returned. One write per line, so a
                 // kill leaves whole lines.
@@ -415,14 +420,28 @@ fn relaxed_mode_loses_acknowledged_work() {
     if std::env::var_os(DIR_ENV).is_some() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (_, checks) = run_rounds(dir.path(), 8, true);
-    let last = checks.last().unwrap();
-    last.print("relaxed crash test");
+    // What a kill loses in relaxed mode is what sled still held in its
+    // buffers (what it wrote is in the kernel's cache and survives the
+    // process): often a few tasks, sometimes none in a round. Series of 8
+    // rounds are run until one loses work, at most 5 (none losing anything
+    // in 40 rounds has not been seen).
+    let mut series = Vec::new();
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, checks) = run_rounds(dir.path(), 8, true);
+        let last = checks.last().unwrap();
+        last.print("relaxed crash test");
+        let lost = checks.iter().any(|c| !c.is_clean());
+        series.push(lost);
+        if lost {
+            break;
+        }
+    }
     assert!(
-        checks.iter().any(|c| !c.is_clean()),
+        series.last() == Some(&true),
         "with nothing flushed before it is acknowledged, kills must lose acknowledged tasks \
-         or seen results, and the check must say so"
+         or seen results, and the check must say so ({} series of 8 killed rounds lost nothing)",
+        series.len()
     );
 }
 

@@ -26,6 +26,10 @@ pub(crate) struct ListArgs {
     /// Start after this task (the `next_cursor` of a previous page).
     #[arg(long)]
     cursor: Option<String>,
+    /// Read this data directory directly instead of asking a daemon (for
+    /// tasks queued there while no server answered).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -54,10 +58,13 @@ pub(crate) fn execute(args: ListArgs) -> Result<u8, Failure> {
     if let Some(cursor) = &args.cursor {
         query.push(format!("cursor={}", encode(cursor)));
     }
-    let list: TaskList = client
-        .get(&format!("/v1/tasks?{}", query.join("&")))
-        .and_then(|a| a.json())
-        .map_err(|e| e.into_failure(client.base()))?;
+    let list: TaskList = match &args.data_dir {
+        Some(dir) => super::local::list(dir, &local_filter(&args)?)?,
+        None => client
+            .get(&format!("/v1/tasks?{}", query.join("&")))
+            .and_then(|a| a.json())
+            .map_err(|e| e.into_failure(client.base()))?,
+    };
     if args.server.json {
         print_json(&list)?;
         return Ok(exit::OK);
@@ -77,9 +84,51 @@ pub(crate) fn execute(args: ListArgs) -> Result<u8, Failure> {
             labels.join(",")
         ));
     }
-    if let Some(cursor) = &list.next_cursor {
-        text.push_str(&format!("more: wpool list --cursor {cursor}\n"));
-    }
     write_stdout(text.as_bytes())?;
+    if let Some(cursor) = &list.next_cursor {
+        // The same filters, on stderr: stdout stays the table.
+        let mut next = vec!["wpool list".to_string()];
+        if let Some(state) = &args.state {
+            next.push(format!("--state {state}"));
+        }
+        for label in &args.labels {
+            next.push(format!("--label {label}"));
+        }
+        next.push(format!("--limit {}", args.limit));
+        if let Some(dir) = &args.data_dir {
+            next.push(format!("--data-dir {}", dir.display()));
+        }
+        next.push(format!("--cursor {cursor}"));
+        eprintln!("wpool: more: {}", next.join(" "));
+    }
     Ok(exit::OK)
+}
+
+/// The filters of `args`, for a data directory read directly.
+fn local_filter(args: &ListArgs) -> Result<crate::store::TaskFilter, Failure> {
+    let mut filter = crate::store::TaskFilter {
+        limit: args.limit,
+        ..Default::default()
+    };
+    if let Some(state) = &args.state {
+        filter.state = Some(
+            state
+                .parse()
+                .map_err(|e: crate::Error| Failure::bad_input(anyhow::anyhow!("{e}")))?,
+        );
+    }
+    for label in &args.labels {
+        let (k, v) = label.split_once('=').ok_or_else(|| {
+            Failure::bad_input(anyhow::anyhow!("label `{label}` must be written key=value"))
+        })?;
+        filter.labels.insert(k.to_string(), v.to_string());
+    }
+    if let Some(cursor) = &args.cursor {
+        filter.before = Some(
+            cursor
+                .parse()
+                .map_err(|e: crate::Error| Failure::bad_input(anyhow::anyhow!("{e}")))?,
+        );
+    }
+    Ok(filter)
 }

@@ -7,6 +7,7 @@ mod cancel;
 mod client;
 mod embedded;
 mod list;
+mod local;
 mod modules;
 mod print;
 mod result;

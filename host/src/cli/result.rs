@@ -27,13 +27,20 @@ pub(crate) struct ResultArgs {
     /// Give up waiting after this long, e.g. `10m`.
     #[arg(long, value_parser = parse_duration, requires = "wait")]
     wait_timeout: Option<Duration>,
+    /// Read this data directory directly instead of asking a daemon (for
+    /// tasks queued there while no server answered; no --wait: nothing
+    /// runs them but a daemon, or `submit --wait`).
+    #[arg(long, value_name = "DIR", conflicts_with = "wait")]
+    data_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     server: ServerArgs,
 }
 
 pub(crate) fn execute(args: ResultArgs) -> Result<u8, Failure> {
     let client = Client::new(&args.server);
-    let result = if args.wait {
+    let result = if let Some(dir) = &args.data_dir {
+        super::local::result(dir, &args.id)?
+    } else if args.wait {
         let deadline = args.wait_timeout.map(|d| Instant::now() + d);
         wait_with_spinner(&client, &args.id, deadline)?
     } else {

@@ -59,7 +59,8 @@ pub(crate) struct ServeArgs {
     /// max_queued, stop_grace, lease_ttl, body_timeout, header_timeout,
     /// max_connections, max_body_bytes_in_flight, max_wait, read_only_dirs,
     /// scratch_root, max_scratch, retention, max_results, max_stored_output,
-    /// max_workers.
+    /// max_workers, default_timeout, default_memory, default_fuel,
+    /// default_max_output.
     ///
     /// `read_only_dirs` grants host directories to tasks, read-only:
     /// `[[read_only_dirs]]` with `host`, `guest` and optionally `modules`
@@ -120,6 +121,21 @@ pub(crate) struct ServeArgs {
     /// `wpool workers N`). Default: 4 times the worker count, at least 8.
     #[arg(long, env = "WPOOL_MAX_WORKERS")]
     max_workers: Option<usize>,
+    /// The timeout of a task that asks for none, e.g. `1m`. Default: 30s.
+    #[arg(long, env = "WPOOL_DEFAULT_TIMEOUT", value_parser = parse_duration)]
+    default_timeout: Option<Duration>,
+    /// The memory limit of a task that asks for none, e.g. `256MiB`, at most
+    /// 1GiB (the most any task may ask for). Default: 128MiB.
+    #[arg(long, env = "WPOOL_DEFAULT_MEMORY", value_parser = parse_size)]
+    default_memory: Option<u64>,
+    /// The fuel budget of a task that asks for none, e.g. `10G`. Default:
+    /// unlimited (fuel is still counted).
+    #[arg(long, env = "WPOOL_DEFAULT_FUEL", value_parser = crate::units::parse_count)]
+    default_fuel: Option<u64>,
+    /// The output limit of a task that asks for none, e.g. `1MiB`. Default:
+    /// 16MiB.
+    #[arg(long, env = "WPOOL_DEFAULT_MAX_OUTPUT", value_parser = parse_size)]
+    default_max_output: Option<u64>,
     /// How long finished tasks and their results are kept, e.g. `7d`,
     /// `12h`. Default: 7d.
     #[arg(long, env = "WPOOL_RETENTION", value_parser = parse_duration)]
@@ -162,6 +178,10 @@ struct FileConfig {
     retention: Option<HumanDuration>,
     max_results: Option<u64>,
     max_workers: Option<usize>,
+    default_timeout: Option<HumanDuration>,
+    default_memory: Option<HumanSize>,
+    default_fuel: Option<u64>,
+    default_max_output: Option<HumanSize>,
     max_stored_output: Option<HumanSize>,
 }
 
@@ -283,6 +303,26 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
         )));
     }
     pool_config.engine_mut().max_workers(max_workers);
+    let mut limits = crate::Limits::default();
+    if let Some(timeout) = args.default_timeout.or(file.default_timeout.map(|d| d.0)) {
+        limits.timeout = timeout;
+    }
+    if let Some(memory) = args.default_memory.or(file.default_memory.map(|s| s.0)) {
+        limits.memory = memory;
+    }
+    if let Some(fuel) = args.default_fuel.or(file.default_fuel) {
+        limits.fuel = Some(fuel);
+    }
+    if let Some(max) = args
+        .default_max_output
+        .or(file.default_max_output.map(|s| s.0))
+    {
+        limits.max_output = max;
+    }
+    limits
+        .validate(1 << 30)
+        .map_err(|e| Failure::bad_input(anyhow!("the default task limits: {e}")))?;
+    pool_config.engine_mut().default_limits(limits);
     if let Some(max) = args.max_queued.or(file.max_queued) {
         pool_config.max_queued(max);
     }
@@ -461,7 +501,8 @@ async fn run(
         .map_err(Failure::internal)?;
     let workers = pool.stats().await.map(|s| s.workers).unwrap_or(0);
     eprintln!(
-        "wpool: listening on http://{local} ({location}, {workers} workers{})",
+        "wpool: listening on http://{local} ({location}, {workers} worker{}{})",
+        if workers == 1 { "" } else { "s" },
         if config.token.is_some() {
             ", token required"
         } else {

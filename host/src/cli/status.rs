@@ -6,6 +6,8 @@ use super::client::{Client, ServerArgs};
 use super::print::print_json;
 use super::server::types::TaskAnswer;
 use super::{Failure, exit, write_stdout};
+use crate::units::format_duration;
+use std::time::Duration;
 
 /// Show a task's state, attempts and outcome.
 #[derive(Debug, Args)]
@@ -13,16 +15,25 @@ use super::{Failure, exit, write_stdout};
 pub(crate) struct StatusArgs {
     /// The task's id.
     id: String,
+    /// Read this data directory directly instead of asking a daemon (for
+    /// tasks queued there while no server answered).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     server: ServerArgs,
 }
 
 pub(crate) fn execute(args: StatusArgs) -> Result<u8, Failure> {
-    let client = Client::new(&args.server);
-    let answer: TaskAnswer = client
-        .get(&format!("/v1/tasks/{}", args.id))
-        .and_then(|a| a.json())
-        .map_err(|e| e.into_failure(client.base()))?;
+    let answer: TaskAnswer = match &args.data_dir {
+        Some(dir) => super::local::task(dir, &args.id)?,
+        None => {
+            let client = Client::new(&args.server);
+            client
+                .get(&format!("/v1/tasks/{}", args.id))
+                .and_then(|a| a.json())
+                .map_err(|e| e.into_failure(client.base()))?
+        }
+    };
     if args.server.json {
         print_json(&answer)?;
         return Ok(exit::OK);
@@ -50,6 +61,30 @@ pub(crate) fn execute(args: StatusArgs) -> Result<u8, Failure> {
     }
     if let Some(key) = &t.idempotency_key {
         text.push_str(&format!("key       {key}\n"));
+    }
+    let now = crate::now_millis();
+    let ago = |at: u64| format_duration(Duration::from_millis(now.saturating_sub(at)));
+    text.push_str(&format!("submitted {} ago\n", ago(t.submitted_at)));
+    if t.state == "scheduled" && t.run_at > now {
+        text.push_str(&format!(
+            "runs in   {}\n",
+            format_duration(Duration::from_millis(t.run_at - now))
+        ));
+    }
+    if let Some(at) = t.finished_at {
+        text.push_str(&format!("finished  {} ago\n", ago(at)));
+    }
+    for attempt in &t.history {
+        let how = match (&attempt.outcome, t.state.as_str()) {
+            (Some(outcome), _) => format!(
+                "{} in {}",
+                outcome.message,
+                format_duration(Duration::from_micros(attempt.duration_us))
+            ),
+            (None, "running") => format!("running for {}", ago(attempt.started_at)),
+            (None, _) => "lost with its host".to_string(),
+        };
+        text.push_str(&format!("attempt {} {how}\n", attempt.number));
     }
     write_stdout(text.as_bytes())?;
     Ok(exit::OK)

@@ -13,10 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::client::{CallError, Client, is_local};
 use super::print::{BatchLine, print_json, print_result, write_line};
-use super::server::types::{ModuleInfo, ResultView, TaskAnswer, TaskView};
+use super::server::types::{ModuleInfo, ResultView, SubmitTask, TaskAnswer, TaskView};
 use super::submit_args::SubmitArgs;
 use super::{Failure, embedded, exit, read_input, write_stdout};
 use crate::ModuleHash;
+use crate::units::format_duration;
 
 pub(crate) fn execute(args: SubmitArgs) -> Result<u8, Failure> {
     let bytes = std::fs::read(&args.module)
@@ -141,12 +142,20 @@ pub(crate) fn wait_with_spinner(
     spinner.set_prefix(id.to_string());
     spinner.set_message("waiting");
     spinner.enable_steady_tick(Duration::from_millis(100));
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        spinner.println(format!(
+            "wpool: Ctrl-C stops the waiting, not the task: `wpool result {id} --wait` waits \
+             again, `wpool cancel {id}` stops it"
+        ));
+    }
+    // Short polls while it runs, so that its progress shows as it comes.
+    let mut poll = Duration::from_secs(10);
     let outcome = loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left == Some(Duration::ZERO) {
             break Ok(None);
         }
-        let wait = left.map_or(Duration::from_secs(10), |l| l.min(Duration::from_secs(10)));
+        let wait = left.map_or(poll, |l| l.min(poll));
         let answer = client.get(&format!(
             "/v1/tasks/{id}/result?wait={}ms",
             wait.as_millis().max(1)
@@ -165,6 +174,11 @@ pub(crate) fn wait_with_spinner(
                         .map(|(done, total)| format!(" ({done}/{total})"))
                         .unwrap_or_default();
                     spinner.set_message(format!("{}{progress}", task.state));
+                    poll = if task.state == "running" {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::from_secs(10)
+                    };
                 }
             }
             Err(e) => break Err(e.into_failure(client.base())),
@@ -177,7 +191,16 @@ pub(crate) fn wait_with_spinner(
 fn bar(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {rate} eta {eta}")
+            .map(|style| {
+                // A whole number of tasks per second, not `2,082.3542/s`.
+                style.with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0}/s", state.per_sec());
+                    },
+                )
+            })
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
@@ -198,6 +221,10 @@ fn batch(
         (0..total).map(|_| Mutex::new(Err(String::new()))).collect();
     let next = AtomicUsize::new(0);
     let unreachable = Mutex::new(None);
+    // Lines the server kept refusing for a reason of its own (a full queue,
+    // too many bodies in flight, stored outputs at their bound) until the
+    // submission gave up: exit 7, as a single submit refused so.
+    let gave_up = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..args.concurrency.clamp(1, 64) {
             scope.spawn(|| {
@@ -206,11 +233,21 @@ fn batch(
                     if i >= total {
                         break;
                     }
-                    let outcome = client
-                        .post_json("/v1/tasks", &args.request(hash, &inputs[i]))
-                        .and_then(|a| a.json::<TaskAnswer>());
+                    let outcome = submit_with_backoff(client, &args.request(hash, &inputs[i]));
                     let entry = match outcome {
                         Ok(answer) => Ok(answer.task.id),
+                        Err(CallError::Api {
+                            status: 429 | 503,
+                            message,
+                            ..
+                        }) => {
+                            gave_up.fetch_add(1, Ordering::Relaxed);
+                            Err(format!(
+                                "{message} (still refused after {} of retries; submit this \
+                                 line again later)",
+                                format_duration(BACKPRESSURE_PATIENCE)
+                            ))
+                        }
                         Err(CallError::Api { message, .. }) => Err(message),
                         Err(CallError::Unreachable(cause)) => {
                             *unreachable.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -329,13 +366,42 @@ fn batch(
             String::new()
         }
     );
-    Ok(if refused > 0 {
+    Ok(if gave_up.load(Ordering::Relaxed) > 0 {
+        exit::REFUSED
+    } else if refused > 0 {
         exit::BAD_INPUT
     } else if failed > 0 {
         exit::TASK_FAILED
     } else {
         exit::OK
     })
+}
+
+/// How long one line of a batch is retried while the server refuses it
+/// for backpressure (429, 503) before the submission gives up on it.
+const BACKPRESSURE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Submits one task, waiting and retrying (50 ms doubling to 5 s, with
+/// jitter) while the server answers 429 or 503: a full queue drains, as
+/// the library's `submit` waits for room.
+fn submit_with_backoff(client: &Client, request: &SubmitTask) -> Result<TaskAnswer, CallError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match client
+            .post_json("/v1/tasks", request)
+            .and_then(|a| a.json::<TaskAnswer>())
+        {
+            Err(CallError::Api {
+                status: 429 | 503, ..
+            }) if started.elapsed() < BACKPRESSURE_PATIENCE => {
+                let jitter = Duration::from_millis(fastrand::u64(0..=pause.as_millis() as u64 / 2));
+                std::thread::sleep(pause + jitter);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn poll_result(client: &Client, id: &str, deadline: Option<Instant>) -> Result<ResultView, String> {
