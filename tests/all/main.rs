@@ -6,6 +6,7 @@ mod cli;
 mod cli_actions;
 mod cli_run;
 mod contract;
+mod dashboard;
 mod durable;
 mod examples;
 mod executor;

@@ -28,6 +28,7 @@
 //! | [`ServerConfig::max_wait`] | 5 min |
 
 mod body;
+mod dashboard;
 mod error;
 mod listen;
 mod metrics;
@@ -127,6 +128,7 @@ pub fn router(pool: Pool, config: ServerConfig, shutdown: CancellationToken) -> 
         metrics,
     };
     routes::routes()
+        .merge(dashboard::routes())
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), check_token))
@@ -173,7 +175,7 @@ async fn check_token(State(state): State<AppState>, request: Request, next: Next
     let Some(expected) = state.config.token.as_deref() else {
         return next.run(request).await;
     };
-    if request.uri().path() == "/healthz" {
+    if request.uri().path() == "/healthz" || dashboard::is_public(request.uri().path()) {
         return next.run(request).await;
     }
     match bearer(request.headers()) {
