@@ -217,7 +217,10 @@ mod tests {
             ..Default::default()
         };
         let err = defaults.with_overrides(&too_much, 1 << 30).unwrap_err();
-        assert!(err.to_string().contains("pool's maximum"), "{err}");
+        assert!(
+            err.to_string().contains("the most a task may have"),
+            "{err}"
+        );
 
         for bad in [
             LimitOverrides {
