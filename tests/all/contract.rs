@@ -528,6 +528,38 @@ async fn retention_purges_finished_tasks(h: &dyn Harness) {
     counts_add_up(&backend, 2).await;
 }
 
+async fn delete_removes_final_tasks_only(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(&backend, (0..3).map(|_| task(m, |s| s)).collect()).await;
+    let (done, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    backend
+        .complete(&lease, ran(Outcome::Success))
+        .await
+        .unwrap();
+    let waiting: Vec<_> = tasks
+        .iter()
+        .map(|t| t.id)
+        .filter(|id| *id != done.id)
+        .collect();
+    let unknown = wpool::TaskId::new();
+    let asked = [done.id, waiting[0], unknown];
+    assert_eq!(backend.delete_finished(&asked).await.unwrap(), [done.id]);
+    assert!(backend.get(&done.id).await.unwrap().is_none());
+    assert!(
+        backend.get(&waiting[0]).await.unwrap().is_some(),
+        "a waiting task stays"
+    );
+    assert!(
+        backend
+            .delete_finished(&[done.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    counts_add_up(&backend, 2).await;
+}
+
 async fn concurrent_claimers_never_share_a_task(h: &dyn Harness) {
     let backend = h.open();
     let m = module(&backend).await;
@@ -684,5 +716,6 @@ every_backend!(
     a_task_naming_an_unknown_module_is_refused,
     cancel_works_in_every_state,
     retention_purges_finished_tasks,
+    delete_removes_final_tasks_only,
     concurrent_claimers_never_share_a_task,
 );
