@@ -567,3 +567,77 @@ async fn pools_in_two_programs_share_one_queue() {
     runner.close().await.unwrap();
     watcher.close().await.unwrap();
 }
+
+/// Events cross hosts: a pool that runs nothing (paused) and polls for
+/// results only every 10 minutes still streams `submitted`, `started` and
+/// `succeeded` of a task another host runs, in that order, and its waiter
+/// gets the result at once, from the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_task_run_on_another_host_reach_every_host() {
+    let db = TestDatabase::create();
+    let watcher = wpool::Pool::with_backend(
+        wpool::PoolConfig::new()
+            .workers(1)
+            .poll_interval(Duration::from_secs(600))
+            .clone(),
+        db.open(),
+    )
+    .unwrap();
+    watcher.pause();
+    let mut events = watcher.subscribe();
+    let runner =
+        wpool::Pool::with_backend(wpool::PoolConfig::new().workers(1).clone(), db.open()).unwrap();
+    let module = watcher
+        .register(&std::fs::read(programs::P1_ECHO).unwrap())
+        .await
+        .unwrap();
+    let mut runner_events = runner.subscribe();
+    let id = watcher
+        .submit(TaskSpec::new(module, b"seen everywhere".to_vec()))
+        .await
+        .unwrap()
+        .id();
+    let result = tokio::time::timeout(Duration::from_secs(60), watcher.wait(id))
+        .await
+        .expect("the waiter on the host that does not run the task is woken by the event")
+        .unwrap();
+    assert_eq!(result.state, TaskState::Succeeded);
+    let mut seen = Vec::new();
+    while !seen.contains(&"succeeded") {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("the succeeded event arrives")
+            .unwrap();
+        if event.id == id {
+            seen.push(match event.kind {
+                wpool::EventKind::Submitted => "submitted",
+                wpool::EventKind::Started { attempt } => {
+                    assert_eq!(attempt, 1);
+                    "started"
+                }
+                wpool::EventKind::Succeeded => "succeeded",
+                other => panic!("unexpected event {other:?}"),
+            });
+        }
+    }
+    assert_eq!(seen, ["submitted", "started", "succeeded"]);
+    // The runner's own stream has each event of the task once: a host
+    // does not hear its own events back from the database.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut kinds = Vec::new();
+    while let Some(event) = runner_events.try_recv().unwrap() {
+        if event.id == id {
+            kinds.push(event.kind);
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            wpool::EventKind::Submitted,
+            wpool::EventKind::Started { attempt: 1 },
+            wpool::EventKind::Succeeded
+        ]
+    );
+    runner.close().await.unwrap();
+    watcher.close().await.unwrap();
+}

@@ -67,7 +67,7 @@ use crate::store::{StateCounts, StoredModule, TaskFilter};
 use crate::task::{
     Completion, Lease, Millis, ModuleHash, Payload, Slot, TaskId, TaskRecord, TaskState,
 };
-use crate::{ModuleSettings, Result};
+use crate::{Event, ModuleSettings, Result};
 
 #[cfg(doc)]
 use crate::store::MemoryStore;
@@ -256,5 +256,24 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Default: `false`.
     fn is_shared(&self) -> bool {
         false
+    }
+
+    /// Tells the other hosts sharing this queue of an event of this
+    /// host's pool, so that every host's event stream shows the whole
+    /// queue ([`Backend::remote_events`]). Called for every event, on the
+    /// pool's hot path: it must neither block nor fail, and may drop
+    /// events when it cannot keep up (events are a view, never the
+    /// truth: the records are). Default: nothing (no other host).
+    fn publish(&self, event: &Event) {
+        let _ = event;
+    }
+
+    /// The events other hosts sharing this queue publish
+    /// ([`Backend::publish`]), as they arrive; the pool streams them to
+    /// its own subscribers beside its own events, and wakes its waiters
+    /// on a task another host finished. `None` (the default) when no
+    /// other host shares the queue.
+    fn remote_events(&self) -> Option<tokio::sync::broadcast::Receiver<Event>> {
+        None
     }
 }

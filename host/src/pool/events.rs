@@ -124,3 +124,56 @@ impl Events {
         }
     }
 }
+
+/// Streams the events of the other hosts sharing the queue
+/// ([`Backend::remote_events`](crate::backend::Backend::remote_events)) to
+/// this pool's subscribers, and hands a task another host finished to this
+/// pool's waiters at once (they would otherwise find it at their next
+/// poll). Ends with the pool.
+pub(super) async fn forward_remote(
+    inner: std::sync::Weak<super::Inner>,
+    mut remote: broadcast::Receiver<Event>,
+) {
+    loop {
+        let received = tokio::select! {
+            received = remote.recv() => received,
+            // Look now and then whether the pool is gone.
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                if inner.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(pool) = inner.upgrade() else { return };
+        match received {
+            Ok(event) => {
+                let final_kind = matches!(
+                    event.kind,
+                    EventKind::Succeeded
+                        | EventKind::Failed { .. }
+                        | EventKind::Cancelled
+                        | EventKind::Expired
+                );
+                let id = event.id;
+                let _ = pool.events.send(event);
+                if final_kind && pool.has_waiters(id) {
+                    let weak = inner.clone();
+                    pool.executor.handle().spawn(async move {
+                        let Some(pool) = weak.upgrade() else { return };
+                        if let Ok(Some(record)) = pool.backend.get(&id).await
+                            && record.state.is_final()
+                        {
+                            pool.wake_waiters(&record);
+                        }
+                    });
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(
+                events = n,
+                "missed events of other hosts: this host fell behind"
+            ),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

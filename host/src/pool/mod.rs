@@ -280,6 +280,12 @@ impl Pool {
             config,
         });
         worker::start(&inner, waiting.is_none());
+        if let Some(remote) = inner.backend.remote_events() {
+            inner
+                .executor
+                .handle()
+                .spawn(events::forward_remote(Arc::downgrade(&inner), remote));
+        }
         Ok(Pool {
             shared: Arc::new(Shared { inner }),
         })
@@ -845,12 +851,15 @@ impl Inner {
                 "task put back in the queue by a graceful stop"
             ),
         }
-        // No subscriber is not an error.
-        let _ = self.events.send(Event {
+        let event = Event {
             id,
             at: now_millis(),
             kind,
-        });
+        };
+        // For the other hosts of a shared queue (a no-op otherwise).
+        self.backend.publish(&event);
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
     }
 
     /// `n` tasks entered the queue (a retry, a task put back).
@@ -959,6 +968,28 @@ impl Inner {
         found
     }
 
+    /// Whether anyone waits for `id` to end.
+    fn has_waiters(&self, id: TaskId) -> bool {
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&id)
+    }
+
+    /// Gives the final `record` to those who wait for it.
+    fn wake_waiters(&self, record: &TaskRecord) {
+        let waiters = self
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&record.id);
+        if let Some(waiters) = waiters {
+            for waiter in waiters {
+                let _ = waiter.send(record.clone());
+            }
+        }
+    }
+
     /// Drops the waiters of `id` whose receivers are gone.
     fn forget_waiter(&self, id: TaskId) {
         let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
@@ -976,16 +1007,7 @@ impl Inner {
         // The event first: a waiter that was given the result finds its
         // event already sent.
         self.emit(record.id, EventKind::finished(record));
-        let waiters = self
-            .waiters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&record.id);
-        if let Some(waiters) = waiters {
-            for waiter in waiters {
-                let _ = waiter.send(record.clone());
-            }
-        }
+        self.wake_waiters(record);
         self.finished.fetch_add(1, Ordering::Relaxed);
         self.recent
             .lock()

@@ -21,7 +21,9 @@
 //!
 //! Transactions that make a task ready `NOTIFY wpool_ready`; a connection
 //! of its own `LISTEN`s and wakes the pool
-//! ([`Backend::wait_for_work`]). Polling stays the fallback.
+//! ([`Backend::wait_for_work`]). Polling stays the fallback. The pools'
+//! events go from host to host the same way (`wpool_events`, see
+//! [`events`]), so each host's event stream shows the whole queue.
 //!
 //! # Why tokio-postgres and deadpool-postgres
 //!
@@ -41,6 +43,7 @@
 //! (the pool's executor, the HTTP server, a test) share the connections,
 //! and none of them has to outlive the backend.
 
+mod events;
 mod listen;
 mod queue;
 mod record;
@@ -142,6 +145,8 @@ struct Shared {
     target: String,
     /// Woken when another host makes work ready.
     ready: Arc<Notify>,
+    /// The pool's events, to and from the other hosts.
+    events: events::EventBus,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -301,13 +306,16 @@ async fn start(
         .create_timeout(Some(options.connect_timeout))
         .build()
         .map_err(|e| Error::Host(format!("cannot set up the PostgreSQL connections: {e}")))?;
+    let (events, outgoing) = events::EventBus::new();
     let shared = Arc::new(Shared {
         pool,
-        target: target.clone(),
+        target,
         ready: Arc::new(Notify::new()),
+        events,
     });
     schema::migrate(&shared).await?;
-    tokio::spawn(listen::listen(config, shared.ready.clone(), target));
+    tokio::spawn(listen::listen(config, shared.clone()));
+    tokio::spawn(events::publish(shared.clone(), outgoing));
     Ok(shared)
 }
 
@@ -509,5 +517,13 @@ impl Backend for PostgresBackend {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn publish(&self, event: &crate::Event) {
+        self.shared.events.publish(event);
+    }
+
+    fn remote_events(&self) -> Option<tokio::sync::broadcast::Receiver<crate::Event>> {
+        Some(self.shared.events.subscribe())
     }
 }
