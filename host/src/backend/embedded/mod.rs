@@ -169,7 +169,8 @@ impl EmbeddedBackend {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts a write (made with the index locked).
+    /// Counts a write of a task, made with the index locked (and counted
+    /// before it is unlocked: [`EmbeddedBackend::settled`] relies on it).
     fn wrote(&self) {
         self.written.fetch_add(1, Ordering::SeqCst);
     }
@@ -182,12 +183,31 @@ impl EmbeddedBackend {
         Ok(())
     }
 
-    /// Before a read: waits until every write made so far is durable.
+    /// After a read: waits until every write the read may have seen is
+    /// durable, so that nothing is shown before it is.
+    ///
+    /// It must come after the read, and count under the index lock: a
+    /// write made between a check before the read and the read itself
+    /// would be seen, not yet durable (a claim seen `running` whose host
+    /// died before its flush, never counted as an interruption). Task
+    /// writes are made and counted with the index locked, so the count
+    /// taken under the lock after the read covers every write it saw.
     async fn settled(&self) -> Result<()> {
-        if self.durable.load(Ordering::SeqCst) < self.written.load(Ordering::SeqCst) {
+        let seen = {
+            let _index = self.lock();
+            self.written.load(Ordering::SeqCst)
+        };
+        if self.durable.load(Ordering::SeqCst) < seen {
             self.flush_writes().await?;
         }
         Ok(())
+    }
+
+    /// `read`, once every write it may have seen is durable.
+    async fn settled_read<T>(&self, read: Result<T>) -> Result<T> {
+        let value = read?;
+        self.settled().await?;
+        Ok(value)
     }
 
     fn lease(&self, task: TaskId, now: Millis, ttl: Duration) -> Lease {
@@ -212,13 +232,11 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>> {
-        self.settled().await?;
-        self.store.module(hash)
+        self.settled_read(self.store.module(hash)).await
     }
 
     async fn modules(&self) -> Result<Vec<StoredModule>> {
-        self.settled().await?;
-        self.store.modules()
+        self.settled_read(self.store.modules()).await
     }
 
     async fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
@@ -239,8 +257,7 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>> {
-        self.settled().await?;
-        self.store.module_settings(hash)
+        self.settled_read(self.store.module_settings(hash)).await
     }
 
     async fn enqueue(&self, mut tasks: Vec<TaskRecord>) -> Result<Vec<Enqueued>> {
@@ -571,23 +588,19 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        self.settled().await?;
-        self.store.get(id)
+        self.settled_read(self.store.get(id)).await
     }
 
     async fn by_key(&self, key: &str) -> Result<Option<TaskId>> {
-        self.settled().await?;
-        self.store.by_key(key)
+        self.settled_read(self.store.by_key(key)).await
     }
 
     async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
-        self.settled().await?;
-        self.store.list(filter)
+        self.settled_read(self.store.list(filter)).await
     }
 
     async fn counts(&self) -> Result<StateCounts> {
-        self.settled().await?;
-        self.store.counts()
+        self.settled_read(self.store.counts()).await
     }
 
     async fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64> {
