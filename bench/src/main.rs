@@ -7,6 +7,7 @@
 //! cargo run --release -p wpool-bench -- --quick # under a minute; CI runs it
 //! ```
 
+mod queued;
 mod rows;
 
 use std::time::Duration;
@@ -68,6 +69,14 @@ impl Scale {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(queued::CHILD) {
+        if let Err(e) = queued::run_child(&args[2..]) {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = Scale { quick };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

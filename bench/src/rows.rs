@@ -22,6 +22,7 @@ type Section = fn(Scale, usize) -> Result<Vec<Row>, Box<dyn std::error::Error>>;
 /// Memory first: its "before" figure is then the bare process.
 pub(crate) const ALL: &[Section] = &[
     memory,
+    crate::queued::section,
     overhead,
     durable_submit,
     durable_end_to_end,
@@ -34,7 +35,7 @@ pub(crate) const ALL: &[Section] = &[
     http_submit,
 ];
 
-fn read(path: &str) -> Vec<u8> {
+pub(crate) fn read(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -316,7 +317,7 @@ fn kill_latency(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::err
     Ok(rows)
 }
 
-fn rss_kib() -> f64 {
+pub(crate) fn rss_kib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -506,7 +507,7 @@ fn lease_renewal(scale: Scale, _cores: usize) -> Result<Vec<Row>, Box<dyn std::e
     )])
 }
 
-fn tempfile_dir(what: &str) -> std::path::PathBuf {
+pub(crate) fn tempfile_dir(what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "wpool-bench-{what}-{}-{}",
         std::process::id(),

@@ -1,5 +1,13 @@
 //! The embedded backend's index of waiting and running tasks, in memory.
 //!
+//! A waiting task is indexed by what scheduling needs (its state, run time
+//! and expiry; priority and sequence in the heaps), about a hundred bytes,
+//! and never by its record: the store holds that, and a task's record is
+//! read from it when the task is claimed, promoted, expired or cancelled.
+//! So a queue of a million tasks costs this index some hundred MiB less
+//! than keeping the records, whatever their inputs and labels. Running
+//! tasks (as many as there are workers) are kept whole, with their lease.
+//!
 //! Heaps may hold stale entries (a task cancelled while queued, a retry
 //! rescheduled): an entry counts only if `pending` still holds its task in
 //! the matching state and time, so removal is O(1) and the heaps clean
@@ -10,10 +18,28 @@ use std::collections::{BinaryHeap, HashMap};
 
 use crate::task::{Millis, TaskId, TaskRecord, TaskState};
 
+/// What the index keeps of a waiting task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Waiting {
+    state: TaskState,
+    run_at: Millis,
+    expires_at: Option<Millis>,
+}
+
+impl Waiting {
+    /// Whether `record` is the task as indexed (the store and the index
+    /// agree).
+    pub(super) fn matches(&self, record: &TaskRecord) -> bool {
+        record.state == self.state
+            && record.run_at == self.run_at
+            && record.expires_at == self.expires_at
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Index {
-    /// Waiting tasks (queued or scheduled), as stored.
-    pending: HashMap<TaskId, TaskRecord>,
+    /// Waiting tasks (queued or scheduled).
+    pending: HashMap<TaskId, Waiting>,
     /// Running tasks, as stored (with their lease).
     pub(super) running: HashMap<TaskId, TaskRecord>,
     /// Highest priority first, then lowest sequence (FIFO).
@@ -26,7 +52,7 @@ pub(super) struct Index {
 impl Index {
     /// Indexes a waiting task. Returns whether the timer must look again
     /// (it brings a delay or an expiry earlier than any before).
-    pub(super) fn insert(&mut self, record: TaskRecord) -> bool {
+    pub(super) fn insert(&mut self, record: &TaskRecord) -> bool {
         let next = self.next_wake();
         let mut earliest = None;
         match record.state {
@@ -45,57 +71,75 @@ impl Index {
             earliest = Some(earliest.map_or(at, |e: Millis| e.min(at)));
         }
         let earlier = earliest.is_some_and(|e| next.is_none_or(|n| e < n));
-        self.pending.insert(record.id, record);
+        self.pending.insert(
+            record.id,
+            Waiting {
+                state: record.state,
+                run_at: record.run_at,
+                expires_at: record.expires_at,
+            },
+        );
         earlier
     }
 
-    pub(super) fn remove_pending(&mut self, id: &TaskId) -> Option<TaskRecord> {
+    /// The waiting task `id`, as indexed.
+    pub(super) fn pending(&self, id: &TaskId) -> Option<Waiting> {
+        self.pending.get(id).copied()
+    }
+
+    /// Takes `id` out of the waiting tasks (its heap entries turn stale).
+    pub(super) fn remove_pending(&mut self, id: &TaskId) -> Option<Waiting> {
         self.pending.remove(id)
     }
 
-    pub(super) fn pop_ready(&mut self) -> Option<TaskRecord> {
-        while let Some((_, _, id)) = self.ready.pop() {
+    /// The next ready task, highest priority first, left in the index
+    /// (take it with [`Index::remove_pending`]).
+    pub(super) fn peek_ready(&mut self) -> Option<TaskId> {
+        while let Some(&(_, _, id)) = self.ready.peek() {
             if self
                 .pending
                 .get(&id)
-                .is_some_and(|r| r.state == TaskState::Queued)
+                .is_some_and(|w| w.state == TaskState::Queued)
             {
-                return self.pending.remove(&id);
+                return Some(id);
             }
+            self.ready.pop();
         }
         None
     }
 
-    pub(super) fn pop_due(&mut self, now: Millis) -> Option<TaskRecord> {
+    /// A scheduled task due at `now`, left in the index.
+    pub(super) fn peek_due(&mut self, now: Millis) -> Option<TaskId> {
         while let Some(&Reverse((at, _, id))) = self.delayed.peek() {
             if at > now {
                 return None;
             }
-            self.delayed.pop();
             if self
                 .pending
                 .get(&id)
-                .is_some_and(|r| r.state == TaskState::Scheduled && r.run_at == at)
+                .is_some_and(|w| w.state == TaskState::Scheduled && w.run_at == at)
             {
-                return self.pending.remove(&id);
+                return Some(id);
             }
+            self.delayed.pop();
         }
         None
     }
 
-    pub(super) fn pop_expired(&mut self, now: Millis) -> Option<TaskRecord> {
+    /// A waiting task past its expiry at `now`, left in the index.
+    pub(super) fn peek_expired(&mut self, now: Millis) -> Option<TaskId> {
         while let Some(&Reverse((at, id))) = self.expiries.peek() {
             if at > now {
                 return None;
             }
-            self.expiries.pop();
             if self
                 .pending
                 .get(&id)
-                .is_some_and(|r| r.expires_at == Some(at))
+                .is_some_and(|w| w.expires_at == Some(at))
             {
-                return self.pending.remove(&id);
+                return Some(id);
             }
+            self.expiries.pop();
         }
         None
     }

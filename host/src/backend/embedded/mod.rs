@@ -143,7 +143,7 @@ impl EmbeddedBackend {
             } else {
                 recovered.waiting += 1;
             }
-            index.insert(record);
+            index.insert(&record);
         }
         if recovered.requeued + recovered.ended > 0 {
             store.flush_blocking()?;
@@ -208,6 +208,28 @@ impl EmbeddedBackend {
         let value = read?;
         self.settled().await?;
         Ok(value)
+    }
+
+    /// The record of the waiting task `id` (indexed), read from the store,
+    /// when the store holds it as the index does. A task the store holds
+    /// otherwise leaves the index, with an error logged: the store is the
+    /// truth, and the next open rebuilds the index from it.
+    fn load_waiting(&self, index: &mut Index, id: TaskId) -> Result<Option<TaskRecord>> {
+        let Some(waiting) = index.pending(&id) else {
+            return Ok(None);
+        };
+        match self.store.get(&id)? {
+            Some(record) if waiting.matches(&record) => Ok(Some(record)),
+            other => {
+                index.remove_pending(&id);
+                tracing::error!(
+                    task = %id,
+                    stored = ?other.map(|r| r.state),
+                    "the task changed in the store behind the queue's back; skipped"
+                );
+                Ok(None)
+            }
+        }
     }
 
     fn lease(&self, task: TaskId, now: Millis, ttl: Duration) -> Lease {
@@ -300,7 +322,7 @@ impl Backend for EmbeddedBackend {
                 .map(|(task, inserted)| match inserted {
                     Inserted::New => {
                         if !task.state.is_final() {
-                            index.insert(task.clone());
+                            index.insert(&task);
                         }
                         Enqueued::New(Box::new(task))
                     }
@@ -318,10 +340,21 @@ impl Backend for EmbeddedBackend {
             let mut index = self.lock();
             let now = now_millis();
             while claim.claimed.len() < max {
-                let Some(mut record) = index.pop_ready() else {
+                let Some(id) = index.peek_ready() else {
                     break;
                 };
-                let waiting = record.clone();
+                let mut record = match self.load_waiting(&mut index, id) {
+                    Ok(Some(record)) => record,
+                    Ok(None) => continue,
+                    Err(e) if claim.claimed.is_empty() && claim.expired.is_empty() => {
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        tracing::error!(task = %id, error = %e, "cannot read the task to claim it");
+                        break;
+                    }
+                };
+                let from = record.state;
                 let expired = record.expires_at.is_some_and(|at| at <= now);
                 let lease = self.lease(record.id, now, ttl);
                 if expired {
@@ -329,27 +362,33 @@ impl Backend for EmbeddedBackend {
                 } else {
                     record.start(lease, now);
                 }
-                let written = self.store.update(&record, waiting.state);
+                let written = self.store.update(&record, from);
                 self.wrote();
                 match written {
-                    Ok(true) if expired => claim.expired.push(record),
                     Ok(true) => {
-                        index.running.insert(record.id, record.clone());
-                        claim.claimed.push((record, lease));
+                        index.remove_pending(&id);
+                        if expired {
+                            claim.expired.push(record);
+                        } else {
+                            index.running.insert(record.id, record.clone());
+                            claim.claimed.push((record, lease));
+                        }
                     }
                     // The store is the truth: a task it no longer holds in
                     // this state leaves the index (the next open rebuilds it).
-                    Ok(false) => tracing::error!(
-                        task = %record.id,
-                        "the task changed in the store behind the queue's back; skipped"
-                    ),
+                    Ok(false) => {
+                        index.remove_pending(&id);
+                        tracing::error!(
+                            task = %record.id,
+                            "the task changed in the store behind the queue's back; skipped"
+                        );
+                    }
+                    // Nothing is lost: the task stays in the queue, and
+                    // what was claimed so far is handed out.
+                    Err(e) if claim.claimed.is_empty() && claim.expired.is_empty() => {
+                        return Err(e);
+                    }
                     Err(e) => {
-                        // Nothing is lost: back in the queue, and what was
-                        // claimed so far is handed out.
-                        index.insert(waiting);
-                        if claim.claimed.is_empty() && claim.expired.is_empty() {
-                            return Err(e);
-                        }
                         tracing::error!(task = %record.id, error = %e, "cannot claim the task");
                         break;
                     }
@@ -441,7 +480,7 @@ impl Backend for EmbeddedBackend {
             }
             index.running.remove(&lease.task);
             if !record.state.is_final() {
-                index.insert(record.clone());
+                index.insert(&record);
             }
             record
         };
@@ -463,7 +502,7 @@ impl Backend for EmbeddedBackend {
         self.wrote();
         index.running.remove(&lease.task);
         if !record.state.is_final() {
-            index.insert(record);
+            index.insert(&record);
         }
         Ok(true)
     }
@@ -491,7 +530,7 @@ impl Backend for EmbeddedBackend {
                 }
                 index.running.remove(&id);
                 if !record.state.is_final() {
-                    index.insert(record.clone());
+                    index.insert(&record);
                 }
                 changed.push(record);
             }
@@ -508,33 +547,55 @@ impl Backend for EmbeddedBackend {
         {
             let mut index = self.lock();
             let now = now_millis();
-            while let Some(mut record) = index.pop_due(now) {
-                let waiting = record.clone();
+            while let Some(id) = index.peek_due(now) {
+                let Some(mut record) = self.load_waiting(&mut index, id)? else {
+                    continue;
+                };
                 record.promote(now);
                 let written = self.store.update(&record, TaskState::Scheduled);
                 self.wrote();
-                if let Err(e) = written {
-                    index.insert(waiting);
-                    return Err(e);
+                // On an error the task stays indexed as it is stored.
+                let written = written?;
+                index.remove_pending(&id);
+                if written {
+                    index.insert(&record);
+                    tick.promoted += 1;
+                } else {
+                    tracing::error!(task = %id, "the task changed in the store behind the queue's back; skipped");
                 }
-                index.insert(record);
-                tick.promoted += 1;
             }
-            while let Some(mut record) = index.pop_expired(now) {
-                let waiting = record.clone();
+            while let Some(id) = index.peek_expired(now) {
+                let mut record = match self.load_waiting(&mut index, id) {
+                    Ok(Some(record)) => record,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::error!(task = %id, error = %e, "cannot read the task to expire it");
+                        tick.next = Some(now.saturating_add(1000));
+                        break;
+                    }
+                };
                 let from = record.state;
                 record.expire(now);
                 let written = self.store.update(&record, from);
                 self.wrote();
-                if let Err(e) = written {
-                    // Back in the index; what expired so far is reported
-                    // (it is stored), and the timer looks again soon.
-                    index.insert(waiting);
-                    tracing::error!(task = %record.id, error = %e, "cannot expire the task");
-                    tick.next = Some(now.saturating_add(1000));
-                    break;
+                match written {
+                    Ok(true) => {
+                        index.remove_pending(&id);
+                        tick.expired.push(record);
+                    }
+                    Ok(false) => {
+                        index.remove_pending(&id);
+                        tracing::error!(task = %id, "the task changed in the store behind the queue's back; skipped");
+                    }
+                    Err(e) => {
+                        // Still in the index; what expired so far is
+                        // reported (it is stored), and the timer looks
+                        // again soon.
+                        tracing::error!(task = %id, error = %e, "cannot expire the task");
+                        tick.next = Some(now.saturating_add(1000));
+                        break;
+                    }
                 }
-                tick.expired.push(record);
             }
             tick.next = tick.next.or(index.next_wake());
         }
@@ -557,7 +618,11 @@ impl Backend for EmbeddedBackend {
                 }
                 return Ok(Cancelled::Requested);
             }
-            let Some(waiting) = index.remove_pending(id) else {
+            let waiting = match index.pending(id) {
+                Some(_) => self.load_waiting(&mut index, *id)?,
+                None => None,
+            };
+            let Some(mut record) = waiting else {
                 drop(index);
                 return Ok(match self.store.get(id)? {
                     None => Cancelled::NotFound,
@@ -572,15 +637,17 @@ impl Backend for EmbeddedBackend {
                     }
                 });
             };
-            let mut record = waiting.clone();
             let from = record.state;
             record.cancel_waiting(now_millis());
             let written = self.store.update(&record, from);
             self.wrote();
-            if let Err(e) = written {
-                index.insert(waiting);
-                return Err(e);
+            if !written? {
+                index.remove_pending(id);
+                return Err(Error::Store(format!(
+                    "task {id} changed in the store behind the queue's back"
+                )));
             }
+            index.remove_pending(id);
             record
         };
         self.flush_writes().await?;
