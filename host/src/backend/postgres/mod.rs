@@ -165,8 +165,9 @@ impl Drop for PostgresBackend {
 impl PostgresBackend {
     /// Connects to the database at `url` (`postgres://user@host:port/db`,
     /// or the key-value form `host=… dbname=…`), creating or migrating
-    /// its tables. Fails with [`Error::Store`] when the server cannot be
-    /// reached or holds a schema newer than this build knows.
+    /// its tables. Fails with [`Error::Unavailable`] when the server cannot
+    /// be reached, and with [`Error::Store`] when the database does not
+    /// exist or holds a schema newer than this build knows.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, &PostgresOptions::default()).await
     }
@@ -313,7 +314,7 @@ async fn start(
 
 impl Shared {
     /// A pooled connection, or a clear error when the server is out of
-    /// reach.
+    /// reach ([`Error::Unavailable`]).
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| {
             if let deadpool_postgres::PoolError::Backend(e) = &e
@@ -326,18 +327,23 @@ impl Shared {
                     describe(e)
                 ));
             }
-            let cause = match &e {
-                deadpool_postgres::PoolError::Backend(e) => describe(e),
+            let (cause, unavailable) = match &e {
+                deadpool_postgres::PoolError::Backend(e) => (describe(e), is_unavailable(e)),
                 deadpool_postgres::PoolError::Timeout(_) => {
-                    "timed out waiting for a connection".to_string()
+                    ("timed out waiting for a connection".to_string(), true)
                 }
-                e => e.to_string(),
+                e => (e.to_string(), false),
             };
-            Error::Store(format!(
+            let message = format!(
                 "cannot reach PostgreSQL at {}: {cause}; check that the server runs and that \
                  the URL given (--store or WPOOL_STORE) names it",
                 self.target
-            ))
+            );
+            if unavailable {
+                Error::Unavailable(message)
+            } else {
+                Error::Store(message)
+            }
         })
     }
 }
@@ -363,9 +369,48 @@ fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
-/// A driver error while doing `what`, as the crate's error.
+/// Whether a driver error says the server is out of reach rather than that
+/// the statement failed: the connection could not be made, was closed or
+/// broke, or the server is shutting down, starting, or full
+/// (SQLSTATE class `08`, `57P01`–`57P03`, `53300`). Such a call may work
+/// once the server is back; a failed statement would fail again.
+fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if let Some(code) = e.code() {
+        return code.code().starts_with("08")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+            ]
+            .contains(code);
+    }
+    if e.is_closed() {
+        return true;
+    }
+    // The driver's kinds are private: its text names them (I/O on the
+    // connection, connecting, a connect timeout).
+    let text = e.to_string();
+    [
+        "error communicating with the server",
+        "error connecting to server",
+        "timeout waiting for server",
+    ]
+    .iter()
+    .any(|kind| text.starts_with(kind))
+}
+
+/// A driver error while doing `what`, as the crate's error:
+/// [`Error::Unavailable`] when the server is out of reach
+/// ([`is_unavailable`]), [`Error::Store`] otherwise.
 fn db_error(what: &str, e: &tokio_postgres::Error) -> Error {
-    Error::Store(format!("PostgreSQL, {what}: {}", describe(e)))
+    let message = format!("PostgreSQL, {what}: {}", describe(e));
+    if is_unavailable(e) {
+        Error::Unavailable(message)
+    } else {
+        Error::Store(message)
+    }
 }
 
 /// [`Millis`] as a `bigint`.
