@@ -354,29 +354,32 @@ struct Submitted {
 }
 
 /// PostgreSQL stopped (fast: sessions cut) for longer than the pool used to
-/// retry a completion, and started again, while a host takes submissions
-/// and runs tasks: submissions meanwhile get 503 `store_unavailable` with
-/// `Retry-After`; the host waits without filling its log and carries on;
-/// every task acknowledged (201) succeeds once, runs ending during the
-/// outage included (their completions wait for the database).
+/// retry a completion and than the leases, and started again, while two
+/// hosts take submissions and run tasks: submissions meanwhile get 503
+/// `store_unavailable` with `Retry-After`; the hosts wait without filling
+/// their logs and carry on; every task acknowledged (201) succeeds once,
+/// runs ending during the outage included (their completions wait for the
+/// database), and none runs twice: neither host takes the other's leases
+/// before it had the time to renew them.
 #[test]
 fn postgres_stopped_and_started_under_load_loses_nothing() {
     let cluster = Cluster::start();
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        dir.path(),
-        &["--store", &cluster.url, "--workers", "4", "--lease-ttl", "2s"],
-    );
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let flags = ["--store", &cluster.url, "--workers", "3", "--lease-ttl", "2s"];
+    let servers = dirs.each_ref().map(|dir| Server::start(dir.path(), &flags));
+    let server = &servers[0];
     let whoami = server.upload(programs::P1_WHOAMI);
 
     let stop = Arc::new(AtomicBool::new(false));
     let submitter = {
-        let (stop, url) = (stop.clone(), server.url.clone());
+        let stop = stop.clone();
+        let urls = servers.each_ref().map(|s| s.url.clone());
         let body = json!({"module": whoami, "input": 100, "timeout": "60s"}).to_string();
         std::thread::spawn(move || {
             let agent = agent();
             let mut answers = Vec::new();
             while !stop.load(Ordering::SeqCst) {
+                let url = &urls[answers.len() % urls.len()];
                 let mut response = agent
                     .post(format!("{url}/v1/tasks"))
                     .header("Content-Type", "application/json")
@@ -412,11 +415,11 @@ fn postgres_stopped_and_started_under_load_loses_nothing() {
         "PostgreSQL started again, {:?} after it was stopped",
         up_at - down_at
     );
-    let finished_before = stats(&server)["counts"]["succeeded"].as_u64();
+    let finished_before = stats(server)["counts"]["succeeded"].as_u64();
     wait_until(
         Duration::from_secs(30),
         "tasks to run again after the restart",
-        || stats(&server)["counts"]["succeeded"].as_u64() > finished_before,
+        || stats(server)["counts"]["succeeded"].as_u64() > finished_before,
     );
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::SeqCst);
@@ -471,33 +474,54 @@ fn postgres_stopped_and_started_under_load_loses_nothing() {
         "nothing acknowledged after the outage"
     );
 
-    let tally = check(&[&server], &acknowledged, Duration::from_secs(40));
+    let tally = check(&[&servers[0], &servers[1]], &acknowledged, Duration::from_secs(40));
     tally.assert_exactly_once("PostgreSQL stopped and started");
-    let stored = stats(&server)["total"].as_u64().unwrap();
+    let leases: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            s.log()
+                .lines()
+                .filter(|l| l.contains("lease") || l.contains("interrupt") || l.contains("back"))
+                .map(|l| format!("host {i}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        tally.rerun,
+        0,
+        "tasks ran again though no host went down: a host took another's leases before it could \
+         renew them after the restart:\n{}",
+        leases.join("\n")
+    );
+    let stored = stats(server)["total"].as_u64().unwrap();
     eprintln!(
         "tasks in the database: {stored} ({} stored though their submission was not \
          acknowledged)",
         stored.saturating_sub(acknowledged.len() as u64)
     );
 
-    let log = server.log();
+    let logs = servers.each_ref().map(Server::log);
     assert!(
-        log.contains("recording a task's result: the store is out of reach"),
+        logs.iter()
+            .any(|log| log.contains("recording a task's result: the store is out of reach")),
         "no run ended while the database was away, so the test did not try what it should: \
-         {log}"
+         {logs:?}"
     );
-    assert!(
-        !log.contains("it runs again when its lease expires"),
-        "a result was dropped while the database was away: {log}"
-    );
-    let noisy = log
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .count();
-    eprintln!("warnings and errors in the host's log: {noisy}");
-    assert!(
-        noisy <= 60,
-        "{noisy} warnings and errors in the host's log over a {:?} outage: {log}",
-        up_at - down_at
-    );
+    for log in &logs {
+        assert!(
+            !log.contains("it runs again when its lease expires"),
+            "a result was dropped while the database was away: {log}"
+        );
+        let noisy = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .count();
+        eprintln!("warnings and errors in a host's log: {noisy}");
+        assert!(
+            noisy <= 60,
+            "{noisy} warnings and errors in a host's log over a {:?} outage: {log}",
+            up_at - down_at
+        );
+    }
 }

@@ -65,22 +65,28 @@ impl Outage {
         (FIRST_PAUSE * 2u32.pow(doublings)).min(MAX_PAUSE)
     }
 
+    /// Whether the last call failed.
+    pub(super) fn ongoing(&self) -> bool {
+        self.since.is_some()
+    }
+
     /// How long the failures have gone on (zero when there are none).
     pub(super) fn lasted(&self) -> Duration {
         self.since.map_or(Duration::ZERO, |(began, _)| began.elapsed())
     }
 
     /// Records a success of `what`: says in the log how long the store
-    /// was gone, if it was.
-    pub(super) fn ended(&mut self, what: &str) {
-        if let Some((began, _)) = self.since.take() {
-            tracing::info!(
-                failures = self.failures,
-                "{what}: the store is back after {:.1} s",
-                began.elapsed().as_secs_f64()
-            );
-        }
+    /// was gone, if it was; whether it was.
+    pub(super) fn ended(&mut self, what: &str) -> bool {
         self.failures = 0;
+        let Some((began, _)) = self.since.take() else {
+            return false;
+        };
+        tracing::info!(
+            "{what}: the store is back after {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
+        true
     }
 }
 
@@ -96,8 +102,9 @@ mod tests {
         assert_eq!(pauses[0], FIRST_PAUSE);
         assert_eq!(pauses[1], FIRST_PAUSE * 2);
         assert_eq!(pauses[6], MAX_PAUSE);
-        assert!(outage.since.is_some());
-        outage.ended("test");
+        assert!(outage.ongoing());
+        assert!(outage.ended("test"));
+        assert!(!outage.ended("test"));
         assert!(outage.since.is_none());
         assert_eq!(outage.failed("test", &error), FIRST_PAUSE);
     }

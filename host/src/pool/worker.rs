@@ -386,7 +386,9 @@ impl Inner {
         }
     }
 
-    async fn beat(&self) -> Result<()> {
+    /// Renews the leases of this pool's runs; with `expire`, then expires
+    /// the leases nobody renewed in time.
+    async fn beat(&self, expire: bool) -> Result<()> {
         let leases: Vec<Lease> = self.lock_running().values().map(|r| r.lease).collect();
         if !leases.is_empty() {
             let states = self.backend.renew(&leases, self.config.lease_ttl).await?;
@@ -405,8 +407,10 @@ impl Inner {
                 }
             }
         }
-        let expired = self.backend.expire_leases().await?;
-        self.interrupted(&expired);
+        if expire {
+            let expired = self.backend.expire_leases().await?;
+            self.interrupted(&expired);
+        }
         Ok(())
     }
 
@@ -468,20 +472,33 @@ async fn timer(guard: BackgroundGuard) {
 
 /// Renews the leases of running tasks every third of the lease time, and
 /// expires the leases nobody renewed.
+///
+/// After the store was out of reach, leases are renewed but none expired
+/// for a lease's time: no host could renew its leases meanwhile, and the
+/// live ones must be given the time to renew theirs before their tasks
+/// are taken from them (the dead ones' leases expire a lease later).
 async fn heartbeat(inner: std::sync::Weak<Inner>) {
     let period = {
         let Some(inner) = inner.upgrade() else { return };
         inner.config.lease_ttl / 3
     };
     let mut outage = Outage::default();
+    let mut expire_from: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(period).await;
         let Some(inner) = inner.upgrade() else { return };
         if inner.phase() >= Phase::Stopped {
             return;
         }
-        match inner.beat().await {
-            Ok(()) => outage.ended("renewing leases"),
+        // The first beat that reaches the store again only renews.
+        let expire = !outage.ongoing()
+            && expire_from.is_none_or(|at| tokio::time::Instant::now() >= at);
+        match inner.beat(expire).await {
+            Ok(()) => {
+                if outage.ended("renewing leases") {
+                    expire_from = Some(tokio::time::Instant::now() + inner.config.lease_ttl);
+                }
+            }
             Err(e) if e.is_unavailable() => {
                 // Tried again next period: leases are renewed as soon as
                 // the store is back, before this host expires any.
@@ -513,7 +530,9 @@ async fn sweeper(inner: std::sync::Weak<Inner>) {
             .purge_finished(before, inner.config.max_results)
             .await
         {
-            Ok(0) => outage.ended("removing old results"),
+            Ok(0) => {
+                outage.ended("removing old results");
+            }
             Ok(n) => {
                 outage.ended("removing old results");
                 tracing::debug!(removed = n, "retention removed finished tasks");
