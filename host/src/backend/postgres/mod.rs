@@ -19,6 +19,17 @@
 //! makes it (the state machine lives there, not in SQL) and writes it back
 //! in the same transaction, with the row locked.
 //!
+//! # When the server goes away
+//!
+//! A server out of reach (connection refused, closed or broken, a pool
+//! timeout, SQLSTATE `08*`, `57P01`–`57P03`, `53300`, `25P03`) is
+//! [`Error::Unavailable`], not [`Error::Store`]: the call may work once the
+//! server is back, and the pool waits for it (HTTP answers 503
+//! `store_unavailable`). Broken connections are dropped from the pool and
+//! made again at the next call. A session stalled inside a transaction is
+//! ended by the server after 30 s (`idle_in_transaction_session_timeout`),
+//! so that a paused host cannot keep rows locked, and leases unexpired.
+//!
 //! Transactions that make a task ready `NOTIFY wpool_ready`; a connection
 //! of its own `LISTEN`s and wakes the pool
 //! ([`Backend::wait_for_work`]). Polling stays the fallback.
@@ -60,6 +71,11 @@ use super::{Backend, Cancelled, Claim, Completed, Enqueued, LeaseState, Tick};
 use crate::store::{StateCounts, StoredModule, TaskFilter};
 use crate::task::{Completion, Lease, Millis, ModuleHash, TaskId, TaskRecord};
 use crate::{Error, ModuleSettings, Result};
+
+/// How long a session may wait inside a transaction before the server
+/// ends it (its transaction rolled back, its locks released). Every
+/// transaction of this backend is a few statements sent back to back.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(30);
 
 /// A transaction on a pooled connection.
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -250,12 +266,20 @@ fn prepare(
     if config.get_application_name().is_none() {
         config.application_name("wpool");
     }
-    // Durable before seen, whatever the server's default.
-    let server_options = match config.get_options() {
-        Some(given) => format!("{given} -c synchronous_commit=on"),
-        None => "-c synchronous_commit=on".to_string(),
-    };
-    config.options(&server_options);
+    // Durable before seen, whatever the server's default. A host that
+    // stalls inside a transaction (paused, swapped out, cut off) must not
+    // hold its rows locked for long: others skip locked rows, so a lease
+    // it holds locked would never expire. The server ends such a session
+    // after IDLE_IN_TRANSACTION (unless the URL's options say otherwise).
+    let mut server_options = config.get_options().unwrap_or_default().to_string();
+    server_options.push_str(" -c synchronous_commit=on");
+    if !server_options.contains("idle_in_transaction_session_timeout") {
+        server_options.push_str(&format!(
+            " -c idle_in_transaction_session_timeout={}",
+            IDLE_IN_TRANSACTION.as_millis()
+        ));
+    }
+    config.options(server_options.trim());
     let target = describe_target(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -371,8 +395,9 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 /// Whether a driver error says the server is out of reach rather than that
 /// the statement failed: the connection could not be made, was closed or
-/// broke, or the server is shutting down, starting, or full
-/// (SQLSTATE class `08`, `57P01`–`57P03`, `53300`). Such a call may work
+/// broke, the server is shutting down, starting, or full, or it ended a
+/// session that stalled in a transaction (SQLSTATE class `08`,
+/// `57P01`–`57P03`, `53300`, `25P03`). Such a call may work
 /// once the server is back; a failed statement would fail again.
 fn is_unavailable(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
@@ -383,6 +408,7 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
                 SqlState::CRASH_SHUTDOWN,
                 SqlState::CANNOT_CONNECT_NOW,
                 SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
             ]
             .contains(code);
     }
