@@ -168,9 +168,11 @@ fn three_hosts_run_each_task_once_through_a_kill_and_a_pause() {
     let mut ids: Vec<String> = (0..45)
         .map(|i| submit(host(&hosts, i % 3), &whoami, 400))
         .collect();
-    wait_until(Duration::from_secs(30), "the third host to run tasks", || {
-        stats(host(&hosts, 2))["busy"].as_u64() == Some(2)
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the third host to run tasks",
+        || stats(host(&hosts, 2))["busy"].as_u64() == Some(2),
+    );
     // What it recorded so far: a lower bound of what it recorded at all.
     let killed_finished = stats(host(&hosts, 2))["finished"].as_u64().unwrap();
     drop(hosts[2].take()); // SIGKILL: no release, no heartbeat.
@@ -231,7 +233,10 @@ fn three_hosts_run_each_task_once_through_a_kill_and_a_pause() {
     );
     signal(paused, "CONT");
     let (status, result) = other.get(&format!("/v1/tasks/{long}/result?wait=40s"));
-    assert_eq!(status, 200, "the task ran again on the other host: {result}");
+    assert_eq!(
+        status, 200,
+        "the task ran again on the other host: {result}"
+    );
     assert_eq!(result["state"], "succeeded", "{result}");
     assert_eq!(result["interruptions"], 1, "{result}");
     assert_eq!(result["attempts"], 1, "{result}");
@@ -365,7 +370,14 @@ struct Submitted {
 fn postgres_stopped_and_started_under_load_loses_nothing() {
     let cluster = Cluster::start();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let flags = ["--store", &cluster.url, "--workers", "3", "--lease-ttl", "2s"];
+    let flags = [
+        "--store",
+        &cluster.url,
+        "--workers",
+        "3",
+        "--lease-ttl",
+        "2s",
+    ];
     let servers = dirs.each_ref().map(|dir| Server::start(dir.path(), &flags));
     let server = &servers[0];
     let whoami = server.upload(programs::P1_WHOAMI);
@@ -457,7 +469,10 @@ fn postgres_stopped_and_started_under_load_loses_nothing() {
             refused.body
         );
         assert!(
-            refused.retry_after.as_deref().is_some_and(|s| s.parse::<u64>().is_ok()),
+            refused
+                .retry_after
+                .as_deref()
+                .is_some_and(|s| s.parse::<u64>().is_ok()),
             "a 503 without Retry-After: {}",
             refused.body
         );
@@ -474,7 +489,11 @@ fn postgres_stopped_and_started_under_load_loses_nothing() {
         "nothing acknowledged after the outage"
     );
 
-    let tally = check(&[&servers[0], &servers[1]], &acknowledged, Duration::from_secs(40));
+    let tally = check(
+        &[&servers[0], &servers[1]],
+        &acknowledged,
+        Duration::from_secs(40),
+    );
     tally.assert_exactly_once("PostgreSQL stopped and started");
     let leases: Vec<String> = servers
         .iter()

@@ -72,7 +72,8 @@ impl Outage {
 
     /// How long the failures have gone on (zero when there are none).
     pub(super) fn lasted(&self) -> Duration {
-        self.since.map_or(Duration::ZERO, |(began, _)| began.elapsed())
+        self.since
+            .map_or(Duration::ZERO, |(began, _)| began.elapsed())
     }
 
     /// Records a success of `what`: says in the log how long the store

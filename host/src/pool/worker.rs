@@ -273,8 +273,7 @@ impl Inner {
                 }
                 Err(e) if e.is_unavailable() => {
                     uncertain = true;
-                    if self.phase() >= Phase::Stopping && outage.lasted() > self.config.lease_ttl
-                    {
+                    if self.phase() >= Phase::Stopping && outage.lasted() > self.config.lease_ttl {
                         tracing::error!(
                             task = %id,
                             error = %e,
@@ -491,8 +490,8 @@ async fn heartbeat(inner: std::sync::Weak<Inner>) {
             return;
         }
         // The first beat that reaches the store again only renews.
-        let expire = !outage.ongoing()
-            && expire_from.is_none_or(|at| tokio::time::Instant::now() >= at);
+        let expire =
+            !outage.ongoing() && expire_from.is_none_or(|at| tokio::time::Instant::now() >= at);
         match inner.beat(expire).await {
             Ok(()) => {
                 if outage.ended("renewing leases") {
