@@ -15,6 +15,11 @@
 # size.
 #
 # `stop DIR` stops the cluster in DIR and removes DIR.
+#
+# `down DIR` stops the server of the cluster in DIR (fast: sessions are
+# ended) and keeps its data; `up DIR` starts it again on the same port.
+# Tests that take the database away under load use them on a cluster of
+# their own.
 set -euo pipefail
 
 PG_USER=${WPOOL_PG_USER:-postgres}
@@ -46,6 +51,14 @@ as_pg_user() {
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+start_server() {
+    local bin=$1 dir=$2 port=$3
+    as_pg_user "$bin/pg_ctl" --pgdata "$dir/data" --log "$dir/server.log" --wait \
+        --timeout 60 \
+        -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=300 -c synchronous_commit=on" \
+        start > "$dir/pg_ctl.log" 2>&1
 }
 
 start() {
@@ -86,10 +99,8 @@ start() {
     }
     for attempt in 1 2 3 4 5; do
         port=$(free_port)
-        if as_pg_user "$bin/pg_ctl" --pgdata "$dir/data" --log "$dir/server.log" --wait \
-            --timeout 60 \
-            -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=300 -c synchronous_commit=on" \
-            start > "$dir/pg_ctl.log" 2>&1; then
+        if start_server "$bin" "$dir" "$port"; then
+            echo "$port" > "$dir/port"
             echo "export WPOOL_TEST_POSTGRES='postgres://wpool@127.0.0.1:$port/postgres'"
             echo "export WPOOL_PG_CLUSTER='$dir'"
             echo "pg-cluster: PostgreSQL on 127.0.0.1:$port, data in $dir" >&2
@@ -118,11 +129,36 @@ stop() {
     rm -rf "$dir"
 }
 
+down() {
+    local dir=${1:-}
+    if [ -z "$dir" ] || [ ! -f "$dir/port" ]; then
+        echo "pg-cluster: down: no cluster directory given (or one made before \`port\` was kept)" >&2
+        exit 1
+    fi
+    cd "$dir"
+    as_pg_user "$(find_bin)/pg_ctl" --pgdata "$dir/data" --mode fast --wait stop > /dev/null
+}
+
+up() {
+    local dir=${1:-}
+    if [ -z "$dir" ] || [ ! -f "$dir/port" ]; then
+        echo "pg-cluster: up: no cluster directory given (or one made before \`port\` was kept)" >&2
+        exit 1
+    fi
+    cd "$dir"
+    start_server "$(find_bin)" "$dir" "$(cat "$dir/port")" || {
+        cat "$dir/pg_ctl.log" >&2
+        exit 1
+    }
+}
+
 case "${1:-}" in
 start) start ;;
 stop) stop "${2:-}" ;;
+down) down "${2:-}" ;;
+up) up "${2:-}" ;;
 *)
-    echo "usage: $0 start | stop DIR" >&2
+    echo "usage: $0 start | stop DIR | down DIR | up DIR" >&2
     exit 2
     ;;
 esac

@@ -81,6 +81,14 @@ pub enum Error {
     #[error("store: {0}")]
     Store(String),
 
+    /// The store is out of reach for now (a PostgreSQL server that is
+    /// down, restarting or cut off): nothing was changed that the caller
+    /// was told of. Retry later; the pool itself waits for the store and
+    /// carries on when it is back. The message names the store and the
+    /// cause.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+
     /// An I/O error on a file the library was asked to read or write.
     #[error("{path}: {source}")]
     Io {
@@ -94,6 +102,14 @@ pub enum Error {
     /// An unexpected failure inside the host (not the task's fault).
     #[error("host error: {0}")]
     Host(String),
+}
+
+impl Error {
+    /// Whether the store was out of reach: trying again later may work
+    /// ([`Error::Unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
 }
 
 /// The library's result type.

@@ -12,6 +12,7 @@ mod examples;
 mod executor;
 mod outputs;
 mod pg;
+mod pg_hosts;
 mod pool;
 mod postgres;
 mod server;

@@ -63,7 +63,9 @@ fn hosts_starting_together_migrate_once() {
     ));
 }
 
-/// A server out of reach is a store error that says where and what to do.
+/// A server out of reach is an unavailable store, and the error says where
+/// and what to do; a missing database is a store error (waiting will not
+/// make it).
 #[test]
 fn an_unreachable_server_is_a_clear_error() {
     // Nothing listens on port 1.
@@ -73,7 +75,7 @@ fn an_unreachable_server_is_a_clear_error() {
     )
     .unwrap_err();
     let message = error.to_string();
-    assert!(matches!(error, Error::Store(_)), "{message}");
+    assert!(matches!(error, Error::Unavailable(_)), "{message}");
     assert!(
         message.contains("cannot reach PostgreSQL at 127.0.0.1:1/nothing"),
         "{message}"

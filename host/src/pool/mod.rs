@@ -13,11 +13,18 @@
 //! tasks to the queue at their time. No lock of the pool is held while a
 //! task runs or while the backend is called.
 //!
+//! While the store is out of reach ([`Error::Unavailable`]) every loop
+//! waits for it with growing pauses (up to 2 s) and says so in the log
+//! once, then every 30 s; a run's end is kept and recorded once the store
+//! is back (`outage`).
+//!
 //! Files: `config` (setup), `submit` (submission and backpressure),
-//! `worker` (dispatcher, runs, heartbeat, timer, retention), `events`.
+//! `worker` (dispatcher, runs, heartbeat, timer, retention), `outage`,
+//! `events`.
 
 mod config;
 pub(crate) mod events;
+mod outage;
 mod rate;
 mod submit;
 mod worker;
@@ -958,6 +965,9 @@ impl Inner {
                             }
                         }
                         Ok(None) => break Err(Error::NotFound(id)),
+                        // The store comes back, or the caller's timeout
+                        // ends the wait.
+                        Err(e) if e.is_unavailable() => {}
                         Err(e) => break Err(e),
                     }
                 }

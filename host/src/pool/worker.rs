@@ -7,13 +7,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::events::EventKind;
+use super::outage::Outage;
 use super::{BackgroundGuard, Inner, Phase, Running};
 use crate::backend::{Completed, LeaseState};
 use crate::task::{Completion, Lease, Payload, Slot, TaskRecord, TaskState, now_millis};
 use crate::{CancellationToken, Error, Outcome, Result, RunReport};
 
-/// How many times recording a run's end is tried before the pool gives up
-/// on it (the task then runs again once its lease expires).
+/// How many times recording a run's end is tried, when the store fails
+/// otherwise than by being out of reach, before the pool gives up on it
+/// (the task then runs again once its lease expires). While the store is
+/// out of reach ([`Error::Unavailable`]) the pool tries until it is back.
 const COMPLETE_TRIES: u32 = 8;
 
 /// Starts the dispatcher, timer, heartbeat and retention of a new pool;
@@ -45,6 +48,7 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
             Err(e) => tracing::warn!(error = %e, "cannot count the waiting tasks"),
         }
     }
+    let mut outage = Outage::default();
     loop {
         let notified = inner.work.notified();
         tokio::pin!(notified);
@@ -53,6 +57,9 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
         if phase >= Phase::Stopping {
             break;
         }
+        // While the store is out of reach, word of new work (which other
+        // hosts cannot send then anyway) does not cut the pause short.
+        let mut hear_of_work = true;
         let free = if inner.paused.load(Ordering::SeqCst) {
             0
         } else {
@@ -65,6 +72,7 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
         if free > 0 {
             match inner.backend.claim(free, ttl).await {
                 Ok(claim) => {
+                    outage.ended("claiming tasks");
                     inner.left_queue(claim.claimed.len() + claim.expired.len());
                     for record in &claim.expired {
                         inner.finished(record);
@@ -77,6 +85,10 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
                         continue; // there may be more
                     }
                 }
+                Err(e) if e.is_unavailable() => {
+                    pause = outage.failed("claiming tasks", &e);
+                    hear_of_work = false;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot claim tasks; trying again in 1 s");
                     pause = Duration::from_secs(1);
@@ -88,7 +100,7 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
         }
         tokio::select! {
             () = notified => {}
-            () = inner.backend.wait_for_work() => {}
+            () = inner.backend.wait_for_work(), if hear_of_work => {}
             () = tokio::time::sleep(pause) => {}
         }
     }
@@ -136,7 +148,7 @@ impl Inner {
                 }
             }
         } else {
-            recorded = self.record_run(lease, report).await;
+            recorded = self.record_run(&record, lease, report).await;
         }
         // The worker is free before anyone hears of the end: a waiter given
         // the result sees the pool idle.
@@ -209,9 +221,22 @@ impl Inner {
             .await
     }
 
-    /// Records the end of a run under its lease; the task as recorded, or
-    /// `None` if the lease was lost or the backend kept failing.
-    async fn record_run(&self, lease: Lease, report: RunReport) -> Option<TaskRecord> {
+    /// Records the end of a run of `record` under its lease; the task as
+    /// recorded, or `None` if the lease was lost or the backend kept
+    /// failing.
+    ///
+    /// While the store is out of reach the end is tried again, with
+    /// growing pauses, until it is recorded or refused: a result is never
+    /// dropped because the database restarted. (The heartbeat keeps
+    /// renewing the lease meanwhile: the run still counts as running.) Only
+    /// a pool that stops gives up, once the outage outlasted a lease; the
+    /// task then runs again elsewhere or at the next start.
+    async fn record_run(
+        &self,
+        record: &TaskRecord,
+        lease: Lease,
+        report: RunReport,
+    ) -> Option<TaskRecord> {
         let id = lease.task;
         let run = Completion {
             outcome: report.outcome,
@@ -222,11 +247,23 @@ impl Inner {
             fuel_consumed: report.fuel_consumed,
             at: now_millis(),
         };
+        let mut outage = Outage::default();
+        // A call cut off by the outage may have committed before its
+        // answer was lost.
+        let mut uncertain = false;
+        let mut failures = 0;
         let mut wait = Duration::from_millis(50);
-        for tries in 1..=COMPLETE_TRIES {
+        loop {
             match self.backend.complete(&lease, run.clone()).await {
-                Ok(Completed::Recorded(record)) => return Some(*record),
+                Ok(Completed::Recorded(record)) => {
+                    outage.ended("recording a task's result");
+                    return Some(*record);
+                }
                 Ok(Completed::LeaseLost) => {
+                    outage.ended("recording a task's result");
+                    if uncertain && let Some(ours) = self.recorded_before(record, &run).await {
+                        return ours;
+                    }
                     tracing::warn!(
                         task = %id,
                         "the task's lease was lost while it ran (its host stalled or was cut \
@@ -234,21 +271,71 @@ impl Inner {
                     );
                     return None;
                 }
-                Err(e) if tries < COMPLETE_TRIES => {
-                    tracing::warn!(task = %id, error = %e, tries, "cannot record the task's result; trying again");
+                Err(e) if e.is_unavailable() => {
+                    uncertain = true;
+                    if self.phase() >= Phase::Stopping && outage.lasted() > self.config.lease_ttl {
+                        tracing::error!(
+                            task = %id,
+                            error = %e,
+                            "cannot record the task's result before the pool stops: the store \
+                             is out of reach; the task runs again when its lease expires"
+                        );
+                        return None;
+                    }
+                    let pause = outage.failed("recording a task's result", &e);
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= COMPLETE_TRIES {
+                        tracing::error!(
+                            task = %id,
+                            error = %e,
+                            "cannot record the task's result; it runs again when its lease expires"
+                        );
+                        return None;
+                    }
+                    tracing::warn!(task = %id, error = %e, tries = failures, "cannot record the task's result; trying again");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => {
-                    tracing::error!(
-                        task = %id,
-                        error = %e,
-                        "cannot record the task's result; it runs again when its lease expires"
-                    );
-                }
             }
         }
-        None
+    }
+
+    /// After a completion was refused for a lost lease, though an earlier
+    /// try of it may have committed (its answer lost with the
+    /// connection): whether the task's history holds this very run's end
+    /// (the same attempt, started at the same time, with the same outcome
+    /// and duration). `Some(Some(task))` if it does and the task is still
+    /// as that run left it, `Some(None)` if it does and the task moved on
+    /// since, `None` if the run's end is not there (the lease was lost
+    /// indeed).
+    async fn recorded_before(
+        &self,
+        claimed: &TaskRecord,
+        run: &Completion,
+    ) -> Option<Option<TaskRecord>> {
+        let ours = claimed.attempts.last()?;
+        let stored = match self.backend.get(&claimed.id).await {
+            Ok(stored) => stored?,
+            Err(e) => {
+                tracing::warn!(task = %claimed.id, error = %e, "cannot read the task back to see whether its result was recorded");
+                return None;
+            }
+        };
+        let at = stored.attempts.iter().position(|a| {
+            a.number == ours.number
+                && a.started_at == ours.started_at
+                && a.duration_us == run.duration_us
+                && a.outcome.as_ref() == Some(&run.outcome)
+        })?;
+        tracing::info!(
+            task = %claimed.id,
+            "the task's result was recorded before the store was cut off; its answer was lost"
+        );
+        let current = at + 1 == stored.attempts.len() && stored.state != TaskState::Running;
+        Some(current.then_some(stored))
     }
 
     /// After a run's end was recorded.
@@ -298,7 +385,9 @@ impl Inner {
         }
     }
 
-    async fn beat(&self) -> Result<()> {
+    /// Renews the leases of this pool's runs; with `expire`, then expires
+    /// the leases nobody renewed in time.
+    async fn beat(&self, expire: bool) -> Result<()> {
         let leases: Vec<Lease> = self.lock_running().values().map(|r| r.lease).collect();
         if !leases.is_empty() {
             let states = self.backend.renew(&leases, self.config.lease_ttl).await?;
@@ -317,16 +406,19 @@ impl Inner {
                 }
             }
         }
-        let expired = self.backend.expire_leases().await?;
-        self.interrupted(&expired);
+        if expire {
+            let expired = self.backend.expire_leases().await?;
+            self.interrupted(&expired);
+        }
         Ok(())
     }
 
     /// Moves due delayed tasks to the queue and expires overdue ones;
     /// returns when to look again.
-    async fn tick(&self) -> Option<u64> {
+    async fn tick(&self, outage: &mut Outage) -> Option<u64> {
         match self.backend.tick().await {
             Ok(tick) => {
+                outage.ended("moving due tasks");
                 if tick.promoted > 0 {
                     self.work.notify_one();
                 }
@@ -339,6 +431,11 @@ impl Inner {
                 }
                 tick.next
             }
+            Err(e) if e.is_unavailable() => {
+                let pause = outage.failed("moving due tasks", &e);
+                let pause = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+                Some(now_millis().saturating_add(pause))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot move due tasks to the queue; trying again in 1 s");
                 Some(now_millis() + 1000)
@@ -349,6 +446,7 @@ impl Inner {
 
 async fn timer(guard: BackgroundGuard) {
     let inner = guard.inner();
+    let mut outage = Outage::default();
     loop {
         let notified = inner.timer.notified();
         tokio::pin!(notified);
@@ -356,7 +454,7 @@ async fn timer(guard: BackgroundGuard) {
         if inner.phase() >= Phase::Stopping {
             break;
         }
-        let next = inner.tick().await;
+        let next = inner.tick(&mut outage).await;
         let mut sleep_ms = next.map_or(3_600_000, |at| at.saturating_sub(now_millis()).max(1));
         if inner.backend.is_shared() {
             // Another host may schedule a task earlier than anything this
@@ -373,19 +471,39 @@ async fn timer(guard: BackgroundGuard) {
 
 /// Renews the leases of running tasks every third of the lease time, and
 /// expires the leases nobody renewed.
+///
+/// After the store was out of reach, leases are renewed but none expired
+/// for a lease's time: no host could renew its leases meanwhile, and the
+/// live ones must be given the time to renew theirs before their tasks
+/// are taken from them (the dead ones' leases expire a lease later).
 async fn heartbeat(inner: std::sync::Weak<Inner>) {
     let period = {
         let Some(inner) = inner.upgrade() else { return };
         inner.config.lease_ttl / 3
     };
+    let mut outage = Outage::default();
+    let mut expire_from: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(period).await;
         let Some(inner) = inner.upgrade() else { return };
         if inner.phase() >= Phase::Stopped {
             return;
         }
-        if let Err(e) = inner.beat().await {
-            tracing::warn!(error = %e, "heartbeat failed; will retry");
+        // The first beat that reaches the store again only renews.
+        let expire =
+            !outage.ongoing() && expire_from.is_none_or(|at| tokio::time::Instant::now() >= at);
+        match inner.beat(expire).await {
+            Ok(()) => {
+                if outage.ended("renewing leases") {
+                    expire_from = Some(tokio::time::Instant::now() + inner.config.lease_ttl);
+                }
+            }
+            Err(e) if e.is_unavailable() => {
+                // Tried again next period: leases are renewed as soon as
+                // the store is back, before this host expires any.
+                outage.failed("renewing leases", &e);
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
         }
     }
 }
@@ -397,6 +515,7 @@ async fn sweeper(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         (inner.config.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
     };
+    let mut outage = Outage::default();
     loop {
         tokio::time::sleep(period).await;
         let Some(inner) = inner.upgrade() else { return };
@@ -410,8 +529,11 @@ async fn sweeper(inner: std::sync::Weak<Inner>) {
             .purge_finished(before, inner.config.max_results)
             .await
         {
-            Ok(0) => {}
+            Ok(0) => {
+                outage.ended("removing old results");
+            }
             Ok(n) => {
+                outage.ended("removing old results");
                 tracing::debug!(removed = n, "retention removed finished tasks");
                 if inner.config.gc_modules {
                     match inner.backend.gc_modules().await {
@@ -422,6 +544,9 @@ async fn sweeper(inner: std::sync::Weak<Inner>) {
                         }
                     }
                 }
+            }
+            Err(e) if e.is_unavailable() => {
+                outage.failed("removing old results", &e);
             }
             Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
         }

@@ -14,6 +14,10 @@ use utoipa::ToSchema;
 
 use crate::Error;
 
+/// The `Retry-After` of a `store_unavailable` answer, in seconds: a
+/// database restart takes a few.
+const STORE_RETRY_AFTER_SECS: u64 = 2;
+
 /// An error answer of the API.
 #[derive(Debug)]
 pub struct ApiError {
@@ -96,6 +100,10 @@ pub enum ErrorCode {
     StorageFull,
     /// 503: the server is shutting down.
     ShuttingDown,
+    /// 503: the task store (a PostgreSQL server) is out of reach; nothing
+    /// was stored. Retry after `Retry-After`: the server carries on when
+    /// the store is back.
+    StoreUnavailable,
     /// Any other error status.
     HttpError,
 }
@@ -180,6 +188,18 @@ impl From<Error> for ApiError {
                 "shutting_down",
                 "the server is shutting down and accepts no new tasks; retry after it restarts",
             ),
+            Error::Unavailable(cause) => {
+                // Every request during an outage would log it: the pool
+                // warns of the outage itself.
+                tracing::debug!(error = %cause, "the store is out of reach");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the task store is out of reach for now (the server's log says why); \
+                     retry after Retry-After seconds",
+                )
+                .retry_after(STORE_RETRY_AFTER_SECS)
+            }
             other => Self::internal(&other),
         }
     }

@@ -231,6 +231,7 @@ fn error_codes() -> Vec<Value> {
         Busy,
         StorageFull,
         ShuttingDown,
+        StoreUnavailable,
         HttpError,
     ]
     .iter()
@@ -248,7 +249,7 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value, with_toke
         })
     };
     let busy = json!({
-        "description": "too many request bodies in flight, or shutting down; retry after Retry-After",
+        "description": "too many request bodies in flight, the task store out of reach (`store_unavailable`), or shutting down; retry after Retry-After",
         "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0},
                      "description": "seconds to wait before retrying"}},
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}

@@ -19,6 +19,17 @@
 //! makes it (the state machine lives there, not in SQL) and writes it back
 //! in the same transaction, with the row locked.
 //!
+//! # When the server goes away
+//!
+//! A server out of reach (connection refused, closed or broken, a pool
+//! timeout, SQLSTATE `08*`, `57P01`–`57P03`, `53300`, `25P03`) is
+//! [`Error::Unavailable`], not [`Error::Store`]: the call may work once the
+//! server is back, and the pool waits for it (HTTP answers 503
+//! `store_unavailable`). Broken connections are dropped from the pool and
+//! made again at the next call. A session stalled inside a transaction is
+//! ended by the server after 30 s (`idle_in_transaction_session_timeout`),
+//! so that a paused host cannot keep rows locked, and leases unexpired.
+//!
 //! Transactions that make a task ready `NOTIFY wpool_ready`; a connection
 //! of its own `LISTEN`s and wakes the pool
 //! ([`Backend::wait_for_work`]). Polling stays the fallback. The pools'
@@ -63,6 +74,11 @@ use super::{Backend, Cancelled, Claim, Completed, Enqueued, LeaseState, Tick};
 use crate::store::{StateCounts, StoredModule, TaskFilter};
 use crate::task::{Completion, Lease, Millis, ModuleHash, TaskId, TaskRecord};
 use crate::{Error, ModuleSettings, Result};
+
+/// How long a session may wait inside a transaction before the server
+/// ends it (its transaction rolled back, its locks released). Every
+/// transaction of this backend is a few statements sent back to back.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(30);
 
 /// A transaction on a pooled connection.
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -170,8 +186,9 @@ impl Drop for PostgresBackend {
 impl PostgresBackend {
     /// Connects to the database at `url` (`postgres://user@host:port/db`,
     /// or the key-value form `host=… dbname=…`), creating or migrating
-    /// its tables. Fails with [`Error::Store`] when the server cannot be
-    /// reached or holds a schema newer than this build knows.
+    /// its tables. Fails with [`Error::Unavailable`] when the server cannot
+    /// be reached, and with [`Error::Store`] when the database does not
+    /// exist or holds a schema newer than this build knows.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, &PostgresOptions::default()).await
     }
@@ -254,12 +271,20 @@ fn prepare(
     if config.get_application_name().is_none() {
         config.application_name("wpool");
     }
-    // Durable before seen, whatever the server's default.
-    let server_options = match config.get_options() {
-        Some(given) => format!("{given} -c synchronous_commit=on"),
-        None => "-c synchronous_commit=on".to_string(),
-    };
-    config.options(&server_options);
+    // Durable before seen, whatever the server's default. A host that
+    // stalls inside a transaction (paused, swapped out, cut off) must not
+    // hold its rows locked for long: others skip locked rows, so a lease
+    // it holds locked would never expire. The server ends such a session
+    // after IDLE_IN_TRANSACTION (unless the URL's options say otherwise).
+    let mut server_options = config.get_options().unwrap_or_default().to_string();
+    server_options.push_str(" -c synchronous_commit=on");
+    if !server_options.contains("idle_in_transaction_session_timeout") {
+        server_options.push_str(&format!(
+            " -c idle_in_transaction_session_timeout={}",
+            IDLE_IN_TRANSACTION.as_millis()
+        ));
+    }
+    config.options(server_options.trim());
     let target = describe_target(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -321,7 +346,7 @@ async fn start(
 
 impl Shared {
     /// A pooled connection, or a clear error when the server is out of
-    /// reach.
+    /// reach ([`Error::Unavailable`]).
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| {
             if let deadpool_postgres::PoolError::Backend(e) = &e
@@ -334,18 +359,23 @@ impl Shared {
                     describe(e)
                 ));
             }
-            let cause = match &e {
-                deadpool_postgres::PoolError::Backend(e) => describe(e),
+            let (cause, unavailable) = match &e {
+                deadpool_postgres::PoolError::Backend(e) => (describe(e), is_unavailable(e)),
                 deadpool_postgres::PoolError::Timeout(_) => {
-                    "timed out waiting for a connection".to_string()
+                    ("timed out waiting for a connection".to_string(), true)
                 }
-                e => e.to_string(),
+                e => (e.to_string(), false),
             };
-            Error::Store(format!(
+            let message = format!(
                 "cannot reach PostgreSQL at {}: {cause}; check that the server runs and that \
                  the URL given (--store or WPOOL_STORE) names it",
                 self.target
-            ))
+            );
+            if unavailable {
+                Error::Unavailable(message)
+            } else {
+                Error::Store(message)
+            }
         })
     }
 }
@@ -371,9 +401,50 @@ fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
-/// A driver error while doing `what`, as the crate's error.
+/// Whether a driver error says the server is out of reach rather than that
+/// the statement failed: the connection could not be made, was closed or
+/// broke, the server is shutting down, starting, or full, or it ended a
+/// session that stalled in a transaction (SQLSTATE class `08`,
+/// `57P01`–`57P03`, `53300`, `25P03`). Such a call may work
+/// once the server is back; a failed statement would fail again.
+fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if let Some(code) = e.code() {
+        return code.code().starts_with("08")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            ]
+            .contains(code);
+    }
+    if e.is_closed() {
+        return true;
+    }
+    // The driver's kinds are private: its text names them (I/O on the
+    // connection, connecting, a connect timeout).
+    let text = e.to_string();
+    [
+        "error communicating with the server",
+        "error connecting to server",
+        "timeout waiting for server",
+    ]
+    .iter()
+    .any(|kind| text.starts_with(kind))
+}
+
+/// A driver error while doing `what`, as the crate's error:
+/// [`Error::Unavailable`] when the server is out of reach
+/// ([`is_unavailable`]), [`Error::Store`] otherwise.
 fn db_error(what: &str, e: &tokio_postgres::Error) -> Error {
-    Error::Store(format!("PostgreSQL, {what}: {}", describe(e)))
+    let message = format!("PostgreSQL, {what}: {}", describe(e));
+    if is_unavailable(e) {
+        Error::Unavailable(message)
+    } else {
+        Error::Store(message)
+    }
 }
 
 /// [`Millis`] as a `bigint`.
