@@ -31,7 +31,7 @@ pub struct ErrorBody {
 }
 
 /// What went wrong.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable, machine-readable code (one of [`ErrorCode`]).
     #[schema(value_type = ErrorCode)]
@@ -150,6 +150,14 @@ impl ApiError {
     /// The stable code.
     pub fn code(&self) -> &'static str {
         self.code
+    }
+
+    /// The code and message, as an error answer's body carries them.
+    pub(crate) fn into_detail(self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code.to_string(),
+            message: self.message,
+        }
     }
 }
 

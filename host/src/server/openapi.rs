@@ -119,6 +119,7 @@ pub(crate) fn document(config: &ServerConfig, max_workers: usize) -> Value {
         json!({"type": "string", "enum": ["cancelled", "killed"]});
     schemas["CancelAnswer"]["properties"]["id"]["pattern"] = json!(ID_PATTERN);
 
+    batch(&mut doc);
     add_examples_and_links(&mut doc);
     // Each server-sent event: its name (the event's kind, or `lagged`) and
     // its data, a JSON object.
@@ -153,6 +154,31 @@ pub(crate) fn document(config: &ServerConfig, max_workers: usize) -> Value {
         }
     }
     doc
+}
+
+/// `POST /v1/tasks:batch`: the same array of tasks under each media type
+/// it takes (as JSON Lines, each element is a line), and an item that is
+/// either a task or an error.
+fn batch(doc: &mut Value) {
+    use super::types::MAX_BATCH;
+    let tasks = json!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_BATCH,
+        "items": {"$ref": "#/components/schemas/SubmitTask"}
+    });
+    let content = &mut doc["paths"]["/v1/tasks:batch"]["post"]["requestBody"]["content"];
+    content["application/json"]["schema"] = tasks.clone();
+    for lines in ["application/x-ndjson", "application/jsonl"] {
+        content[lines] = json!({"schema": tasks});
+    }
+    let item = &mut doc["components"]["schemas"]["BatchItem"];
+    item["properties"]["id"]["pattern"] = json!(ID_PATTERN);
+    item["properties"]["error"] = json!({"$ref": "#/components/schemas/ErrorDetail"});
+    item["oneOf"] = json!([
+        {"required": ["id", "created"], "not": {"required": ["error"]}},
+        {"required": ["error"], "not": {"anyOf": [{"required": ["id"]}, {"required": ["created"]}]}},
+    ]);
 }
 
 /// The smallest WASI command: `_start` does nothing. Every byte is ASCII,
