@@ -37,7 +37,9 @@ pub(crate) struct SubmitArgs {
     #[arg(short, long, value_name = "FILE", conflicts_with = "inputs")]
     pub(crate) input: Option<PathBuf>,
     /// A batch: one task per line of this JSON Lines file (`-` for stdin);
-    /// each line is one task's input. Results are written as JSON lines.
+    /// each line is one task's input. Sent 500 lines per request to
+    /// `POST /v1/tasks:batch`. Results are written as JSON lines, each
+    /// with its line in the file (blank lines skipped, but counted).
     #[arg(long, value_name = "FILE.jsonl")]
     pub(crate) inputs: Option<PathBuf>,
     /// Wait for the result and print it (a spinner shows the task's state).
@@ -78,7 +80,8 @@ pub(crate) struct SubmitArgs {
     /// A label `key=value`; repeat for several.
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     pub(crate) labels: Vec<(String, String)>,
-    /// Submissions in flight at once for a batch.
+    /// Requests in flight at once for a batch (each a chunk of up to 500
+    /// lines), and results waited for at once with `--wait`.
     #[arg(long, default_value_t = 8)]
     pub(crate) concurrency: usize,
     /// The data directory used when no daemon is reachable.
