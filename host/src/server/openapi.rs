@@ -174,6 +174,7 @@ fn batch(doc: &mut Value) {
     }
     let item = &mut doc["components"]["schemas"]["BatchItem"];
     item["properties"]["id"]["pattern"] = json!(ID_PATTERN);
+    item["properties"]["line"]["minimum"] = json!(1);
     item["properties"]["error"] = json!({"$ref": "#/components/schemas/ErrorDetail"});
     item["oneOf"] = json!([
         {"required": ["id", "created"], "not": {"required": ["error"]}},
@@ -203,6 +204,18 @@ fn add_examples_and_links(doc: &mut Value) {
     upload["application/octet-stream"] = upload["application/wasm"].clone();
     paths["/v1/tasks"]["post"]["requestBody"]["content"]["application/json"]["example"] =
         json!({"module": hash, "input": {"name": "Ada"}, "timeout": "5s"});
+    let batch = json!([
+        {"module": hash, "input": {"name": "Ada"}},
+        {"module": hash, "input": {"name": "Grace"}, "idempotency_key": "grace"},
+    ]);
+    for media in [
+        "application/json",
+        "application/x-ndjson",
+        "application/jsonl",
+    ] {
+        paths["/v1/tasks:batch"]["post"]["requestBody"]["content"][media]["example"] =
+            batch.clone();
+    }
     let by_hash = json!({"hash": "$response.body#/hash"});
     let module_links = json!({
         "GetModule": {"operationId": "get_module", "parameters": by_hash},

@@ -447,8 +447,9 @@ async fn submit_task(
 /// The body is a JSON array of the task objects `POST /v1/tasks` takes
 /// (`application/json`), or JSON Lines (`application/x-ndjson` or
 /// `application/jsonl`): one task object per line, blank lines skipped but
-/// counted. At most 10000 tasks, within the same body limit as one task;
-/// an empty batch is refused (400), a larger one too (413).
+/// counted. At most 10000 tasks, within the body limit of one task plus
+/// 512 bytes per task; an empty batch is refused (400), a larger one too
+/// (413).
 ///
 /// The answer (200) has one item per task, in order: the task's `id` and
 /// whether this call `created` it or its idempotency key named an existing
