@@ -150,36 +150,38 @@ pub(crate) fn batch_bar(len: usize, what: &str) -> indicatif::ProgressBar {
     let bar = ProgressBar::new(len as u64);
     let recent = Arc::new(Mutex::new(RecentRate::default()));
     let rate = recent.clone();
-    let style = ProgressStyle::with_template(
-        "{prefix:>10} [{bar:40}] {pos}/{len} {tasks_per_sec} {recent_eta}",
-    )
-    .map(|style| {
-        style
-            .with_key(
-                "tasks_per_sec",
-                move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                    let mut rate = rate.lock().unwrap_or_else(|e| e.into_inner());
-                    rate.record(state.elapsed(), state.pos());
-                    let per_sec = rate.per_sec().unwrap_or_else(|| state.per_sec());
-                    let _ = w.write_str(&format_rate(per_sec));
-                },
-            )
-            .with_key(
-                "recent_eta",
-                move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                    let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
-                    recent.record(state.elapsed(), state.pos());
-                    let eta = recent.eta(state.len().unwrap_or(0));
-                    let _ = w.write_str(&format_eta(eta));
-                },
-            )
-            .progress_chars("=> ")
-    })
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(BATCH_TEMPLATE)
+        .map(|style| {
+            style
+                .with_key(
+                    "tasks_per_sec",
+                    move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let mut rate = rate.lock().unwrap_or_else(|e| e.into_inner());
+                        rate.record(state.elapsed(), state.pos());
+                        let per_sec = rate.per_sec().unwrap_or_else(|| state.per_sec());
+                        let _ = w.write_str(&format_rate(per_sec));
+                    },
+                )
+                .with_key(
+                    "recent_eta",
+                    move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
+                        recent.record(state.elapsed(), state.pos());
+                        let eta = recent.eta(state.len().unwrap_or(0));
+                        let _ = w.write_str(&format_eta(eta));
+                    },
+                )
+                .progress_chars("=> ")
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_prefix(what.to_string());
     bar
 }
+
+/// The line of a batch's bar; `tasks_per_sec` and `recent_eta` are ours
+/// (see [`batch_bar`]), not indicatif's `{per_sec}` and `{eta}`.
+const BATCH_TEMPLATE: &str = "{prefix:>10} [{bar:40}] {pos}/{len} {tasks_per_sec} {recent_eta}";
 
 /// A rate as the bars show it: whole tasks per second (`2082/s`, not
 /// `2,082.3542/s`).
@@ -310,6 +312,67 @@ mod tests {
         assert!(rate.eta(100).is_some());
         rate.record(secs(3.5), 100);
         assert_eq!(rate.eta(100), Some(Duration::ZERO));
+    }
+
+    /// A terminal that keeps what is drawn on it.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(std::sync::Arc<std::sync::Mutex<String>>);
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            120
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_bar_shows_a_whole_rate_and_no_eta_from_the_first_burst() {
+        assert!(indicatif::ProgressStyle::with_template(BATCH_TEMPLATE).is_ok());
+        let screen = Screen::default();
+        let bar = batch_bar(10_000, "submitted");
+        bar.set_draw_target(indicatif::ProgressDrawTarget::term_like(Box::new(
+            screen.clone(),
+        )));
+        bar.inc(500);
+        bar.tick();
+        let drawn = screen.0.lock().unwrap().clone();
+        assert!(drawn.contains(" submitted ["), "{drawn}");
+        assert!(drawn.contains("500/10000 "), "{drawn}");
+        assert!(drawn.contains("eta -"), "no ETA yet: {drawn}");
+        let rate = drawn
+            .split_whitespace()
+            .find(|w| w.ends_with("/s"))
+            .unwrap_or_else(|| panic!("a rate: {drawn}"));
+        assert!(
+            rate.trim_end_matches("/s")
+                .bytes()
+                .all(|b| b.is_ascii_digit()),
+            "whole tasks per second: {drawn}"
+        );
     }
 
     #[test]
