@@ -151,7 +151,13 @@ fn a_json_lines_batch_names_lines_counting_blank_ones_and_bad_batches_are_refuse
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains(says), "{message}");
     };
-    refused("application/json", b"[]", 400, "invalid_request", "no tasks");
+    refused(
+        "application/json",
+        b"[]",
+        400,
+        "invalid_request",
+        "no tasks",
+    );
     refused(
         "application/x-ndjson",
         b"\n \n",
@@ -166,7 +172,21 @@ fn a_json_lines_batch_names_lines_counting_blank_ones_and_bad_batches_are_refuse
         "invalid_request",
         "JSON array",
     );
-    refused("application/json", b"[{", 400, "malformed_json", "not valid JSON");
+    refused(
+        "application/json",
+        b"[{",
+        400,
+        "malformed_json",
+        "not valid JSON",
+    );
+    // JSON Lines sent as JSON: the message says which type to send.
+    refused(
+        "application/json",
+        body.trim_start().as_bytes(),
+        400,
+        "malformed_json",
+        "application/x-ndjson",
+    );
     let many = Value::Array(vec![json!({"module": module}); 10_001]);
     refused(
         "application/json",
@@ -204,7 +224,11 @@ fn a_full_queue_refuses_the_whole_batch_with_retry_after() {
         retry_after.is_some_and(|s| s.parse::<u64>().is_ok()),
         "Retry-After"
     );
-    assert_eq!(total_tasks(&server), 3, "nothing of the refused batch stored");
+    assert_eq!(
+        total_tasks(&server),
+        3,
+        "nothing of the refused batch stored"
+    );
     // 2 more fit.
     let (status, answer) = batch(&server, "application/json", tasks(2).as_bytes());
     assert_eq!(status, 200, "{answer}");
@@ -276,7 +300,10 @@ fn submit_inputs_uses_the_batch_endpoint_with_the_files_line_numbers() {
     assert_eq!(lines[1]["line"], 3);
     let error = lines[1]["error"].as_str().unwrap();
     assert!(error.contains("more than the limit"), "{error}");
-    assert!(!error.contains("item "), "the file's line, not the request's item: {error}");
+    assert!(
+        !error.contains("item "),
+        "the file's line, not the request's item: {error}"
+    );
     assert_eq!(lines[2]["line"], 4);
     assert!(lines[2]["id"].is_string());
     assert!(
@@ -303,7 +330,11 @@ fn submit_inputs_uses_the_batch_endpoint_with_the_files_line_numbers() {
         ],
     );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("line 4: not JSON"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 4: not JSON"),
+        "{}",
+        stderr(&out)
+    );
 
     // One key for every line: the first line creates the task, the others
     // name it.
@@ -325,7 +356,10 @@ fn submit_inputs_uses_the_batch_endpoint_with_the_files_line_numbers() {
         .collect();
     assert_eq!(lines.len(), 3);
     assert!(lines[0].get("existing").is_none(), "{}", lines[0]);
-    assert!(lines[1..].iter().all(|l| l["existing"] == true), "{lines:?}");
+    assert!(
+        lines[1..].iter().all(|l| l["existing"] == true),
+        "{lines:?}"
+    );
     assert!(lines.iter().all(|l| l["id"] == lines[0]["id"]), "{lines:?}");
 
     // No server at the address named: exit 4, nothing submitted.
@@ -354,7 +388,11 @@ fn submit_inputs_with_no_server_numbers_lines_as_the_file_does() {
         data,
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stderr(&out).contains("queued 3 task(s)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("queued 3 task(s)"),
+        "{}",
+        stderr(&out)
+    );
     let lines: Vec<Value> = stdout(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -561,7 +561,20 @@ type BatchEntry = (Option<usize>, Result<SubmitTask, ApiError>);
 
 /// The items of a JSON array body.
 fn batch_array(body: &[u8]) -> Result<Vec<BatchEntry>, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body)?;
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        // One value, then more on the next line: JSON Lines sent as JSON.
+        Err(e) if e.is_syntax() && e.line() > 1 && body.starts_with(b"{") => {
+            return Err(ApiError::bad_request(
+                "malformed_json",
+                format!(
+                    "the body is not valid JSON: {e}; for one task per line, send \
+                     Content-Type: application/x-ndjson"
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let serde_json::Value::Array(values) = value else {
         return Err(ApiError::bad_request(
             "invalid_request",
