@@ -10,12 +10,17 @@
   excludes it) with this one: the same check, except for reads of a task.
   Schemathesis 4.32 ignores a per-operation `enabled = false` for this
   check in stateful tests, hence a check rather than a setting.
+- `POST /v1/tasks:batch` also takes JSON Lines (`application/x-ndjson`,
+  `application/jsonl`), documented with the same array of tasks as its
+  JSON body: each element is sent as a line of its own.
 - CPython 3.11 can fail `ast.parse` with "AST constructor recursion depth
   mismatch" when Hypothesis, from a worker thread, parses a source file to
   name a lambda in a strategy's description; the run then reports an
   error that is not about the API. A lambda whose source cannot be parsed
   is described as `lambda` instead.
 """
+
+import json
 
 import schemathesis
 from hypothesis.internal import lambda_sources
@@ -36,6 +41,15 @@ def _describe_lambda_or_not(f):
 lambda_sources.lambda_description = _describe_lambda_or_not
 
 schemathesis.serializer.alias("application/wasm", "application/octet-stream")
+
+
+@schemathesis.serializer("application/x-ndjson", "application/jsonl")
+def _json_lines(ctx, value):
+    """An array as JSON Lines, one element per line; anything else as one line."""
+    if isinstance(value, list):
+        return b"".join(json.dumps(v).encode() + b"\n" for v in value)
+    return json.dumps(value).encode() + b"\n"
+
 
 # Reads that stay valid after a task's DELETE (a cancel).
 _READS_OF_A_TASK = {"/v1/tasks/{id}", "/v1/tasks/{id}/result"}

@@ -113,7 +113,9 @@ pub use executor::{Execution, Executor, Job, ProgressFn};
 pub use limits::{LimitOverrides, Limits, MAX_LOG, MAX_OUTPUT, MAX_TIMEOUT};
 pub use outcome::{Outcome, RunReport};
 pub use pool::events::{Event, EventKind, Events, EventsError};
-pub use pool::{CancelResult, DEFAULT_MAX_STORED_OUTPUT, Pool, PoolConfig, Stats, TaskHandle};
+pub use pool::{
+    CancelResult, DEFAULT_MAX_STORED_OUTPUT, Pool, PoolConfig, Stats, Submitted, TaskHandle,
+};
 pub use registry::{CompiledModule, ModuleKind};
 pub use settings::{
     DEFAULT_PROGRAM_NAME, GrantTo, MAX_ARGS, MAX_ARGS_ENV_BYTES, MAX_ENV, MAX_NAME_LEN,

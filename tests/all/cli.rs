@@ -9,7 +9,7 @@ use wpool_test_artifacts as programs;
 
 use crate::server::Server;
 
-fn wpool(server: &str, args: &[&str]) -> Output {
+pub(crate) fn wpool(server: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wpool"))
         .args(args)
         .args(["--server", server])
@@ -22,7 +22,7 @@ fn wpool(server: &str, args: &[&str]) -> Output {
 /// `wpool` with no server named: the default address, where no daemon
 /// answers on a machine running the tests (nothing may listen on
 /// 127.0.0.1:7878 there).
-fn wpool_unnamed(args: &[&str]) -> Output {
+pub(crate) fn wpool_unnamed(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_wpool"))
         .args(args)
         .env_remove("WPOOL_TOKEN")
@@ -36,11 +36,11 @@ fn wpool_unnamed(args: &[&str]) -> Output {
     out
 }
 
-fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

@@ -17,6 +17,7 @@ mod pool;
 mod postgres;
 mod server;
 mod server_actions;
+mod server_batch;
 mod server_limits;
 mod util;
 mod wasi_programs;

@@ -581,6 +581,53 @@ async fn a_full_queue_pushes_back() {
     assert_eq!(handle.wait().await.unwrap().output, b"3");
 }
 
+/// A batch goes in whole or not at all for want of room, and each of its
+/// tasks says whether the call created it or a key named an existing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_takes_room_for_all_or_none_and_reports_each_task() {
+    let mut config = config(1);
+    config.max_queued(4);
+    let pool = Pool::new(config).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    let blocker = occupy(&pool, 2000).await;
+    let answers = pool
+        .try_submit_many([
+            TaskSpec::new(echo, b"a".to_vec()).idempotency_key("k"),
+            TaskSpec::new(echo, b"b".to_vec()).idempotency_key("k"),
+            TaskSpec::new(echo, b"x".to_vec()).max_attempts(0),
+            TaskSpec::new(echo, b"c".to_vec()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 4);
+    let first = answers[0].as_ref().unwrap();
+    assert!(first.created);
+    let again = answers[1].as_ref().unwrap();
+    assert!(!again.created, "the key, given twice, names the first");
+    assert_eq!(again.handle.id(), first.handle.id());
+    assert!(matches!(answers[2], Err(Error::InvalidTask(_))));
+    assert!(answers[3].as_ref().unwrap().created);
+    // Two wait; the refused and the repeated ones took no room. Three
+    // more do not fit in 4: none goes in.
+    let specs = |n: usize| (0..n).map(|_| TaskSpec::new(echo, b"d".to_vec()));
+    let full = pool.try_submit_many(specs(3)).await.unwrap_err();
+    assert!(matches!(full, Error::QueueFull(4)), "{full}");
+    assert_eq!(pool.stats().await.unwrap().total, 3, "nothing of it stored");
+    assert_eq!(pool.try_submit_many(specs(2)).await.unwrap().len(), 2);
+    assert_eq!(pool.stats().await.unwrap().total, 5);
+    // `submit_many` waits for room instead.
+    let waited = tokio::time::timeout(Duration::from_secs(10), pool.submit_many(specs(2)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(waited.iter().all(Result::is_ok));
+    assert_eq!(
+        blocker.wait().await.unwrap().outcome,
+        Some(Outcome::Success),
+        "the blocker finished, making room"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_can_be_added_while_running() {
     let mut config = config(1);

@@ -14,27 +14,39 @@ use anyhow::{Context, anyhow};
 
 use super::print::{BatchLine, print_json, print_result, write_line};
 use super::server::types::{ResultView, SpecError};
-use super::submit_args::SubmitArgs;
+use super::submit_args::{CHUNK_LINES, InputLine, SubmitArgs};
 use super::{Failure, exit, write_stdout};
 use crate::backend::{Backend, EmbeddedBackend, Enqueued};
 use crate::store::{SledOptions, SledStore, Store};
-use crate::{EngineConfig, Executor, ModuleHash, Pool, PoolConfig, TaskId, TaskSpec, now_millis};
+use crate::{
+    EngineConfig, Executor, ModuleHash, Pool, PoolConfig, TaskId, TaskRecord, TaskSpec, now_millis,
+};
 
-pub(crate) fn execute(args: &SubmitArgs, bytes: &[u8], inputs: &[Vec<u8>]) -> Result<u8, Failure> {
+pub(crate) fn execute(
+    args: &SubmitArgs,
+    bytes: &[u8],
+    inputs: &[InputLine],
+) -> Result<u8, Failure> {
     let hash = ModuleHash::of(bytes);
-    let specs = inputs
+    // Per line: its spec, or why it is refused.
+    let specs: Vec<Result<TaskSpec, String>> = inputs
         .iter()
-        .map(|input| {
-            args.request(&hash, input)
-                .to_spec(input.clone())
+        .map(|line| {
+            args.request(&hash, &line.input)
+                .to_spec(line.input.clone())
                 .map_err(|e| match e {
-                    SpecError::Invalid(_, message) => Failure::bad_input(anyhow!(message)),
-                    SpecError::InputTooLarge(size, limit) => Failure::bad_input(anyhow!(
-                        "the input is {size} bytes, more than the limit of {limit}"
-                    )),
+                    SpecError::Invalid(_, message) => message,
+                    SpecError::InputTooLarge(size, limit) => {
+                        format!("the input is {size} bytes, more than the limit of {limit}")
+                    }
                 })
         })
-        .collect::<Result<Vec<TaskSpec>, Failure>>()?;
+        .collect();
+    if args.inputs.is_none()
+        && let Some(Err(message)) = specs.first()
+    {
+        return Err(Failure::bad_input(anyhow!(message.clone())));
+    }
     let store = SledStore::open(&args.data_dir, &SledOptions::new())
         .with_context(|| {
             format!(
@@ -47,19 +59,21 @@ pub(crate) fn execute(args: &SubmitArgs, bytes: &[u8], inputs: &[Vec<u8>]) -> Re
         .map_err(|e| Failure::new(exit::REFUSED, e))?;
     let store: Arc<dyn Store> = Arc::new(store);
     if args.wait {
-        run_embedded(args, store, bytes, specs)
+        run_embedded(args, store, bytes, inputs, specs)
     } else {
-        queue_only(args, &store, bytes, specs)
+        queue_only(args, &store, bytes, inputs, specs)
     }
 }
 
-/// Stores the tasks as queued (or scheduled), in one durable write,
-/// without running anything.
+/// Stores the tasks as queued (or scheduled), a store write per chunk of
+/// lines, without running anything (a [`Pool`] would start the
+/// directory's other queued tasks too).
 fn queue_only(
     args: &SubmitArgs,
     store: &Arc<dyn Store>,
     bytes: &[u8],
-    specs: Vec<TaskSpec>,
+    inputs: &[InputLine],
+    specs: Vec<Result<TaskSpec, String>>,
 ) -> Result<u8, Failure> {
     let mut config = EngineConfig::new();
     config.workers(1);
@@ -72,21 +86,29 @@ fn queue_only(
     .with_context(|| args_module(args))
     .map_err(Failure::bad_input)?;
     let now = now_millis();
-    let records = specs
-        .into_iter()
-        .map(|spec| {
-            crate::pool::new_record(&executor, spec, module.hash(), now).map_err(|e| match e {
-                crate::Error::InvalidTask(_) | crate::Error::InvalidLimit { .. } => {
-                    Failure::bad_input(e)
+    let mut records: Vec<Result<TaskRecord, String>> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        records.push(match spec {
+            Ok(spec) => match crate::pool::new_record(&executor, spec, module.hash(), now) {
+                Ok(record) => Ok(record),
+                Err(e @ (crate::Error::InvalidTask(_) | crate::Error::InvalidLimit { .. })) => {
+                    Err(e.to_string())
                 }
-                e => Failure::internal(e),
-            })
-        })
-        .collect::<Result<Vec<_>, Failure>>()?;
+                Err(e) => return Err(Failure::internal(e)),
+            },
+            Err(message) => Err(message),
+        });
+    }
+    if args.inputs.is_none()
+        && let Some(Err(message)) = records.first()
+    {
+        return Err(Failure::bad_input(anyhow!(message.clone())));
+    }
     // Opening the backend is a restart of the directory's queue: no pool
     // runs, so nothing starts.
     let backend = EmbeddedBackend::open(store.clone()).map_err(Failure::internal)?;
-    let enqueued = executor
+    let mut outcomes: Vec<Result<TaskId, String>> = Vec::with_capacity(records.len());
+    executor
         .handle()
         .block_on(async {
             backend.put_module(&module.hash(), bytes).await?;
@@ -95,59 +117,108 @@ fn queue_only(
                     .put_module_settings(&module.hash(), &args.settings.settings())
                     .await?;
             }
-            backend.enqueue(records).await
+            let mut records = records.into_iter().peekable();
+            while records.peek().is_some() {
+                let chunk: Vec<Result<TaskRecord, String>> =
+                    records.by_ref().take(CHUNK_LINES).collect();
+                let valid: Vec<TaskRecord> = chunk
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok().cloned())
+                    .collect();
+                let mut enqueued = backend.enqueue(valid).await?.into_iter();
+                for record in chunk {
+                    outcomes.push(match record {
+                        Ok(_) => match enqueued.next() {
+                            Some(Enqueued::New(record)) => Ok(record.id),
+                            Some(Enqueued::Existing(id)) => Ok(id),
+                            None => Err("the store answered for fewer tasks".to_string()),
+                        },
+                        Err(message) => Err(message),
+                    });
+                }
+            }
+            Ok::<_, crate::Error>(())
         })
         .map_err(Failure::internal)?;
-    let ids: Vec<TaskId> = enqueued
-        .into_iter()
-        .map(|e| match e {
-            Enqueued::New(record) => record.id,
-            Enqueued::Existing(id) => id,
-        })
-        .collect();
+    let queued = outcomes.iter().filter(|o| o.is_ok()).count();
     eprintln!(
-        "wpool: queued {} task(s) in {}; they run when `wpool serve --data-dir {}` starts",
-        ids.len(),
+        "wpool: queued {queued} task(s) in {}; they run when `wpool serve --data-dir {}` starts",
         args.data_dir.display(),
         args.data_dir.display()
     );
-    print_ids(args, &ids)
+    print_ids(args, inputs, &outcomes)
 }
 
 fn args_module(args: &SubmitArgs) -> String {
     args.module.display().to_string()
 }
 
-fn print_ids(args: &SubmitArgs, ids: &[TaskId]) -> Result<u8, Failure> {
-    if args.inputs.is_some() {
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        for (i, id) in ids.iter().enumerate() {
-            let id = id.to_string();
-            write_line(
-                &mut out,
-                &BatchLine {
-                    line: i + 1,
-                    id: Some(&id),
-                    error: None,
-                    result: None,
-                },
-            )?;
-        }
-        let _ = out.flush();
-    } else if args.server.json {
-        print_json(&serde_json::json!({ "id": ids[0].to_string(), "embedded": true }))?;
-    } else {
-        write_stdout(format!("{}\n", ids[0]).as_bytes())?;
+/// Lines refused, on stderr, by their line in the file.
+fn tell_refused(args: &SubmitArgs, inputs: &[InputLine], errors: &[(usize, &str)]) {
+    let name = args
+        .inputs
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    for (i, message) in errors.iter().take(10) {
+        eprintln!("wpool: {name} line {}: {message}", inputs[*i].line);
     }
-    Ok(exit::OK)
+    if errors.len() > 10 {
+        eprintln!("wpool: ... and {} more lines refused", errors.len() - 10);
+    }
 }
 
-/// Runs an embedded pool over the store until the tasks finish.
+fn print_ids(
+    args: &SubmitArgs,
+    inputs: &[InputLine],
+    outcomes: &[Result<TaskId, String>],
+) -> Result<u8, Failure> {
+    if args.inputs.is_none() {
+        return match &outcomes[0] {
+            Ok(id) if args.server.json => {
+                print_json(&serde_json::json!({ "id": id.to_string(), "embedded": true }))
+                    .map(|()| exit::OK)
+            }
+            Ok(id) => write_stdout(format!("{id}\n").as_bytes()).map(|()| exit::OK),
+            Err(message) => Err(Failure::bad_input(anyhow!(message.clone()))),
+        };
+    }
+    let errors: Vec<(usize, &str)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.as_ref().err().map(|e| (i, e.as_str())))
+        .collect();
+    tell_refused(args, inputs, &errors);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (outcome, input) in outcomes.iter().zip(inputs) {
+        let id = outcome.as_ref().ok().map(ToString::to_string);
+        write_line(
+            &mut out,
+            &BatchLine {
+                line: input.line,
+                id: id.as_deref(),
+                existing: None,
+                error: outcome.as_ref().err().cloned(),
+                result: None,
+            },
+        )?;
+    }
+    let _ = out.flush();
+    Ok(if errors.is_empty() {
+        exit::OK
+    } else {
+        exit::BAD_INPUT
+    })
+}
+
+/// Runs an embedded pool over the store until the tasks finish; they go
+/// in with [`Pool::submit_many`], a chunk of lines at a time.
 fn run_embedded(
     args: &SubmitArgs,
     store: Arc<dyn Store>,
     bytes: &[u8],
-    specs: Vec<TaskSpec>,
+    inputs: &[InputLine],
+    specs: Vec<Result<TaskSpec, String>>,
 ) -> Result<u8, Failure> {
     let mut config = PoolConfig::new();
     config
@@ -173,26 +244,53 @@ fn run_embedded(
     );
     let deadline = args.wait_timeout;
     let outcome = handle.block_on(async {
-        let mut handles = Vec::with_capacity(specs.len());
-        for spec in specs {
-            handles.push(pool.submit(spec).await.map_err(Failure::bad_input)?);
-        }
-        let mut results = Vec::with_capacity(handles.len());
-        for task in &handles {
-            let result = match deadline {
-                Some(d) => pool.wait_timeout(task.id(), d).await,
-                None => pool.wait(task.id()).await.map(Some),
+        // Per line: its task, or why it was refused.
+        let mut tasks: Vec<Result<TaskId, String>> = Vec::with_capacity(specs.len());
+        let mut specs = specs.into_iter().peekable();
+        while specs.peek().is_some() {
+            let chunk: Vec<Result<TaskSpec, String>> = specs.by_ref().take(CHUNK_LINES).collect();
+            // Where each spec sent goes among the lines.
+            let mut places = Vec::new();
+            let mut valid = Vec::new();
+            for spec in chunk {
+                match spec {
+                    Ok(spec) => {
+                        places.push(tasks.len());
+                        valid.push(spec);
+                        tasks.push(Err(String::new()));
+                    }
+                    Err(message) => tasks.push(Err(message)),
+                }
             }
-            .map_err(Failure::internal)?;
-            results.push((task.id(), result));
+            let answers = pool.submit_many(valid).await.map_err(Failure::internal)?;
+            for (place, answer) in places.into_iter().zip(answers) {
+                tasks[place] = answer.map(|task| task.id()).map_err(|e| e.to_string());
+            }
+        }
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in &tasks {
+            let result = match task {
+                Ok(id) => Some(
+                    match deadline {
+                        Some(d) => pool.wait_timeout(*id, d).await,
+                        None => pool.wait(*id).await.map(Some),
+                    }
+                    .map_err(Failure::internal)?,
+                ),
+                Err(_) => None,
+            };
+            results.push(result);
         }
         let _ = pool.stop_with_grace(Duration::from_secs(5)).await;
-        Ok::<_, Failure>(results)
+        Ok::<_, Failure>((tasks, results))
     });
-    let results = outcome?;
+    let (tasks, results) = outcome?;
     if args.inputs.is_none() {
-        let (id, result) = &results[0];
-        return match result {
+        let id = match &tasks[0] {
+            Ok(id) => id,
+            Err(message) => return Err(Failure::bad_input(anyhow!(message.clone()))),
+        };
+        return match results[0].as_ref().and_then(Option::as_ref) {
             Some(result) => print_result(&ResultView::from(result), args.server.json, None),
             None => Err(Failure::new(
                 exit::NOT_FINISHED,
@@ -200,26 +298,51 @@ fn run_embedded(
             )),
         };
     }
+    let errors: Vec<(usize, &str)> = tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.as_ref().err().map(|e| (i, e.as_str())))
+        .collect();
+    tell_refused(args, inputs, &errors);
     let mut failed = 0;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for (i, (id, result)) in results.iter().enumerate() {
-        let view = result.as_ref().map(ResultView::from);
-        if view.as_ref().is_none_or(|v| v.state != "succeeded") {
-            failed += 1;
-        }
-        let id = id.to_string();
-        write_line(
-            &mut out,
-            &BatchLine {
-                line: i + 1,
-                id: view.is_none().then_some(id.as_str()),
-                error: None,
-                result: view.as_ref(),
+    for ((task, result), input) in tasks.iter().zip(&results).zip(inputs) {
+        let line = match task {
+            Err(message) => BatchLine {
+                line: input.line,
+                id: None,
+                existing: None,
+                error: Some(message.clone()),
+                result: None,
             },
-        )?;
+            Ok(id) => {
+                let view = result
+                    .as_ref()
+                    .and_then(Option::as_ref)
+                    .map(ResultView::from);
+                if view.as_ref().is_none_or(|v| v.state != "succeeded") {
+                    failed += 1;
+                }
+                let id = id.to_string();
+                write_line(
+                    &mut out,
+                    &BatchLine {
+                        line: input.line,
+                        id: view.is_none().then_some(id.as_str()),
+                        existing: None,
+                        error: None,
+                        result: view.as_ref(),
+                    },
+                )?;
+                continue;
+            }
+        };
+        write_line(&mut out, &line)?;
     }
     let _ = out.flush();
-    Ok(if failed > 0 {
+    Ok(if !errors.is_empty() {
+        exit::BAD_INPUT
+    } else if failed > 0 {
         exit::TASK_FAILED
     } else {
         exit::OK

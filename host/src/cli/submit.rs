@@ -2,19 +2,21 @@
 //! and with `--wait` print the result. With no daemon on this machine, the
 //! task goes into the local data directory instead (see [`super::embedded`]).
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::client::{CallError, Client, is_local};
-use super::print::{BatchLine, print_json, print_result, write_line};
-use super::server::types::{ModuleInfo, ResultView, SubmitTask, TaskAnswer, TaskView};
-use super::submit_args::SubmitArgs;
+use super::print::{BatchLine, batch_bar, print_json, print_result, write_line};
+use super::server::types::{
+    BatchAnswer, BatchItem, ModuleInfo, ResultView, SubmitTask, TaskAnswer, TaskView,
+};
+use super::submit_args::{CHUNK_LINES, InputLine, SubmitArgs, read_lines};
 use super::{Failure, embedded, exit, read_input, write_stdout};
 use crate::ModuleHash;
 use crate::units::format_duration;
@@ -66,12 +68,13 @@ pub(crate) fn execute(args: SubmitArgs) -> Result<u8, Failure> {
 }
 
 /// The inputs, for the embedded path: one, or the batch's lines.
-fn read_single_or_batch(args: &SubmitArgs) -> Result<Vec<Vec<u8>>, Failure> {
+fn read_single_or_batch(args: &SubmitArgs) -> Result<Vec<InputLine>, Failure> {
     match &args.inputs {
         Some(path) => read_lines(path).map_err(Failure::bad_input),
-        None => Ok(vec![
-            read_input(args.input.as_deref()).map_err(Failure::bad_input)?,
-        ]),
+        None => Ok(vec![InputLine {
+            line: 1,
+            input: read_input(args.input.as_deref()).map_err(Failure::bad_input)?,
+        }]),
     }
 }
 
@@ -188,24 +191,40 @@ pub(crate) fn wait_with_spinner(
     outcome
 }
 
-fn bar(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {rate} eta {eta}")
-            .map(|style| {
-                // A whole number of tasks per second, not `2,082.3542/s`.
-                style.with_key(
-                    "rate",
-                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                        let _ = write!(w, "{:.0}/s", state.per_sec());
-                    },
-                )
-            })
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_string());
-    bar
+/// Bytes of inputs per batch request, roughly: a chunk ends before it
+/// would pass them (a line larger goes alone).
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// The chunks of a batch: ranges of `lines`, each at most
+/// [`CHUNK_LINES`] lines and about [`CHUNK_BYTES`] of inputs.
+fn chunks(lines: &[InputLine]) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let size = line.input.len() * 4 / 3 + 256;
+        if i > start && (i - start == CHUNK_LINES || bytes + size > CHUNK_BYTES) {
+            chunks.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < lines.len() {
+        chunks.push(start..lines.len());
+    }
+    chunks
+}
+
+/// What became of one line of a batch.
+#[derive(Clone, Debug)]
+enum Sent {
+    /// Its task: created, or named by its idempotency key.
+    Task { id: String, created: bool },
+    /// Refused for itself (a malformed task, an input too large).
+    Refused(String),
+    /// Its batch was refused, or not sent after an earlier one failed.
+    Failed(String),
 }
 
 fn batch(
@@ -216,81 +235,120 @@ fn batch(
 ) -> Result<u8, Failure> {
     let inputs = read_lines(path).map_err(Failure::bad_input)?;
     let total = inputs.len();
-    let submitted = bar(total, "submitted");
-    let ids: Vec<Mutex<Result<String, String>>> =
-        (0..total).map(|_| Mutex::new(Err(String::new()))).collect();
+    let chunks = chunks(&inputs);
+    let submitted = batch_bar(total, "submitted");
+    let sent: Vec<Mutex<Option<Sent>>> = (0..total).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
-    let unreachable = Mutex::new(None);
+    // The first batch refused for good: no other is sent after it.
+    let fatal: Mutex<Option<CallError>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
     // Lines the server kept refusing for a reason of its own (a full queue,
     // too many bodies in flight, stored outputs at their bound) until the
     // submission gave up: exit 7, as a single submit refused so.
-    let gave_up = AtomicUsize::new(0);
+    let gave_up = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        for _ in 0..args.concurrency.clamp(1, 64) {
+        for _ in 0..args.concurrency.clamp(1, 64).min(chunks.len()) {
             scope.spawn(|| {
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
+                    let c = next.fetch_add(1, Ordering::Relaxed);
+                    if c >= chunks.len() || stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let outcome = submit_with_backoff(client, &args.request(hash, &inputs[i]));
-                    let entry = match outcome {
-                        Ok(answer) => Ok(answer.task.id),
-                        Err(CallError::Api {
-                            status: 429 | 503,
-                            message,
-                            ..
-                        }) => {
-                            gave_up.fetch_add(1, Ordering::Relaxed);
-                            Err(format!(
-                                "{message} (still refused after {} of retries; submit this \
-                                 line again later)",
-                                format_duration(BACKPRESSURE_PATIENCE)
-                            ))
+                    let range = chunks[c].clone();
+                    let requests: Vec<SubmitTask> = inputs[range.clone()]
+                        .iter()
+                        .map(|line| args.request(hash, &line.input))
+                        .collect();
+                    let outcome = match send_batch(client, &requests) {
+                        Ok(answers) => answers,
+                        Err(e) => {
+                            let message = match &e {
+                                CallError::Api {
+                                    status: 429 | 503,
+                                    message,
+                                    ..
+                                } => {
+                                    gave_up.store(true, Ordering::Relaxed);
+                                    format!(
+                                        "{message} (still refused after {} of retries; submit \
+                                         this line again later)",
+                                        format_duration(BACKPRESSURE_PATIENCE)
+                                    )
+                                }
+                                CallError::Api { message, .. } => message.clone(),
+                                CallError::Unreachable(cause) => format!("no server: {cause}"),
+                                CallError::Other(e) => format!("{e:#}"),
+                            };
+                            stop.store(true, Ordering::Relaxed);
+                            let mut fatal = fatal.lock().unwrap_or_else(|e| e.into_inner());
+                            if fatal.is_none() {
+                                *fatal = Some(e);
+                            }
+                            vec![Sent::Failed(message); range.len()]
                         }
-                        Err(CallError::Api { message, .. }) => Err(message),
-                        Err(CallError::Unreachable(cause)) => {
-                            *unreachable.lock().unwrap_or_else(|e| e.into_inner()) =
-                                Some(cause.clone());
-                            Err(format!("no server: {cause}"))
-                        }
-                        Err(CallError::Other(e)) => Err(format!("{e:#}")),
                     };
-                    *ids[i].lock().unwrap_or_else(|e| e.into_inner()) = entry;
-                    submitted.inc(1);
+                    for (i, outcome) in range.clone().zip(outcome) {
+                        *sent[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+                    }
+                    submitted.inc(range.len() as u64);
                 }
             });
         }
     });
     submitted.finish();
-    let ids: Vec<Result<String, String>> = ids
+    let fatal = fatal.into_inner().unwrap_or_else(|e| e.into_inner());
+    let sent: Vec<Sent> = sent
         .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| {
+                    Sent::Failed(
+                        "not sent: an earlier batch was refused (see the message below)".into(),
+                    )
+                })
+        })
         .collect();
-    let refused = ids.iter().filter(|r| r.is_err()).count();
+    let refused = sent
+        .iter()
+        .filter(|s| !matches!(s, Sent::Task { .. }))
+        .count();
 
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = 0usize;
+    let line_of = |entry: &Sent| match entry {
+        Sent::Task { id, created } => (Some(id.clone()), None, (!created).then_some(true)),
+        Sent::Refused(e) | Sent::Failed(e) => (None, Some(e.clone()), None),
+    };
+    // The lines refused, on stderr too, by their line in the file.
+    let mut told = 0;
+    for (i, entry) in sent.iter().enumerate() {
+        if let Sent::Refused(e) = entry {
+            told += 1;
+            if told <= 10 {
+                eprintln!("wpool: {} line {}: {e}", path.display(), inputs[i].line);
+            }
+        }
+    }
+    if told > 10 {
+        eprintln!("wpool: ... and {} more lines refused", told - 10);
+    }
     if !args.wait {
-        for (i, entry) in ids.iter().enumerate() {
-            let line = match entry {
-                Ok(id) => BatchLine {
-                    line: i + 1,
-                    id: Some(id),
-                    error: None,
+        for (i, entry) in sent.iter().enumerate() {
+            let (id, error, existing) = line_of(entry);
+            write_line(
+                &mut out,
+                &BatchLine {
+                    line: inputs[i].line,
+                    id: id.as_deref(),
+                    existing,
+                    error,
                     result: None,
                 },
-                Err(e) => BatchLine {
-                    line: i + 1,
-                    id: None,
-                    error: Some(e.clone()),
-                    result: None,
-                },
-            };
-            write_line(&mut out, &line)?;
+            )?;
         }
     } else {
-        let finished = bar(total - refused, "finished");
+        let finished = batch_bar(total - refused, "finished");
         let deadline = args.wait_timeout.map(|d| Instant::now() + d);
         let results: Vec<Mutex<Option<Result<ResultView, String>>>> =
             (0..total).map(|_| Mutex::new(None)).collect();
@@ -303,7 +361,9 @@ fn batch(
                         if i >= total {
                             break;
                         }
-                        let Ok(id) = &ids[i] else { continue };
+                        let Sent::Task { id, .. } = &sent[i] else {
+                            continue;
+                        };
                         let result = poll_result(client, id, deadline);
                         *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
                         finished.inc(1);
@@ -312,38 +372,44 @@ fn batch(
             }
         });
         finished.finish();
-        for (i, entry) in ids.iter().enumerate() {
+        for (i, entry) in sent.iter().enumerate() {
             let result = results[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-            let line = match (entry, &result) {
-                (Err(e), _) => BatchLine {
-                    line: i + 1,
+            let (id, error, existing) = line_of(entry);
+            let line = inputs[i].line;
+            let line = match (error, &result) {
+                (Some(error), _) => BatchLine {
+                    line,
                     id: None,
-                    error: Some(e.clone()),
+                    existing: None,
+                    error: Some(error),
                     result: None,
                 },
-                (Ok(_), Some(Ok(result))) => {
+                (None, Some(Ok(result))) => {
                     if result.state != "succeeded" {
                         failed += 1;
                     }
                     BatchLine {
-                        line: i + 1,
+                        line,
                         id: None,
+                        existing,
                         error: None,
                         result: Some(result),
                     }
                 }
-                (Ok(id), Some(Err(e))) => {
+                (None, Some(Err(e))) => {
                     failed += 1;
                     BatchLine {
-                        line: i + 1,
-                        id: Some(id),
+                        line,
+                        id: id.as_deref(),
+                        existing,
                         error: Some(e.clone()),
                         result: None,
                     }
                 }
-                (Ok(id), None) => BatchLine {
-                    line: i + 1,
-                    id: Some(id),
+                (None, None) => BatchLine {
+                    line,
+                    id: id.as_deref(),
+                    existing,
                     error: None,
                     result: None,
                 },
@@ -352,11 +418,7 @@ fn batch(
         }
     }
     let _ = out.flush();
-    if let Some(cause) = unreachable.into_inner().unwrap_or_else(|e| e.into_inner())
-        && refused == total
-    {
-        return Err(CallError::Unreachable(cause).into_failure(client.base()));
-    }
+    drop(out);
     eprintln!(
         "wpool: {} of {total} tasks submitted{}",
         total - refused,
@@ -366,9 +428,13 @@ fn batch(
             String::new()
         }
     );
-    Ok(if gave_up.load(Ordering::Relaxed) > 0 {
-        exit::REFUSED
-    } else if refused > 0 {
+    if gave_up.load(Ordering::Relaxed) {
+        return Ok(exit::REFUSED);
+    }
+    if let Some(fatal) = fatal {
+        return Err(fatal.into_failure(client.base()));
+    }
+    Ok(if refused > 0 {
         exit::BAD_INPUT
     } else if failed > 0 {
         exit::TASK_FAILED
@@ -377,21 +443,33 @@ fn batch(
     })
 }
 
-/// How long one line of a batch is retried while the server refuses it
-/// for backpressure (429, 503) before the submission gives up on it.
+/// How long one batch is retried while the server refuses it for
+/// backpressure (429, 503) before the submission gives up on it.
 const BACKPRESSURE_PATIENCE: Duration = Duration::from_secs(300);
 
-/// Submits one task, waiting and retrying (50 ms doubling to 5 s, with
-/// jitter) while the server answers 429 or 503: a full queue drains, as
-/// the library's `submit` waits for room.
-fn submit_with_backoff(client: &Client, request: &SubmitTask) -> Result<TaskAnswer, CallError> {
+/// Submits `requests` as one batch, waiting and retrying (50 ms doubling
+/// to 5 s, with jitter) while the server answers 429 or 503: a full queue
+/// drains, as the library's `submit` waits for room. A batch past the
+/// server's body limit (413) is sent again in halves. Per request: its
+/// task, or why the server refused it alone.
+fn send_batch(client: &Client, requests: &[SubmitTask]) -> Result<Vec<Sent>, CallError> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
-        match client
-            .post_json("/v1/tasks", request)
-            .and_then(|a| a.json::<TaskAnswer>())
-        {
+        let answer = client
+            .post_json("/v1/tasks:batch", &requests)
+            .and_then(|a| a.json::<BatchAnswer>());
+        match answer {
+            Ok(answer) => {
+                if answer.items.len() != requests.len() {
+                    return Err(CallError::Other(anyhow!(
+                        "the server answered {} items for a batch of {}",
+                        answer.items.len(),
+                        requests.len()
+                    )));
+                }
+                return Ok(answer.items.into_iter().map(sent_item).collect());
+            }
             Err(CallError::Api {
                 status: 429 | 503, ..
             }) if started.elapsed() < BACKPRESSURE_PATIENCE => {
@@ -399,8 +477,53 @@ fn submit_with_backoff(client: &Client, request: &SubmitTask) -> Result<TaskAnsw
                 std::thread::sleep(pause + jitter);
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
-            other => return other,
+            Err(CallError::Api { status: 413, .. }) if requests.len() > 1 => {
+                let (first, second) = requests.split_at(requests.len() / 2);
+                let mut answers = send_batch(client, first)?;
+                answers.extend(send_batch(client, second)?);
+                return Ok(answers);
+            }
+            Err(CallError::Api {
+                status: 413,
+                message,
+                ..
+            }) => return Ok(vec![Sent::Refused(message)]),
+            Err(CallError::Api {
+                status: 404, code, ..
+            }) if code == "not_found" => {
+                return Err(CallError::Api {
+                    status: 404,
+                    code,
+                    message: format!(
+                        "the server at {} takes no batches (POST /v1/tasks:batch): it is older \
+                         than this wpool; upgrade it",
+                        client.base()
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
         }
+    }
+}
+
+/// A line's fate from the server's answer for it.
+fn sent_item(item: BatchItem) -> Sent {
+    match (item.id, item.error) {
+        (Some(id), None) => Sent::Task {
+            id,
+            created: item.created.unwrap_or(true),
+        },
+        (_, Some(error)) => {
+            // The server names the item by its place in the request; the
+            // line says which of the file it is.
+            let prefix = format!("item {}: ", item.index);
+            let message = error
+                .message
+                .strip_prefix(&prefix)
+                .unwrap_or(&error.message);
+            Sent::Refused(format!("{message} ({})", error.code))
+        }
+        (None, None) => Sent::Failed("the server's answer names no task for it".into()),
     }
 }
 
@@ -428,34 +551,19 @@ fn poll_result(client: &Client, id: &str, deadline: Option<Instant>) -> Result<R
     }
 }
 
-/// The inputs of a batch: each non-empty line, checked to be JSON.
-fn read_lines(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
-    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
-        Box::new(std::io::BufReader::new(std::io::stdin()))
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(path)
-                .with_context(|| format!("cannot read the inputs {}", path.display()))?,
-        ))
-    };
-    let mut inputs = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read the inputs {}", path.display()))?;
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        serde_json::from_str::<serde_json::Value>(line).with_context(|| {
-            format!(
-                "{} line {}: not JSON (each line is one task's input)",
-                path.display(),
-                n + 1
-            )
-        })?;
-        inputs.push(line.as_bytes().to_vec());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_hold_at_most_their_lines_and_bytes() {
+        let line = |n: usize, size: usize| InputLine {
+            line: n,
+            input: vec![b'1'; size],
+        };
+        let small: Vec<InputLine> = (1..=1201).map(|n| line(n, 10)).collect();
+        assert_eq!(chunks(&small), [0..500, 500..1000, 1000..1201]);
+        let big = vec![line(1, 10), line(2, 5 << 20), line(3, 10)];
+        assert_eq!(chunks(&big), [0..1, 1..2, 2..3], "a large line goes alone");
     }
-    if inputs.is_empty() {
-        anyhow::bail!("{} holds no inputs", path.display());
-    }
-    Ok(inputs)
 }

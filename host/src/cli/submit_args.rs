@@ -1,12 +1,16 @@
-//! The arguments of `wpool submit`, and the request they make: apart from
+//! The arguments of `wpool submit`, the request they make, and the lines
+//! of a batch's inputs file: apart from
 //! `submit` itself so that both of its paths (the daemon, and the data
 //! directory in [`super::embedded`]) can use them without importing each
 //! other.
 
 use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
 
@@ -33,7 +37,9 @@ pub(crate) struct SubmitArgs {
     #[arg(short, long, value_name = "FILE", conflicts_with = "inputs")]
     pub(crate) input: Option<PathBuf>,
     /// A batch: one task per line of this JSON Lines file (`-` for stdin);
-    /// each line is one task's input. Results are written as JSON lines.
+    /// each line is one task's input. Sent 500 lines per request to
+    /// `POST /v1/tasks:batch`. Results are written as JSON lines, each
+    /// with its line in the file (blank lines skipped, but counted).
     #[arg(long, value_name = "FILE.jsonl")]
     pub(crate) inputs: Option<PathBuf>,
     /// Wait for the result and print it (a spinner shows the task's state).
@@ -74,7 +80,8 @@ pub(crate) struct SubmitArgs {
     /// A label `key=value`; repeat for several.
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     pub(crate) labels: Vec<(String, String)>,
-    /// Submissions in flight at once for a batch.
+    /// Requests in flight at once for a batch (each a chunk of up to 500
+    /// lines), and results waited for at once with `--wait`.
     #[arg(long, default_value_t = 8)]
     pub(crate) concurrency: usize,
     /// The data directory used when no daemon is reachable.
@@ -122,5 +129,77 @@ impl SubmitArgs {
             idempotency_key: self.key.clone(),
             labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         }
+    }
+}
+
+/// Lines per `POST /v1/tasks:batch` request (and per store write on the
+/// embedded path).
+pub(crate) const CHUNK_LINES: usize = 500;
+
+/// One input of a batch, with its line in the file.
+#[derive(Clone, Debug)]
+pub(crate) struct InputLine {
+    /// Its line, from 1; blank lines are counted, though skipped.
+    pub(crate) line: usize,
+    /// The input's bytes (the line, trimmed).
+    pub(crate) input: Vec<u8>,
+}
+
+/// The inputs of a batch: each line that is not blank, checked to be JSON,
+/// with its line number in the file (blank lines counted).
+pub(crate) fn read_lines(path: &Path) -> anyhow::Result<Vec<InputLine>> {
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(path)
+                .with_context(|| format!("cannot read the inputs {}", path.display()))?,
+        ))
+    };
+    parse_lines(reader, &path.display().to_string())
+}
+
+/// [`read_lines`] from any reader; `name` names it in messages.
+fn parse_lines(reader: impl BufRead, name: &str) -> anyhow::Result<Vec<InputLine>> {
+    let mut inputs = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read the inputs {name}"))?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        serde_json::from_str::<serde_json::Value>(line).with_context(|| {
+            format!(
+                "{name} line {}: not JSON (each line is one task's input)",
+                n + 1
+            )
+        })?;
+        inputs.push(InputLine {
+            line: n + 1,
+            input: line.as_bytes().to_vec(),
+        });
+    }
+    if inputs.is_empty() {
+        anyhow::bail!("{name} holds no inputs");
+    }
+    Ok(inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_numbers_count_blank_lines() {
+        let text = "\n{\"n\":1}\n\n   \n2\r\n\n\"three\"\n";
+        let lines = parse_lines(text.as_bytes(), "in.jsonl").unwrap();
+        let numbers: Vec<usize> = lines.iter().map(|l| l.line).collect();
+        assert_eq!(numbers, [2, 5, 7]);
+        assert_eq!(lines[1].input, b"2");
+        let error = parse_lines("1\n\nnope\n".as_bytes(), "in.jsonl").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("in.jsonl line 3: not JSON"),
+            "{error:#}"
+        );
     }
 }

@@ -432,7 +432,7 @@ impl Pool {
 
     async fn submit_reserved(&self, spec: TaskSpec) -> Result<TaskHandle> {
         let mut handles = self.inner().store_new_tasks(vec![spec]).await?;
-        let id = handles.pop().expect("one answer per task")?;
+        let (id, _) = handles.pop().expect("one answer per task")?;
         Ok(self.handle(id))
     }
 
@@ -456,7 +456,43 @@ impl Pool {
         let ids = self.inner().store_new_tasks(specs).await?;
         Ok(ids
             .into_iter()
-            .map(|id| id.map(|id| self.handle(id)))
+            .map(|id| id.map(|(id, _)| self.handle(id)))
+            .collect())
+    }
+
+    /// Like [`Pool::submit_many`], but fails at once with
+    /// [`Error::QueueFull`] (storing none) unless there is room for the
+    /// whole batch now, and says of each task stored whether this call
+    /// created it or an idempotency key named an existing one (a key given
+    /// twice in one batch names the first of them).
+    ///
+    /// A batch larger than the whole queue goes in when the queue is
+    /// empty. Only a spec's own faults (malformed, a limit out of range, a
+    /// module unknown or invalid) are answered for that spec; any other
+    /// failure fails the whole batch, storing none.
+    pub async fn try_submit_many(
+        &self,
+        specs: impl IntoIterator<Item = TaskSpec>,
+    ) -> Result<Vec<Result<Submitted>>> {
+        self.inner().check_open()?;
+        self.inner().check_storage()?;
+        let specs: Vec<TaskSpec> = specs.into_iter().collect();
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = specs.len();
+        if !self.inner().try_reserve_room(n) && !self.inner().recounted_room(n).await {
+            return Err(Error::QueueFull(self.inner().config.max_queued));
+        }
+        let ids = self.inner().store_new_tasks(specs).await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                id.map(|(id, created)| Submitted {
+                    handle: self.handle(id),
+                    created,
+                })
+            })
             .collect())
     }
 
@@ -762,6 +798,16 @@ impl Pool {
         inner.timer.notify_one();
         inner.backend.flush().await
     }
+}
+
+/// One task of a batch ([`Pool::try_submit_many`]) as stored.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    /// The task.
+    pub handle: TaskHandle,
+    /// `true` when this call created it, `false` when its idempotency key
+    /// named a task stored before (or earlier in the same batch).
+    pub created: bool,
 }
 
 /// A submitted task. Resolves to its result; dropping it does not affect

@@ -84,14 +84,17 @@ impl Inner {
 
     /// Stores new tasks for specs whose room is already taken, in one
     /// write; gives back the room of those not stored. Per spec: the id of
-    /// the task stored (or of the one already holding its key), or why the
-    /// spec was refused.
+    /// the task stored (`true`: created now) or of the one already holding
+    /// its key (`false`), or why the spec was refused. Only the spec's own
+    /// faults (a malformed spec, a limit out of range, a module unknown or
+    /// invalid) are answered per spec; any other failure (the store's)
+    /// fails the whole batch before anything is stored.
     pub(super) async fn store_new_tasks(
         &self,
         specs: Vec<TaskSpec>,
-    ) -> Result<Vec<Result<TaskId>>> {
+    ) -> Result<Vec<Result<(TaskId, bool)>>> {
         let reserved = specs.len();
-        let mut answers: Vec<Option<Result<TaskId>>> = Vec::with_capacity(specs.len());
+        let mut answers: Vec<Option<Result<(TaskId, bool)>>> = Vec::with_capacity(specs.len());
         let mut records = Vec::with_capacity(specs.len());
         let now = now_millis();
         for spec in specs {
@@ -100,8 +103,12 @@ impl Inner {
                     answers.push(None);
                     records.push(*record);
                 }
-                Ok(New::Existing(id)) => answers.push(Some(Ok(id))),
-                Err(e) => answers.push(Some(Err(e))),
+                Ok(New::Existing(id)) => answers.push(Some(Ok((id, false)))),
+                Err(e) if is_the_specs_fault(&e) => answers.push(Some(Err(e))),
+                Err(e) => {
+                    self.left_queue(reserved);
+                    return Err(e);
+                }
             }
         }
         let enqueued = if records.is_empty() {
@@ -117,7 +124,7 @@ impl Inner {
         };
         let mut stored = 0;
         let mut enqueued = enqueued.into_iter();
-        let answers: Vec<Result<TaskId>> = answers
+        let answers: Vec<Result<(TaskId, bool)>> = answers
             .into_iter()
             .map(|answer| match answer {
                 Some(answer) => answer,
@@ -125,9 +132,9 @@ impl Inner {
                     Enqueued::New(record) => {
                         stored += 1;
                         self.emit(record.id, EventKind::Submitted);
-                        Ok(record.id)
+                        Ok((record.id, true))
                     }
-                    Enqueued::Existing(id) => Ok(id),
+                    Enqueued::Existing(id) => Ok((id, false)),
                 },
             })
             .collect();
@@ -220,6 +227,19 @@ pub(crate) fn new_record(
     spec.validate()?;
     let limits = executor.limits(&spec.limits)?;
     Ok(TaskRecord::new(spec, module, limits, now))
+}
+
+/// Whether `error` is a spec's own fault, answered for that spec alone in
+/// a batch, rather than a failure of the whole batch.
+fn is_the_specs_fault(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::InvalidTask(_)
+            | Error::InvalidLimit { .. }
+            | Error::UnknownModule(_)
+            | Error::InvalidModule(_)
+            | Error::InvalidSettings(_)
+    )
 }
 
 enum New {

@@ -35,7 +35,7 @@ pub struct ErrorBody {
 }
 
 /// What went wrong.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable, machine-readable code (one of [`ErrorCode`]).
     #[schema(value_type = ErrorCode)]
@@ -158,6 +158,14 @@ impl ApiError {
     /// The stable code.
     pub fn code(&self) -> &'static str {
         self.code
+    }
+
+    /// The code and message, as an error answer's body carries them.
+    pub(crate) fn into_detail(self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code.to_string(),
+            message: self.message,
+        }
     }
 }
 

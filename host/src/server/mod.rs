@@ -224,11 +224,27 @@ fn accepted_types(method: &Method, path: &str) -> Option<&'static [&'static str]
         (&Method::POST, "/v1/tasks:purge") | (&Method::PUT, "/v1/workers") => {
             Some(&["application/json"])
         }
+        (&Method::POST, "/v1/tasks:batch") => Some(&[
+            "application/json",
+            "application/x-ndjson",
+            "application/jsonl",
+        ]),
         (&Method::PUT, p) if p.starts_with("/v1/modules/") && p.ends_with("/settings") => {
             Some(&["application/json"])
         }
         _ => None,
     }
+}
+
+/// The media type of the body (`Content-Type` without its parameters),
+/// lowercase; `None` when absent or unreadable.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)?
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
 }
 
 /// Checks the Content-Type of an upload: absent, or one the route takes.
@@ -239,11 +255,7 @@ fn check_content_type(method: &Method, path: &str, headers: &HeaderMap) -> Resul
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
-    let essence = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase());
+    let essence = media_type(headers);
     if essence.as_deref().is_some_and(|e| accepted.contains(&e)) {
         return Ok(());
     }
@@ -291,16 +303,21 @@ async fn read_body(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 /// The largest body a route takes: a module upload up to the module limit;
-/// a task up to the input limit, base64-encoded, plus room for the options.
+/// a task up to the input limit, base64-encoded, plus room for the
+/// options; a batch as much, plus 512 bytes of options for each of its
+/// most tasks (its inputs together are bounded as one task's input is).
 fn body_limit(config: &ServerConfig, path: &str) -> u64 {
+    let task = config
+        .max_input_size
+        .saturating_mul(4)
+        .div_ceil(3)
+        .saturating_add(64 << 10);
     if path == "/v1/modules" {
         config.max_module_size
     } else if path == "/v1/tasks" {
-        config
-            .max_input_size
-            .saturating_mul(4)
-            .div_ceil(3)
-            .saturating_add(64 << 10)
+        task
+    } else if path == "/v1/tasks:batch" {
+        task.saturating_add(types::MAX_BATCH as u64 * 512)
     } else {
         64 << 10
     }

@@ -119,6 +119,7 @@ pub(crate) fn document(config: &ServerConfig, max_workers: usize) -> Value {
         json!({"type": "string", "enum": ["cancelled", "killed"]});
     schemas["CancelAnswer"]["properties"]["id"]["pattern"] = json!(ID_PATTERN);
 
+    batch(&mut doc);
     add_examples_and_links(&mut doc);
     // Each server-sent event: its name (the event's kind, or `lagged`) and
     // its data, a JSON object.
@@ -155,6 +156,32 @@ pub(crate) fn document(config: &ServerConfig, max_workers: usize) -> Value {
     doc
 }
 
+/// `POST /v1/tasks:batch`: the same array of tasks under each media type
+/// it takes (as JSON Lines, each element is a line), and an item that is
+/// either a task or an error.
+fn batch(doc: &mut Value) {
+    use super::types::MAX_BATCH;
+    let tasks = json!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_BATCH,
+        "items": {"$ref": "#/components/schemas/SubmitTask"}
+    });
+    let content = &mut doc["paths"]["/v1/tasks:batch"]["post"]["requestBody"]["content"];
+    content["application/json"]["schema"] = tasks.clone();
+    for lines in ["application/x-ndjson", "application/jsonl"] {
+        content[lines] = json!({"schema": tasks});
+    }
+    let item = &mut doc["components"]["schemas"]["BatchItem"];
+    item["properties"]["id"]["pattern"] = json!(ID_PATTERN);
+    item["properties"]["line"]["minimum"] = json!(1);
+    item["properties"]["error"] = json!({"$ref": "#/components/schemas/ErrorDetail"});
+    item["oneOf"] = json!([
+        {"required": ["id", "created"], "not": {"required": ["error"]}},
+        {"required": ["error"], "not": {"anyOf": [{"required": ["id"]}, {"required": ["created"]}]}},
+    ]);
+}
+
 /// The smallest WASI command: `_start` does nothing. Every byte is ASCII,
 /// so it stands in the document as a plain string example of an upload.
 const EXAMPLE_MODULE: &[u8] = b"\0asm\x01\0\0\0\
@@ -177,6 +204,18 @@ fn add_examples_and_links(doc: &mut Value) {
     upload["application/octet-stream"] = upload["application/wasm"].clone();
     paths["/v1/tasks"]["post"]["requestBody"]["content"]["application/json"]["example"] =
         json!({"module": hash, "input": {"name": "Ada"}, "timeout": "5s"});
+    let batch = json!([
+        {"module": hash, "input": {"name": "Ada"}},
+        {"module": hash, "input": {"name": "Grace"}, "idempotency_key": "grace"},
+    ]);
+    for media in [
+        "application/json",
+        "application/x-ndjson",
+        "application/jsonl",
+    ] {
+        paths["/v1/tasks:batch"]["post"]["requestBody"]["content"][media]["example"] =
+            batch.clone();
+    }
     let by_hash = json!({"hash": "$response.body#/hash"});
     let module_links = json!({
         "GetModule": {"operationId": "get_module", "parameters": by_hash},

@@ -17,9 +17,9 @@ use utoipa::OpenApi;
 
 use super::error::{ApiError, ErrorBody};
 use super::types::{
-    CancelAnswer, ModuleInfo, ModuleList, PurgeRequest, PurgeView, QueueView, ResultView,
-    SpecError, StatsView, SubmitTask, TaskAnswer, TaskList, TaskView, WasmBytes, WorkersRequest,
-    WorkersView,
+    BatchAnswer, BatchItem, CancelAnswer, MAX_BATCH, ModuleInfo, ModuleList, PurgeRequest,
+    PurgeView, QueueView, ResultView, SpecError, StatsView, SubmitTask, TaskAnswer, TaskList,
+    TaskView, WasmBytes, WorkersRequest, WorkersView,
 };
 use super::{AppState, metrics};
 use crate::store::TaskFilter;
@@ -40,6 +40,7 @@ use crate::{CancelResult, EventsError, ModuleHash, TaskId, TaskState};
         get_module_settings,
         put_module_settings,
         submit_task,
+        submit_batch,
         list_tasks,
         get_task,
         get_result,
@@ -58,7 +59,15 @@ use crate::{CancelResult, EventsError, ModuleHash, TaskId, TaskState};
         metrics_text
     ),
     components(schemas(
-        ErrorBody, SubmitTask, TaskAnswer, TaskView, ResultView, TaskList, WasmBytes
+        ErrorBody,
+        SubmitTask,
+        TaskAnswer,
+        TaskView,
+        ResultView,
+        TaskList,
+        WasmBytes,
+        BatchAnswer,
+        BatchItem
     ))
 )]
 pub struct ApiDoc;
@@ -79,6 +88,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/tasks/{id}/retry", post(retry_task))
         .route("/v1/tasks/{id}/delete", post(delete_task))
         .route("/v1/tasks:purge", post(purge_tasks))
+        .route("/v1/tasks:batch", post(submit_batch))
         .route("/v1/queue/pause", post(pause_queue))
         .route("/v1/queue/resume", post(resume_queue))
         .route("/v1/workers", put(set_workers))
@@ -429,6 +439,209 @@ async fn submit_task(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// Submit many tasks in one request: one store transaction and one flush
+/// for the whole batch.
+///
+/// The body is a JSON array of the task objects `POST /v1/tasks` takes
+/// (`application/json`), or JSON Lines (`application/x-ndjson` or
+/// `application/jsonl`): one task object per line, blank lines skipped but
+/// counted. At most 10000 tasks, within the body limit of one task plus
+/// 512 bytes per task; an empty batch is refused (400), a larger one too
+/// (413).
+///
+/// The answer (200) has one item per task, in order: the task's `id` and
+/// whether this call `created` it or its idempotency key named an existing
+/// task (a key given twice in one batch names the first), or the item's
+/// `error`. A malformed item (not a task object, a field out of range, an
+/// unknown module, an input past the limit) is refused alone, its error
+/// naming its index (or line), and the others are submitted. Whatever is
+/// not an item's own fault refuses the whole batch with nothing submitted:
+/// a full queue (429 `queue_full`), stored outputs at their bound (503
+/// `storage_full`), too many bodies in flight (503 `busy`), each with
+/// `Retry-After`; a shutdown (503), a failure of the store (500). A batch
+/// larger than the whole queue (`--max-queued`) goes in when the queue is
+/// empty.
+#[utoipa::path(
+    post, path = "/v1/tasks:batch",
+    request_body(content = Vec<SubmitTask>, content_type = "application/json",
+        description = "a JSON array of tasks, or JSON Lines (one task per line)"),
+    responses(
+        (status = 200, description = "the batch was taken: per task, its id or its error", body = BatchAnswer),
+        (status = 400, description = "not a JSON array (or JSON Lines), or an empty batch", body = ErrorBody),
+        (status = 413, description = "more than 10000 tasks, or a body past the limit", body = ErrorBody),
+        (status = 415, description = "a Content-Type other than JSON or JSON Lines", body = ErrorBody),
+        (status = 429, description = "the queue is full: nothing was submitted (see Retry-After)", body = ErrorBody),
+        (status = 503, description = "shutting down, stored outputs at their bound, or too many \
+            request bodies in flight: nothing was submitted (see Retry-After)", body = ErrorBody),
+    )
+)]
+async fn submit_batch(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    let lines = match super::media_type(&headers).as_deref() {
+        Some("application/x-ndjson" | "application/jsonl") => true,
+        Some(_) => false,
+        // No type: JSON Lines unless it reads as an array.
+        None => body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'['),
+    };
+    let parsed = if lines {
+        batch_lines(&body)?
+    } else {
+        batch_array(&body)?
+    };
+    if parsed.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the batch holds no tasks: send a JSON array of task objects, or one task object \
+             per line (JSON Lines)",
+        ));
+    }
+    if parsed.len() > MAX_BATCH {
+        return Err(ApiError::too_large(format!(
+            "the batch holds {} tasks, more than the {MAX_BATCH} one request takes: split it",
+            parsed.len()
+        )));
+    }
+    let mut items = Vec::with_capacity(parsed.len());
+    let mut specs = Vec::new();
+    // For each spec sent to the pool, its item.
+    let mut spec_items = Vec::new();
+    for (index, (line, request)) in parsed.into_iter().enumerate() {
+        let spec = request.and_then(|request| task_spec(&state, &request));
+        let mut item = BatchItem {
+            index,
+            line,
+            id: None,
+            created: None,
+            error: None,
+        };
+        match spec {
+            Ok(spec) => {
+                spec_items.push(index);
+                specs.push(spec);
+            }
+            Err(e) => item.error = Some(item_error(e, index, line)),
+        }
+        items.push(item);
+    }
+    if !specs.is_empty() {
+        let answers = state.pool.try_submit_many(specs).await?;
+        for (index, answer) in spec_items.into_iter().zip(answers) {
+            let item = &mut items[index];
+            match answer {
+                Ok(submitted) => {
+                    item.id = Some(submitted.handle.id().to_string());
+                    item.created = Some(submitted.created);
+                }
+                Err(e) => item.error = Some(item_error(e.into(), index, item.line)),
+            }
+        }
+    }
+    let created = items.iter().filter(|i| i.created == Some(true)).count();
+    let existing = items.iter().filter(|i| i.created == Some(false)).count();
+    let failed = items.iter().filter(|i| i.error.is_some()).count();
+    if failed > 0 {
+        tracing::debug!(failed, "batch items refused");
+    }
+    Ok(Json(BatchAnswer {
+        items,
+        created,
+        existing,
+        failed,
+    }))
+}
+
+/// An item of a batch: its line (JSON Lines), and its task or why it is not
+/// one.
+type BatchEntry = (Option<usize>, Result<SubmitTask, ApiError>);
+
+/// The items of a JSON array body.
+fn batch_array(body: &[u8]) -> Result<Vec<BatchEntry>, ApiError> {
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        // One value, then more on the next line: JSON Lines sent as JSON.
+        Err(e) if e.is_syntax() && e.line() > 1 && body.starts_with(b"{") => {
+            return Err(ApiError::bad_request(
+                "malformed_json",
+                format!(
+                    "the body is not valid JSON: {e}; for one task per line, send \
+                     Content-Type: application/x-ndjson"
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let serde_json::Value::Array(values) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON array of task objects (or JSON Lines, one task per line, \
+             with Content-Type: application/x-ndjson)",
+        ));
+    };
+    Ok(values
+        .into_iter()
+        .map(|value| (None, batch_task(value)))
+        .collect())
+}
+
+/// The items of a JSON Lines body: one per line that is not blank.
+fn batch_lines(body: &[u8]) -> Result<Vec<BatchEntry>, ApiError> {
+    let mut entries = Vec::new();
+    for (n, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        let task = serde_json::from_slice::<serde_json::Value>(line)
+            .map_err(ApiError::from)
+            .and_then(batch_task);
+        entries.push((Some(n + 1), task));
+    }
+    Ok(entries)
+}
+
+/// One task object of a batch.
+fn batch_task(value: serde_json::Value) -> Result<SubmitTask, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "a task must be a JSON object",
+        ));
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
+/// The spec a task object asks for, checked as `POST /v1/tasks` checks it.
+fn task_spec(state: &AppState, request: &SubmitTask) -> Result<crate::TaskSpec, ApiError> {
+    let spec_error = |e: SpecError| match e {
+        SpecError::Invalid(code, message) => ApiError::bad_request(code, message),
+        SpecError::InputTooLarge(size, limit) => ApiError::too_large(format!(
+            "the input is {size} bytes, more than the limit of {limit}"
+        )),
+    };
+    let input = request.input_bytes().map_err(spec_error)?;
+    let limit = state.config.max_input_size;
+    if input.len() as u64 > limit {
+        return Err(spec_error(SpecError::InputTooLarge(
+            input.len() as u64,
+            limit,
+        )));
+    }
+    request.to_spec(input).map_err(spec_error)
+}
+
+/// An item's error, its message naming the item.
+fn item_error(error: ApiError, index: usize, line: Option<usize>) -> super::ErrorDetail {
+    let mut detail = error.into_detail();
+    detail.message = match line {
+        Some(line) => format!("line {line}: {}", detail.message),
+        None => format!("item {index}: {}", detail.message),
+    };
+    detail
 }
 
 /// List tasks, newest first, filtered by state and labels, a page at a

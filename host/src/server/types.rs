@@ -810,3 +810,44 @@ impl From<&crate::Stats> for StatsView {
         }
     }
 }
+
+/// The most tasks one `POST /v1/tasks:batch` takes.
+pub const MAX_BATCH: usize = 10_000;
+
+/// `POST /v1/tasks:batch`'s answer: one item per task of the batch, in
+/// the batch's order, and how many of each kind.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchAnswer {
+    /// One per task of the batch, in order.
+    pub items: Vec<BatchItem>,
+    /// How many tasks this call created.
+    pub created: usize,
+    /// How many items named a task stored before by its idempotency key
+    /// (or one earlier in the same batch).
+    pub existing: usize,
+    /// How many items were refused (each with its `error`).
+    pub failed: usize,
+}
+
+/// What became of one task of a batch: its task (`id`, `created`), or why
+/// it was refused (`error`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchItem {
+    /// Its position in the batch, from 0 (blank lines of a JSON Lines body
+    /// are not items).
+    pub index: usize,
+    /// For a JSON Lines body: its line, from 1 (blank lines counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The task's id: the one created, or the one its idempotency key
+    /// named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Whether this call created the task (false when its idempotency key
+    /// named an existing one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+    /// Why the item was refused; the message names the item or line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<super::ErrorDetail>,
+}
