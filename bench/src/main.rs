@@ -77,13 +77,13 @@ impl Scale {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let only: Option<Vec<String>> = args
-        .iter()
-        .position(|a| a == "--only")
-        .map(|at| match args.get(at + 1) {
-            Some(names) => names.split(',').map(str::to_string).collect(),
-            None => fail("--only takes section names, comma-separated"),
-        });
+    let only: Option<Vec<String>> =
+        args.iter()
+            .position(|a| a == "--only")
+            .map(|at| match args.get(at + 1) {
+                Some(names) => names.split(',').map(str::to_string).collect(),
+                None => fail("--only takes section names, comma-separated"),
+            });
     if let Some(only) = &only {
         for name in only {
             if !rows::ALL.iter().any(|(known, _)| known == name) {
@@ -105,7 +105,10 @@ fn main() {
     );
     let mut rows = Vec::new();
     for (name, section) in rows::ALL {
-        if only.as_ref().is_some_and(|only| !only.iter().any(|o| o == name)) {
+        if only
+            .as_ref()
+            .is_some_and(|only| !only.iter().any(|o| o == name))
+        {
             continue;
         }
         let started = std::time::Instant::now();

@@ -62,9 +62,11 @@ fn start_cluster() -> Result<Server, Failure> {
         .stderr(std::process::Stdio::inherit())
         .output()?;
     if !out.status.success() {
-        return Err("scripts/pg-cluster.sh could not start a PostgreSQL cluster; set \
+        return Err(
+            "scripts/pg-cluster.sh could not start a PostgreSQL cluster; set \
                     WPOOL_BENCH_POSTGRES to a server where this user may create databases"
-            .into());
+                .into(),
+        );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let value = |name: &str| {
@@ -84,10 +86,7 @@ fn start_cluster() -> Result<Server, Failure> {
 
 /// Stops the cluster this run started, if any.
 pub(crate) fn stop() {
-    let server = SERVER
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
+    let server = SERVER.lock().unwrap_or_else(PoisonError::into_inner).take();
     if let Some(dir) = server.and_then(|s| s.cluster.clone()) {
         let status = std::process::Command::new("bash")
             .arg(script())
@@ -113,7 +112,10 @@ struct Database {
 impl Database {
     fn create() -> Result<Self, Failure> {
         let server = server()?;
-        let name = format!("wpool_bench_{}", wpool::TaskId::new().to_string().to_lowercase());
+        let name = format!(
+            "wpool_bench_{}",
+            wpool::TaskId::new().to_string().to_lowercase()
+        );
         sql(&server.admin, &format!("CREATE DATABASE {name}"))?;
         Ok(Self {
             url: with_database(&server.admin, &name)?,
@@ -246,7 +248,9 @@ fn drain(pools: &[Pool], count: usize, before: usize) -> Result<f64, Failure> {
         }
         loop {
             let counts = first.backend().counts().await?;
-            let done = counts.get(TaskState::Succeeded).saturating_sub(before as u64);
+            let done = counts
+                .get(TaskState::Succeeded)
+                .saturating_sub(before as u64);
             if done >= count as u64 {
                 break;
             }
@@ -351,7 +355,10 @@ fn submit_to_start(listen: bool, samples: usize) -> Result<(f64, f64), Failure> 
             let pause = (sample as u64 * 137) % 300;
             tokio::time::sleep(Duration::from_millis(pause)).await;
             let started = Instant::now();
-            let id = submitter.submit(TaskSpec::new(hash, Vec::new())).await?.id();
+            let id = submitter
+                .submit(TaskSpec::new(hash, Vec::new()))
+                .await?
+                .id();
             let mut start = None;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {

@@ -378,7 +378,13 @@ fn memory(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Er
 /// `concurrency` concurrent submitters share `count` tasks; each submits
 /// one, and with `wait` waits for its result before the next. Tasks per
 /// second.
-pub(crate) fn submitters(pool: &Pool, hash: ModuleHash, count: usize, concurrency: usize, wait: bool) -> f64 {
+pub(crate) fn submitters(
+    pool: &Pool,
+    hash: ModuleHash,
+    count: usize,
+    concurrency: usize,
+    wait: bool,
+) -> f64 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

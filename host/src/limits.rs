@@ -224,7 +224,11 @@ mod tests {
             "{err}"
         );
         // The advice names settings that exist, on the daemon and the library.
-        for setting in ["--max-memory", "WPOOL_MAX_MEMORY", "EngineConfig::max_memory"] {
+        for setting in [
+            "--max-memory",
+            "WPOOL_MAX_MEMORY",
+            "EngineConfig::max_memory",
+        ] {
             assert!(err.to_string().contains(setting), "{err}");
         }
 

@@ -344,7 +344,10 @@ fn the_daemon_sets_the_most_memory_a_task_may_ask_for() {
         &["--workers", "1", "--max-memory", "2GiB"],
     );
     let echo = server.upload(programs::P1_ECHO);
-    let done = run(&server, json!({"module": echo, "input": 1, "memory": "1.5GiB"}));
+    let done = run(
+        &server,
+        json!({"module": echo, "input": 1, "memory": "1.5GiB"}),
+    );
     assert_eq!(done["result"]["state"], "succeeded", "{done}");
     assert_eq!(done["task"]["memory"], 3u64 << 29);
     let (status, body) = server.post("/v1/tasks", &json!({"module": echo, "memory": "3GiB"}));

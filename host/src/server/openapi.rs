@@ -675,10 +675,26 @@ mod tests {
     #[test]
     fn memory_size_pattern_follows_the_maximum() {
         let regex = matcher(&binary_size_pattern(64 << 10, 2 << 30));
-        for yes in ["64KiB", "1023KiB", "2097152KiB", "1MiB", "1536MiB", "2048MiB", "2GiB"] {
+        for yes in [
+            "64KiB",
+            "1023KiB",
+            "2097152KiB",
+            "1MiB",
+            "1536MiB",
+            "2048MiB",
+            "2GiB",
+        ] {
             assert!(regex.is_match(yes), "{yes}");
         }
-        for no in ["63KiB", "2097153KiB", "2049MiB", "3GiB", "0MiB", "01GiB", "1.5GiB"] {
+        for no in [
+            "63KiB",
+            "2097153KiB",
+            "2049MiB",
+            "3GiB",
+            "0MiB",
+            "01GiB",
+            "1.5GiB",
+        ] {
             assert!(!regex.is_match(no), "{no}");
         }
         let default = matcher(&binary_size_pattern(64 << 10, 1 << 30));
