@@ -351,8 +351,11 @@ fn submit_to_start(listen: bool, samples: usize) -> Result<(f64, f64), Failure> 
         let mut events = host.subscribe();
         let mut times = Vec::with_capacity(samples);
         for sample in 0..samples {
-            // Submissions fall anywhere in the idle host's poll interval.
-            let pause = (sample as u64 * 137) % 300;
+            // The idle host's poll timer restarts when its last task
+            // ends: spread the submissions over a whole poll interval
+            // after that, so that polling is measured on average, not at
+            // the worst point of its interval.
+            let pause = (sample as u64 * 379) % 1000;
             tokio::time::sleep(Duration::from_millis(pause)).await;
             let started = Instant::now();
             let id = submitter
