@@ -5,8 +5,15 @@
 //! ```sh
 //! cargo run --release -p wpool-bench            # the full run the README quotes
 //! cargo run --release -p wpool-bench -- --quick # under a minute; CI runs it
+//! cargo run --release -p wpool-bench -- --only postgres_hosts,postgres_wake
 //! ```
+//!
+//! The PostgreSQL rows use the server named by `WPOOL_BENCH_POSTGRES` (or
+//! `WPOOL_TEST_POSTGRES`), creating a database for each measurement;
+//! without one they start a throwaway cluster (`scripts/pg-cluster.sh`)
+//! and stop it at the end.
 
+mod postgres;
 mod queued;
 mod rows;
 
@@ -69,15 +76,33 @@ impl Scale {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(queued::CHILD) {
-        if let Err(e) = queued::run_child(&args[2..]) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(queued::CHILD) {
+        if let Err(e) = queued::run_child(&args[1..]) {
             eprintln!("{e}");
             std::process::exit(1);
         }
         return;
     }
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Option<Vec<String>> =
+        args.iter()
+            .position(|a| a == "--only")
+            .map(|at| match args.get(at + 1) {
+                Some(names) => names.split(',').map(str::to_string).collect(),
+                None => fail("--only takes section names, comma-separated"),
+            });
+    if let Some(only) = &only {
+        for name in only {
+            if !rows::ALL.iter().any(|(known, _)| known == name) {
+                let known: Vec<&str> = rows::ALL.iter().map(|(known, _)| *known).collect();
+                fail(&format!(
+                    "no section `{name}`; the sections: {}",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
     let scale = Scale { quick };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -87,22 +112,29 @@ fn main() {
         std::env::consts::ARCH
     );
     let mut rows = Vec::new();
-    for section in rows::ALL {
+    for (name, section) in rows::ALL {
+        if only
+            .as_ref()
+            .is_some_and(|only| !only.iter().any(|o| o == name))
+        {
+            continue;
+        }
         let started = std::time::Instant::now();
-        match section(scale, cores) {
-            Ok(new) => {
+        // A panic ends the run too, but not before a PostgreSQL cluster
+        // this run started is stopped.
+        match std::panic::catch_unwind(|| section(scale, cores)) {
+            Ok(Ok(new)) => {
                 for row in &new {
                     print_row(row);
                 }
                 rows.extend(new);
             }
-            Err(e) => {
-                eprintln!("wpool-bench: a section failed: {e}");
-                std::process::exit(1);
-            }
+            Ok(Err(e)) => fail(&format!("the section {name} failed: {e}")),
+            Err(_) => fail(&format!("the section {name} panicked")),
         }
-        eprintln!("  (section took {:.1} s)", started.elapsed().as_secs_f64());
+        eprintln!("  ({name} took {:.1} s)", started.elapsed().as_secs_f64());
     }
+    postgres::stop();
     let missing: Vec<&str> = rows
         .iter()
         .filter(|r| !(r.wpool.is_finite() && r.baseline.is_finite()))
@@ -115,10 +147,10 @@ fn main() {
         "cores": cores,
         "rows": rows,
     });
-    let path = dir.join(if quick {
-        "results-quick.json"
-    } else {
-        "results.json"
+    let path = dir.join(match (quick, only.is_some()) {
+        (true, _) => "results-quick.json",
+        (false, true) => "results-only.json",
+        (false, false) => "results.json",
     });
     std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).expect("write results");
     println!("\nwritten to {}", path.display());
@@ -126,6 +158,13 @@ fn main() {
         eprintln!("wpool-bench: rows without a number: {missing:?}");
         std::process::exit(1);
     }
+}
+
+/// Stops what the run started, says why, and exits 1.
+fn fail(message: &str) -> ! {
+    postgres::stop();
+    eprintln!("wpool-bench: {message}");
+    std::process::exit(1);
 }
 
 fn print_row(row: &Row) {

@@ -19,20 +19,23 @@ use crate::{Row, Scale};
 
 type Section = fn(Scale, usize) -> Result<Vec<Row>, Box<dyn std::error::Error>>;
 
-/// Memory first: its "before" figure is then the bare process.
-pub(crate) const ALL: &[Section] = &[
-    memory,
-    crate::queued::section,
-    overhead,
-    durable_submit,
-    durable_end_to_end,
-    lease_renewal,
-    cpu_bound,
-    spawn_per_task,
-    kill_latency,
-    cold_start,
-    recovery,
-    http_submit,
+/// Every section, by the name `--only` takes. Memory first: its "before"
+/// figure is then the bare process.
+pub(crate) const ALL: &[(&str, Section)] = &[
+    ("memory", memory),
+    ("queued_memory", crate::queued::section),
+    ("overhead", overhead),
+    ("durable_submit", durable_submit),
+    ("durable_end_to_end", durable_end_to_end),
+    ("lease_renewal", lease_renewal),
+    ("cpu_bound", cpu_bound),
+    ("spawn_per_task", spawn_per_task),
+    ("kill_latency", kill_latency),
+    ("cold_start", cold_start),
+    ("recovery", recovery),
+    ("http_submit", http_submit),
+    ("postgres_hosts", crate::postgres::hosts),
+    ("postgres_wake", crate::postgres::wake),
 ];
 
 pub(crate) fn read(path: &str) -> Vec<u8> {
@@ -111,7 +114,7 @@ fn executor_rate(wasm: &[u8], workers: usize, count: usize) -> f64 {
 }
 
 /// Registers a module from outside async code.
-fn register(pool: &Pool, wasm: &[u8]) -> wpool::Result<ModuleHash> {
+pub(crate) fn register(pool: &Pool, wasm: &[u8]) -> wpool::Result<ModuleHash> {
     pool.executor().handle().block_on(pool.register(wasm))
 }
 
@@ -247,7 +250,7 @@ fn spawn_per_task(scale: Scale, _cores: usize) -> Result<Vec<Row>, Box<dyn std::
     )])
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
@@ -376,7 +379,13 @@ fn memory(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Er
 /// `concurrency` concurrent submitters share `count` tasks; each submits
 /// one, and with `wait` waits for its result before the next. Tasks per
 /// second.
-fn submitters(pool: &Pool, hash: ModuleHash, count: usize, concurrency: usize, wait: bool) -> f64 {
+pub(crate) fn submitters(
+    pool: &Pool,
+    hash: ModuleHash,
+    count: usize,
+    concurrency: usize,
+    wait: bool,
+) -> f64 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -407,18 +416,22 @@ fn submitters(pool: &Pool, hash: ModuleHash, count: usize, concurrency: usize, w
 }
 
 fn durable_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    sled_next_to_memory(scale.n(4_000, 40_000), cores, false)
+    // Fewer on PostgreSQL: every task is a commit, and the quick run
+    // stays short.
+    sled_next_to_memory(scale.n(4_000, 40_000), scale.n(1_000, 10_000), cores, false)
 }
 
 fn durable_end_to_end(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    sled_next_to_memory(scale.n(2_000, 20_000), cores, true)
+    sled_next_to_memory(scale.n(2_000, 20_000), scale.n(500, 4_000), cores, true)
 }
 
 /// 64 submitters on the sled store, durable and relaxed, next to the
 /// memory store: submissions acknowledged, or (`wait`) tasks from
-/// submission to a result a waiter was given.
+/// submission to a result a waiter was given. Then the same on
+/// PostgreSQL, next to sled's durable figure.
 fn sled_next_to_memory(
     count: usize,
+    postgres_count: usize,
     cores: usize,
     wait: bool,
 ) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
@@ -432,6 +445,7 @@ fn sled_next_to_memory(
         submitters(&pool, hash, count, concurrency, wait)
     };
     let mut rows = Vec::new();
+    let mut durable = f64::NAN;
     for (name, sync) in [
         ("durable (group commit)", SyncMode::Durable),
         (
@@ -448,6 +462,9 @@ fn sled_next_to_memory(
         let rate = submitters(&pool, hash, count, concurrency, wait);
         drop(pool);
         let _ = std::fs::remove_dir_all(&dir);
+        if sync == SyncMode::Durable {
+            durable = rate;
+        }
         let (what, note) = if wait {
             (
                 "end to end (submit → run → result)",
@@ -465,6 +482,13 @@ fn sled_next_to_memory(
             note,
         ));
     }
+    rows.push(crate::postgres::next_to_sled(
+        postgres_count,
+        cores,
+        concurrency,
+        wait,
+        durable,
+    )?);
     Ok(rows)
 }
 

@@ -32,7 +32,7 @@ impl Default for EngineConfig {
         Self {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_workers: None,
-            max_memory: 1 << 30,
+            max_memory: Self::DEFAULT_MAX_MEMORY,
             fuel_metering: true,
             epoch_tick: Duration::from_millis(1),
             max_wasm_stack: 1 << 20,
@@ -47,6 +47,15 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// The most [`EngineConfig::max_memory`] may be: 4 GiB, the address
+    /// space the pooling allocator reserves per memory slot on a 64-bit
+    /// host (wasmtime's `memory_reservation`), which is also all that a
+    /// 32-bit wasm memory can address. wasmtime refuses a larger maximum.
+    pub const MAX_MEMORY: u64 = 4 << 30;
+
+    /// The default of [`EngineConfig::max_memory`]: 1 GiB.
+    pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
+
     /// A configuration with the defaults.
     pub fn new() -> Self {
         Self::default()
@@ -70,12 +79,22 @@ impl EngineConfig {
         self
     }
 
-    /// The largest memory limit any task may have, in bytes; the pooling
-    /// allocator reserves address space for this much per memory slot.
-    /// Default: 1 GiB.
+    /// The largest memory limit any task may have, in bytes, from 64 KiB
+    /// to [`EngineConfig::MAX_MEMORY`] (4 GiB). Default: 1 GiB.
+    ///
+    /// The pooling allocator reserves (but does not commit) address space
+    /// for every memory slot: 4 GiB plus a 32 MiB guard, whatever this is
+    /// set to, so a smaller value saves no address space; it is the bound
+    /// past which a task's `memory.grow` fails.
     pub fn max_memory(&mut self, bytes: u64) -> &mut Self {
         self.max_memory = bytes;
         self
+    }
+
+    /// The largest memory limit any task may have, in bytes (see
+    /// [`EngineConfig::max_memory`]).
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.max_memory
     }
 
     /// Whether the engine meters fuel. With it, every run reports the fuel
@@ -246,9 +265,12 @@ impl EngineConfig {
                 self.slots()
             )));
         }
-        if self.max_memory < 65_536 || self.max_memory > (1 << 34) {
+        if self.max_memory < 65_536 || self.max_memory > Self::MAX_MEMORY {
             return Err(Error::Config(format!(
-                "`max_memory` must be between 64 KiB and 16 GiB, not {}",
+                "`max_memory` must be between 64 KiB and {} (the address space the pooling \
+                 allocator reserves for each memory, and all a 32-bit wasm memory can \
+                 address), not {}",
+                crate::units::format_size(Self::MAX_MEMORY),
                 crate::units::format_size(self.max_memory)
             )));
         }

@@ -132,8 +132,10 @@ impl Limits {
             return Err(Error::InvalidLimit {
                 name: "memory",
                 reason: format!(
-                    "{} is more than the most a task may have in this pool ({}); ask for less (a \
-                     program embedding wpool sets the most with `EngineConfig::max_memory`)",
+                    "{} is more than the most a task may have in this pool ({}); ask for less, \
+                     or raise the pool's maximum: `wpool serve --max-memory` (`WPOOL_MAX_MEMORY`, \
+                     `max_memory` in its config file), `EngineConfig::max_memory` in a program \
+                     embedding wpool",
                     crate::units::format_size(self.memory),
                     crate::units::format_size(max_memory)
                 ),
@@ -221,6 +223,14 @@ mod tests {
             err.to_string().contains("the most a task may have"),
             "{err}"
         );
+        // The advice names settings that exist, on the daemon and the library.
+        for setting in [
+            "--max-memory",
+            "WPOOL_MAX_MEMORY",
+            "EngineConfig::max_memory",
+        ] {
+            assert!(err.to_string().contains(setting), "{err}");
+        }
 
         for bad in [
             LimitOverrides {

@@ -83,6 +83,16 @@ fn run_explains_bad_input() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid limit `memory`"));
 
+    // More than any task can have is bad input too, not an internal error
+    // (issue 14 saw exit 70).
+    let out = wpool()
+        .args(["run", programs::P1_ECHO, "--memory", "100GiB"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("--memory 100 GiB"), "{stderr}");
+
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("bogus.wasm");
     std::fs::write(&bogus, "hello").unwrap();

@@ -134,6 +134,43 @@ async fn a_submission_wakes_the_other_hosts() {
     assert_eq!(claim.claimed.len(), 1, "the woken host takes the task");
 }
 
+/// With notifications off (`PostgresOptions::listen(false)`) a host is
+/// never woken, and finds work submitted elsewhere by polling: the path
+/// the benchmark's submit-to-start row compares NOTIFY with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_notifications_off_a_host_finds_work_by_polling() {
+    let db = TestDatabase::create();
+    let submitter = db.open();
+    let quiet = std::sync::Arc::new(
+        PostgresBackend::connect_with(&db.url, PostgresOptions::new().listen(false))
+            .await
+            .unwrap(),
+    );
+    let wasm = std::fs::read(programs::P1_TRIVIAL).unwrap();
+    let module = ModuleHash::of(&wasm);
+    submitter.put_module(&module, &wasm).await.unwrap();
+    submitter.enqueue(vec![task(module)]).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), quiet.wait_for_work())
+            .await
+            .is_err(),
+        "woken with notifications off"
+    );
+
+    let mut config = wpool::PoolConfig::new();
+    config.workers(1).poll_interval(Duration::from_millis(200));
+    let pool = wpool::Pool::with_backend(config, quiet).unwrap();
+    let record = task(module);
+    let id = record.id;
+    submitter.enqueue(vec![record]).await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), pool.wait(id))
+        .await
+        .expect("the polling host never ran the task")
+        .unwrap();
+    assert!(result.is_success(), "{:?}", result.outcome);
+    pool.stop().await.unwrap();
+}
+
 /// Several hosts expiring leases at once: each lost lease is expired by
 /// one host only, so each task counts one interruption; the host that lost
 /// a lease is refused when it comes back, and the host that ran the task

@@ -303,3 +303,122 @@ fn the_daemon_sets_the_default_limits_of_tasks() {
         "{stderr}"
     );
 }
+
+/// The most memory a task may ask for, from the OpenAPI document: the
+/// integer maximum, and the pattern of sizes with a unit.
+fn documented_max_memory(server: &Server) -> (u64, regex_automata::meta::Regex) {
+    let (status, doc) = server.get("/v1/openapi.json");
+    assert_eq!(status, 200);
+    let memory = &doc["components"]["schemas"]["SubmitTask"]["properties"]["memory"]["oneOf"][0];
+    let pattern = memory["oneOf"][1]["pattern"].as_str().unwrap();
+    (
+        memory["oneOf"][0]["maximum"].as_u64().unwrap(),
+        regex_automata::meta::Regex::new(pattern).unwrap(),
+    )
+}
+
+fn serve_output(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wpool"))
+        .arg("serve")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
+        .env_remove("WPOOL_STORE")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The refusal of a memory limit above the pool's maximum advises a
+/// setting that exists; issue 14 found it pointing at none.
+#[test]
+fn the_daemon_sets_the_most_memory_a_task_may_ask_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("flag"),
+        &["--workers", "1", "--max-memory", "2GiB"],
+    );
+    let echo = server.upload(programs::P1_ECHO);
+    let done = run(
+        &server,
+        json!({"module": echo, "input": 1, "memory": "1.5GiB"}),
+    );
+    assert_eq!(done["result"]["state"], "succeeded", "{done}");
+    assert_eq!(done["task"]["memory"], 3u64 << 29);
+    let (status, body) = server.post("/v1/tasks", &json!({"module": echo, "memory": "3GiB"}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_limit");
+    let message = body["error"]["message"].as_str().unwrap();
+    for setting in ["--max-memory", "WPOOL_MAX_MEMORY", "max_memory", "2 GiB"] {
+        assert!(message.contains(setting), "{message}");
+    }
+    // A client that checks the schema sees the same limit.
+    let (max, pattern) = documented_max_memory(&server);
+    assert_eq!(max, 2 << 30);
+    assert!(pattern.is_match("2GiB") && pattern.is_match("1536MiB"));
+    assert!(!pattern.is_match("3GiB") && !pattern.is_match("2049MiB"));
+    drop(server);
+
+    // The variable, and the config file.
+    let server = Server::start_with(&dir.path().join("env"), &["--workers", "1"], |mut c| {
+        c.env("WPOOL_MAX_MEMORY", "512MiB");
+        c
+    });
+    assert_eq!(documented_max_memory(&server).0, 512 << 20);
+    let echo = server.upload(programs::P1_ECHO);
+    let (status, body) = server.post("/v1/tasks", &json!({"module": echo, "memory": "1GiB"}));
+    assert_eq!(status, 400, "{body}");
+    drop(server);
+    let config = dir.path().join("wpool.toml");
+    std::fs::write(&config, "max_memory = \"3GiB\"\n").unwrap();
+    let server = Server::start(
+        &dir.path().join("file"),
+        &["--workers", "1", "--config", config.to_str().unwrap()],
+    );
+    let (max, pattern) = documented_max_memory(&server);
+    assert_eq!(max, 3 << 30);
+    assert!(pattern.is_match("3GiB") && !pattern.is_match("4GiB"));
+    drop(server);
+    // Without the setting, the default of 1 GiB.
+    let server = Server::start(&dir.path().join("default"), &["--workers", "1"]);
+    assert_eq!(documented_max_memory(&server).0, 1 << 30);
+    drop(server);
+
+    // Values the engine cannot give a task are refused, naming the setting.
+    let other = dir.path().join("other");
+    for (args, env) in [
+        (&["--max-memory", "5GiB"][..], &[][..]),
+        (&["--max-memory", "1KiB"][..], &[][..]),
+        (&[][..], &[("WPOOL_MAX_MEMORY", "100GiB")][..]),
+    ] {
+        let (code, stderr) = serve_output(&other, args, env);
+        assert_eq!(code, 3, "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains("--max-memory"), "{stderr}");
+    }
+    let (code, stderr) = serve_output(&other, &["--max-memory", "5GiB"], &[]);
+    assert_eq!(code, 3);
+    assert!(
+        stderr.contains("4 GiB") && stderr.contains("address space"),
+        "{stderr}"
+    );
+    let (code, stderr) = serve_output(&other, &["--max-memory", "lots"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--max-memory"), "{stderr}");
+    std::fs::write(&config, "max_memory = \"8GiB\"\n").unwrap();
+    let (code, stderr) = serve_output(&other, &["--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("max_memory"), "{stderr}");
+    // A default above the maximum is refused too.
+    let (code, stderr) = serve_output(
+        &other,
+        &["--max-memory", "256MiB", "--default-memory", "512MiB"],
+        &[],
+    );
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("--max-memory"), "{stderr}");
+}

@@ -49,8 +49,16 @@ pub(crate) fn execute(args: RunArgs) -> Result<u8, Failure> {
     let mut config = EngineConfig::new();
     config.workers(1);
     if let Some(memory) = args.limits.memory {
+        if memory > EngineConfig::MAX_MEMORY {
+            return Err(Failure::bad_input(anyhow::anyhow!(
+                "--memory {} is more than the most any task can have ({}: all a 32-bit wasm \
+                 memory can address, and the address space reserved for each)",
+                crate::units::format_size(memory),
+                crate::units::format_size(EngineConfig::MAX_MEMORY)
+            )));
+        }
         // Let the engine hold a memory as large as asked for.
-        config.max_memory(memory.max(1 << 30));
+        config.max_memory(memory.max(config.max_memory_bytes()));
     }
     for dir in &args.read_only {
         config.read_only_dir(dir.clone());

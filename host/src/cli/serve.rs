@@ -59,8 +59,8 @@ pub(crate) struct ServeArgs {
     /// max_queued, stop_grace, lease_ttl, body_timeout, header_timeout,
     /// max_connections, max_body_bytes_in_flight, max_wait, read_only_dirs,
     /// scratch_root, max_scratch, retention, max_results, max_stored_output,
-    /// max_workers, default_timeout, default_memory, default_fuel,
-    /// default_max_output.
+    /// max_workers, max_memory, default_timeout, default_memory,
+    /// default_fuel, default_max_output.
     ///
     /// `read_only_dirs` grants host directories to tasks, read-only:
     /// `[[read_only_dirs]]` with `host`, `guest` and optionally `modules`
@@ -121,11 +121,16 @@ pub(crate) struct ServeArgs {
     /// `wpool workers N`). Default: 4 times the worker count, at least 8.
     #[arg(long, env = "WPOOL_MAX_WORKERS")]
     max_workers: Option<usize>,
+    /// The largest memory limit a task may ask for, e.g. `2GiB`: from 64KiB
+    /// to 4GiB (the address space reserved for each memory slot, whatever
+    /// this is; all a 32-bit wasm memory can address). Default: 1GiB.
+    #[arg(long, env = "WPOOL_MAX_MEMORY", value_parser = parse_size)]
+    max_memory: Option<u64>,
     /// The timeout of a task that asks for none, e.g. `1m`. Default: 30s.
     #[arg(long, env = "WPOOL_DEFAULT_TIMEOUT", value_parser = parse_duration)]
     default_timeout: Option<Duration>,
     /// The memory limit of a task that asks for none, e.g. `256MiB`, at most
-    /// 1GiB (the most any task may ask for). Default: 128MiB.
+    /// --max-memory. Default: 128MiB.
     #[arg(long, env = "WPOOL_DEFAULT_MEMORY", value_parser = parse_size)]
     default_memory: Option<u64>,
     /// The fuel budget of a task that asks for none, e.g. `10G`. Default:
@@ -178,6 +183,7 @@ struct FileConfig {
     retention: Option<HumanDuration>,
     max_results: Option<u64>,
     max_workers: Option<usize>,
+    max_memory: Option<HumanSize>,
     default_timeout: Option<HumanDuration>,
     default_memory: Option<HumanSize>,
     default_fuel: Option<u64>,
@@ -303,6 +309,12 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
         )));
     }
     pool_config.engine_mut().max_workers(max_workers);
+    let max_memory = args
+        .max_memory
+        .or(file.max_memory.map(|s| s.0))
+        .unwrap_or(crate::EngineConfig::DEFAULT_MAX_MEMORY);
+    check_max_memory(max_memory)?;
+    pool_config.engine_mut().max_memory(max_memory);
     let mut limits = crate::Limits::default();
     if let Some(timeout) = args.default_timeout.or(file.default_timeout.map(|d| d.0)) {
         limits.timeout = timeout;
@@ -320,7 +332,7 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
         limits.max_output = max;
     }
     limits
-        .validate(1 << 30)
+        .validate(max_memory)
         .map_err(|e| Failure::bad_input(anyhow!("the default task limits: {e}")))?;
     pool_config.engine_mut().default_limits(limits);
     if let Some(max) = args.max_queued.or(file.max_queued) {
@@ -386,6 +398,30 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
     drop(runtime);
     drop(pool);
     outcome.map(|()| exit::OK)
+}
+
+/// Refuses a `--max-memory` (`WPOOL_MAX_MEMORY`, `max_memory`) the engine
+/// cannot give a task.
+fn check_max_memory(bytes: u64) -> Result<(), Failure> {
+    use crate::units::format_size;
+    let most = format_size(crate::EngineConfig::MAX_MEMORY);
+    if bytes < 64 << 10 {
+        return Err(Failure::bad_input(anyhow!(
+            "--max-memory (WPOOL_MAX_MEMORY, max_memory) is {}, less than one wasm page: \
+             give at least 64KiB, e.g. 1GiB",
+            format_size(bytes)
+        )));
+    }
+    if bytes > crate::EngineConfig::MAX_MEMORY {
+        return Err(Failure::bad_input(anyhow!(
+            "--max-memory (WPOOL_MAX_MEMORY, max_memory) is {}, more than the {most} the \
+             engine can give a task (the pooling allocator reserves {most} of address space \
+             for each memory slot, and a 32-bit wasm memory cannot address more): give at \
+             most 4GiB",
+            format_size(bytes),
+        )));
+    }
+    Ok(())
 }
 
 fn pool_failure(e: crate::Error) -> Failure {

@@ -722,6 +722,12 @@ impl Pool {
         self.inner().config.engine.slots()
     }
 
+    /// The largest memory limit a task may have in this pool: the engine's
+    /// [`max_memory`](crate::EngineConfig::max_memory).
+    pub fn max_memory(&self) -> u64 {
+        self.inner().config.engine.max_memory
+    }
+
     /// Changes how many workers take tasks, while the pool runs, up to the
     /// slots the engine was built for
     /// ([`EngineConfig::max_workers`](crate::EngineConfig::max_workers)). A

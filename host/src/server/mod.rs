@@ -84,6 +84,9 @@ pub struct ServerConfig {
     /// system's temporary directory (`wpool serve` uses
     /// `<data dir>/uploads`).
     pub upload_dir: Option<PathBuf>,
+    /// The largest memory limit a task may ask for, as the OpenAPI document
+    /// states it: taken from the pool by [`router`].
+    pub(crate) max_task_memory: u64,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             max_body_bytes_in_flight: 256 << 20,
             upload_dir: None,
+            max_task_memory: crate::EngineConfig::DEFAULT_MAX_MEMORY,
         }
     }
 }
@@ -117,7 +121,8 @@ pub(crate) struct AppState {
 
 /// The API's router over `pool`. `shutdown` ends long polls and event
 /// streams when cancelled.
-pub fn router(pool: Pool, config: ServerConfig, shutdown: CancellationToken) -> Router {
+pub fn router(pool: Pool, mut config: ServerConfig, shutdown: CancellationToken) -> Router {
+    config.max_task_memory = pool.max_memory();
     let metrics = Arc::new(metrics::Metrics::default());
     metrics::spawn_collector(&pool, metrics.clone(), shutdown.clone());
     let state = AppState {

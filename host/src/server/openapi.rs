@@ -57,10 +57,6 @@ const OUTCOME_KINDS: [&str; 12] = [
     "interrupted",
 ];
 
-/// The largest memory limit a task may ask for: the pool's default
-/// `max_memory`, which `wpool serve` keeps.
-const MAX_MEMORY: u64 = 1 << 30;
-
 /// What [`ModuleSettings::validate`](crate::ModuleSettings::validate)
 /// checks and a schema can say. What it cannot (the total size of the
 /// arguments and environment, a scratch directory only for preview-1
@@ -91,7 +87,7 @@ pub(crate) fn document(config: &ServerConfig, max_workers: usize) -> Value {
     schemas["WorkersRequest"]["properties"]["workers"]["minimum"] = json!(1);
     schemas["WorkersRequest"]["properties"]["workers"]["maximum"] = json!(max_workers);
     schemas["PurgeRequest"]["properties"]["state"] = json!({"type": ["string", "null"], "enum": ["succeeded", "failed", "cancelled", "expired", null]});
-    schemas["SubmitTask"] = submit_task();
+    schemas["SubmitTask"] = submit_task(config.max_task_memory);
     schemas["TaskState"] = json!({
         "type": "string", "enum": STATES, "description": "Where a task is in its life."
     });
@@ -411,8 +407,98 @@ fn nullable(schema: Value) -> Value {
     json!({"oneOf": [schema, {"type": "null"}]})
 }
 
-/// The schema of `POST /v1/tasks`, as the server checks it.
-fn submit_task() -> Value {
+/// A size from `min` to `max` bytes written as a whole number of KiB, MiB
+/// or GiB: exactly the strings of that form the server takes in range.
+fn binary_size_pattern(min: u64, max: u64) -> String {
+    let alternatives: Vec<String> = [("KiB", 10), ("MiB", 20), ("GiB", 30)]
+        .into_iter()
+        .filter_map(|(unit, shift)| {
+            let low = min.div_ceil(1 << shift).max(1);
+            let high = max >> shift;
+            (low <= high).then(|| format!("{}{unit}", integer_range_pattern(low, high)))
+        })
+        .collect();
+    format!("^({})$", alternatives.join("|"))
+}
+
+/// A regular expression for the decimal numbers from `low` to `high`
+/// (`low <= high`), written without leading zeros.
+fn integer_range_pattern(low: u64, high: u64) -> String {
+    let mut alternatives = Vec::new();
+    let (low_digits, high_digits) = (low.to_string().len(), high.to_string().len());
+    for digits in low_digits..=high_digits {
+        let exponent = u32::try_from(digits - 1).unwrap_or(0);
+        let from = low.max(10u64.pow(exponent));
+        let to = high.min(10u64.saturating_pow(exponent + 1) - 1);
+        if from <= to {
+            digit_range(&from.to_string(), &to.to_string(), &mut alternatives);
+        }
+    }
+    if alternatives.len() == 1 {
+        alternatives.remove(0)
+    } else {
+        format!("({})", alternatives.join("|"))
+    }
+}
+
+/// Adds to `out` the alternatives that match the digit strings from `low`
+/// to `high`, both of the same length (leading zeros allowed).
+fn digit_range(low: &str, high: &str, out: &mut Vec<String>) {
+    let any = |n: usize| match n {
+        0 => String::new(),
+        1 => "[0-9]".to_string(),
+        n => format!("[0-9]{{{n}}}"),
+    };
+    let class = |a: u8, b: u8| {
+        if a == b {
+            char::from(a).to_string()
+        } else {
+            format!("[{}-{}]", char::from(a), char::from(b))
+        }
+    };
+    let (l, h) = (low.as_bytes(), high.as_bytes());
+    let Some((&l0, l_rest)) = l.split_first() else {
+        out.push(String::new());
+        return;
+    };
+    let h0 = h[0];
+    let (low_rest, high_rest) = (&low[1..], &high[1..]);
+    let rest = l_rest.len();
+    if l0 == h0 {
+        let mut inner = Vec::new();
+        digit_range(low_rest, high_rest, &mut inner);
+        for tail in inner {
+            out.push(format!("{}{tail}", char::from(l0)));
+        }
+        return;
+    }
+    let low_full = low_rest.bytes().all(|b| b == b'0');
+    let high_full = high_rest.bytes().all(|b| b == b'9');
+    // The first digit alone, with every tail, from `first` to `last`.
+    let first = if low_full { l0 } else { l0 + 1 };
+    let last = if high_full { h0 } else { h0 - 1 };
+    if !low_full {
+        let mut inner = Vec::new();
+        digit_range(low_rest, &"9".repeat(rest), &mut inner);
+        for tail in inner {
+            out.push(format!("{}{tail}", char::from(l0)));
+        }
+    }
+    if first <= last {
+        out.push(format!("{}{}", class(first, last), any(rest)));
+    }
+    if !high_full {
+        let mut inner = Vec::new();
+        digit_range(&"0".repeat(rest), high_rest, &mut inner);
+        for tail in inner {
+            out.push(format!("{}{tail}", char::from(h0)));
+        }
+    }
+}
+
+/// The schema of `POST /v1/tasks`, as the server checks it, for a pool
+/// whose tasks may have up to `max_memory` bytes of memory.
+fn submit_task(max_memory: u64) -> Value {
     const WEEK_MS: u64 = 7 * 24 * 3600 * 1000;
     let ten_years_ms = u64::try_from(MAX_AHEAD.as_millis()).unwrap_or(u64::MAX);
     // Absolute times: up to ten years from when this document was made,
@@ -422,7 +508,7 @@ fn submit_task() -> Value {
         .saturating_sub(24 * 3600 * 1000);
     let max_output = crate::MAX_OUTPUT;
     let output_size = "^([0-9]{1,9}|[0-9]{1,3}(KiB|MiB|KB|MB))$";
-    let memory_size = "^((6[4-9]|[7-9][0-9]|[1-9][0-9]{2,5})KiB|[1-9][0-9]{0,2}MiB|1GiB)$";
+    let memory_size = binary_size_pattern(64 << 10, max_memory);
     let mut properties = serde_json::Map::new();
     let mut put = |name: &str, schema: Value| {
         properties.insert(name.to_string(), schema);
@@ -470,10 +556,10 @@ fn submit_task() -> Value {
     put(
         "memory",
         nullable(size(
-            "Memory limit of all linear memories.",
+            "Memory limit of all linear memories, at most the pool's maximum.",
             64 << 10,
-            MAX_MEMORY,
-            memory_size,
+            max_memory,
+            &memory_size,
         )),
     );
     put(
@@ -593,5 +679,66 @@ mod tests {
             pattern,
             "^([1-9][0-9]{0,7}ms|[1-9][0-9]{0,4}s|[1-9][0-9]{0,3}m|[1-9][0-9]{0,1}h|[1-7]d)$"
         );
+    }
+
+    fn matcher(pattern: &str) -> regex_automata::meta::Regex {
+        regex_automata::meta::Regex::new(pattern).unwrap()
+    }
+
+    #[test]
+    fn integer_range_patterns_match_exactly_their_range() {
+        for (low, high) in [
+            (1, 1),
+            (1, 9),
+            (3, 7),
+            (1, 10),
+            (9, 100),
+            (64, 1023),
+            (64, 4096),
+            (17, 3210),
+            (1, 2048),
+            (100, 999),
+            (205, 1999),
+        ] {
+            let pattern = format!("^{}$", integer_range_pattern(low, high));
+            let regex = matcher(&pattern);
+            for n in 0..=high * 2 + 20 {
+                let inside = (low..=high).contains(&n);
+                assert_eq!(regex.is_match(&n.to_string()), inside, "{n} by {pattern}");
+            }
+            assert!(!regex.is_match(&format!("0{low}")), "{pattern}");
+        }
+    }
+
+    /// The memory pattern follows the pool's maximum: what it allows, the
+    /// server takes, and every whole KiB/MiB/GiB size in range is allowed.
+    #[test]
+    fn memory_size_pattern_follows_the_maximum() {
+        let regex = matcher(&binary_size_pattern(64 << 10, 2 << 30));
+        for yes in [
+            "64KiB",
+            "1023KiB",
+            "2097152KiB",
+            "1MiB",
+            "1536MiB",
+            "2048MiB",
+            "2GiB",
+        ] {
+            assert!(regex.is_match(yes), "{yes}");
+        }
+        for no in [
+            "63KiB",
+            "2097153KiB",
+            "2049MiB",
+            "3GiB",
+            "0MiB",
+            "01GiB",
+            "1.5GiB",
+        ] {
+            assert!(!regex.is_match(no), "{no}");
+        }
+        let default = matcher(&binary_size_pattern(64 << 10, 1 << 30));
+        assert!(default.is_match("1GiB") && default.is_match("1024MiB"));
+        assert!(!default.is_match("2GiB") && !default.is_match("1025MiB"));
     }
 }

@@ -88,6 +88,7 @@ type Tx<'a> = deadpool_postgres::Transaction<'a>;
 pub struct PostgresOptions {
     max_connections: usize,
     connect_timeout: Duration,
+    listen: bool,
 }
 
 impl Default for PostgresOptions {
@@ -95,6 +96,7 @@ impl Default for PostgresOptions {
         Self {
             max_connections: 16,
             connect_timeout: Duration::from_secs(10),
+            listen: true,
         }
     }
 }
@@ -116,6 +118,18 @@ impl PostgresOptions {
     /// (`connect_timeout`). Default: 10 s.
     pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether a connection of its own `LISTEN`s for work that other
+    /// hosts make ready, to wake an idle pool at once. Off, an idle pool
+    /// finds that work only when it next polls
+    /// ([`PoolConfig::poll_interval`](crate::PoolConfig::poll_interval)),
+    /// and the backend holds one connection fewer; the other hosts' events
+    /// are not heard either (their results reach waiters by polling).
+    /// Default: on.
+    pub fn listen(&mut self, on: bool) -> &mut Self {
+        self.listen = on;
         self
     }
 }
@@ -339,7 +353,9 @@ async fn start(
         events,
     });
     schema::migrate(&shared).await?;
-    tokio::spawn(listen::listen(config, shared.clone()));
+    if options.listen {
+        tokio::spawn(listen::listen(config, shared.clone()));
+    }
     tokio::spawn(events::publish(shared.clone(), outgoing));
     Ok(shared)
 }
