@@ -1026,6 +1026,12 @@ async fn a_result_recorded_before_its_answer_was_lost_reaches_the_waiter() {
     assert_eq!(result.state, TaskState::Succeeded);
     assert_eq!(result.output, b"kept");
     assert_eq!((result.attempts.len(), result.interruptions), (1, 0));
+    // The waiter may read the final record from the store before the pool
+    // is through with the lost answer and counts the task: wait for that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pool.stats().await.unwrap().finished == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(pool.stats().await.unwrap().finished, 1);
     pool.close().await.unwrap();
 }

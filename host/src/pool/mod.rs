@@ -1066,15 +1066,16 @@ impl Inner {
     /// After a task reached a final state, durably: its result to waiters,
     /// its event, the counters.
     fn finished(&self, record: &TaskRecord) {
-        // The event first: a waiter that was given the result finds its
-        // event already sent.
+        // The event and the counters first: a waiter that was given the
+        // result finds its event already sent, and the task counted in
+        // the stats.
         self.emit(record.id, EventKind::finished(record));
-        self.wake_waiters(record);
         self.finished.fetch_add(1, Ordering::Relaxed);
         self.recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .tick();
+        self.wake_waiters(record);
         self.quiet.notify_waiters();
     }
 
