@@ -409,6 +409,12 @@ impl Inner {
         if expire {
             let expired = self.backend.expire_leases().await?;
             self.interrupted(&expired);
+        } else if leases.is_empty() {
+            // Nothing to renew and nothing to expire: still reach the
+            // store, so that a beat during an outage never passes for its
+            // end (this host would then expire the others' leases as soon
+            // as the store is back, before they could renew them).
+            self.backend.counts().await?;
         }
         Ok(())
     }
