@@ -379,6 +379,8 @@ fn submit_to_start(listen: bool, samples: usize) -> Result<(f64, f64), Failure> 
                         start.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
                     }
                     EventKind::Succeeded => break,
+                    // The submitting host's event, heard from the database.
+                    EventKind::Submitted => {}
                     other => return Err(format!("the task ended {other:?}").into()),
                 }
             }
