@@ -54,7 +54,10 @@ pub enum Error {
 
     /// The queue holds as many tasks as the pool allows
     /// ([`PoolConfig::max_queued`](crate::PoolConfig::max_queued)).
-    #[error("the queue is full ({0} tasks waiting); retry later or raise `max_queued`")]
+    #[error(
+        "the queue is full: {0} waiting, the most `max_queued` allows; retry later, or raise \
+         it (`wpool serve --max-queued`)"
+    )]
     QueueFull(usize),
 
     /// The task is not final yet (its state is given): it cannot be

@@ -317,3 +317,73 @@ fn a_batch_waits_for_room_in_a_full_queue() {
     assert_eq!(lines.len(), 60);
     assert!(lines.iter().all(|l| l["state"] == "succeeded"), "{lines:?}");
 }
+
+#[test]
+fn a_submission_refused_past_retry_for_gives_up_with_exit_7() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--workers", "1", "--max-queued", "1"]);
+    // A task an hour away fills the queue of one, and stays.
+    let out = wpool(&server.url, &["submit", programs::P1_ECHO, "--delay", "1h"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let inputs = dir.path().join("inputs.jsonl");
+    std::fs::write(&inputs, "1\n2\n3\n").unwrap();
+
+    // A batch: retried with backoff for 2 s, then every line is named as
+    // still refused, nothing was stored, and the exit is 7 (refused).
+    let started = std::time::Instant::now();
+    let out = wpool(
+        &server.url,
+        &[
+            "submit",
+            programs::P1_ECHO,
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--retry-for",
+            "2s",
+        ],
+    );
+    let waited = started.elapsed();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(waited >= Duration::from_secs(2), "gave up after {waited:?}");
+    assert!(stderr.contains("0 of 3 tasks submitted"), "{stderr}");
+    assert!(
+        stderr.contains("still refused after 2.00 s of retries (--retry-for)"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "a line for each input");
+    for (line, n) in lines.iter().zip(1..) {
+        assert_eq!(line["line"], n, "{line}");
+        assert!(
+            line["error"].as_str().unwrap().contains("queue is full"),
+            "{line}"
+        );
+        assert!(line.get("id").is_none_or(|id| id.is_null()), "{line}");
+    }
+
+    // A single submission the same, and `--retry-for 0s` gives up at once.
+    let out = wpool(
+        &server.url,
+        &["submit", programs::P1_ECHO, "--retry-for", "1s"],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("still refused after 1.00 s"), "{stderr}");
+    assert!(stderr.contains("queue is full"), "{stderr}");
+    let out = wpool(
+        &server.url,
+        &["submit", programs::P1_ECHO, "--retry-for", "0s"],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let out = wpool(&server.url, &["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed["tasks"].as_array().map(Vec::len),
+        Some(1),
+        "only the delayed task is stored: {listed}"
+    );
+}

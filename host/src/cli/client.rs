@@ -75,6 +75,18 @@ pub(crate) enum CallError {
 
 impl CallError {
     /// The error as a [`Failure`], with its exit code and a hint.
+    /// A refusal for backpressure, worth trying again later: a full queue
+    /// (429), a busy server or an unavailable store (503).
+    pub(crate) fn is_backpressure(&self) -> bool {
+        matches!(
+            self,
+            CallError::Api {
+                status: 429 | 503,
+                ..
+            }
+        )
+    }
+
     pub(crate) fn into_failure(self, server: &str) -> Failure {
         match self {
             CallError::Unreachable(cause) => Failure::new(

@@ -101,10 +101,22 @@ fn single(
     hash: &ModuleHash,
     input: &[u8],
 ) -> Result<u8, Failure> {
-    let answer: TaskAnswer = client
-        .post_json("/v1/tasks", &args.request(hash, input))
-        .and_then(|a| a.json())
-        .map_err(|e| e.into_failure(client.base()))?;
+    let request = args.request(hash, input);
+    let answer: TaskAnswer = retrying(args.retry_for, || {
+        client.post_json("/v1/tasks", &request)?.json()
+    })
+    .map_err(|e| {
+        let gave_up = e.is_backpressure() && !args.retry_for.is_zero();
+        let failure = e.into_failure(client.base());
+        if gave_up {
+            failure.context(format!(
+                "still refused after {} of retries (--retry-for); submit again later",
+                format_duration(args.retry_for)
+            ))
+        } else {
+            failure
+        }
+    })?;
     let id = answer.task.id.clone();
     if answer.created == Some(false) {
         eprintln!("wpool: the key names an existing task: {id}");
@@ -259,20 +271,16 @@ fn batch(
                         .iter()
                         .map(|line| args.request(hash, &line.input))
                         .collect();
-                    let outcome = match send_batch(client, &requests) {
+                    let outcome = match send_batch(client, &requests, args.retry_for) {
                         Ok(answers) => answers,
                         Err(e) => {
                             let message = match &e {
-                                CallError::Api {
-                                    status: 429 | 503,
-                                    message,
-                                    ..
-                                } => {
+                                CallError::Api { message, .. } if e.is_backpressure() => {
                                     gave_up.store(true, Ordering::Relaxed);
                                     format!(
-                                        "{message} (still refused after {} of retries; submit \
-                                         this line again later)",
-                                        format_duration(BACKPRESSURE_PATIENCE)
+                                        "{message} (still refused after {} of retries, \
+                                         --retry-for; submit this line again later)",
+                                        format_duration(args.retry_for)
                                     )
                                 }
                                 CallError::Api { message, .. } => message.clone(),
@@ -429,6 +437,13 @@ fn batch(
         }
     );
     if gave_up.load(Ordering::Relaxed) {
+        if let Some(CallError::Api { message, .. }) = &fatal {
+            eprintln!(
+                "wpool: {message}: still refused after {} of retries (--retry-for); the lines \
+                 not submitted carry it as their `error` on stdout: submit them again later",
+                format_duration(args.retry_for)
+            );
+        }
         return Ok(exit::REFUSED);
     }
     if let Some(fatal) = fatal {
@@ -443,66 +458,78 @@ fn batch(
     })
 }
 
-/// How long one batch is retried while the server refuses it for
-/// backpressure (429, 503) before the submission gives up on it.
-const BACKPRESSURE_PATIENCE: Duration = Duration::from_secs(300);
-
-/// Submits `requests` as one batch, waiting and retrying (50 ms doubling
-/// to 5 s, with jitter) while the server answers 429 or 503: a full queue
-/// drains, as the library's `submit` waits for room. A batch past the
-/// server's body limit (413) is sent again in halves. Per request: its
-/// task, or why the server refused it alone.
-fn send_batch(client: &Client, requests: &[SubmitTask]) -> Result<Vec<Sent>, CallError> {
+/// Calls `call` until it is not refused for backpressure (429, 503) or
+/// `retry_for` has passed, waiting between calls 50 ms doubling to 5 s,
+/// with jitter: a full queue drains, as the library's `submit` waits for
+/// room. Its last answer then.
+fn retrying<T>(
+    retry_for: Duration,
+    mut call: impl FnMut() -> Result<T, CallError>,
+) -> Result<T, CallError> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
-        let answer = client
-            .post_json("/v1/tasks:batch", &requests)
-            .and_then(|a| a.json::<BatchAnswer>());
-        match answer {
-            Ok(answer) => {
-                if answer.items.len() != requests.len() {
-                    return Err(CallError::Other(anyhow!(
-                        "the server answered {} items for a batch of {}",
-                        answer.items.len(),
-                        requests.len()
-                    )));
-                }
-                return Ok(answer.items.into_iter().map(sent_item).collect());
-            }
-            Err(CallError::Api {
-                status: 429 | 503, ..
-            }) if started.elapsed() < BACKPRESSURE_PATIENCE => {
+        match call() {
+            Err(e) if e.is_backpressure() && started.elapsed() < retry_for => {
                 let jitter = Duration::from_millis(fastrand::u64(0..=pause.as_millis() as u64 / 2));
-                std::thread::sleep(pause + jitter);
+                // Never past the patience: the last try comes at its end.
+                let left = retry_for.saturating_sub(started.elapsed());
+                std::thread::sleep((pause + jitter).min(left));
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
-            Err(CallError::Api { status: 413, .. }) if requests.len() > 1 => {
-                let (first, second) = requests.split_at(requests.len() / 2);
-                let mut answers = send_batch(client, first)?;
-                answers.extend(send_batch(client, second)?);
-                return Ok(answers);
-            }
-            Err(CallError::Api {
-                status: 413,
-                message,
-                ..
-            }) => return Ok(vec![Sent::Refused(message)]),
-            Err(CallError::Api {
-                status: 404, code, ..
-            }) if code == "not_found" => {
-                return Err(CallError::Api {
-                    status: 404,
-                    code,
-                    message: format!(
-                        "the server at {} takes no batches (POST /v1/tasks:batch): it is older \
-                         than this wpool; upgrade it",
-                        client.base()
-                    ),
-                });
-            }
-            Err(e) => return Err(e),
+            answer => return answer,
         }
+    }
+}
+
+/// Submits `requests` as one batch, retrying it while the server refuses
+/// it for backpressure (see [`retrying`]). A batch past the server's body
+/// limit (413) is sent again in halves. Per request: its task, or why the
+/// server refused it alone.
+fn send_batch(
+    client: &Client,
+    requests: &[SubmitTask],
+    retry_for: Duration,
+) -> Result<Vec<Sent>, CallError> {
+    let answer = retrying(retry_for, || {
+        client
+            .post_json("/v1/tasks:batch", &requests)?
+            .json::<BatchAnswer>()
+    });
+    match answer {
+        Ok(answer) => {
+            if answer.items.len() != requests.len() {
+                return Err(CallError::Other(anyhow!(
+                    "the server answered {} items for a batch of {}",
+                    answer.items.len(),
+                    requests.len()
+                )));
+            }
+            Ok(answer.items.into_iter().map(sent_item).collect())
+        }
+        Err(CallError::Api { status: 413, .. }) if requests.len() > 1 => {
+            let (first, second) = requests.split_at(requests.len() / 2);
+            let mut answers = send_batch(client, first, retry_for)?;
+            answers.extend(send_batch(client, second, retry_for)?);
+            Ok(answers)
+        }
+        Err(CallError::Api {
+            status: 413,
+            message,
+            ..
+        }) => Ok(vec![Sent::Refused(message)]),
+        Err(CallError::Api {
+            status: 404, code, ..
+        }) if code == "not_found" => Err(CallError::Api {
+            status: 404,
+            code,
+            message: format!(
+                "the server at {} takes no batches (POST /v1/tasks:batch): it is older \
+                 than this wpool; upgrade it",
+                client.base()
+            ),
+        }),
+        Err(e) => Err(e),
     }
 }
 

@@ -80,6 +80,12 @@ pub(crate) struct SubmitArgs {
     /// A label `key=value`; repeat for several.
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     pub(crate) labels: Vec<(String, String)>,
+    /// While the server refuses for backpressure (429: the queue is full;
+    /// 503: busy, or its store unavailable), keep retrying with backoff
+    /// (50 ms doubling to 5 s) for this long, then give up with exit 7.
+    /// `0s` gives up at the first refusal.
+    #[arg(long, value_parser = parse_duration, default_value = "5m", value_name = "DURATION")]
+    pub(crate) retry_for: Duration,
     /// Requests in flight at once for a batch (each a chunk of up to 500
     /// lines), and results waited for at once with `--wait`.
     #[arg(long, default_value_t = 8)]
