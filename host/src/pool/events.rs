@@ -100,7 +100,10 @@ pub enum EventsError {
 
 /// A subscription to the pool's events ([`Pool::subscribe`](crate::Pool::subscribe)).
 ///
-/// Events of one task arrive in the order they happened. A subscriber that
+/// Events of one task that this pool emitted arrive in the order they
+/// happened; on a shared queue, the events of other hosts are passed on as
+/// they are heard, which may interleave with this pool's own (a
+/// `Submitted` from another host after this pool's `Started`). A subscriber that
 /// falls more than 16,384 events behind is told how many it missed.
 #[derive(Debug)]
 pub struct Events(pub(crate) broadcast::Receiver<Event>);
