@@ -28,7 +28,7 @@ pub(crate) const ALL: &[(&str, Section)] = &[
     ("durable_submit", durable_submit),
     ("durable_end_to_end", durable_end_to_end),
     ("lease_renewal", lease_renewal),
-    ("cpu_bound", cpu_bound),
+    ("cpu_bound", crate::cpu::section),
     ("spawn_per_task", spawn_per_task),
     ("kill_latency", kill_latency),
     ("cold_start", cold_start),
@@ -42,7 +42,7 @@ pub(crate) fn read(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn engine_config(workers: usize, fuel: bool) -> EngineConfig {
+pub(crate) fn engine_config(workers: usize, fuel: bool) -> EngineConfig {
     let mut config = EngineConfig::new();
     config.workers(workers).fuel_metering(fuel);
     config
@@ -170,47 +170,6 @@ fn overhead(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::
             "raw wasmtime loop",
             raw,
             &format!("{:.1} µs/task vs {:.1}", 1e6 / pooled, 1e6 / raw),
-        ));
-    }
-    Ok(rows)
-}
-
-fn cpu_bound(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    let wasm = read(programs::EXAMPLE_P1_HASH);
-    let rounds = scale.n(20_000, 200_000) as u64;
-    let tasks = scale.n(cores * 2, cores * 8);
-    let input = serde_json::to_vec(&serde_json::json!({ "data": "wpool", "rounds": rounds }))?;
-
-    let native = {
-        let started = Instant::now();
-        let per_thread = tasks.div_ceil(cores);
-        let threads: Vec<_> = (0..cores)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    for _ in 0..per_thread {
-                        std::hint::black_box(hash::sha256_rounds(b"wpool", rounds));
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        (per_thread * cores) as f64 / started.elapsed().as_secs_f64()
-    };
-    let mut rows = Vec::new();
-    for (fuel, name) in [(false, "epochs only"), (true, "epochs + fuel")] {
-        let mut config = PoolConfig::new();
-        config.engine(engine_config(cores, fuel));
-        let pool = Pool::new(config)?;
-        let rate = pool_rate(&pool, &wasm, tasks, &input);
-        rows.push(Row::new(
-            &format!("sha256 ×{rounds}, Pool, {name}"),
-            "tasks/s",
-            rate,
-            "same Rust function, native, same threads",
-            native,
-            "native sha2 uses the CPU's SHA instructions",
         ));
     }
     Ok(rows)
