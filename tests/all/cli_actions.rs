@@ -3,22 +3,13 @@
 //! manual page; an example in every command's help.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use wpool_test_artifacts as programs;
 
+use crate::cli::wpool;
 use crate::server::Server;
-
-fn wpool(server: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wpool"))
-        .args(args)
-        .args(["--server", server])
-        .env_remove("WPOOL_TOKEN")
-        .env_remove("WPOOL_SERVER")
-        .output()
-        .expect("run wpool")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
