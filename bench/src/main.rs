@@ -14,6 +14,7 @@
 //! and stop it at the end.
 
 mod cpu;
+mod durable;
 mod postgres;
 mod queued;
 mod rows;

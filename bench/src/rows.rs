@@ -8,7 +8,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wpool::backend::{Backend, EmbeddedBackend};
-use wpool::store::{MemoryStore, SledOptions, SledStore, Store as _, SyncMode};
+use wpool::store::{MemoryStore, SledOptions, SledStore, Store as _};
 use wpool::{
     EngineConfig, Executor, Job, LimitOverrides, Limits, ModuleHash, Pool, PoolConfig, TaskId,
     TaskRecord, TaskSpec, TaskState,
@@ -25,8 +25,9 @@ pub(crate) const ALL: &[(&str, Section)] = &[
     ("memory", memory),
     ("queued_memory", crate::queued::section),
     ("overhead", overhead),
-    ("durable_submit", durable_submit),
-    ("durable_end_to_end", durable_end_to_end),
+    ("durable_submit", crate::durable::durable_submit),
+    ("durable_end_to_end", crate::durable::durable_end_to_end),
+    ("sled_flush", crate::durable::sled_flush),
     ("lease_renewal", lease_renewal),
     ("cpu_bound", crate::cpu::section),
     ("spawn_per_task", spawn_per_task),
@@ -372,83 +373,6 @@ pub(crate) fn submitters(
         }
         (per * concurrency) as f64 / started.elapsed().as_secs_f64()
     })
-}
-
-fn durable_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    // Fewer on PostgreSQL: every task is a commit, and the quick run
-    // stays short.
-    sled_next_to_memory(scale.n(4_000, 40_000), scale.n(1_000, 10_000), cores, false)
-}
-
-fn durable_end_to_end(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    sled_next_to_memory(scale.n(2_000, 20_000), scale.n(500, 4_000), cores, true)
-}
-
-/// 64 submitters on the sled store, durable and relaxed, next to the
-/// memory store: submissions acknowledged, or (`wait`) tasks from
-/// submission to a result a waiter was given. Then the same on
-/// PostgreSQL, next to sled's durable figure.
-fn sled_next_to_memory(
-    count: usize,
-    postgres_count: usize,
-    cores: usize,
-    wait: bool,
-) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    let wasm = read(programs::P1_TRIVIAL);
-    let concurrency = 64;
-    let mut config = PoolConfig::new();
-    config.workers(cores);
-    let memory = {
-        let pool = Pool::new(config.clone())?;
-        let hash = register(&pool, &wasm)?;
-        submitters(&pool, hash, count, concurrency, wait)
-    };
-    let mut rows = Vec::new();
-    let mut durable = f64::NAN;
-    for (name, sync) in [
-        ("durable (group commit)", SyncMode::Durable),
-        (
-            "relaxed (flush every 100 ms)",
-            SyncMode::Relaxed {
-                interval: Duration::from_millis(100),
-            },
-        ),
-    ] {
-        let dir = tempfile_dir("durable");
-        let store = SledStore::open(&dir, SledOptions::new().sync(sync))?;
-        let pool = Pool::with_store(config.clone(), Arc::new(store))?;
-        let hash = register(&pool, &wasm)?;
-        let rate = submitters(&pool, hash, count, concurrency, wait);
-        drop(pool);
-        let _ = std::fs::remove_dir_all(&dir);
-        if sync == SyncMode::Durable {
-            durable = rate;
-        }
-        let (what, note) = if wait {
-            (
-                "end to end (submit → run → result)",
-                "submission, claim and result each durable before seen",
-            )
-        } else {
-            ("submit", "acknowledged submissions")
-        };
-        rows.push(Row::new(
-            &format!("{what}, sled store, {name}, {concurrency} submitters"),
-            "tasks/s",
-            rate,
-            "memory store, same submitters",
-            memory,
-            note,
-        ));
-    }
-    rows.push(crate::postgres::next_to_sled(
-        postgres_count,
-        cores,
-        concurrency,
-        wait,
-        durable,
-    )?);
-    Ok(rows)
 }
 
 /// What a heartbeat costs: renewing the leases of running tasks, per

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use self::sled::{CheckReport, SCHEMA_VERSION, SledOptions, SledStore, SyncMode};
+pub use self::sled::{
+    CheckReport, FlushStats, SCHEMA_VERSION, SizeClass, SledOptions, SledStore, SyncMode,
+};
 pub use memory::MemoryStore;
 
 use crate::task::{Millis, Payload, Slot, TaskId, TaskRecord, TaskState};

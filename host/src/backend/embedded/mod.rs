@@ -17,7 +17,7 @@
 
 mod index;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -42,6 +42,27 @@ pub struct EmbeddedBackend {
     /// still take back.
     written: AtomicU64,
     durable: AtomicU64,
+    /// Submissions waiting to be written, several at once: see
+    /// [`EmbeddedBackend::write_submissions`].
+    submissions: Mutex<Vec<Submission>>,
+    /// Whether a caller is writing the waiting submissions now.
+    writing_submissions: AtomicBool,
+}
+
+/// Clears the flag it holds when dropped.
+struct LetGo<'a>(&'a AtomicBool);
+
+impl Drop for LetGo<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// One caller's tasks, waiting for the write that stores them with the
+/// others waiting then.
+struct Submission {
+    tasks: Vec<TaskRecord>,
+    answer: tokio::sync::oneshot::Sender<Result<Vec<Enqueued>>>,
 }
 
 impl std::fmt::Debug for EmbeddedBackend {
@@ -103,6 +124,118 @@ impl EmbeddedBackend {
         }
     }
 
+    /// Writes the waiting submissions, unless another caller is writing
+    /// them: then it writes those left when it is done. Every submission
+    /// left before the call is answered by the time one of the callers
+    /// that found the queue non-empty returns.
+    fn write_submissions(&self) {
+        loop {
+            if self.writing_submissions.swap(true, Ordering::AcqRel) {
+                return; // the writer takes ours too, before it lets go
+            }
+            // Lets go even if a write panics, so that later submissions
+            // still find a writer.
+            let writing = LetGo(&self.writing_submissions);
+            loop {
+                let waiting = std::mem::take(
+                    &mut *self
+                        .submissions
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+                if waiting.is_empty() {
+                    break;
+                }
+                self.store_submissions(waiting);
+            }
+            drop(writing);
+            // One left between the last look and letting go has no writer.
+            if self
+                .submissions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Stores the tasks of `waiting` in one write, and answers each
+    /// caller. If that write fails, each caller's tasks are written on
+    /// their own, so that one caller's fault (a module not stored) fails
+    /// only that caller.
+    fn store_submissions(&self, waiting: Vec<Submission>) {
+        if let [_] = waiting.as_slice() {
+            for Submission { tasks, answer } in waiting {
+                let _ = answer.send(self.store_tasks(tasks));
+            }
+            return;
+        }
+        let sizes: Vec<usize> = waiting.iter().map(|s| s.tasks.len()).collect();
+        let (all, answers): (Vec<Vec<TaskRecord>>, Vec<_>) =
+            waiting.into_iter().map(|s| (s.tasks, s.answer)).unzip();
+        let mut all = all.into_iter().flatten().collect::<Vec<_>>();
+        match self.try_store_tasks(&mut all) {
+            Ok(enqueued) => {
+                let mut enqueued = enqueued.into_iter();
+                for (size, answer) in sizes.into_iter().zip(answers) {
+                    let _ = answer.send(Ok(enqueued.by_ref().take(size).collect()));
+                }
+            }
+            Err(_) => {
+                let mut all = all.into_iter();
+                for (size, answer) in sizes.into_iter().zip(answers) {
+                    let tasks = all.by_ref().take(size).collect();
+                    let _ = answer.send(self.store_tasks(tasks));
+                }
+            }
+        }
+    }
+
+    /// Stores `tasks` in one write and indexes them; on a failure, removes
+    /// their input files and fails.
+    fn store_tasks(&self, mut tasks: Vec<TaskRecord>) -> Result<Vec<Enqueued>> {
+        match self.try_store_tasks(&mut tasks) {
+            Ok(enqueued) => Ok(enqueued),
+            Err(e) => {
+                self.discard_inputs(tasks.iter());
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores `tasks` in one write and indexes them. On a failure the
+    /// tasks are left in `tasks` (their input files too) and the error is
+    /// given.
+    fn try_store_tasks(&self, tasks: &mut Vec<TaskRecord>) -> Result<Vec<Enqueued>> {
+        let mut index = self.lock();
+        let inserted = self.store.insert(tasks)?;
+        self.wrote();
+        let tasks = std::mem::take(tasks);
+        // A task not stored (its key was taken) leaves no file behind.
+        self.discard_inputs(
+            tasks
+                .iter()
+                .zip(&inserted)
+                .filter(|(_, i)| matches!(i, Inserted::Existing(_)))
+                .map(|(t, _)| t),
+        );
+        Ok(tasks
+            .into_iter()
+            .zip(inserted)
+            .map(|(task, inserted)| match inserted {
+                Inserted::New => {
+                    if !task.state.is_final() {
+                        index.insert(&task);
+                    }
+                    Enqueued::New(Box::new(task))
+                }
+                Inserted::Existing(id) => Enqueued::Existing(id),
+            })
+            .collect())
+    }
+
     /// Opens the backend over `store`: takes up its waiting tasks, and
     /// expires the leases of the tasks that were running when the process
     /// that held them stopped (each counts an interruption).
@@ -155,6 +288,8 @@ impl EmbeddedBackend {
                 tokens: AtomicU64::new(fastrand::u64(1..u64::MAX / 2)),
                 written: AtomicU64::new(0),
                 durable: AtomicU64::new(0),
+                submissions: Mutex::new(Vec::new()),
+                writing_submissions: AtomicBool::new(false),
             },
             recovered,
         ))
@@ -297,39 +432,18 @@ impl Backend for EmbeddedBackend {
                 .await
                 .map_err(|e| Error::Store(format!("keeping inputs panicked: {e}")))??;
         }
-        let answers = {
-            let mut index = self.lock();
-            let inserted = match self.store.insert(&tasks) {
-                Ok(inserted) => inserted,
-                Err(e) => {
-                    drop(index);
-                    self.discard_inputs(tasks.iter());
-                    return Err(e);
-                }
-            };
-            self.wrote();
-            // A task not stored (its key was taken) leaves no file behind.
-            self.discard_inputs(
-                tasks
-                    .iter()
-                    .zip(&inserted)
-                    .filter(|(_, i)| matches!(i, Inserted::Existing(_)))
-                    .map(|(t, _)| t),
-            );
-            tasks
-                .into_iter()
-                .zip(inserted)
-                .map(|(task, inserted)| match inserted {
-                    Inserted::New => {
-                        if !task.state.is_final() {
-                            index.insert(&task);
-                        }
-                        Enqueued::New(Box::new(task))
-                    }
-                    Inserted::Existing(id) => Enqueued::Existing(id),
-                })
-                .collect()
-        };
+        // Concurrent submissions share one write (and then one flush):
+        // each caller leaves its tasks, and whoever finds no write under
+        // way writes everything left so far.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.submissions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Submission { tasks, answer });
+        self.write_submissions();
+        let answers = answered
+            .await
+            .map_err(|_| Error::Store("the write of a submission was lost".into()))??;
         self.flush_writes().await?;
         Ok(answers)
     }

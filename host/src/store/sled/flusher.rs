@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -40,8 +41,8 @@ struct State {
     tickets: u64,
     /// Every ticket up to this one is covered by a finished flush.
     covered: u64,
-    /// Flushes made.
-    flushes: u64,
+    /// Flushes made, and what they carried.
+    stats: FlushStats,
     /// `(first ticket, last ticket, error)` of recent failed flushes.
     failures: VecDeque<(u64, u64, String)>,
     stop: bool,
@@ -119,7 +120,12 @@ impl Flusher {
 
     /// How many flushes were made.
     pub(super) fn flushes(&self) -> u64 {
-        self.shared.lock().flushes
+        self.shared.lock().stats.flushes
+    }
+
+    /// What the flushes so far carried and cost.
+    pub(super) fn stats(&self) -> FlushStats {
+        self.shared.lock().stats.clone()
     }
 }
 
@@ -163,10 +169,16 @@ impl Shared {
             // flush covers them.
             let (first, last) = (state.covered + 1, state.tickets);
             drop(state);
+            let started = Instant::now();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()));
+            let took = started.elapsed();
             let mut state = self.lock();
             state.covered = last;
-            state.flushes += 1;
+            let bytes = match &result {
+                Ok(Ok(bytes)) => *bytes as u64,
+                _ => 0,
+            };
+            state.stats.record(last - first + 1, bytes, took);
             let error = match result {
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => Some(e.to_string()),
@@ -183,5 +195,56 @@ impl Shared {
             self.flushed.notify_all();
             self.flushed_async.notify_waiters();
         }
+    }
+}
+
+/// What the group commits of a [`SledStore`](super::SledStore) carried
+/// and cost, since it was opened: for the benchmark's breakdown of a
+/// durable task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    /// Flushes made (callers that shared one count once).
+    pub flushes: u64,
+    /// Callers served: each waited for one flush.
+    pub waiters: u64,
+    /// Bytes sled wrote to its log in those flushes.
+    pub bytes: u64,
+    /// Time spent flushing (writing and fsync), in total.
+    pub busy: Duration,
+    /// The longest flush.
+    pub longest: Duration,
+    /// Flushes by bytes written: up to 4 KiB, 64 KiB, 1 MiB, and more.
+    pub by_size: [SizeClass; 4],
+}
+
+/// The flushes of one size class of [`FlushStats::by_size`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SizeClass {
+    /// Flushes in the class.
+    pub flushes: u64,
+    /// Bytes they wrote.
+    pub bytes: u64,
+    /// Time they took.
+    pub busy: Duration,
+}
+
+impl FlushStats {
+    /// The upper bound of each of [`FlushStats::by_size`]'s classes.
+    pub const CLASS_LIMITS: [u64; 4] = [4 << 10, 64 << 10, 1 << 20, u64::MAX];
+
+    fn record(&mut self, waiters: u64, bytes: u64, took: Duration) {
+        self.flushes += 1;
+        self.waiters += waiters;
+        self.bytes += bytes;
+        self.busy += took;
+        self.longest = self.longest.max(took);
+        let class = Self::CLASS_LIMITS
+            .iter()
+            .position(|limit| bytes <= *limit)
+            .unwrap_or(3);
+        let class = &mut self.by_size[class];
+        class.flushes += 1;
+        class.bytes += bytes;
+        class.busy += took;
     }
 }

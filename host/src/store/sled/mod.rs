@@ -60,6 +60,7 @@ mod schema;
 mod tasks;
 
 pub use check::CheckReport;
+pub use flusher::{FlushStats, SizeClass};
 
 /// The schema version this build writes and reads. A store written by a
 /// newer wpool (a higher version) is refused, never modified.
@@ -346,6 +347,11 @@ impl SledStore {
     /// have made (callers that shared a flush count once).
     pub fn flushes(&self) -> u64 {
         self.flusher.flushes()
+    }
+
+    /// What the flushes so far carried (bytes, callers served) and cost.
+    pub fn flush_stats(&self) -> FlushStats {
+        self.flusher.stats()
     }
 
     /// The size of the database's files, in bytes, as sled counts it.

@@ -1,0 +1,338 @@
+//! The durable rows: submissions and whole tasks on the sled store, durable
+//! and relaxed, next to the memory store doing the same, by 64 single
+//! submitters and by batches; and what a bare sled insert and flush cost,
+//! the floor under them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wpool::store::{FlushStats, SledOptions, SledStore, SyncMode};
+use wpool::{ModuleHash, Pool, PoolConfig, TaskSpec};
+use wpool_test_artifacts as programs;
+
+use crate::rows::{read, register, submitters, tempfile_dir};
+use crate::{Row, Scale};
+
+/// Single submitters, each with one task at a time.
+const SUBMITTERS: usize = 64;
+/// Tasks per batch in the batch rows.
+const BATCH: usize = 500;
+/// Batch submitters at once in the batch rows.
+const BATCH_SUBMITTERS: usize = 4;
+
+pub(crate) fn durable_submit(
+    scale: Scale,
+    cores: usize,
+) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    // Fewer on PostgreSQL: every task is a commit, and the quick run
+    // stays short.
+    sled_next_to_memory(
+        scale.n(4_000, 40_000),
+        scale.n(20_000, 200_000),
+        scale.n(1_000, 10_000),
+        cores,
+        false,
+    )
+}
+
+pub(crate) fn durable_end_to_end(
+    scale: Scale,
+    cores: usize,
+) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    sled_next_to_memory(
+        scale.n(2_000, 20_000),
+        scale.n(10_000, 100_000),
+        scale.n(500, 4_000),
+        cores,
+        true,
+    )
+}
+
+/// How the tasks of a row are submitted.
+#[derive(Clone, Copy)]
+enum Submission {
+    /// [`SUBMITTERS`] submitters of one task at a time.
+    Single,
+    /// [`BATCH_SUBMITTERS`] submitters of [`BATCH`] tasks at a time.
+    Batch,
+}
+
+impl Submission {
+    fn rate(self, pool: &Pool, hash: ModuleHash, count: usize, wait: bool) -> f64 {
+        match self {
+            Submission::Single => submitters(pool, hash, count, SUBMITTERS, wait),
+            Submission::Batch => batches(pool, hash, count, wait),
+        }
+    }
+
+    fn who(self) -> String {
+        match self {
+            Submission::Single => format!("{SUBMITTERS} submitters"),
+            Submission::Batch => format!("{BATCH_SUBMITTERS} × batches of {BATCH}"),
+        }
+    }
+}
+
+/// [`BATCH_SUBMITTERS`] concurrent submitters share `count` tasks, each
+/// submitting [`BATCH`] at a time (`Pool::submit_many`) and, with `wait`,
+/// waiting for all their results before the next batch. Tasks per second.
+fn batches(pool: &Pool, hash: ModuleHash, count: usize, wait: bool) -> f64 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let started = Instant::now();
+        let rounds = (count / (BATCH_SUBMITTERS * BATCH)).max(1);
+        let tasks: Vec<_> = (0..BATCH_SUBMITTERS)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    for _ in 0..rounds {
+                        let specs = (0..BATCH).map(|_| TaskSpec::new(hash, Vec::new()));
+                        let handles = pool.submit_many(specs).await.unwrap();
+                        if wait {
+                            let waits = handles.into_iter().map(|handle| {
+                                let handle = handle.unwrap();
+                                tokio::spawn(async move { handle.wait().await })
+                            });
+                            for waiting in waits.collect::<Vec<_>>() {
+                                let result = waiting.await.unwrap().unwrap();
+                                assert!(result.is_success(), "{:?}", result.outcome);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (rounds * BATCH_SUBMITTERS * BATCH) as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+/// The sled store, durable and relaxed, next to the memory store:
+/// submissions acknowledged, or (`wait`) tasks from submission to a result
+/// a waiter was given; by single submitters (`count` tasks), then by
+/// batches (`batch_count`). Then single submitters on PostgreSQL, next to
+/// sled's durable figure.
+fn sled_next_to_memory(
+    count: usize,
+    batch_count: usize,
+    postgres_count: usize,
+    cores: usize,
+    wait: bool,
+) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let wasm = read(programs::P1_TRIVIAL);
+    let mut config = PoolConfig::new();
+    config.workers(cores);
+    let mut rows = Vec::new();
+    let mut durable = f64::NAN;
+    for (submission, count) in [
+        (Submission::Single, count),
+        (Submission::Batch, batch_count),
+    ] {
+        let memory = {
+            let pool = Pool::new(config.clone())?;
+            let hash = register(&pool, &wasm)?;
+            submission.rate(&pool, hash, count, wait)
+        };
+        for (name, sync) in [
+            ("durable (group commit)", SyncMode::Durable),
+            (
+                "relaxed (flush every 100 ms)",
+                SyncMode::Relaxed {
+                    interval: Duration::from_millis(100),
+                },
+            ),
+        ] {
+            let dir = tempfile_dir("durable");
+            let store = Arc::new(SledStore::open(&dir, SledOptions::new().sync(sync))?);
+            let pool = Pool::with_store(config.clone(), store.clone())?;
+            let hash = register(&pool, &wasm)?;
+            let before = store.flush_stats();
+            let rate = submission.rate(&pool, hash, count, wait);
+            let stats = store.flush_stats();
+            drop(pool);
+            drop(store);
+            let _ = std::fs::remove_dir_all(&dir);
+            if sync == SyncMode::Durable {
+                if matches!(submission, Submission::Single) {
+                    durable = rate;
+                }
+                print_flushes(&submission.who(), wait, count, &before, &stats);
+            }
+            let (what, note) = if wait {
+                (
+                    "end to end (submit → run → result)",
+                    "submission, claim and result each durable before seen",
+                )
+            } else {
+                ("submit", "acknowledged submissions")
+            };
+            rows.push(Row::new(
+                &format!("{what}, sled store, {name}, {}", submission.who()),
+                "tasks/s",
+                rate,
+                "memory store, same submitters",
+                memory,
+                note,
+            ));
+        }
+    }
+    if wait {
+        rows.push(more_workers(count, &wasm)?);
+    }
+    rows.push(crate::postgres::next_to_sled(
+        postgres_count,
+        cores,
+        SUBMITTERS,
+        wait,
+        durable,
+    )?);
+    Ok(rows)
+}
+
+/// Workers in the row that shows what more tasks in flight do.
+const MANY_WORKERS: usize = 32;
+
+/// End to end by the single submitters with [`MANY_WORKERS`] workers, on
+/// the durable sled store next to the memory store: each worker waits for
+/// a flush after its claim and after its result, so the tasks in flight,
+/// and so the tasks one flush can carry, are as many as the workers.
+fn more_workers(count: usize, wasm: &[u8]) -> Result<Row, Box<dyn std::error::Error>> {
+    let mut config = PoolConfig::new();
+    config.workers(MANY_WORKERS);
+    let memory = {
+        let pool = Pool::new(config.clone())?;
+        let hash = register(&pool, wasm)?;
+        submitters(&pool, hash, count, SUBMITTERS, true)
+    };
+    let dir = tempfile_dir("durable");
+    let store = Arc::new(SledStore::open(&dir, &SledOptions::new())?);
+    let pool = Pool::with_store(config, store.clone())?;
+    let hash = register(&pool, wasm)?;
+    let before = store.flush_stats();
+    let rate = submitters(&pool, hash, count, SUBMITTERS, true);
+    let stats = store.flush_stats();
+    drop(pool);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    let who = format!("{SUBMITTERS} submitters, {MANY_WORKERS} workers");
+    print_flushes(&who, true, count, &before, &stats);
+    Ok(Row::new(
+        &format!("end to end, sled store, durable (group commit), {who}"),
+        "tasks/s",
+        rate,
+        "memory store, same submitters and workers",
+        memory,
+        "more tasks in flight share each flush",
+    ))
+}
+
+/// The group commits of one measurement, on stderr: how many tasks each
+/// flush carried, and what flushes of each size cost.
+fn print_flushes(who: &str, wait: bool, tasks: usize, before: &FlushStats, after: &FlushStats) {
+    let flushes = after.flushes - before.flushes;
+    let waiters = after.waiters - before.waiters;
+    let bytes = after.bytes - before.bytes;
+    let busy = after.busy - before.busy;
+    let per = |n: u64| n as f64 / flushes.max(1) as f64;
+    eprintln!(
+        "  flushes, {who}{}: {flushes} for {tasks} tasks ({:.1} tasks, {:.1} waiters, {:.0} bytes \
+         per flush; {:.3} ms per flush, {:.0} ms flushing in all, longest {:.1} ms)",
+        if wait { ", end to end" } else { ", submit" },
+        tasks as f64 / flushes.max(1) as f64,
+        per(waiters),
+        per(bytes),
+        busy.as_secs_f64() * 1e3 / flushes.max(1) as f64,
+        busy.as_secs_f64() * 1e3,
+        after.longest.as_secs_f64() * 1e3,
+    );
+    for (i, limit) in FlushStats::CLASS_LIMITS.iter().enumerate() {
+        let (a, b) = (after.by_size[i], before.by_size[i]);
+        let n = a.flushes - b.flushes;
+        if n == 0 {
+            continue;
+        }
+        eprintln!(
+            "    up to {:>9} bytes: {n:>6} flushes, {:>8.0} bytes and {:.3} ms each",
+            if *limit == u64::MAX {
+                "any".to_string()
+            } else {
+                limit.to_string()
+            },
+            (a.bytes - b.bytes) as f64 / n as f64,
+            (a.busy - b.busy).as_secs_f64() * 1e3 / n as f64,
+        );
+    }
+}
+
+/// What sled itself allows: one thread inserting `records` records of the
+/// size of a task's record, then flushing, over and over; records per
+/// second and time per flush, next to writing and fsyncing the same bytes
+/// to a plain file.
+pub(crate) fn sled_flush(
+    scale: Scale,
+    _cores: usize,
+) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    /// About a queued task's record with its index entry and counts.
+    const RECORD: usize = 400;
+    let total = scale.n(2_000, 20_000);
+    let mut rows = Vec::new();
+    for records in [1usize, 8, 64, 512] {
+        let dir = tempfile_dir("sled-flush");
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .flush_every_ms(None)
+            .open()?;
+        let tree = db.open_tree("tasks")?;
+        let value = vec![7u8; RECORD];
+        let flushes = (total / records).max(4);
+        let mut bytes = 0;
+        let started = Instant::now();
+        let mut flushing = Duration::ZERO;
+        for n in 0..flushes {
+            for r in 0..records {
+                tree.insert(((n * records + r) as u64).to_be_bytes(), &value[..])?;
+            }
+            let at = Instant::now();
+            bytes += db.flush()?;
+            flushing += at.elapsed();
+        }
+        let sled_rate = (flushes * records) as f64 / started.elapsed().as_secs_f64();
+        drop(tree);
+        drop(db);
+        // The same bytes per flush, written over a file already its size
+        // (as a log of preallocated segments is) and fsynced.
+        let path = dir.join("plain");
+        let chunk = vec![7u8; (bytes / flushes).max(1)];
+        let file = std::fs::File::create(&path)?;
+        file.set_len((chunk.len() * flushes) as u64)?;
+        file.sync_all()?;
+        let started = Instant::now();
+        for n in 0..flushes {
+            std::os::unix::fs::FileExt::write_all_at(&file, &chunk, (n * chunk.len()) as u64)?;
+            file.sync_data()?;
+        }
+        let plain = flushes as f64 / started.elapsed().as_secs_f64();
+        drop(file);
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push(Row::new(
+            &format!("bare sled: {records} inserts of {RECORD} B, then flush"),
+            "flush/s",
+            flushes as f64 / flushing.as_secs_f64().max(1e-9),
+            "overwrite + fdatasync, same bytes",
+            plain,
+            &format!(
+                "{:.0} B and {:.3} ms per flush; {:.0} records/s",
+                bytes as f64 / flushes as f64,
+                flushing.as_secs_f64() * 1e3 / flushes as f64,
+                sled_rate
+            ),
+        ));
+    }
+    Ok(rows)
+}
