@@ -59,15 +59,21 @@ impl Metrics {
 
 /// Follows the pool's events until `shutdown`, recording every finished
 /// task. Does nothing outside a tokio runtime.
+///
+/// The collector runs on the pool's own threads, where the events of
+/// runs are sent: on the server's threads, each start and end of a task
+/// woke a server thread from another runtime, a context switch taken from
+/// the connections.
 pub(crate) fn spawn_collector(
     pool: &Pool,
     metrics: std::sync::Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    if tokio::runtime::Handle::try_current().is_err() {
         return;
-    };
+    }
     let mut events = pool.subscribe();
+    let runtime = pool.executor().handle().clone();
     let pool = pool.clone();
     runtime.spawn(async move {
         loop {
