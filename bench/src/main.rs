@@ -15,6 +15,7 @@
 
 mod cpu;
 mod durable;
+mod http;
 mod postgres;
 mod queued;
 mod rows;

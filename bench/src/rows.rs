@@ -34,7 +34,7 @@ pub(crate) const ALL: &[(&str, Section)] = &[
     ("kill_latency", kill_latency),
     ("cold_start", cold_start),
     ("recovery", recovery),
-    ("http_submit", http_submit),
+    ("http_submit", crate::http::section),
     ("postgres_hosts", crate::postgres::hosts),
     ("postgres_wake", crate::postgres::wake),
 ];
@@ -589,74 +589,4 @@ fn cold_start(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error
             "instantiate + run, the module registered",
         ),
     ])
-}
-
-fn http_submit(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    let wasm = read(programs::P1_TRIVIAL);
-    let count = scale.n(2_000, 20_000);
-    let clients = 16;
-    let mut config = PoolConfig::new();
-    config.workers(cores);
-    let embedded = {
-        let pool = Pool::new(config.clone())?;
-        let hash = register(&pool, &wasm)?;
-        submitters(&pool, hash, count, clients, false)
-    };
-
-    let pool = Pool::new(config)?;
-    let hash = register(&pool, &wasm)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(wpool::server::serve(
-        listener,
-        pool.clone(),
-        wpool::server::ServerConfig::default(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let body = serde_json::json!({ "module": hash.to_string(), "input": {} }).to_string();
-    let started = Instant::now();
-    let per = count / clients;
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let url = format!("{url}/v1/tasks");
-            let body = body.clone();
-            std::thread::spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(60)))
-                    .build()
-                    .into();
-                for _ in 0..per {
-                    let response = agent
-                        .post(&url)
-                        .header("Content-Type", "application/json")
-                        .send(body.as_bytes())
-                        .expect("submit over HTTP");
-                    assert!(response.status().is_success());
-                }
-            })
-        })
-        .collect();
-    for thread in threads {
-        thread
-            .join()
-            .map_err(|_| "an HTTP client thread panicked")?;
-    }
-    let http = (per * clients) as f64 / started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    runtime.block_on(server)??;
-    Ok(vec![Row::new(
-        &format!("submit over HTTP, {clients} keep-alive clients"),
-        "tasks/s",
-        http,
-        "embedded Pool::submit, same concurrency",
-        embedded,
-        "memory store on both sides",
-    )])
 }

@@ -19,7 +19,8 @@ const BUCKETS: [f64; 12] = [
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     /// Finished tasks per (state, outcome kind).
-    outcomes: Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    /// Keyed by names, not owned strings: a finished task allocates nothing.
+    outcomes: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
     /// Cumulative bucket counts, one per [`BUCKETS`] bound.
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
@@ -29,12 +30,18 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    fn observe(&self, state: TaskState, outcome: &str, duration_us: u64, fuel: Option<u64>) {
+    fn observe(
+        &self,
+        state: TaskState,
+        outcome: &'static str,
+        duration_us: u64,
+        fuel: Option<u64>,
+    ) {
         *self
             .outcomes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((state.to_string(), outcome.to_string()))
+            .entry((state.as_str(), outcome))
             .or_insert(0) += 1;
         let secs = duration_us as f64 / 1e6;
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
@@ -52,15 +59,21 @@ impl Metrics {
 
 /// Follows the pool's events until `shutdown`, recording every finished
 /// task. Does nothing outside a tokio runtime.
+///
+/// The collector runs on the pool's own threads, where the events of
+/// runs are sent: on the server's threads, each start and end of a task
+/// woke a server thread from another runtime, a context switch taken from
+/// the connections.
 pub(crate) fn spawn_collector(
     pool: &Pool,
     metrics: std::sync::Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    if tokio::runtime::Handle::try_current().is_err() {
         return;
-    };
+    }
     let mut events = pool.subscribe();
+    let runtime = pool.executor().handle().clone();
     let pool = pool.clone();
     runtime.spawn(async move {
         loop {
@@ -80,13 +93,21 @@ pub(crate) fn spawn_collector(
                     if !finished {
                         continue;
                     }
-                    if let Ok(Some(result)) = pool.result(event.id).await {
-                        let outcome = result.outcome.as_ref().map_or("none", |o| o.kind());
+                    // The record, not the result: the output (possibly a
+                    // file of the store's) is not needed here.
+                    if let Ok(record) = pool.status(event.id).await
+                        && record.state.is_final()
+                    {
+                        let outcome = record.outcome.as_ref().map_or("none", |o| o.kind());
                         metrics.observe(
-                            result.state,
+                            record.state,
                             outcome,
-                            result.duration_us,
-                            result.fuel_consumed,
+                            record.attempts.iter().map(|a| a.duration_us).sum(),
+                            record
+                                .attempts
+                                .iter()
+                                .filter_map(|a| a.fuel_consumed)
+                                .reduce(u64::saturating_add),
                         );
                     }
                 }
