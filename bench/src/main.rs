@@ -13,6 +13,7 @@
 //! without one they start a throwaway cluster (`scripts/pg-cluster.sh`)
 //! and stop it at the end.
 
+mod overhead;
 mod postgres;
 mod queued;
 mod rows;
