@@ -127,11 +127,6 @@ pub(crate) struct Inner {
     /// Submitters waiting for room wait here.
     room: Notify,
     active_workers: AtomicUsize,
-    /// Worker slots taken: by a run, or by a claim under way for one. A
-    /// claim takes its slots first, so that the dispatcher and a run that
-    /// goes on to the next task never claim more tasks than there are
-    /// workers together.
-    slots_taken: AtomicUsize,
     /// Paused: no task is claimed until resumed; running tasks go on.
     paused: std::sync::atomic::AtomicBool,
     finished: AtomicU64,
@@ -284,7 +279,6 @@ impl Pool {
             waiting: AtomicUsize::new(waiting.unwrap_or(0)),
             room: Notify::new(),
             active_workers: AtomicUsize::new(workers),
-            slots_taken: AtomicUsize::new(0),
             paused: std::sync::atomic::AtomicBool::new(false),
             finished: AtomicU64::new(0),
             recent: Mutex::new(rate::RateWindow::default()),

@@ -60,7 +60,14 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
         // While the store is out of reach, word of new work (which other
         // hosts cannot send then anyway) does not cut the pause short.
         let mut hear_of_work = true;
-        let free = inner.take_slots(usize::MAX);
+        let free = if inner.paused.load(Ordering::SeqCst) {
+            0
+        } else {
+            inner
+                .active_workers
+                .load(Ordering::Relaxed)
+                .saturating_sub(inner.lock_running().len())
+        };
         let mut pause = inner.config.poll_interval;
         if free > 0 {
             match inner.backend.claim(free, ttl).await {
@@ -71,7 +78,6 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
                         inner.finished(record);
                     }
                     let full = claim.claimed.len() == free;
-                    inner.give_back_slots(free - claim.claimed.len());
                     for (record, lease) in claim.claimed {
                         inner.start_run(record, lease);
                     }
@@ -80,12 +86,10 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
                     }
                 }
                 Err(e) if e.is_unavailable() => {
-                    inner.give_back_slots(free);
                     pause = outage.failed("claiming tasks", &e);
                     hear_of_work = false;
                 }
                 Err(e) => {
-                    inner.give_back_slots(free);
                     tracing::error!(error = %e, "cannot claim tasks; trying again in 1 s");
                     pause = Duration::from_secs(1);
                 }
@@ -104,60 +108,8 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
 }
 
 impl Inner {
-    /// Takes up to `want` free worker slots (none while paused); how many
-    /// it took. Each is given back by [`Inner::give_back_slots`], or by the
-    /// run it is given to when that run ends.
-    fn take_slots(&self, want: usize) -> usize {
-        if self.paused.load(Ordering::SeqCst) {
-            return 0;
-        }
-        let active = self.active_workers.load(Ordering::Relaxed);
-        let mut taken = 0;
-        let _ = self
-            .slots_taken
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |busy| {
-                taken = active.saturating_sub(busy).min(want);
-                (taken > 0).then_some(busy + taken)
-            });
-        taken
-    }
-
-    fn give_back_slots(&self, n: usize) {
-        if n > 0 {
-            self.slots_taken.fetch_sub(n, Ordering::SeqCst);
-        }
-    }
-
-    /// Runs a claimed task (whose worker slot is taken) on a worker of its
-    /// own; when it ends, the same worker goes on with the next ready
-    /// task, if any, without a trip through the dispatcher.
+    /// Runs a claimed task on a worker of its own.
     fn start_run(self: &Arc<Self>, record: TaskRecord, lease: Lease) {
-        let cancel = self.started(&record, lease);
-        let guard = BackgroundGuard::new(self);
-        self.executor.handle().spawn(async move {
-            let inner = guard.inner();
-            let (mut record, mut lease, mut cancel) = (record, lease, cancel);
-            loop {
-                if !inner.run(record, lease, cancel).await {
-                    break;
-                }
-                let Some((next, next_lease)) = inner.claim_next().await else {
-                    break;
-                };
-                cancel = inner.started(&next, next_lease);
-                (record, lease) = (next, next_lease);
-                // A short task may never wait: let the worker thread's
-                // other tasks (heartbeat, timer) run now and then.
-                tokio::task::consume_budget().await;
-            }
-            inner.give_back_slots(1);
-            inner.work.notify_one();
-        });
-    }
-
-    /// A claimed task is about to run: it counts as running here, and its
-    /// start is told. Its kill switch.
-    fn started(&self, record: &TaskRecord, lease: Lease) -> CancellationToken {
         let cancel = CancellationToken::new();
         // A cancel asked for before the claim: kill at once.
         if record.cancel_requested {
@@ -174,35 +126,14 @@ impl Inner {
         );
         let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
         self.emit(record.id, EventKind::Started { attempt });
-        cancel
+        let guard = BackgroundGuard::new(self);
+        self.executor.handle().spawn(async move {
+            let inner = guard.inner();
+            inner.run(record, lease, cancel).await;
+        });
     }
 
-    /// After a run, on the worker slot it held: the next ready task, if
-    /// the pool takes tasks and keeps this many workers. `None` (the slot
-    /// is then given back) also when the claim fails: the dispatcher
-    /// tries again and deals with the failure.
-    async fn claim_next(&self) -> Option<(TaskRecord, Lease)> {
-        if self.phase() >= Phase::Stopping
-            || self.paused.load(Ordering::SeqCst)
-            || self.slots_taken.load(Ordering::SeqCst) > self.active_workers.load(Ordering::Relaxed)
-        {
-            return None;
-        }
-        let claim = self.backend.claim(1, self.config.lease_ttl).await.ok()?;
-        self.left_queue(claim.claimed.len() + claim.expired.len());
-        for record in &claim.expired {
-            self.finished(record);
-        }
-        claim.claimed.into_iter().next()
-    }
-
-    /// Runs a task; whether its worker may go on with another.
-    async fn run(
-        self: &Arc<Self>,
-        record: TaskRecord,
-        lease: Lease,
-        cancel: CancellationToken,
-    ) -> bool {
+    async fn run(self: &Arc<Self>, record: TaskRecord, lease: Lease, cancel: CancellationToken) {
         let id = record.id;
         let report = self.execute(&record, &cancel).await;
         let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
@@ -229,8 +160,8 @@ impl Inner {
         if let Some(record) = recorded {
             self.recorded(&record);
         }
+        self.work.notify_one();
         self.quiet.notify_waiters();
-        !for_stop
     }
 
     async fn execute(
