@@ -16,6 +16,7 @@
 mod cpu;
 mod durable;
 mod http;
+mod overhead;
 mod postgres;
 mod queued;
 mod rows;

@@ -3,10 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Linker, Store};
-use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wpool::backend::{Backend, EmbeddedBackend};
 use wpool::store::{MemoryStore, SledOptions, SledStore, Store as _};
 use wpool::{
@@ -15,6 +11,7 @@ use wpool::{
 };
 use wpool_test_artifacts as programs;
 
+pub(crate) use crate::overhead::{pool_rate, register};
 use crate::{Row, Scale};
 
 type Section = fn(Scale, usize) -> Result<Vec<Row>, Box<dyn std::error::Error>>;
@@ -24,7 +21,7 @@ type Section = fn(Scale, usize) -> Result<Vec<Row>, Box<dyn std::error::Error>>;
 pub(crate) const ALL: &[(&str, Section)] = &[
     ("memory", memory),
     ("queued_memory", crate::queued::section),
-    ("overhead", overhead),
+    ("overhead", crate::overhead::section),
     ("durable_submit", crate::durable::durable_submit),
     ("durable_end_to_end", crate::durable::durable_end_to_end),
     ("sled_flush", crate::durable::sled_flush),
@@ -47,133 +44,6 @@ pub(crate) fn engine_config(workers: usize, fuel: bool) -> EngineConfig {
     let mut config = EngineConfig::new();
     config.workers(workers).fuel_metering(fuel);
     config
-}
-
-/// The raw wasmtime limit: threads in a tight loop of new store + WASI
-/// context + instantiate + call, with the pool's own engine configuration,
-/// no queue, no scheduler. Returns tasks per second.
-fn raw_wasmtime(wasm: &[u8], threads: usize, duration: Duration) -> f64 {
-    let config = engine_config(threads, true);
-    let engine = wasmtime::Engine::new(&config.wasmtime_config().unwrap()).unwrap();
-    let module = wasmtime::Module::new(&engine, wasm).unwrap();
-    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s).unwrap();
-    let pre = Arc::new(linker.instantiate_pre(&module).unwrap());
-    let deadline = Instant::now() + duration;
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let engine = engine.clone();
-            let pre = pre.clone();
-            std::thread::spawn(move || {
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    let wasi = WasiCtxBuilder::new()
-                        .stdin(MemoryInputPipe::new(&b""[..]))
-                        .stdout(MemoryOutputPipe::new(1 << 20))
-                        .stderr(MemoryOutputPipe::new(1 << 16))
-                        .build_p1();
-                    let mut store = Store::new(&engine, wasi);
-                    store.set_fuel(u64::MAX).unwrap();
-                    store.set_epoch_deadline(1_000_000);
-                    let instance = pre.instantiate(&mut store).unwrap();
-                    let start = instance
-                        .get_typed_func::<(), ()>(&mut store, "_start")
-                        .unwrap();
-                    start.call(&mut store, ()).unwrap();
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    total as f64 / started.elapsed().as_secs_f64().max(duration.as_secs_f64())
-}
-
-/// Tasks per second through the executor's workers (no scheduler).
-fn executor_rate(wasm: &[u8], workers: usize, count: usize) -> f64 {
-    let executor = Executor::new(&engine_config(workers, true)).unwrap();
-    let module = executor.register(wasm).unwrap();
-    let limits = executor.limits(&LimitOverrides::default()).unwrap();
-    let started = Instant::now();
-    let runs: Vec<_> = (0..count)
-        .map(|_| {
-            executor.spawn(Job {
-                module: module.clone(),
-                input: Vec::new(),
-                limits: limits.clone(),
-                on_progress: None,
-                env: Vec::new(),
-            })
-        })
-        .collect();
-    for run in runs {
-        assert!(run.wait_blocking().outcome.is_success());
-    }
-    count as f64 / started.elapsed().as_secs_f64()
-}
-
-/// Registers a module from outside async code.
-pub(crate) fn register(pool: &Pool, wasm: &[u8]) -> wpool::Result<ModuleHash> {
-    pool.executor().handle().block_on(pool.register(wasm))
-}
-
-/// Tasks per second through the `Pool` (in-memory store).
-pub(crate) fn pool_rate(pool: &Pool, wasm: &[u8], count: usize, input: &[u8]) -> f64 {
-    let hash = register(pool, wasm).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let started = Instant::now();
-        let mut handles = Vec::with_capacity(count);
-        for _ in 0..count {
-            handles.push(
-                pool.submit(TaskSpec::new(hash, input.to_vec()))
-                    .await
-                    .unwrap(),
-            );
-        }
-        for handle in handles {
-            let result = handle.wait().await.unwrap();
-            assert!(result.is_success(), "{:?}", result.outcome);
-        }
-        count as f64 / started.elapsed().as_secs_f64()
-    })
-}
-
-fn overhead(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    let wasm = read(programs::P1_TRIVIAL);
-    let count = scale.n(5_000, 50_000);
-    let window = scale.time(Duration::from_secs(2), Duration::from_secs(5));
-    let mut rows = Vec::new();
-    for workers in [1, cores] {
-        let raw = raw_wasmtime(&wasm, workers, window);
-        let executor = executor_rate(&wasm, workers, count);
-        let mut config = PoolConfig::new();
-        config.workers(workers);
-        let pool = Pool::new(config)?;
-        let pooled = pool_rate(&pool, &wasm, count, b"");
-        rows.push(Row::new(
-            &format!("trivial task, executor, {workers} worker(s)"),
-            "tasks/s",
-            executor,
-            "raw wasmtime loop",
-            raw,
-            &format!("{:.1} µs/task", 1e6 / executor),
-        ));
-        rows.push(Row::new(
-            &format!("trivial task, Pool (memory store), {workers} worker(s)"),
-            "tasks/s",
-            pooled,
-            "raw wasmtime loop",
-            raw,
-            &format!("{:.1} µs/task vs {:.1}", 1e6 / pooled, 1e6 / raw),
-        ));
-    }
-    Ok(rows)
 }
 
 fn spawn_per_task(scale: Scale, _cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {

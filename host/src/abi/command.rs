@@ -376,7 +376,11 @@ pub(crate) async fn run(
     let result = race(
         async {
             let instance = pre.instantiate_async(&mut store).await?;
-            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+            // Looked up without `get_typed_func`, whose miss (the usual
+            // case) builds an error message.
+            if let Some(init) = instance.get_func(&mut store, "_initialize")
+                && let Ok(init) = init.typed::<(), ()>(&store)
+            {
                 init.call_async(&mut store, ()).await?;
             }
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;

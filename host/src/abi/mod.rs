@@ -180,6 +180,11 @@ impl RunContext<'_> {
 /// Runs `fut` until it finishes, the deadline passes or the task is
 /// cancelled, whichever comes first; a future that loses is dropped, which
 /// ends the guest (see the module docs).
+///
+/// The timer and the wait on the cancel token are set up only if `fut`
+/// does not finish at its first poll: most short tasks never wait, and a
+/// guest spinning in wasm is stopped by the epoch callback, which checks
+/// the same deadline and token.
 pub(crate) async fn race<F, T>(
     fut: F,
     deadline: Instant,
@@ -188,10 +193,18 @@ pub(crate) async fn race<F, T>(
 where
     F: std::future::Future<Output = T>,
 {
+    if cancel.is_cancelled() {
+        return Err(Killed::Cancelled);
+    }
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(out) = first {
+        return Ok(out);
+    }
     tokio::select! {
         biased;
         () = cancel.cancelled() => Err(Killed::Cancelled),
-        out = fut => Ok(out),
+        out = &mut fut => Ok(out),
         () = tokio::time::sleep_until(deadline.into()) => Err(Killed::Timeout),
     }
 }
