@@ -184,6 +184,12 @@ fn sled_next_to_memory(
     }
     if wait {
         rows.push(more_workers(count, &wasm)?);
+        for (submission, count) in [
+            (Submission::Single, count),
+            (Submission::Batch, batch_count),
+        ] {
+            rows.push(claiming_ahead(submission, count, cores, &wasm)?);
+        }
     }
     rows.push(crate::postgres::next_to_sled(
         postgres_count,
@@ -229,6 +235,48 @@ fn more_workers(count: usize, wasm: &[u8]) -> Result<Row, Box<dyn std::error::Er
         "memory store, same submitters and workers",
         memory,
         "more tasks in flight share each flush",
+    ))
+}
+
+/// Tasks the pool may claim ahead in the rows that show claiming ahead.
+const CLAIM_AHEAD: usize = 64;
+
+/// End to end on the durable sled store with the pool claiming up to
+/// [`CLAIM_AHEAD`] tasks ahead of its free workers
+/// (`PoolConfig::claim_ahead`), next to the memory store doing the same:
+/// one flush then carries the claims of many tasks.
+fn claiming_ahead(
+    submission: Submission,
+    count: usize,
+    cores: usize,
+    wasm: &[u8],
+) -> Result<Row, Box<dyn std::error::Error>> {
+    let mut config = PoolConfig::new();
+    config.workers(cores).claim_ahead(CLAIM_AHEAD);
+    let memory = {
+        let pool = Pool::new(config.clone())?;
+        let hash = register(&pool, wasm)?;
+        submission.rate(&pool, hash, count, true)
+    };
+    let dir = tempfile_dir("durable");
+    let store = Arc::new(SledStore::open(&dir, &SledOptions::new())?);
+    let pool = Pool::with_store(config, store.clone())?;
+    let hash = register(&pool, wasm)?;
+    let before = store.flush_stats();
+    let rate = submission.rate(&pool, hash, count, true);
+    let stats = store.flush_stats();
+    drop(pool);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    let who = format!("{}, claiming {CLAIM_AHEAD} ahead", submission.who());
+    print_flushes(&who, true, count, &before, &stats);
+    Ok(Row::new(
+        &format!("end to end, sled store, durable (group commit), {who}"),
+        "tasks/s",
+        rate,
+        "memory store, same submitters, claiming ahead",
+        memory,
+        "one flush carries many claims",
     ))
 }
 

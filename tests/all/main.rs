@@ -2,6 +2,7 @@
 //! binary. One test binary; shared helpers in `util`.
 
 mod cache;
+mod claim_ahead;
 mod cli;
 mod cli_actions;
 mod cli_run;

@@ -81,7 +81,7 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     Submit(Box<submit_args::SubmitArgs>),
     Status(status::StatusArgs),
     Result(result::ResultArgs),
@@ -200,7 +200,7 @@ pub fn main() -> ExitCode {
     };
     init_tracing(cli.log_format, default_level);
     let result = match cli.command {
-        Command::Serve(args) => serve::execute(args),
+        Command::Serve(args) => serve::execute(*args),
         Command::Submit(args) => submit::execute(*args),
         Command::Status(args) => status::execute(args),
         Command::Result(args) => result::execute(args),

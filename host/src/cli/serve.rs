@@ -59,7 +59,7 @@ pub(crate) struct ServeArgs {
     /// max_queued, stop_grace, lease_ttl, body_timeout, header_timeout,
     /// max_connections, max_body_bytes_in_flight, max_wait, read_only_dirs,
     /// scratch_root, max_scratch, retention, max_results, max_stored_output,
-    /// max_workers, max_memory, default_timeout, default_memory,
+    /// claim_ahead, max_workers, max_memory, default_timeout, default_memory,
     /// default_fuel, default_max_output.
     ///
     /// `read_only_dirs` grants host directories to tasks, read-only:
@@ -155,6 +155,12 @@ pub(crate) struct ServeArgs {
     /// retention removes old results. Default: 8GiB.
     #[arg(long, env = "WPOOL_MAX_STORED_OUTPUT", value_parser = parse_size)]
     max_stored_output: Option<u64>,
+    /// The most tasks claimed ahead of the free workers, so that short
+    /// tasks share their durable claims (e.g. 64); when the host dies, a
+    /// task claimed ahead and not yet started counts an interruption too.
+    /// Default: 0 (a task is claimed when a worker is free for it).
+    #[arg(long, env = "WPOOL_CLAIM_AHEAD")]
+    claim_ahead: Option<usize>,
 }
 
 /// The config file's settings; every one optional.
@@ -189,6 +195,7 @@ struct FileConfig {
     default_fuel: Option<u64>,
     default_max_output: Option<HumanSize>,
     max_stored_output: Option<HumanSize>,
+    claim_ahead: Option<usize>,
 }
 
 fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -349,6 +356,9 @@ pub(crate) fn execute(args: ServeArgs) -> Result<u8, Failure> {
         .or(file.max_stored_output.map(|s| s.0))
     {
         pool_config.max_stored_output(max);
+    }
+    if let Some(tasks) = args.claim_ahead.or(file.claim_ahead) {
+        pool_config.claim_ahead(tasks);
     }
     let grace = args
         .stop_grace

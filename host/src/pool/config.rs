@@ -7,6 +7,9 @@ use crate::{EngineConfig, Error, Result};
 /// The default of [`PoolConfig::max_stored_output`]: 8 GiB.
 pub const DEFAULT_MAX_STORED_OUTPUT: u64 = 8 << 30;
 
+/// The most [`PoolConfig::claim_ahead`] allows.
+pub const MAX_CLAIM_AHEAD: usize = 1024;
+
 /// How a [`Pool`] is set up.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -19,6 +22,7 @@ pub struct PoolConfig {
     pub(crate) lease_ttl: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) max_stored_output: u64,
+    pub(crate) claim_ahead: usize,
 }
 
 impl Default for PoolConfig {
@@ -33,6 +37,7 @@ impl Default for PoolConfig {
             lease_ttl: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             max_stored_output: DEFAULT_MAX_STORED_OUTPUT,
+            claim_ahead: 0,
         }
     }
 }
@@ -133,7 +138,47 @@ impl PoolConfig {
         self
     }
 
+    /// How many tasks the pool may claim ahead of its free workers, at
+    /// most, so that short tasks do not each wait for a durable claim of
+    /// their own. Default: 0 (a task is claimed only when a worker is free
+    /// for it).
+    ///
+    /// Every claim is durable before its task runs, so that a task that
+    /// takes its host down counts that interruption. With 0, a worker
+    /// waits for that write (one flush) before each task, which bounds a
+    /// durable store's throughput to about one task per flush per worker,
+    /// whatever the tasks cost. With claiming ahead, one flush carries the
+    /// claims of many tasks, held under lease (and renewed) until a worker
+    /// takes them.
+    ///
+    /// The pool claims ahead only as much as its workers finish in about
+    /// 50 ms, judged by the recent runs' mean duration: short tasks are
+    /// claimed in groups up to this bound, and tasks of 25 ms and more one
+    /// per free worker, as with 0. So a task claimed ahead waits about
+    /// 50 ms at most for a worker. Tasks claimed ahead are handed to
+    /// workers in the order claimed: a task of higher priority submitted
+    /// meanwhile waits for those.
+    ///
+    /// The price: when the host dies, every task it had claimed counts an
+    /// interruption (see [`TaskSpec::max_interruptions`]), including those
+    /// claimed ahead and not yet started; and a task claimed ahead shows
+    /// `running` (its attempt started) from its claim. A pool that stops
+    /// or pauses puts the tasks it claimed ahead back in the queue, with no
+    /// interruption counted.
+    ///
+    /// [`TaskSpec::max_interruptions`]: crate::TaskSpec::max_interruptions
+    pub fn claim_ahead(&mut self, tasks: usize) -> &mut Self {
+        self.claim_ahead = tasks;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.claim_ahead > MAX_CLAIM_AHEAD {
+            return Err(Error::Config(format!(
+                "`claim_ahead` must be at most {MAX_CLAIM_AHEAD} (it is {})",
+                self.claim_ahead
+            )));
+        }
         if self.max_queued == 0 {
             return Err(Error::Config("`max_queued` must be at least 1".into()));
         }

@@ -32,7 +32,7 @@ mod worker;
 #[cfg(feature = "cli")]
 pub(crate) use submit::new_record;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast, oneshot};
 
-pub use self::config::{DEFAULT_MAX_STORED_OUTPUT, PoolConfig};
+pub use self::config::{DEFAULT_MAX_STORED_OUTPUT, MAX_CLAIM_AHEAD, PoolConfig};
 use self::events::{Event, EventKind, Events};
 use crate::backend::{Backend, Cancelled, EmbeddedBackend};
 use crate::store::{MemoryStore, StateCounts, Store, StoredModule, TaskFilter};
@@ -93,7 +93,14 @@ enum Phase {
     Stopped = 3,
 }
 
-/// A task this pool runs now.
+/// A task claimed ahead, waiting for a worker.
+struct Ahead {
+    record: TaskRecord,
+    lease: Lease,
+    cancel: CancellationToken,
+}
+
+/// A task this pool runs now (or claimed ahead, or whose end it records).
 struct Running {
     lease: Lease,
     cancel: CancellationToken,
@@ -127,6 +134,17 @@ pub(crate) struct Inner {
     /// Submitters waiting for room wait here.
     room: Notify,
     active_workers: AtomicUsize,
+    /// Runs holding a worker: claimed and not yet ended. A run whose end
+    /// is being recorded no longer holds one (it is still in `running`,
+    /// its lease renewed, until its end is durable).
+    executing: AtomicUsize,
+    /// Tasks claimed ahead of the free workers
+    /// ([`PoolConfig::claim_ahead`]), in the order claimed: each is in
+    /// `running` too (its lease renewed, a cancel reaching its token).
+    ahead: Mutex<VecDeque<Ahead>>,
+    /// Mean run time of recent runs, in µs (an exponential average): how
+    /// far ahead to claim.
+    mean_run_us: AtomicU64,
     /// Paused: no task is claimed until resumed; running tasks go on.
     paused: std::sync::atomic::AtomicBool,
     finished: AtomicU64,
@@ -279,6 +297,9 @@ impl Pool {
             waiting: AtomicUsize::new(waiting.unwrap_or(0)),
             room: Notify::new(),
             active_workers: AtomicUsize::new(workers),
+            executing: AtomicUsize::new(0),
+            ahead: Mutex::new(VecDeque::new()),
+            mean_run_us: AtomicU64::new(0),
             paused: std::sync::atomic::AtomicBool::new(false),
             finished: AtomicU64::new(0),
             recent: Mutex::new(rate::RateWindow::default()),
@@ -497,10 +518,14 @@ impl Pool {
     }
 
     /// Pauses the pool: it claims no task until [`Pool::resume`]; tasks
-    /// running now finish, and submissions are still taken. For this pool
-    /// only: other hosts on a shared backend go on.
+    /// running now finish, tasks it claimed ahead
+    /// ([`PoolConfig::claim_ahead`]) go back to the queue, and submissions
+    /// are still taken. For this pool only: other hosts on a shared backend
+    /// go on.
     pub fn pause(&self) {
         self.inner().paused.store(true, Ordering::SeqCst);
+        // The dispatcher puts back what was claimed ahead.
+        self.inner().work.notify_one();
     }
 
     /// Resumes a paused pool.
@@ -697,7 +722,7 @@ impl Pool {
     pub async fn stats(&self) -> Result<Stats> {
         let inner = self.inner();
         let counts = inner.backend.counts().await?;
-        let busy = inner.lock_running().len();
+        let busy = inner.executing.load(Ordering::Relaxed);
         let workers = inner.active_workers.load(Ordering::Relaxed);
         Ok(Stats {
             total: counts.total(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::events::EventKind;
 use super::outage::Outage;
-use super::{BackgroundGuard, Inner, Phase, Running};
+use super::{Ahead, BackgroundGuard, Inner, Phase, Running};
 use crate::backend::{Completed, LeaseState};
 use crate::task::{Completion, Lease, Payload, Slot, TaskRecord, TaskState, now_millis};
 use crate::{CancellationToken, Error, Outcome, Result, RunReport};
@@ -60,42 +60,44 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
         // While the store is out of reach, word of new work (which other
         // hosts cannot send then anyway) does not cut the pause short.
         let mut hear_of_work = true;
-        let free = if inner.paused.load(Ordering::SeqCst) {
-            0
+        let mut pause = inner.config.poll_interval;
+        if inner.paused.load(Ordering::SeqCst) {
+            inner.release_ahead().await;
         } else {
-            inner
+            inner.start_ahead();
+            let free = inner
                 .active_workers
                 .load(Ordering::Relaxed)
-                .saturating_sub(inner.lock_running().len())
-        };
-        let mut pause = inner.config.poll_interval;
-        if free > 0 {
-            match inner.backend.claim(free, ttl).await {
-                Ok(claim) => {
-                    outage.ended("claiming tasks");
-                    inner.left_queue(claim.claimed.len() + claim.expired.len());
-                    for record in &claim.expired {
-                        inner.finished(record);
+                .saturating_sub(inner.executing.load(Ordering::Relaxed));
+            let want = (free + inner.ahead_depth()).saturating_sub(inner.lock_ahead().len());
+            if want > 0 {
+                match inner.backend.claim(want, ttl).await {
+                    Ok(claim) => {
+                        outage.ended("claiming tasks");
+                        inner.left_queue(claim.claimed.len() + claim.expired.len());
+                        for record in &claim.expired {
+                            inner.finished(record);
+                        }
+                        let full = claim.claimed.len() == want;
+                        for (record, lease) in claim.claimed {
+                            inner.hand_out(record, lease);
+                        }
+                        if full {
+                            continue; // there may be more
+                        }
                     }
-                    let full = claim.claimed.len() == free;
-                    for (record, lease) in claim.claimed {
-                        inner.start_run(record, lease);
+                    Err(e) if e.is_unavailable() => {
+                        pause = outage.failed("claiming tasks", &e);
+                        hear_of_work = false;
                     }
-                    if full {
-                        continue; // there may be more
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot claim tasks; trying again in 1 s");
+                        pause = Duration::from_secs(1);
                     }
                 }
-                Err(e) if e.is_unavailable() => {
-                    pause = outage.failed("claiming tasks", &e);
-                    hear_of_work = false;
+                if phase == Phase::Closing {
+                    inner.quiet.notify_waiters();
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot claim tasks; trying again in 1 s");
-                    pause = Duration::from_secs(1);
-                }
-            }
-            if phase == Phase::Closing {
-                inner.quiet.notify_waiters();
             }
         }
         tokio::select! {
@@ -104,12 +106,53 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
             () = tokio::time::sleep(pause) => {}
         }
     }
+    inner.release_ahead().await;
     inner.quiet.notify_waiters();
 }
 
+/// How far ahead of its runs a pool claims: about what its workers finish
+/// in this time ([`crate::PoolConfig::claim_ahead`]); so also about the
+/// longest a task claimed ahead waits for a worker.
+const AHEAD_HORIZON_US: u64 = 50_000;
+
 impl Inner {
-    /// Runs a claimed task on a worker of its own.
-    fn start_run(self: &Arc<Self>, record: TaskRecord, lease: Lease) {
+    fn lock_ahead(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Ahead>> {
+        self.ahead
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many tasks to hold claimed ahead now: what the workers finish
+    /// in [`AHEAD_HORIZON_US`] at the recent runs' mean, up to
+    /// `claim_ahead`; none before a run was timed, and none for tasks
+    /// longer than half the horizon.
+    fn ahead_depth(&self) -> usize {
+        let max = self.config.claim_ahead;
+        let mean = self.mean_run_us.load(Ordering::Relaxed);
+        if max == 0 || mean == 0 {
+            return 0;
+        }
+        let workers = u64::try_from(self.active_workers.load(Ordering::Relaxed)).unwrap_or(1);
+        let depth = AHEAD_HORIZON_US
+            .saturating_sub(mean)
+            .saturating_mul(workers)
+            / mean;
+        usize::try_from(depth).unwrap_or(usize::MAX).min(max)
+    }
+
+    /// Takes a worker for a run, if one is free.
+    fn take_worker(&self) -> bool {
+        let workers = self.active_workers.load(Ordering::Relaxed);
+        self.executing
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < workers).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A task just claimed: run it if a worker is free, else hold it
+    /// ahead.
+    fn hand_out(self: &Arc<Self>, record: TaskRecord, lease: Lease) {
         let cancel = CancellationToken::new();
         // A cancel asked for before the claim: kill at once.
         if record.cancel_requested {
@@ -124,6 +167,66 @@ impl Inner {
                 progress: None,
             },
         );
+        let task = Ahead {
+            record,
+            lease,
+            cancel,
+        };
+        if self.take_worker() {
+            self.start_run(task);
+        } else {
+            self.lock_ahead().push_back(task);
+        }
+    }
+
+    /// Hands tasks claimed ahead to free workers, in the order claimed.
+    fn start_ahead(self: &Arc<Self>) {
+        loop {
+            if self.paused.load(Ordering::SeqCst) || self.phase() >= Phase::Stopping {
+                return;
+            }
+            if self.lock_ahead().is_empty() || !self.take_worker() {
+                return;
+            }
+            let Some(task) = self.lock_ahead().pop_front() else {
+                // Taken by another run's end meanwhile.
+                self.executing.fetch_sub(1, Ordering::Relaxed);
+                return;
+            };
+            self.start_run(task);
+        }
+    }
+
+    /// Puts the tasks claimed ahead back in the queue (a stop or a pause):
+    /// they never started, so no attempt or interruption is counted, and no
+    /// event is sent (none said they started).
+    async fn release_ahead(&self) {
+        let ahead: Vec<Ahead> = self.lock_ahead().drain(..).collect();
+        if ahead.is_empty() {
+            return;
+        }
+        for task in ahead {
+            let id = task.record.id;
+            match self.backend.release(&task.lease).await {
+                Ok(true) => self.entered_queue(1),
+                Ok(false) => {}
+                Err(e) => {
+                    // The lease runs out instead, and the task runs again.
+                    tracing::error!(task = %id, error = %e, "cannot put a task claimed ahead back in the queue");
+                }
+            }
+            self.lock_running().remove(&id);
+        }
+        self.quiet.notify_waiters();
+    }
+
+    /// Runs a claimed task on the worker taken for it.
+    fn start_run(self: &Arc<Self>, task: Ahead) {
+        let Ahead {
+            record,
+            lease,
+            cancel,
+        } = task;
         let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
         self.emit(record.id, EventKind::Started { attempt });
         let guard = BackgroundGuard::new(self);
@@ -136,6 +239,22 @@ impl Inner {
     async fn run(self: &Arc<Self>, record: TaskRecord, lease: Lease, cancel: CancellationToken) {
         let id = record.id;
         let report = self.execute(&record, &cancel).await;
+        // The worker is free as soon as the run ends: the next task is
+        // claimed while this one's end is written, and both share the
+        // store's next flush. The run stays in `running` (its lease
+        // renewed, `close` and `stop` waiting for it) until its end is
+        // durable.
+        self.executing.fetch_sub(1, Ordering::Relaxed);
+        if !report.duration.is_zero() {
+            let us = u64::try_from(report.duration.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let mean = self.mean_run_us.load(Ordering::Relaxed);
+            let mean = if mean == 0 { us } else { (mean * 7 + us) / 8 };
+            self.mean_run_us.store(mean, Ordering::Relaxed);
+        }
+        self.start_ahead();
+        self.work.notify_one();
         let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
         let mut released = false;
         let mut recorded = None;
@@ -150,8 +269,8 @@ impl Inner {
         } else {
             recorded = self.record_run(&record, lease, report).await;
         }
-        // The worker is free before anyone hears of the end: a waiter given
-        // the result sees the pool idle.
+        // Out of `running` before anyone hears of the end: a waiter given
+        // the result finds the run gone.
         self.lock_running().remove(&id);
         if released {
             self.entered_queue(1);

@@ -1,0 +1,280 @@
+//! Claiming ahead (`PoolConfig::claim_ahead`): short tasks claimed in
+//! groups still run once each, in order, with their events; a stop or a
+//! pause puts what was claimed ahead back with nothing counted; a cancel
+//! reaches a task claimed ahead; a crash counts an interruption against
+//! every task claimed, as documented. Real sled files, real WASM.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wpool::store::{SledOptions, SledStore, Store};
+use wpool::{
+    EventKind, ModuleHash, Outcome, Pool, PoolConfig, TaskHandle, TaskId, TaskSpec, TaskState,
+};
+use wpool_test_artifacts as programs;
+
+use crate::util::read;
+
+fn open(dir: &Path) -> Arc<SledStore> {
+    Arc::new(SledStore::open(dir, &SledOptions::new()).unwrap())
+}
+
+fn config(workers: usize) -> PoolConfig {
+    let mut config = PoolConfig::new();
+    config.workers(workers).claim_ahead(64);
+    config
+}
+
+async fn module(pool: &Pool, path: &str) -> ModuleHash {
+    pool.register(&read(path)).await.unwrap()
+}
+
+/// Runs a few short tasks, so that the pool knows its tasks are short and
+/// claims ahead.
+async fn warm_up(pool: &Pool, echo: ModuleHash) {
+    for _ in 0..24 {
+        let handle = pool.submit(TaskSpec::new(echo, Vec::new())).await.unwrap();
+        handle.wait().await.unwrap();
+    }
+}
+
+/// Occupies the only worker with a task sleeping `ms`, then submits `n`
+/// short tasks and waits until the store shows them all claimed (running)
+/// while the worker is still busy: claimed ahead.
+async fn claimed_ahead(
+    pool: &Pool,
+    store: &SledStore,
+    echo: ModuleHash,
+    ms: u64,
+    n: usize,
+) -> (TaskHandle, Vec<TaskId>) {
+    let sleep = module(pool, programs::P1_SLEEP).await;
+    let sleeper = pool
+        .submit(TaskSpec::new(sleep, ms.to_string().into_bytes()))
+        .await
+        .unwrap();
+    while store.get(&sleeper.id()).unwrap().unwrap().state != TaskState::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let spec = TaskSpec::new(echo, format!("{i}").into_bytes());
+        ids.push(pool.submit(spec).await.unwrap().id());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ids
+        .iter()
+        .all(|id| store.get(id).unwrap().unwrap().state == TaskState::Running)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the short tasks were not claimed ahead while the worker was busy"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        pool.stats().await.unwrap().busy,
+        1,
+        "only the sleeper holds the worker"
+    );
+    (sleeper, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_claimed_ahead_each_run_once_with_their_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let pool = Pool::with_store(config(2), store.clone()).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    warm_up(&pool, echo).await;
+    let mut events = pool.subscribe();
+    let specs = (0..300).map(|i| TaskSpec::new(echo, format!("{i}").into_bytes()));
+    let handles: Vec<TaskHandle> = pool
+        .submit_many(specs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for (i, handle) in handles.iter().enumerate() {
+        let result = handle.wait().await.unwrap();
+        assert_eq!(result.state, TaskState::Succeeded);
+        assert_eq!(result.output, format!("{i}").into_bytes());
+        assert_eq!(result.attempts.len(), 1);
+        assert_eq!(result.interruptions, 0);
+    }
+    // Every task: started once, then succeeded, in that order.
+    let mut seen: std::collections::HashMap<TaskId, Vec<&'static str>> = Default::default();
+    while let Ok(Some(event)) = events.try_recv() {
+        let kind = match event.kind {
+            EventKind::Started { attempt } => {
+                assert_eq!(attempt, 1);
+                "started"
+            }
+            EventKind::Succeeded => "succeeded",
+            _ => continue,
+        };
+        seen.entry(event.id).or_default().push(kind);
+    }
+    for handle in &handles {
+        assert_eq!(
+            seen.get(&handle.id()).map(Vec::as_slice),
+            Some(&["started", "succeeded"][..]),
+            "events of {}",
+            handle.id()
+        );
+    }
+    let stats = pool.stats().await.unwrap();
+    assert_eq!(stats.busy, 0);
+    assert_eq!(stats.counts.get(TaskState::Running), 0);
+    pool.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_puts_tasks_claimed_ahead_back_with_nothing_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let pool = Pool::with_store(config(1), store.clone()).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    warm_up(&pool, echo).await;
+    let mut events = pool.subscribe();
+    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 1_000, 3).await;
+    pool.stop_with_grace(Duration::from_secs(10)).await.unwrap();
+
+    // The sleeper finished within the grace; the tasks claimed ahead never
+    // started, and are queued again as if never claimed.
+    assert_eq!(
+        store.get(&sleeper.id()).unwrap().unwrap().state,
+        TaskState::Succeeded
+    );
+    for id in &ids {
+        let record = store.get(id).unwrap().unwrap();
+        assert_eq!(record.state, TaskState::Queued, "{id}");
+        assert!(record.attempts.is_empty(), "{id}: {:?}", record.attempts);
+        assert_eq!(record.interruptions, 0);
+        assert_eq!(record.lease, None);
+    }
+    while let Ok(Some(event)) = events.try_recv() {
+        assert!(
+            !ids.contains(&event.id) || matches!(event.kind, EventKind::Submitted),
+            "a task claimed ahead and put back sent {:?}",
+            event.kind
+        );
+    }
+    drop(pool);
+
+    // A new pool runs them, each once.
+    let pool = Pool::with_store(config(1), store.clone()).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let result = pool.wait(*id).await.unwrap();
+        assert_eq!(result.output, format!("{i}").into_bytes());
+        assert_eq!(result.attempts.len(), 1);
+        assert_eq!(result.interruptions, 0);
+    }
+    pool.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_puts_tasks_claimed_ahead_back_and_a_cancel_reaches_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let pool = Pool::with_store(config(1), store.clone()).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    warm_up(&pool, echo).await;
+
+    // A cancel of a task claimed ahead: it ends cancelled, and the others
+    // run.
+    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 1_000, 3).await;
+    assert_eq!(
+        pool.cancel(ids[1]).await.unwrap(),
+        wpool::CancelResult::Killed
+    );
+    let cancelled = pool.wait(ids[1]).await.unwrap();
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+    assert_eq!(cancelled.outcome, Some(Outcome::Cancelled));
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| *i != 1) {
+        let result = pool.wait(*id).await.unwrap();
+        assert_eq!(result.output, format!("{i}").into_bytes());
+    }
+    sleeper.wait().await.unwrap();
+    // The sleeper's run counts in the mean: the pool claims ahead again
+    // once recent runs are short again.
+    warm_up(&pool, echo).await;
+
+    // A pause: what was claimed ahead goes back to the queue; the run goes
+    // on; nothing starts until resumed.
+    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 1_000, 3).await;
+    pool.pause();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ids
+        .iter()
+        .all(|id| store.get(id).unwrap().unwrap().state == TaskState::Queued)
+    {
+        assert!(Instant::now() < deadline, "the pause did not put them back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sleeper.wait().await.unwrap().state, TaskState::Succeeded);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for id in &ids {
+        let record = store.get(id).unwrap().unwrap();
+        assert_eq!(record.state, TaskState::Queued);
+        assert!(record.attempts.is_empty());
+        assert_eq!(record.interruptions, 0);
+    }
+    pool.resume();
+    for id in &ids {
+        let result = pool.wait(*id).await.unwrap();
+        assert_eq!(result.state, TaskState::Succeeded);
+        assert_eq!(result.attempts.len(), 1);
+        assert_eq!(result.interruptions, 0);
+    }
+    pool.close().await.unwrap();
+}
+
+/// The documented price: a host that dies leaves every task it claimed
+/// running under its lease, and each counts an interruption when the
+/// store is opened again, whether it had started or not. (The data
+/// directory is copied while the pool runs, after the claims' flush: what
+/// a crash at that moment leaves on disk.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_counts_an_interruption_for_every_task_claimed_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let pool = Pool::with_store(config(1), store.clone()).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    warm_up(&pool, echo).await;
+    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 2_000, 3).await;
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    sleeper.wait().await.unwrap();
+    pool.close().await.unwrap();
+
+    let store = open(crashed.path());
+    let pool = Pool::with_store(config(1), store.clone()).unwrap();
+    let sleeper = pool.wait(sleeper.id()).await.unwrap();
+    assert_eq!(sleeper.interruptions, 1);
+    for (i, id) in ids.iter().enumerate() {
+        let result = pool.wait(*id).await.unwrap();
+        assert_eq!(result.output, format!("{i}").into_bytes());
+        assert_eq!(result.attempts.len(), 1);
+        assert_eq!(
+            result.interruptions, 1,
+            "a task claimed ahead counts the crash"
+        );
+    }
+    pool.close().await.unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
