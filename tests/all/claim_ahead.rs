@@ -278,3 +278,18 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn claiming_too_far_ahead_is_refused_with_the_bound() {
+    let mut config = PoolConfig::new();
+    config.claim_ahead(wpool::MAX_CLAIM_AHEAD + 1);
+    match Pool::new(config) {
+        Err(wpool::Error::Config(message)) => {
+            assert!(
+                message.contains("`claim_ahead` must be at most 1024"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+    }
+}

@@ -7,6 +7,9 @@ use crate::{EngineConfig, Error, Result};
 /// The default of [`PoolConfig::max_stored_output`]: 8 GiB.
 pub const DEFAULT_MAX_STORED_OUTPUT: u64 = 8 << 30;
 
+/// [`PoolConfig::claim_ahead`] on a store that is not durable, unless set.
+pub const NOT_DURABLE_CLAIM_AHEAD: usize = 64;
+
 /// The most [`PoolConfig::claim_ahead`] allows.
 pub const MAX_CLAIM_AHEAD: usize = 1024;
 
@@ -22,7 +25,7 @@ pub struct PoolConfig {
     pub(crate) lease_ttl: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) max_stored_output: u64,
-    pub(crate) claim_ahead: usize,
+    pub(crate) claim_ahead: Option<usize>,
 }
 
 impl Default for PoolConfig {
@@ -37,7 +40,7 @@ impl Default for PoolConfig {
             lease_ttl: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             max_stored_output: DEFAULT_MAX_STORED_OUTPUT,
-            claim_ahead: 0,
+            claim_ahead: None,
         }
     }
 }
@@ -140,8 +143,10 @@ impl PoolConfig {
 
     /// How many tasks the pool may claim ahead of its free workers, at
     /// most, so that short tasks do not each wait for a durable claim of
-    /// their own. Default: 0 (a task is claimed only when a worker is free
-    /// for it).
+    /// their own. Default: 0 on a durable store (a task is claimed only
+    /// when a worker is free for it); on a store that is not durable (the
+    /// [`MemoryStore`](crate::store::MemoryStore), or sled in relaxed mode
+    /// — a crash loses its recent writes anyway), [`NOT_DURABLE_CLAIM_AHEAD`].
     ///
     /// Every claim is durable before its task runs, so that a task that
     /// takes its host down counts that interruption. With 0, a worker
@@ -168,15 +173,16 @@ impl PoolConfig {
     ///
     /// [`TaskSpec::max_interruptions`]: crate::TaskSpec::max_interruptions
     pub fn claim_ahead(&mut self, tasks: usize) -> &mut Self {
-        self.claim_ahead = tasks;
+        self.claim_ahead = Some(tasks);
         self
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.claim_ahead > MAX_CLAIM_AHEAD {
+        if let Some(tasks) = self.claim_ahead
+            && tasks > MAX_CLAIM_AHEAD
+        {
             return Err(Error::Config(format!(
-                "`claim_ahead` must be at most {MAX_CLAIM_AHEAD} (it is {})",
-                self.claim_ahead
+                "`claim_ahead` must be at most {MAX_CLAIM_AHEAD} (it is {tasks})"
             )));
         }
         if self.max_queued == 0 {
