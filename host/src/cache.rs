@@ -62,6 +62,8 @@ const TRAILER: usize = 32 + 4 + 4 + 8;
 /// The checksum is computed over the file read in pieces of this size: one
 /// small buffer that stays in the CPU's cache, not a copy of the artifact.
 const CHUNK: usize = 256 << 10;
+/// Artifacts from this size on are checked by two threads, half each.
+const PARALLEL: u64 = 8 << 20;
 
 /// Counters of an [`ArtifactCache`] since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -370,45 +372,38 @@ enum Unsound {
     Damaged(String),
 }
 
-/// Checks the whole of `file` (its trailer, then the checksum of key and
-/// artifact), reading it through one small buffer.
-fn check(key: &[u8; 32], mut file: &File) -> Result<(), Unsound> {
+/// Checks the whole of `file`: its trailer, then the checksum of key and
+/// artifact.
+fn check(key: &[u8; 32], file: &File) -> Result<(), Unsound> {
+    check_with(key, file, PARALLEL)
+}
+
+/// [`check`], computing the checksum of an artifact of `parallel` bytes or
+/// more on two threads.
+fn check_with(key: &[u8; 32], file: &File, parallel: u64) -> Result<(), Unsound> {
     let len = file.metadata().map_err(Unsound::Unreadable)?.len();
-    let body = len.saturating_sub(TRAILER as u64);
-    let mut buf = vec![0; usize::try_from(len).unwrap_or(usize::MAX).min(CHUNK)];
-    let mut trailer = [0; TRAILER];
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(key);
-    let mut at = 0u64;
-    while at < len {
-        let n = usize::try_from(len - at)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let chunk = &mut buf[..n];
-        file.read_exact(chunk).map_err(|e| {
+    let read = |buf: &mut [u8], at: u64| {
+        read_at(file, buf, at).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Unsound::Damaged("shorter than its size".into())
             } else {
                 Unsound::Unreadable(e)
             }
-        })?;
-        if at == 0 && chunk.starts_with(OLD_FORMAT) {
-            return Err(Unsound::OldFormat);
-        }
-        // Bytes before `body` are the artifact's, the rest the trailer's.
-        let split = usize::try_from(body.saturating_sub(at)).map_or(n, |s| s.min(n));
-        crc.update(&chunk[..split]);
-        if split < n {
-            let into = usize::try_from(at + split as u64 - body).unwrap_or(TRAILER);
-            trailer[into..into + (n - split)].copy_from_slice(&chunk[split..]);
-        }
-        at += n as u64;
+        })
+    };
+    let mut head = [0; OLD_FORMAT.len()];
+    let head_len = usize::try_from(len).map_or(head.len(), |l| l.min(head.len()));
+    read(&mut head[..head_len], 0)?;
+    if head == *OLD_FORMAT {
+        return Err(Unsound::OldFormat);
     }
-    if len < TRAILER as u64 {
+    let Some(body) = len.checked_sub(TRAILER as u64) else {
         return Err(Unsound::Damaged(format!(
             "{len} bytes, shorter than its trailer"
         )));
-    }
+    };
+    let mut trailer = [0; TRAILER];
+    read(&mut trailer, body)?;
     let (stored_key, rest) = trailer.split_at(32);
     if &rest[8..] != MAGIC {
         return Err(Unsound::Damaged("not a wpool artifact file".into()));
@@ -421,10 +416,60 @@ fn check(key: &[u8; 32], mut file: &File) -> Result<(), Unsound> {
     if rest[4..8] != [0; 4] {
         return Err(Unsound::Damaged("a damaged trailer".into()));
     }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(key);
+    // The second core checks the second half of a large artifact: at a
+    // few GB/s, a large component's artifact takes milliseconds.
+    if cfg!(unix) && body >= parallel {
+        let mid = body / 2;
+        let (first, second) = std::thread::scope(|scope| {
+            let second = scope.spawn(|| crc_of(file, mid..body));
+            (crc_of(file, 0..mid), second.join())
+        });
+        crc.combine(&first.map_err(Unsound::Unreadable)?);
+        let second = second
+            .map_err(|_| Unsound::Unreadable(std::io::Error::other("the checksum panicked")))?
+            .map_err(Unsound::Unreadable)?;
+        crc.combine(&second);
+    } else {
+        crc.combine(&crc_of(file, 0..body).map_err(Unsound::Unreadable)?);
+    }
     if rest[..4] != crc.finalize().to_le_bytes() {
         return Err(Unsound::Damaged("checksum mismatch".into()));
     }
     Ok(())
+}
+
+/// The CRC-32 of `range` of `file`, read through one small buffer that
+/// stays in the CPU's cache (not a copy of the artifact).
+fn crc_of(file: &File, range: std::ops::Range<u64>) -> std::io::Result<crc32fast::Hasher> {
+    let mut crc = crc32fast::Hasher::new();
+    let size = range.end - range.start;
+    let mut buf = vec![0; usize::try_from(size).map_or(CHUNK, |l| l.min(CHUNK))];
+    let mut at = range.start;
+    while at < range.end {
+        let n = usize::try_from(range.end - at).map_or(buf.len(), |l| l.min(buf.len()));
+        read_at(file, &mut buf[..n], at)?;
+        crc.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(crc)
+}
+
+/// Reads exactly `buf.len()` bytes of `file` from offset `at`, without
+/// moving a shared cursor (so two threads may read one file).
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, at)
+}
+
+/// Elsewhere through the file's cursor: one reader at a time (the
+/// checksum is computed on one thread there).
+#[cfg(not(unix))]
+fn read_at(mut file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    use std::io::Seek as _;
+    file.seek(std::io::SeekFrom::Start(at))?;
+    file.read_exact(buf)
 }
 
 /// The artifact of a checked `file`, read into memory (without the
@@ -686,13 +731,19 @@ mod tests {
         cache.store_module(&engine, &hash, &artifact).unwrap();
         let path = cache.module_path(&engine, &hash);
         let key = key(&engine, &hash, Kind::Module);
-        assert!(check(&key, &File::open(&path).unwrap()).is_ok());
+        // On one thread, and on two (the halves split inside a chunk).
+        for parallel in [u64::MAX, CHUNK as u64] {
+            assert!(check_with(&key, &File::open(&path).unwrap(), parallel).is_ok());
+        }
         let good = std::fs::read(&path).unwrap();
+        let half = artifact.len() / 2;
         for at in [
             0,
             CHUNK - 1,
             CHUNK,
             2 * CHUNK + 7,
+            half - 1,
+            half,
             artifact.len() - 1,
             good.len() - 9,
             good.len() - 1,
@@ -700,13 +751,15 @@ mod tests {
             let mut bad = good.clone();
             bad[at] ^= 0x04;
             std::fs::write(&path, &bad).unwrap();
-            assert!(
-                matches!(
-                    check(&key, &File::open(&path).unwrap()),
-                    Err(Unsound::Damaged(_))
-                ),
-                "byte {at}"
-            );
+            for parallel in [u64::MAX, CHUNK as u64] {
+                assert!(
+                    matches!(
+                        check_with(&key, &File::open(&path).unwrap(), parallel),
+                        Err(Unsound::Damaged(_))
+                    ),
+                    "byte {at}, parallel from {parallel}"
+                );
+            }
         }
         // Not an ELF file: loading refuses it, and it is removed.
         std::fs::write(&path, &good).unwrap();
