@@ -62,8 +62,6 @@ const TRAILER: usize = 32 + 4 + 4 + 8;
 /// The checksum is computed over the file read in pieces of this size: one
 /// small buffer that stays in the CPU's cache, not a copy of the artifact.
 const CHUNK: usize = 256 << 10;
-/// Artifacts from this size on are checked by two threads, half each.
-const PARALLEL: u64 = 8 << 20;
 
 /// Counters of an [`ArtifactCache`] since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -375,12 +373,6 @@ enum Unsound {
 /// Checks the whole of `file`: its trailer, then the checksum of key and
 /// artifact.
 fn check(key: &[u8; 32], file: &File) -> Result<(), Unsound> {
-    check_with(key, file, PARALLEL)
-}
-
-/// [`check`], computing the checksum of an artifact of `parallel` bytes or
-/// more on two threads.
-fn check_with(key: &[u8; 32], file: &File, parallel: u64) -> Result<(), Unsound> {
     let len = file.metadata().map_err(Unsound::Unreadable)?.len();
     let read = |buf: &mut [u8], at: u64| {
         read_at(file, buf, at).map_err(|e| {
@@ -418,22 +410,7 @@ fn check_with(key: &[u8; 32], file: &File, parallel: u64) -> Result<(), Unsound>
     }
     let mut crc = crc32fast::Hasher::new();
     crc.update(key);
-    // The second core checks the second half of a large artifact: at a
-    // few GB/s, a large component's artifact takes milliseconds.
-    if cfg!(unix) && body >= parallel {
-        let mid = body / 2;
-        let (first, second) = std::thread::scope(|scope| {
-            let second = scope.spawn(|| crc_of(file, mid..body));
-            (crc_of(file, 0..mid), second.join())
-        });
-        crc.combine(&first.map_err(Unsound::Unreadable)?);
-        let second = second
-            .map_err(|_| Unsound::Unreadable(std::io::Error::other("the checksum panicked")))?
-            .map_err(Unsound::Unreadable)?;
-        crc.combine(&second);
-    } else {
-        crc.combine(&crc_of(file, 0..body).map_err(Unsound::Unreadable)?);
-    }
+    crc.combine(&crc_of(file, 0..body).map_err(Unsound::Unreadable)?);
     if rest[..4] != crc.finalize().to_le_bytes() {
         return Err(Unsound::Damaged("checksum mismatch".into()));
     }
@@ -456,15 +433,13 @@ fn crc_of(file: &File, range: std::ops::Range<u64>) -> std::io::Result<crc32fast
     Ok(crc)
 }
 
-/// Reads exactly `buf.len()` bytes of `file` from offset `at`, without
-/// moving a shared cursor (so two threads may read one file).
+/// Reads exactly `buf.len()` bytes of `file` from offset `at`.
 #[cfg(unix)]
 fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, buf, at)
 }
 
-/// Elsewhere through the file's cursor: one reader at a time (the
-/// checksum is computed on one thread there).
+/// Elsewhere through the file's cursor.
 #[cfg(not(unix))]
 fn read_at(mut file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
     use std::io::Seek as _;
@@ -731,10 +706,7 @@ mod tests {
         cache.store_module(&engine, &hash, &artifact).unwrap();
         let path = cache.module_path(&engine, &hash);
         let key = key(&engine, &hash, Kind::Module);
-        // On one thread, and on two (the halves split inside a chunk).
-        for parallel in [u64::MAX, CHUNK as u64] {
-            assert!(check_with(&key, &File::open(&path).unwrap(), parallel).is_ok());
-        }
+        assert!(check(&key, &File::open(&path).unwrap()).is_ok());
         let good = std::fs::read(&path).unwrap();
         let half = artifact.len() / 2;
         for at in [
@@ -751,15 +723,13 @@ mod tests {
             let mut bad = good.clone();
             bad[at] ^= 0x04;
             std::fs::write(&path, &bad).unwrap();
-            for parallel in [u64::MAX, CHUNK as u64] {
-                assert!(
-                    matches!(
-                        check_with(&key, &File::open(&path).unwrap(), parallel),
-                        Err(Unsound::Damaged(_))
-                    ),
-                    "byte {at}, parallel from {parallel}"
-                );
-            }
+            assert!(
+                matches!(
+                    check(&key, &File::open(&path).unwrap()),
+                    Err(Unsound::Damaged(_))
+                ),
+                "byte {at}"
+            );
         }
         // Not an ELF file: loading refuses it, and it is removed.
         std::fs::write(&path, &good).unwrap();
