@@ -12,24 +12,35 @@
 //! off, ...) therefore looks for another file: a stale artifact is never
 //! found, so never loaded, and the module is compiled and stored again.
 //!
-//! Each file is a header (magic, the name's key, a CRC-32 of key and
-//! artifact) followed by the artifact. wasmtime does not check an
-//! artifact's integrity when it loads one, so the cache does: a file whose
-//! checksum does not match is logged, removed and reported as a miss (the
-//! caller compiles and stores the module again). The checksum guards
-//! against damage (a torn write, a flipped bit), not against someone who
-//! can write the directory (who could replace the host's binary as well):
-//! CRC-32 catches every burst of up to 32 bits and all but 1 in 2^32 of
-//! the rest, at several GB/s, where the SHA-256 of the first format took
-//! most of a large component's load time. Files of that format are
-//! compiled again once, quietly. Files are written to a
-//! temporary name and renamed, so a reader never sees half a file.
+//! Each file is the artifact followed by a trailer (the name's key, a
+//! CRC-32 of key and artifact, magic). The artifact comes first so that
+//! wasmtime can map the file itself ([`Module::deserialize_open_file`])
+//! instead of copying it: the code is used from the mapping, and the
+//! initial memory images are mapped copy-on-write from the file, not
+//! copied into memory files at the first instantiation. wasmtime does not
+//! check an artifact's integrity when it loads one, so the cache does,
+//! before handing the file over: a file whose checksum does not match is
+//! logged, removed and reported as a miss (the caller compiles and stores
+//! the module again). The checksum guards against damage (a torn write, a
+//! flipped bit), not against someone who can write the directory (who
+//! could replace the host's binary as well): CRC-32 catches every burst of
+//! up to 32 bits and all but 1 in 2^32 of the rest, at several GB/s, where
+//! the SHA-256 of the first format took most of a large component's load
+//! time. Files of the older formats (a header in front) are compiled again
+//! once, quietly.
+//!
+//! Files are written to a temporary name and renamed, never written in
+//! place: a reader never sees half a file, and a file that is mapped (for
+//! as long as its module lives) never changes under the mapping. Replacing
+//! or removing it only unlinks the old file; its mapping stays intact.
 
 use std::fmt;
+use std::fs::File;
 use std::hash::Hasher;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
@@ -40,11 +51,17 @@ use crate::{Error, ModuleHash, Result};
 /// The conventional name of the cache directory inside a data directory.
 pub const ARTIFACTS_DIR: &str = "artifacts";
 
-const MAGIC: &[u8; 8] = b"WPART\x02\0\0";
-/// The first format's magic (a SHA-256 checksum): a miss, not damage.
-const MAGIC_V1: &[u8; 8] = b"WPART\x01\0\0";
-/// Magic, key, CRC-32 (little-endian), 4 bytes of padding.
-const HEADER: usize = 8 + 32 + 4 + 4;
+/// The last 8 bytes of a file of the current format.
+const MAGIC: &[u8; 8] = b"WPART\x03\0\0";
+/// How the files of the older formats start (a header in front: version 1
+/// with a SHA-256, version 2 with a CRC-32): a miss, not damage.
+const OLD_FORMAT: &[u8; 5] = b"WPART";
+/// After the artifact: key, CRC-32 (little-endian), 4 bytes of padding,
+/// magic.
+const TRAILER: usize = 32 + 4 + 4 + 8;
+/// The checksum is computed over the file read in pieces of this size: one
+/// small buffer that stays in the CPU's cache, not a copy of the artifact.
+const CHUNK: usize = 256 << 10;
 
 /// Counters of an [`ArtifactCache`] since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,6 +75,12 @@ pub struct CacheStats {
     pub rejected: u64,
     /// Artifacts written.
     pub stored: u64,
+    /// Time spent opening found files and checking them (reading every
+    /// byte for the checksum).
+    pub check_time: Duration,
+    /// Time spent in wasmtime loading checked artifacts (mapping the file,
+    /// parsing and registering the code).
+    pub load_time: Duration,
 }
 
 /// Precompiled artifacts in a directory. Cheap to share behind an `Arc`;
@@ -68,6 +91,8 @@ pub struct ArtifactCache {
     misses: AtomicU64,
     rejected: AtomicU64,
     stored: AtomicU64,
+    check_nanos: AtomicU64,
+    load_nanos: AtomicU64,
 }
 
 impl fmt::Debug for ArtifactCache {
@@ -122,6 +147,8 @@ impl ArtifactCache {
             misses: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             stored: AtomicU64::new(0),
+            check_nanos: AtomicU64::new(0),
+            load_nanos: AtomicU64::new(0),
         })
     }
 
@@ -137,21 +164,23 @@ impl ArtifactCache {
             misses: self.misses.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             stored: self.stored.load(Ordering::Relaxed),
+            check_time: Duration::from_nanos(self.check_nanos.load(Ordering::Relaxed)),
+            load_time: Duration::from_nanos(self.load_nanos.load(Ordering::Relaxed)),
         }
     }
 
     /// The core module `hash` compiled for `engine`, if a sound artifact is
     /// cached.
     pub fn load_module(&self, engine: &Engine, hash: &ModuleHash) -> Option<Module> {
-        let (path, file) = self.read(engine, hash, Kind::Module)?;
-        self.deserialize(&path, || deserialize_module(engine, &file[HEADER..]))
+        let (path, file) = self.open_checked(engine, hash, Kind::Module)?;
+        self.deserialize(&path, file, |file| deserialize_module(engine, file))
     }
 
     /// The component `hash` compiled for `engine`, if a sound artifact is
     /// cached.
     pub fn load_component(&self, engine: &Engine, hash: &ModuleHash) -> Option<Component> {
-        let (path, file) = self.read(engine, hash, Kind::Component)?;
-        self.deserialize(&path, || deserialize_component(engine, &file[HEADER..]))
+        let (path, file) = self.open_checked(engine, hash, Kind::Component)?;
+        self.deserialize(&path, file, |file| deserialize_component(engine, file))
     }
 
     /// Stores the serialized core module `hash` (from
@@ -193,13 +222,19 @@ impl ArtifactCache {
         self.dir.join(format!("{}.cwasm", hex::encode(key)))
     }
 
-    /// The file's bytes (the artifact from [`HEADER`] on), checked;
-    /// `None` (and the file removed) when there is none or it is unsound.
-    fn read(&self, engine: &Engine, hash: &ModuleHash, kind: Kind) -> Option<(PathBuf, Vec<u8>)> {
+    /// The file, open and checked; `None` (and the file removed) when
+    /// there is none or it is unsound.
+    fn open_checked(
+        &self,
+        engine: &Engine,
+        hash: &ModuleHash,
+        kind: Kind,
+    ) -> Option<(PathBuf, File)> {
         let key = key(engine, hash, kind);
         let path = self.path(&key);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        let started = Instant::now();
+        let file = match File::open(&path) {
+            Ok(file) => file,
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path = %path.display(), error = %e, "cannot read a cached artifact; compiling instead");
@@ -208,22 +243,47 @@ impl ArtifactCache {
                 return None;
             }
         };
-        if bytes.starts_with(MAGIC_V1) {
-            tracing::info!(path = %path.display(), module = %hash, "cached artifact of an older format; compiling again");
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            let _ = std::fs::remove_file(&path);
-            return None;
+        let checked = check(&key, &file);
+        add_time(&self.check_nanos, started);
+        match checked {
+            Ok(()) => Some((path, file)),
+            Err(Unsound::OldFormat) => {
+                tracing::info!(path = %path.display(), module = %hash, "cached artifact of an older format; compiling again");
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+            Err(Unsound::Unreadable(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read a cached artifact; compiling instead");
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(Unsound::Damaged(why)) => {
+                tracing::warn!(path = %path.display(), module = %hash, "cached artifact is corrupted ({why}); removing it and compiling again");
+                self.reject(&path);
+                None
+            }
         }
-        if let Err(why) = check(&key, &bytes) {
-            tracing::warn!(path = %path.display(), module = %hash, "cached artifact is corrupted ({why}); removing it and compiling again");
-            self.reject(&path);
-            return None;
-        }
-        Some((path, bytes))
     }
 
-    fn deserialize<T>(&self, path: &Path, load: impl FnOnce() -> wasmtime::Result<T>) -> Option<T> {
-        match load() {
+    /// Loads the checked `file`: mapped by wasmtime, or, if that fails (a
+    /// data directory on a file system mounted `noexec` refuses executable
+    /// mappings), read into memory; a file wasmtime refuses both ways is
+    /// removed.
+    fn deserialize<T>(
+        &self,
+        path: &Path,
+        file: File,
+        load: impl Fn(Loaded) -> wasmtime::Result<T>,
+    ) -> Option<T> {
+        let started = Instant::now();
+        let loaded = load(Loaded::Mapped(&file)).or_else(|e| {
+            tracing::debug!(path = %path.display(), error = %e, "cannot load a cached artifact mapped; reading it instead");
+            let bytes = read_artifact(&file)?;
+            load(Loaded::Read(&bytes))
+        });
+        add_time(&self.load_nanos, started);
+        match loaded {
             Ok(loaded) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 Some(loaded)
@@ -256,15 +316,18 @@ impl ArtifactCache {
             TEMP.fetch_add(1, Ordering::Relaxed)
         ));
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(MAGIC)?;
+            let mut file = File::create(&tmp)?;
+            file.write_all(artifact)?;
             file.write_all(&key)?;
             file.write_all(&checksum(&key, artifact).to_le_bytes())?;
             file.write_all(&[0; 4])?;
-            file.write_all(artifact)?;
+            file.write_all(MAGIC)?;
             // No fsync: a file torn by a crash fails its checksum and is
             // rebuilt.
             drop(file);
+            // Never write the final name in place: a loaded module maps
+            // its file for as long as it lives, and the rename leaves the
+            // mapped file (now unlinked) untouched.
             std::fs::rename(&tmp, &path)
         };
         write().map_err(|source| {
@@ -292,48 +355,175 @@ fn checksum(key: &[u8; 32], artifact: &[u8]) -> u32 {
     crc.finalize()
 }
 
-fn check(key: &[u8; 32], bytes: &[u8]) -> Result<(), String> {
-    if bytes.len() < HEADER {
-        return Err(format!("{} bytes, shorter than its header", bytes.len()));
+fn add_time(total: &AtomicU64, since: Instant) {
+    let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    total.fetch_add(nanos, Ordering::Relaxed);
+}
+
+/// Why a found file is not loaded.
+enum Unsound {
+    /// A file of an older format: a miss, removed quietly.
+    OldFormat,
+    /// Reading it failed: a miss, the file left alone.
+    Unreadable(std::io::Error),
+    /// Damaged or not ours: removed.
+    Damaged(String),
+}
+
+/// Checks the whole of `file`: its trailer, then the checksum of key and
+/// artifact.
+fn check(key: &[u8; 32], file: &File) -> Result<(), Unsound> {
+    let len = file.metadata().map_err(Unsound::Unreadable)?.len();
+    let read = |buf: &mut [u8], at: u64| {
+        read_at(file, buf, at).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Unsound::Damaged("shorter than its size".into())
+            } else {
+                Unsound::Unreadable(e)
+            }
+        })
+    };
+    let mut head = [0; OLD_FORMAT.len()];
+    let head_len = usize::try_from(len).map_or(head.len(), |l| l.min(head.len()));
+    read(&mut head[..head_len], 0)?;
+    if head == *OLD_FORMAT {
+        return Err(Unsound::OldFormat);
     }
-    if &bytes[..8] != MAGIC {
-        return Err("not a wpool artifact file".into());
+    let Some(body) = len.checked_sub(TRAILER as u64) else {
+        return Err(Unsound::Damaged(format!(
+            "{len} bytes, shorter than its trailer"
+        )));
+    };
+    let mut trailer = [0; TRAILER];
+    read(&mut trailer, body)?;
+    let (stored_key, rest) = trailer.split_at(32);
+    if &rest[8..] != MAGIC {
+        return Err(Unsound::Damaged("not a wpool artifact file".into()));
     }
-    if &bytes[8..40] != key {
-        return Err("it belongs to another module or engine".into());
+    if stored_key != key {
+        return Err(Unsound::Damaged(
+            "it belongs to another module or engine".into(),
+        ));
     }
-    if bytes[40..44] != checksum(key, &bytes[HEADER..]).to_le_bytes() {
-        return Err("checksum mismatch".into());
+    if rest[4..8] != [0; 4] {
+        return Err(Unsound::Damaged("a damaged trailer".into()));
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(key);
+    crc.combine(&crc_of(file, 0..body).map_err(Unsound::Unreadable)?);
+    if rest[..4] != crc.finalize().to_le_bytes() {
+        return Err(Unsound::Damaged("checksum mismatch".into()));
     }
     Ok(())
 }
 
-// `Module::deserialize` and `Component::deserialize` are unsafe because
-// wasmtime trusts the bytes to be an artifact it produced, for this engine's
-// configuration, unmodified. Here they are: `artifact` comes from a file whose
-// name and header key are derived from this engine's compatibility hash (and
-// wasmtime checks the version and configuration again itself), whose CRC-32
-// over key and artifact was verified just before, and which was read into
-// memory, so the bytes checked are the bytes loaded (no mmap that another
-// process could change after the check). The cache directory is the host's
-// own; whoever can write it could also replace the host's binary.
+/// The CRC-32 of `range` of `file`, read through one small buffer that
+/// stays in the CPU's cache (not a copy of the artifact).
+fn crc_of(file: &File, range: std::ops::Range<u64>) -> std::io::Result<crc32fast::Hasher> {
+    let mut crc = crc32fast::Hasher::new();
+    let size = range.end - range.start;
+    let mut buf = vec![0; usize::try_from(size).map_or(CHUNK, |l| l.min(CHUNK))];
+    let mut at = range.start;
+    while at < range.end {
+        let n = usize::try_from(range.end - at).map_or(buf.len(), |l| l.min(buf.len()));
+        read_at(file, &mut buf[..n], at)?;
+        crc.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(crc)
+}
+
+/// Reads exactly `buf.len()` bytes of `file` from offset `at`.
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, at)
+}
+
+/// Elsewhere through the file's cursor.
+#[cfg(not(unix))]
+fn read_at(mut file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    use std::io::Seek as _;
+    file.seek(std::io::SeekFrom::Start(at))?;
+    file.read_exact(buf)
+}
+
+/// The artifact of a checked `file`, read into memory (without the
+/// trailer).
+fn read_artifact(mut file: &File) -> std::io::Result<Vec<u8>> {
+    use std::io::Seek as _;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    bytes.truncate(bytes.len().saturating_sub(TRAILER));
+    Ok(bytes)
+}
+
+/// A path that opens the very file `file` is (the same inode, even if its
+/// name was replaced since), for wasmtime's `Component::deserialize_file`:
+/// components have no `deserialize_open_file`.
+#[cfg(target_os = "linux")]
+fn reopen(file: &File) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd as _;
+    Ok(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+}
+
+/// Elsewhere there is no such path: the caller reads the file instead.
+#[cfg(not(target_os = "linux"))]
+fn reopen(_: &File) -> std::io::Result<PathBuf> {
+    Err(std::io::Error::other(
+        "no path to an open file on this system",
+    ))
+}
+
+/// A checked artifact, as wasmtime is to load it.
+enum Loaded<'a> {
+    /// The open file, mapped by wasmtime.
+    Mapped(&'a File),
+    /// The artifact read into memory and copied by wasmtime.
+    Read(&'a [u8]),
+}
+
+// `Module::deserialize_open_file` and `Module::deserialize` (and their
+// `Component` twins) are unsafe because wasmtime trusts the bytes to be an
+// artifact it produced, for this engine's configuration, unmodified, and, for
+// a mapped file, to stay so for as long as the module lives. Here they are:
+// the file's name and trailer key are derived from this engine's
+// compatibility hash (and wasmtime checks the version and configuration
+// again itself); its CRC-32 over key and artifact was verified just before,
+// reading the very file (the same open file, so the same inode) that is then
+// mapped or read again; and the cache never writes a file in place (it writes
+// a temporary file and renames it, and removing or replacing a file leaves a
+// mapping of it intact), so the bytes checked are the bytes mapped. The
+// trailer after the artifact is ignored by wasmtime's ELF parser. The cache
+// directory is the host's own; whoever can write into its files could also
+// replace the host's binary.
 #[allow(
     unsafe_code,
     reason = "loading a precompiled artifact whose origin and integrity were verified"
 )]
-fn deserialize_module(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Module> {
-    // SAFETY: see the comment above: checked bytes from our own cache, for
-    // this engine.
-    unsafe { Module::deserialize(engine, artifact) }
+fn deserialize_module(engine: &Engine, artifact: Loaded<'_>) -> wasmtime::Result<Module> {
+    // SAFETY: see the comment above: a checked file from our own cache, for
+    // this engine, never modified in place.
+    unsafe {
+        match artifact {
+            Loaded::Mapped(file) => Module::deserialize_open_file(engine, file.try_clone()?),
+            Loaded::Read(bytes) => Module::deserialize(engine, bytes),
+        }
+    }
 }
 
 #[allow(
     unsafe_code,
     reason = "loading a precompiled artifact whose origin and integrity were verified"
 )]
-fn deserialize_component(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+fn deserialize_component(engine: &Engine, artifact: Loaded<'_>) -> wasmtime::Result<Component> {
     // SAFETY: as for `deserialize_module`.
-    unsafe { Component::deserialize(engine, artifact) }
+    unsafe {
+        match artifact {
+            Loaded::Mapped(file) => Component::deserialize_file(engine, reopen(file)?),
+            Loaded::Read(bytes) => Component::deserialize(engine, bytes),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -346,6 +536,10 @@ mod tests {
         let mut config = wasmtime::Config::new();
         config.consume_fuel(fuel);
         Engine::new(&config).unwrap()
+    }
+
+    fn image_len(range: std::ops::Range<*const u8>) -> u64 {
+        (range.end as usize - range.start as usize) as u64
     }
 
     fn answer(engine: &Engine, module: &Module) -> i32 {
@@ -375,21 +569,29 @@ mod tests {
         assert_eq!(answer(&engine, &loaded), 42);
         // A module is not a component: another file.
         assert!(cache.load_component(&engine, &hash).is_none());
+        let stats = cache.stats();
         assert_eq!(
-            cache.stats(),
-            CacheStats {
-                hits: 1,
-                misses: 2,
-                rejected: 0,
-                stored: 1
-            }
+            (stats.hits, stats.misses, stats.rejected, stats.stored),
+            (1, 2, 0, 1)
         );
+        assert!(stats.check_time > Duration::ZERO && stats.load_time > Duration::ZERO);
 
         let component = wat::parse_str("(component)").unwrap();
         let chash = ModuleHash::of(&component);
         let serialized = engine.precompile_component(&component).unwrap();
         cache.store_component(&engine, &chash, &serialized).unwrap();
-        assert!(cache.load_component(&engine, &chash).is_some());
+        let loaded = cache.load_component(&engine, &chash).unwrap();
+        // Mapped from its file (trailer included), not read into memory.
+        let file_len = std::fs::metadata(cache.component_path(&engine, &chash))
+            .unwrap()
+            .len();
+        assert_eq!(image_len(loaded.image_range()), file_len);
+        assert_eq!(
+            image_len(cache.load_module(&engine, &hash).unwrap().image_range()),
+            std::fs::metadata(cache.module_path(&engine, &hash))
+                .unwrap()
+                .len()
+        );
         // Only the two artifacts: no temporary file left behind.
         assert_eq!(std::fs::read_dir(cache.dir()).unwrap().count(), 2);
     }
@@ -450,7 +652,7 @@ mod tests {
         let damaged: Vec<Vec<u8>> = vec![
             {
                 let mut b = good.clone();
-                let i = HEADER + (b.len() - HEADER) / 2;
+                let i = (b.len() - TRAILER) / 2;
                 b[i] ^= 0x01;
                 b
             },
@@ -459,9 +661,26 @@ mod tests {
                 *b.last_mut().unwrap() ^= 0x80;
                 b
             },
+            // The artifact's last byte, then the stored checksum.
+            {
+                let mut b = good.clone();
+                let i = b.len() - TRAILER - 1;
+                b[i] ^= 0x10;
+                b
+            },
+            {
+                let mut b = good.clone();
+                let i = b.len() - TRAILER + 32;
+                b[i] ^= 0x01;
+                b
+            },
             good[..good.len() - 1].to_vec(),
+            good[..good.len() - TRAILER].to_vec(),
             good[..10].to_vec(),
+            Vec::new(),
+            [good.as_slice(), b"more"].concat(),
         ];
+        let cases = damaged.len() as u64;
         for (i, bad) in damaged.into_iter().enumerate() {
             std::fs::write(&path, bad).unwrap();
             assert!(cache.load_module(&engine, &hash).is_none(), "case {i}");
@@ -473,7 +692,85 @@ mod tests {
                 42
             );
         }
-        assert_eq!(cache.stats().rejected, 4);
+        assert_eq!(cache.stats().rejected, cases);
+    }
+
+    #[test]
+    fn a_file_larger_than_the_read_buffer_is_checked_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::open(dir.path()).unwrap();
+        let engine = engine(false);
+        let hash = ModuleHash::of(b"large");
+        // The trailer straddles two reads of the buffer.
+        let artifact: Vec<u8> = (0..3 * CHUNK + CHUNK - 20).map(|i| i as u8).collect();
+        cache.store_module(&engine, &hash, &artifact).unwrap();
+        let path = cache.module_path(&engine, &hash);
+        let key = key(&engine, &hash, Kind::Module);
+        assert!(check(&key, &File::open(&path).unwrap()).is_ok());
+        let good = std::fs::read(&path).unwrap();
+        let half = artifact.len() / 2;
+        for at in [
+            0,
+            CHUNK - 1,
+            CHUNK,
+            2 * CHUNK + 7,
+            half - 1,
+            half,
+            artifact.len() - 1,
+            good.len() - 9,
+            good.len() - 1,
+        ] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x04;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(
+                matches!(
+                    check(&key, &File::open(&path).unwrap()),
+                    Err(Unsound::Damaged(_))
+                ),
+                "byte {at}"
+            );
+        }
+        // Not an ELF file: loading refuses it, and it is removed.
+        std::fs::write(&path, &good).unwrap();
+        assert!(cache.load_module(&engine, &hash).is_none());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_loaded_module_outlives_its_file_being_replaced_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::open(dir.path()).unwrap();
+        let engine = engine(false);
+        let wasm = wat::parse_str(WAT).unwrap();
+        let hash = ModuleHash::of(&wasm);
+        let serialized = engine.precompile_module(&wasm).unwrap();
+        cache.store_module(&engine, &hash, &serialized).unwrap();
+        let loaded = cache.load_module(&engine, &hash).unwrap();
+        let path = cache.module_path(&engine, &hash);
+        // Stored again (a rename over the mapped file), then removed: the
+        // mapping is of the first file, which never changes.
+        cache.store_module(&engine, &hash, &serialized).unwrap();
+        assert_eq!(answer(&engine, &loaded), 42);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(answer(&engine, &loaded), 42);
+        assert!(cache.load_module(&engine, &hash).is_none());
+    }
+
+    #[test]
+    fn a_checked_artifact_wasmtime_refuses_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::open(dir.path()).unwrap();
+        let engine = engine(false);
+        let hash = ModuleHash::of(b"not an artifact");
+        // A sound file (right key, right checksum) whose artifact is not
+        // an ELF file: refused both mapped and read, never run.
+        cache
+            .store_module(&engine, &hash, b"not an artifact at all")
+            .unwrap();
+        assert!(cache.load_module(&engine, &hash).is_none());
+        assert!(!cache.module_path(&engine, &hash).exists());
+        assert_eq!(cache.stats().rejected, 1);
     }
 
     #[test]
@@ -485,14 +782,17 @@ mod tests {
         let hash = ModuleHash::of(&wasm);
         let serialized = engine.precompile_module(&wasm).unwrap();
         let path = cache.module_path(&engine, &hash);
-        let mut old = MAGIC_V1.to_vec();
-        old.extend_from_slice(&[0; 64]);
-        old.extend_from_slice(&serialized);
-        std::fs::write(&path, old).unwrap();
-        assert!(cache.load_module(&engine, &hash).is_none());
-        assert!(!path.exists());
+        for (version, header) in [(1u8, 8 + 64), (2, 8 + 32 + 4 + 4)] {
+            let mut old = b"WPART".to_vec();
+            old.extend_from_slice(&[version, 0, 0]);
+            old.resize(header, 0);
+            old.extend_from_slice(&serialized);
+            std::fs::write(&path, old).unwrap();
+            assert!(cache.load_module(&engine, &hash).is_none());
+            assert!(!path.exists());
+        }
         let stats = cache.stats();
-        assert_eq!((stats.misses, stats.rejected), (1, 0));
+        assert_eq!((stats.misses, stats.rejected), (2, 0));
         cache.store_module(&engine, &hash, &serialized).unwrap();
         assert_eq!(
             answer(&engine, &cache.load_module(&engine, &hash).unwrap()),

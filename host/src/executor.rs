@@ -158,6 +158,17 @@ impl Executor {
         self.inner.registry.register(bytes)
     }
 
+    /// Like [`Executor::register`], for bytes the caller keeps under
+    /// `hash` (as a pool keeps modules in its store by hash): `bytes` are
+    /// hashed only if they are to be compiled, not when the module is
+    /// registered already or its artifact is in the on-disk cache
+    /// ([`EngineConfig::artifact_dir`]), whose artifact of `hash` is then
+    /// loaded as it is. Bytes that are to be compiled and do not hash to
+    /// `hash` are refused ([`Error::InvalidModule`](crate::Error::InvalidModule)).
+    pub fn register_known(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<CompiledModule> {
+        self.inner.registry.register_known(*hash, bytes)
+    }
+
     /// Like [`Executor::register`], and sets the module's run settings
     /// (arguments, environment, success codes, scratch directory; see
     /// [`ModuleSettings`]), which every later run of the module uses.
@@ -230,6 +241,13 @@ impl Executor {
     /// ([`EngineConfig::artifact_dir`]) instead of compiled.
     pub fn cache_loads(&self) -> u64 {
         self.inner.registry.cache_loads()
+    }
+
+    /// The counters of the on-disk artifact cache
+    /// ([`EngineConfig::artifact_dir`]), including the time spent checking
+    /// and loading artifacts; `None` without one.
+    pub fn artifact_stats(&self) -> Option<crate::CacheStats> {
+        self.inner.registry.artifact_stats()
     }
 
     /// The pool's default limits with `overrides` applied, checked.

@@ -149,6 +149,11 @@ impl Registry {
         })
     }
 
+    /// The on-disk artifact cache's counters, if there is one.
+    pub(crate) fn artifact_stats(&self) -> Option<crate::CacheStats> {
+        self.artifacts.as_ref().map(crate::ArtifactCache::stats)
+    }
+
     /// Modules loaded from the on-disk artifact cache instead of compiled.
     pub(crate) fn cache_loads(&self) -> u64 {
         self.loads.load(Ordering::Relaxed)
@@ -201,21 +206,55 @@ impl Registry {
     }
 
     pub(crate) fn register(&self, bytes: &[u8]) -> Result<CompiledModule> {
-        let hash = ModuleHash::of(bytes);
+        self.register_as(ModuleHash::of(bytes), bytes, true)
+    }
+
+    /// Like [`register`](Self::register), for bytes the caller keeps
+    /// under `hash` (a module store): they are hashed only if they are to
+    /// be compiled, not when `hash` is compiled already or its artifact is
+    /// on disk. Hashing a large component costs a large part of loading it
+    /// from the artifact cache.
+    pub(crate) fn register_known(&self, hash: ModuleHash, bytes: &[u8]) -> Result<CompiledModule> {
+        self.register_as(hash, bytes, false)
+    }
+
+    /// Registers `bytes` as `hash`; `hashed` says whether `hash` was
+    /// computed from them. If not, the artifact of `hash` is loaded as it
+    /// is (it was compiled from bytes of that hash: the cache stores only
+    /// what was registered under its own hash), and the bytes are checked
+    /// against `hash` before they are compiled, so that a module is never
+    /// compiled and kept under another module's hash.
+    fn register_as(&self, hash: ModuleHash, bytes: &[u8], hashed: bool) -> Result<CompiledModule> {
         if let Some(module) = self.get(&hash) {
             return Ok(module);
         }
         let kind = ModuleKind::detect(bytes)?;
+        let verify = || {
+            if hashed {
+                return Ok(());
+            }
+            let actual = ModuleHash::of(bytes);
+            if actual == hash {
+                Ok(())
+            } else {
+                Err(Error::InvalidModule(format!(
+                    "the bytes given for module {hash} are those of module {actual}"
+                )))
+            }
+        };
         // An artifact is kept on disk only for a module that passed every
         // check, so that a cached artifact is always one worth loading.
         let prepared = match kind {
             ModuleKind::Command => {
                 let (module, fresh) = match self.load_module(&hash) {
                     Some(module) => (module, false),
-                    None => (
-                        self.compile(&hash, kind, bytes, |e, b| wasmtime::Module::new(e, b))?,
-                        true,
-                    ),
+                    None => {
+                        verify()?;
+                        (
+                            self.compile(&hash, kind, bytes, |e, b| wasmtime::Module::new(e, b))?,
+                            true,
+                        )
+                    }
                 };
                 let prepared = command::prepare(&self.command_linker, &module)?;
                 if fresh {
@@ -226,10 +265,13 @@ impl Registry {
             ModuleKind::Component => {
                 let (component, fresh) = match self.load_component(&hash) {
                     Some(component) => (component, false),
-                    None => (
-                        self.compile(&hash, kind, bytes, |e, b| Component::new(e, b))?,
-                        true,
-                    ),
+                    None => {
+                        verify()?;
+                        (
+                            self.compile(&hash, kind, bytes, |e, b| Component::new(e, b))?,
+                            true,
+                        )
+                    }
                 };
                 let prepared = component::prepare(&self.component_linker, &component)?;
                 if fresh {

@@ -127,3 +127,95 @@ fn tasks_recovered_after_a_restart_run_without_compiling() {
     assert_eq!(pool.executor().compilations(), 0);
     assert_eq!(pool.executor().cache_loads(), 1);
 }
+
+fn executor_with_artifacts(dir: &std::path::Path) -> wpool::Executor {
+    let mut config = wpool::EngineConfig::new();
+    config.workers(1).artifact_dir(dir);
+    wpool::Executor::new(&config).unwrap()
+}
+
+fn run_registered(executor: &wpool::Executor, module: &wpool::CompiledModule, input: &[u8]) {
+    let report = crate::util::spawn(executor, module, input, Default::default()).wait_blocking();
+    assert!(
+        report.outcome.is_success(),
+        "{:?}: {}",
+        report.outcome,
+        report.log
+    );
+}
+
+#[test]
+fn a_module_registered_under_its_known_hash_is_loaded_from_its_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = read(programs::P2_COMPONENT);
+    let hash = wpool::ModuleHash::of(&component);
+    let echo = br#"{"op":"echo","text":"known"}"#;
+
+    let executor = executor_with_artifacts(dir.path());
+    // Nothing on disk: the bytes are checked against the hash before they
+    // are compiled, so a module is never kept under another's hash.
+    let command = read(programs::P1_ECHO);
+    let err = executor.register_known(&hash, &command).unwrap_err();
+    assert!(err.to_string().contains("are those of module"), "{err}");
+    assert_eq!(executor.compilations(), 0);
+    let module = executor.register_known(&hash, &component).unwrap();
+    assert_eq!(module.hash(), hash);
+    run_registered(&executor, &module, echo);
+    assert_eq!(executor.compilations(), 1);
+    drop(executor);
+
+    // After a restart: loaded from the artifact (mapped), not compiled.
+    let executor = executor_with_artifacts(dir.path());
+    let module = executor.register_known(&hash, &component).unwrap();
+    assert_eq!(module.hash(), hash);
+    run_registered(&executor, &module, echo);
+    run_registered(&executor, &module, echo);
+    assert_eq!((executor.compilations(), executor.cache_loads()), (0, 1));
+    let stats = executor.artifact_stats().unwrap();
+    assert_eq!((stats.hits, stats.rejected), (1, 0));
+    // Registering again by bytes finds it in memory.
+    assert_eq!(executor.register(&component).unwrap().hash(), hash);
+    assert_eq!(executor.cache_loads(), 1);
+}
+
+#[test]
+fn a_truncated_or_damaged_artifact_is_compiled_again_never_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = read(programs::P1_ECHO);
+    let component = read(programs::P2_COMPONENT);
+    let echo = br#"{"op":"echo","text":"cached"}"#;
+    let executor = executor_with_artifacts(dir.path());
+    run_registered(&executor, &executor.register(&command).unwrap(), b"x");
+    run_registered(&executor, &executor.register(&component).unwrap(), echo);
+    drop(executor);
+
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 4] = [
+        ("cut in half", |b| b.truncate(b.len() / 2)),
+        ("its trailer cut off", |b| b.truncate(b.len() - 48)),
+        ("a page inverted", |b| {
+            let at = b.len() / 3;
+            b[at..at + 4096].iter_mut().for_each(|x| *x = !*x);
+        }),
+        ("empty", |b| b.clear()),
+    ];
+    for (what, damage) in damages {
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            damage(&mut bytes);
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let executor = executor_with_artifacts(dir.path());
+        run_registered(&executor, &executor.register(&command).unwrap(), b"y");
+        let hash = wpool::ModuleHash::of(&component);
+        run_registered(
+            &executor,
+            &executor.register_known(&hash, &component).unwrap(),
+            echo,
+        );
+        assert_eq!(executor.compilations(), 2, "{what}: both rebuilt");
+        assert_eq!(executor.cache_loads(), 0, "{what}");
+        assert_eq!(executor.artifact_stats().unwrap().rejected, 2, "{what}");
+    }
+}
