@@ -33,7 +33,7 @@ async fn module(pool: &Pool, path: &str) -> ModuleHash {
 /// Runs a few short tasks, so that the pool knows its tasks are short and
 /// claims ahead.
 async fn warm_up(pool: &Pool, echo: ModuleHash) {
-    for _ in 0..24 {
+    for _ in 0..48 {
         let handle = pool.submit(TaskSpec::new(echo, Vec::new())).await.unwrap();
         handle.wait().await.unwrap();
     }
@@ -139,8 +139,8 @@ async fn a_stop_puts_tasks_claimed_ahead_back_with_nothing_counted() {
     let echo = module(&pool, programs::P1_ECHO).await;
     warm_up(&pool, echo).await;
     let mut events = pool.subscribe();
-    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 1_000, 3).await;
-    pool.stop_with_grace(Duration::from_secs(10)).await.unwrap();
+    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 4_000, 3).await;
+    pool.stop_with_grace(Duration::from_secs(20)).await.unwrap();
 
     // The sleeper finished within the grace; the tasks claimed ahead never
     // started, and are queued again as if never claimed.
@@ -185,7 +185,7 @@ async fn a_pause_puts_tasks_claimed_ahead_back_and_a_cancel_reaches_them() {
 
     // A cancel of a task claimed ahead: it ends cancelled, and the others
     // run.
-    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 1_000, 3).await;
+    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 4_000, 3).await;
     assert_eq!(
         pool.cancel(ids[1]).await.unwrap(),
         wpool::CancelResult::Killed
@@ -204,7 +204,7 @@ async fn a_pause_puts_tasks_claimed_ahead_back_and_a_cancel_reaches_them() {
 
     // A pause: what was claimed ahead goes back to the queue; the run goes
     // on; nothing starts until resumed.
-    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 1_000, 3).await;
+    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 4_000, 3).await;
     pool.pause();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ids
@@ -244,7 +244,7 @@ async fn a_crash_counts_an_interruption_for_every_task_claimed_ahead() {
     let pool = Pool::with_store(config(1), store.clone()).unwrap();
     let echo = module(&pool, programs::P1_ECHO).await;
     warm_up(&pool, echo).await;
-    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 2_000, 3).await;
+    let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 4_000, 3).await;
     let crashed = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), crashed.path());
     sleeper.wait().await.unwrap();
@@ -292,4 +292,49 @@ fn claiming_too_far_ahead_is_refused_with_the_bound() {
         }
         other => panic!("expected a config error, got {:?}", other.map(|_| ())),
     }
+}
+
+/// `wpool serve --claim-ahead`: a daemon claiming ahead runs a burst of
+/// short tasks, each once; past the bound it refuses to start, and says
+/// why.
+#[test]
+fn the_daemon_claims_ahead_when_told_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::server::Server::start(
+        &dir.path().join("data"),
+        &["--workers", "1", "--claim-ahead", "64"],
+    );
+    let echo = server.upload(programs::P1_ECHO);
+    let tasks: Vec<serde_json::Value> = (0..100)
+        .map(|i| serde_json::json!({"module": echo, "input": i}))
+        .collect();
+    let (status, body) = server.post("/v1/tasks:batch", &serde_json::Value::Array(tasks));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["created"], 100, "{body}");
+    let ids: Vec<String> = body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 100);
+    for (i, id) in ids.iter().enumerate() {
+        let (status, result) = server.get(&format!("/v1/tasks/{id}/result?wait=60s"));
+        assert_eq!(status, 200, "{result}");
+        assert_eq!(result["state"], "succeeded", "{result}");
+        assert_eq!(result["output"], i.to_string(), "{result}");
+    }
+    drop(server);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wpool"))
+        .args(["serve", "--claim-ahead", "5000", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("`claim_ahead` must be at most 1024 (it is 5000)"),
+        "{stderr}"
+    );
 }

@@ -7,9 +7,6 @@ use crate::{EngineConfig, Error, Result};
 /// The default of [`PoolConfig::max_stored_output`]: 8 GiB.
 pub const DEFAULT_MAX_STORED_OUTPUT: u64 = 8 << 30;
 
-/// [`PoolConfig::claim_ahead`] on a store that is not durable, unless set.
-pub const NOT_DURABLE_CLAIM_AHEAD: usize = 64;
-
 /// The most [`PoolConfig::claim_ahead`] allows.
 pub const MAX_CLAIM_AHEAD: usize = 1024;
 
@@ -25,7 +22,7 @@ pub struct PoolConfig {
     pub(crate) lease_ttl: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) max_stored_output: u64,
-    pub(crate) claim_ahead: Option<usize>,
+    pub(crate) claim_ahead: usize,
 }
 
 impl Default for PoolConfig {
@@ -40,7 +37,7 @@ impl Default for PoolConfig {
             lease_ttl: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             max_stored_output: DEFAULT_MAX_STORED_OUTPUT,
-            claim_ahead: None,
+            claim_ahead: 0,
         }
     }
 }
@@ -143,10 +140,8 @@ impl PoolConfig {
 
     /// How many tasks the pool may claim ahead of its free workers, at
     /// most, so that short tasks do not each wait for a durable claim of
-    /// their own. Default: 0 on a durable store (a task is claimed only
-    /// when a worker is free for it); on a store that is not durable (the
-    /// [`MemoryStore`](crate::store::MemoryStore), or sled in relaxed mode
-    /// — a crash loses its recent writes anyway), [`NOT_DURABLE_CLAIM_AHEAD`].
+    /// their own. Default: 0 (a task is claimed only when a worker is free
+    /// for it).
     ///
     /// Every claim is durable before its task runs, so that a task that
     /// takes its host down counts that interruption. With 0, a worker
@@ -173,16 +168,15 @@ impl PoolConfig {
     ///
     /// [`TaskSpec::max_interruptions`]: crate::TaskSpec::max_interruptions
     pub fn claim_ahead(&mut self, tasks: usize) -> &mut Self {
-        self.claim_ahead = Some(tasks);
+        self.claim_ahead = tasks;
         self
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if let Some(tasks) = self.claim_ahead
-            && tasks > MAX_CLAIM_AHEAD
-        {
+        if self.claim_ahead > MAX_CLAIM_AHEAD {
             return Err(Error::Config(format!(
-                "`claim_ahead` must be at most {MAX_CLAIM_AHEAD} (it is {tasks})"
+                "`claim_ahead` must be at most {MAX_CLAIM_AHEAD} (it is {})",
+                self.claim_ahead
             )));
         }
         if self.max_queued == 0 {

@@ -40,9 +40,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast, oneshot};
 
-pub use self::config::{
-    DEFAULT_MAX_STORED_OUTPUT, MAX_CLAIM_AHEAD, NOT_DURABLE_CLAIM_AHEAD, PoolConfig,
-};
+pub use self::config::{DEFAULT_MAX_STORED_OUTPUT, MAX_CLAIM_AHEAD, PoolConfig};
 use self::events::{Event, EventKind, Events};
 use crate::backend::{Backend, Cancelled, EmbeddedBackend};
 use crate::store::{MemoryStore, StateCounts, Store, StoredModule, TaskFilter};
@@ -147,9 +145,6 @@ pub(crate) struct Inner {
     /// Mean run time of recent runs, in µs (an exponential average): how
     /// far ahead to claim.
     mean_run_us: AtomicU64,
-    /// The most tasks claimed ahead: [`PoolConfig::claim_ahead`], or its
-    /// default for the backend.
-    claim_ahead: usize,
     /// Paused: no task is claimed until resumed; running tasks go on.
     paused: std::sync::atomic::AtomicBool,
     finished: AtomicU64,
@@ -289,11 +284,6 @@ impl Pool {
         config.validate()?;
         let executor = Executor::new(&config.engine)?;
         let workers = config.engine.workers;
-        let claim_ahead = config.claim_ahead.unwrap_or(if backend.is_durable() {
-            0
-        } else {
-            NOT_DURABLE_CLAIM_AHEAD
-        });
         let inner = Arc::new(Inner {
             executor,
             backend,
@@ -310,7 +300,6 @@ impl Pool {
             executing: AtomicUsize::new(0),
             ahead: Mutex::new(VecDeque::new()),
             mean_run_us: AtomicU64::new(0),
-            claim_ahead,
             paused: std::sync::atomic::AtomicBool::new(false),
             finished: AtomicU64::new(0),
             recent: Mutex::new(rate::RateWindow::default()),

@@ -127,7 +127,7 @@ impl Inner {
     /// `claim_ahead`; none before a run was timed, and none for tasks
     /// longer than half the horizon.
     fn ahead_depth(&self) -> usize {
-        let max = self.claim_ahead;
+        let max = self.config.claim_ahead;
         let mean = self.mean_run_us.load(Ordering::Relaxed);
         if max == 0 || mean == 0 {
             return 0;
