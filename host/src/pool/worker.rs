@@ -254,7 +254,12 @@ impl Inner {
             self.mean_run_us.store(mean, Ordering::Relaxed);
         }
         self.start_ahead();
-        self.work.notify_one();
+        // On a durable store the next claim shares the flush of this run's
+        // end; on another the end is recorded at once, and the wake-up
+        // after it is enough.
+        if self.backend.is_durable() {
+            self.work.notify_one();
+        }
         let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
         let mut released = false;
         let mut recorded = None;
