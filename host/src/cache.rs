@@ -596,6 +596,24 @@ mod tests {
         assert_eq!(std::fs::read_dir(cache.dir()).unwrap().count(), 2);
     }
 
+    /// A cache in a new directory, the engine without fuel, and the test
+    /// module's hash and artifact compiled for that engine (not stored).
+    fn fresh() -> (
+        tempfile::TempDir,
+        ArtifactCache,
+        Engine,
+        ModuleHash,
+        Vec<u8>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::open(dir.path()).unwrap();
+        let engine = engine(false);
+        let wasm = wat::parse_str(WAT).unwrap();
+        let hash = ModuleHash::of(&wasm);
+        let serialized = engine.precompile_module(&wasm).unwrap();
+        (dir, cache, engine, hash, serialized)
+    }
+
     #[test]
     fn an_artifact_of_another_engine_configuration_is_not_loaded() {
         let dir = tempfile::tempdir().unwrap();
@@ -638,12 +656,7 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_is_detected_and_the_artifact_rebuilt() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ArtifactCache::open(dir.path()).unwrap();
-        let engine = engine(false);
-        let wasm = wat::parse_str(WAT).unwrap();
-        let hash = ModuleHash::of(&wasm);
-        let serialized = engine.precompile_module(&wasm).unwrap();
+        let (_dir, cache, engine, hash, serialized) = fresh();
         cache.store_module(&engine, &hash, &serialized).unwrap();
         let path = cache.module_path(&engine, &hash);
         let good = std::fs::read(&path).unwrap();
@@ -739,12 +752,7 @@ mod tests {
 
     #[test]
     fn a_loaded_module_outlives_its_file_being_replaced_or_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ArtifactCache::open(dir.path()).unwrap();
-        let engine = engine(false);
-        let wasm = wat::parse_str(WAT).unwrap();
-        let hash = ModuleHash::of(&wasm);
-        let serialized = engine.precompile_module(&wasm).unwrap();
+        let (_dir, cache, engine, hash, serialized) = fresh();
         cache.store_module(&engine, &hash, &serialized).unwrap();
         let loaded = cache.load_module(&engine, &hash).unwrap();
         let path = cache.module_path(&engine, &hash);
@@ -775,12 +783,7 @@ mod tests {
 
     #[test]
     fn a_file_of_the_first_format_is_a_miss_and_compiled_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ArtifactCache::open(dir.path()).unwrap();
-        let engine = engine(false);
-        let wasm = wat::parse_str(WAT).unwrap();
-        let hash = ModuleHash::of(&wasm);
-        let serialized = engine.precompile_module(&wasm).unwrap();
+        let (_dir, cache, engine, hash, serialized) = fresh();
         let path = cache.module_path(&engine, &hash);
         for (version, header) in [(1u8, 8 + 64), (2, 8 + 32 + 4 + 4)] {
             let mut old = b"WPART".to_vec();

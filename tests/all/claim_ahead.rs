@@ -39,6 +39,30 @@ async fn warm_up(pool: &Pool, echo: ModuleHash) {
     }
 }
 
+/// A sled store in a temporary directory, a pool of one worker claiming
+/// ahead over it, and the echo module, warmed up.
+async fn one_worker_warmed_up() -> (tempfile::TempDir, Arc<SledStore>, Pool, ModuleHash) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let pool = Pool::with_store(config(1), store.clone()).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    warm_up(&pool, echo).await;
+    (dir, store, pool, echo)
+}
+
+/// Waits for each of `ids` (whose input was its index) and checks that it
+/// ran once, echoing its input, with no interruption counted unless
+/// `interruptions` says so.
+async fn each_ran_once(pool: &Pool, ids: &[TaskId], interruptions: u32) {
+    for (i, id) in ids.iter().enumerate() {
+        let result = pool.wait(*id).await.unwrap();
+        assert_eq!(result.state, TaskState::Succeeded);
+        assert_eq!(result.output, format!("{i}").into_bytes());
+        assert_eq!(result.attempts.len(), 1);
+        assert_eq!(result.interruptions, interruptions, "{id}");
+    }
+}
+
 /// Occupies the only worker with a task sleeping `ms`, then submits `n`
 /// short tasks and waits until the store shows them all claimed (running)
 /// while the worker is still busy: claimed ahead.
@@ -133,11 +157,7 @@ async fn tasks_claimed_ahead_each_run_once_with_their_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_puts_tasks_claimed_ahead_back_with_nothing_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let pool = Pool::with_store(config(1), store.clone()).unwrap();
-    let echo = module(&pool, programs::P1_ECHO).await;
-    warm_up(&pool, echo).await;
+    let (_dir, store, pool, echo) = one_worker_warmed_up().await;
     let mut events = pool.subscribe();
     let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 4_000, 3).await;
     pool.stop_with_grace(Duration::from_secs(20)).await.unwrap();
@@ -166,22 +186,13 @@ async fn a_stop_puts_tasks_claimed_ahead_back_with_nothing_counted() {
 
     // A new pool runs them, each once.
     let pool = Pool::with_store(config(1), store.clone()).unwrap();
-    for (i, id) in ids.iter().enumerate() {
-        let result = pool.wait(*id).await.unwrap();
-        assert_eq!(result.output, format!("{i}").into_bytes());
-        assert_eq!(result.attempts.len(), 1);
-        assert_eq!(result.interruptions, 0);
-    }
+    each_ran_once(&pool, &ids, 0).await;
     pool.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_puts_tasks_claimed_ahead_back_and_a_cancel_reaches_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let pool = Pool::with_store(config(1), store.clone()).unwrap();
-    let echo = module(&pool, programs::P1_ECHO).await;
-    warm_up(&pool, echo).await;
+    let (_dir, store, pool, echo) = one_worker_warmed_up().await;
 
     // A cancel of a task claimed ahead: it ends cancelled, and the others
     // run.
@@ -223,12 +234,7 @@ async fn a_pause_puts_tasks_claimed_ahead_back_and_a_cancel_reaches_them() {
         assert_eq!(record.interruptions, 0);
     }
     pool.resume();
-    for id in &ids {
-        let result = pool.wait(*id).await.unwrap();
-        assert_eq!(result.state, TaskState::Succeeded);
-        assert_eq!(result.attempts.len(), 1);
-        assert_eq!(result.interruptions, 0);
-    }
+    each_ran_once(&pool, &ids, 0).await;
     pool.close().await.unwrap();
 }
 
@@ -239,11 +245,7 @@ async fn a_pause_puts_tasks_claimed_ahead_back_and_a_cancel_reaches_them() {
 /// a crash at that moment leaves on disk.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_counts_an_interruption_for_every_task_claimed_ahead() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let pool = Pool::with_store(config(1), store.clone()).unwrap();
-    let echo = module(&pool, programs::P1_ECHO).await;
-    warm_up(&pool, echo).await;
+    let (dir, store, pool, echo) = one_worker_warmed_up().await;
     let (sleeper, ids) = claimed_ahead(&pool, &store, echo, 4_000, 3).await;
     let crashed = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), crashed.path());
@@ -254,15 +256,8 @@ async fn a_crash_counts_an_interruption_for_every_task_claimed_ahead() {
     let pool = Pool::with_store(config(1), store.clone()).unwrap();
     let sleeper = pool.wait(sleeper.id()).await.unwrap();
     assert_eq!(sleeper.interruptions, 1);
-    for (i, id) in ids.iter().enumerate() {
-        let result = pool.wait(*id).await.unwrap();
-        assert_eq!(result.output, format!("{i}").into_bytes());
-        assert_eq!(result.attempts.len(), 1);
-        assert_eq!(
-            result.interruptions, 1,
-            "a task claimed ahead counts the crash"
-        );
-    }
+    // A task claimed ahead counts the crash too.
+    each_ran_once(&pool, &ids, 1).await;
     pool.close().await.unwrap();
 }
 
