@@ -32,7 +32,7 @@ mod worker;
 #[cfg(feature = "cli")]
 pub(crate) use submit::new_record;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -45,7 +45,7 @@ use self::events::{Event, EventKind, Events};
 use crate::backend::{Backend, Cancelled, EmbeddedBackend};
 use crate::store::{MemoryStore, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
-    Lease, ModuleHash, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,
+    IdMap, Lease, ModuleHash, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,
 };
 use crate::{CancellationToken, Error, Executor, Result};
 
@@ -116,7 +116,7 @@ pub(crate) struct Inner {
     executor: Executor,
     backend: Arc<dyn Backend>,
     config: PoolConfig,
-    running: Mutex<HashMap<TaskId, Running>>,
+    running: Mutex<IdMap<Running>>,
     /// The dispatcher waits here for work or free workers.
     work: Notify,
     /// The timer waits here for an earlier deadline.
@@ -124,7 +124,7 @@ pub(crate) struct Inner {
     /// `close`/`stop` wait here for tasks to end.
     quiet: Notify,
     events: broadcast::Sender<Event>,
-    waiters: Mutex<HashMap<TaskId, Vec<oneshot::Sender<TaskRecord>>>>,
+    waiters: Mutex<IdMap<Vec<oneshot::Sender<TaskRecord>>>>,
     phase: AtomicU8,
     /// Tasks waiting in the queue (queued or scheduled), as far as this
     /// pool knows: it counts its own submissions and every task it sees
@@ -287,12 +287,12 @@ impl Pool {
         let inner = Arc::new(Inner {
             executor,
             backend,
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(IdMap::default()),
             work: Notify::new(),
             timer: Notify::new(),
             quiet: Notify::new(),
             events: broadcast::channel(16_384).0,
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(IdMap::default()),
             phase: AtomicU8::new(Phase::Open as u8),
             waiting: AtomicUsize::new(waiting.unwrap_or(0)),
             room: Notify::new(),
@@ -891,7 +891,7 @@ impl Inner {
         }
     }
 
-    fn lock_running(&self) -> MutexGuard<'_, HashMap<TaskId, Running>> {
+    fn lock_running(&self) -> MutexGuard<'_, IdMap<Running>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -75,6 +75,31 @@ impl FromStr for TaskId {
 mod tests {
     use super::*;
 
+    /// Ids made one after another (nearly sequential) spread over the
+    /// table: distinct hashes, and the top 7 bits (which the table's
+    /// probes compare) take nearly every value.
+    #[test]
+    fn sequential_ids_spread_over_the_id_hash() {
+        use std::hash::BuildHasher;
+        let hashing = IdHashing::default();
+        let hashes: Vec<u64> = (0..10_000)
+            .map(|_| hashing.hash_one(TaskId::new()))
+            .collect();
+        let distinct: std::collections::HashSet<u64> = hashes.iter().copied().collect();
+        assert_eq!(distinct.len(), hashes.len());
+        let tops: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(tops.len() >= 120, "{} of 128 top-7-bit values", tops.len());
+        // A map keyed by them finds each.
+        let mut map = IdMap::default();
+        let ids: Vec<TaskId> = (0..1_000).map(|_| TaskId::new()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            map.insert(*id, i);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(map.get(id), Some(&i));
+        }
+    }
+
     #[test]
     fn ids_sort_by_creation_and_round_trip() {
         let ids: Vec<TaskId> = (0..1000).map(|_| TaskId::new()).collect();
@@ -84,5 +109,57 @@ mod tests {
         assert_eq!(text.parse::<TaskId>().unwrap(), ids[0]);
         assert_eq!(TaskId::from_bytes(ids[5].to_bytes()), ids[5]);
         assert!("nope".parse::<TaskId>().is_err());
+    }
+}
+
+/// A map keyed by task ids, hashed by [`IdHasher`].
+pub(crate) type IdMap<V> = std::collections::HashMap<TaskId, V, IdHashing>;
+
+/// Builds [`IdHasher`]s.
+pub(crate) type IdHashing = std::hash::BuildHasherDefault<IdHasher>;
+
+/// Hashes task ids for the maps on the hot path (the pool's running set
+/// and waiters, the queue's index): one folded multiply per half of the
+/// id, instead of SipHash's rounds. Ids are made by this process (or by
+/// another host sharing the queue), never chosen by clients; the
+/// per-process seed still keeps their order, which is nearly sequential,
+/// from shaping the table.
+#[derive(Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Default for IdHasher {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        IdHasher(*SEED.get_or_init(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0u64)
+        }))
+    }
+}
+
+impl IdHasher {
+    fn mix(&mut self, word: u64) {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        let product = u128::from(self.0 ^ word) * u128::from(K);
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.mix(n as u64);
+        self.mix((n >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }

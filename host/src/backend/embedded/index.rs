@@ -14,9 +14,9 @@
 //! themselves as entries reach the top.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
-use crate::task::{Millis, TaskId, TaskRecord, TaskState};
+use crate::task::{IdMap, Millis, TaskId, TaskRecord, TaskState};
 
 /// What the index keeps of a waiting task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,9 +39,9 @@ impl Waiting {
 #[derive(Default)]
 pub(super) struct Index {
     /// Waiting tasks (queued or scheduled).
-    pending: HashMap<TaskId, Waiting>,
+    pending: IdMap<Waiting>,
     /// Running tasks, as stored (with their lease).
-    pub(super) running: HashMap<TaskId, TaskRecord>,
+    pub(super) running: IdMap<TaskRecord>,
     /// Highest priority first, then lowest sequence (FIFO).
     ready: BinaryHeap<(i32, Reverse<u64>, TaskId)>,
     /// Earliest first.
