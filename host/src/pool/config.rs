@@ -151,11 +151,13 @@ impl PoolConfig {
     /// claims of many tasks, held under lease (and renewed) until a worker
     /// takes them.
     ///
-    /// The pool claims ahead only as much as its workers finish in about
-    /// 50 ms, judged by the recent runs' mean duration: short tasks are
-    /// claimed in groups up to this bound, and tasks of 25 ms and more one
-    /// per free worker, as with 0. So a task claimed ahead waits about
-    /// 50 ms at most for a worker. Tasks claimed ahead are handed to
+    /// The pool claims ahead only as much as its workers finish in the
+    /// 50 ms after their current runs, judged by the recent runs' mean
+    /// duration `m`: `(50 ms − m) × workers / m` tasks, up to this bound.
+    /// Short tasks are claimed in groups; tasks whose mean is above
+    /// `50 ms × workers / (workers + 1)` (25 ms with one worker, 33 ms with
+    /// two) one per free worker, as with 0. So a task claimed ahead waits
+    /// about 50 ms at most for a worker. Tasks claimed ahead are handed to
     /// workers in the order claimed: a task of higher priority submitted
     /// meanwhile waits for those.
     ///

@@ -124,8 +124,9 @@ impl Inner {
 
     /// How many tasks to hold claimed ahead now: what the workers finish
     /// in [`AHEAD_HORIZON_US`] at the recent runs' mean, up to
-    /// `claim_ahead`; none before a run was timed, and none for tasks
-    /// longer than half the horizon.
+    /// `claim_ahead`, beyond the current runs (so none once the mean
+    /// reaches `horizon × workers / (workers + 1)`); none before a run was
+    /// timed.
     fn ahead_depth(&self) -> usize {
         let max = self.config.claim_ahead;
         let mean = self.mean_run_us.load(Ordering::Relaxed);
