@@ -39,6 +39,9 @@ pub(crate) fn durable_end_to_end(
     scale: Scale,
     cores: usize,
 ) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    if let Ok(spec) = std::env::var(ALONE) {
+        return alone(&spec, cores);
+    }
     sled_next_to_memory(
         scale.n(2_000, 20_000),
         scale.n(10_000, 100_000),
@@ -46,6 +49,63 @@ pub(crate) fn durable_end_to_end(
         cores,
         true,
     )
+}
+
+/// The environment variable that runs one end-to-end measurement alone,
+/// for a profiler: `STORE:SUBMISSION:TASKS[:AHEAD]`, with `STORE` one of
+/// `memory`, `durable`, `relaxed` and `SUBMISSION` `single` or `batch`.
+const ALONE: &str = "WPOOL_BENCH_DURABLE";
+
+/// One end-to-end measurement alone, as [`ALONE`] says.
+fn alone(spec: &str, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let usage = || format!("{ALONE}: STORE:SUBMISSION:TASKS[:AHEAD], not `{spec}`");
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (store, submission, tasks, ahead) = match parts[..] {
+        [store, submission, tasks] => (store, submission, tasks, "0"),
+        [store, submission, tasks, ahead] => (store, submission, tasks, ahead),
+        _ => return Err(usage().into()),
+    };
+    let submission = match submission {
+        "single" => Submission::Single,
+        "batch" => Submission::Batch,
+        _ => return Err(usage().into()),
+    };
+    let tasks: usize = tasks.parse()?;
+    let mut config = PoolConfig::new();
+    config.workers(cores).claim_ahead(ahead.parse()?);
+    let wasm = read(programs::P1_TRIVIAL);
+    let dir = tempfile_dir("durable");
+    let (pool, sled) = match store {
+        "memory" => (Pool::new(config)?, None),
+        "durable" | "relaxed" => {
+            let sync = match store {
+                "durable" => SyncMode::Durable,
+                _ => SyncMode::Relaxed {
+                    interval: Duration::from_millis(100),
+                },
+            };
+            let store = Arc::new(SledStore::open(&dir, SledOptions::new().sync(sync))?);
+            (Pool::with_store(config, store.clone())?, Some(store))
+        }
+        _ => return Err(usage().into()),
+    };
+    let hash = register(&pool, &wasm)?;
+    let before = sled.as_ref().map(|s| s.flush_stats());
+    let rate = submission.rate(&pool, hash, tasks, true);
+    if let (Some(store), Some(before)) = (&sled, before) {
+        print_flushes(spec, true, tasks, &before, &store.flush_stats());
+    }
+    drop(pool);
+    drop(sled);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(vec![Row::new(
+        &format!("end to end alone, {spec}"),
+        "tasks/s",
+        rate,
+        "itself (alone: no baseline)",
+        rate,
+        "for profiles",
+    )])
 }
 
 /// How the tasks of a row are submitted.

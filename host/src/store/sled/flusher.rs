@@ -1,6 +1,7 @@
-//! Group commit: one thread flushes sled to disk for everyone who asked.
+//! Group commit: one thread writes the store's log out and `fdatasync`s it
+//! for everyone who asked.
 //!
-//! A caller takes a ticket after its writes are in sled's buffers, then
+//! A caller takes a ticket after its writes are in the log's buffer, then
 //! waits (blocking or async) for a flush that started after the ticket was
 //! taken. The flushing thread starts a flush as soon as there is a ticket
 //! no flush covers, and one flush covers every ticket taken before it
@@ -67,7 +68,11 @@ impl State {
 
 impl Flusher {
     /// Starts the flushing thread for `db`.
-    pub(super) fn start(db: ::sled::Db) -> Result<Self> {
+    /// Starts the flushing thread: `flush` makes every write before it
+    /// durable and says how many bytes it wrote; it also runs every
+    /// `every` when nobody asked, so that writes nobody waits for reach
+    /// the disk too.
+    pub(super) fn start(flush: Box<FlushFn>, every: Duration) -> Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::default(),
             requested: Condvar::new(),
@@ -78,7 +83,7 @@ impl Flusher {
             .name("wpool-flush".into())
             .spawn({
                 let shared = shared.clone();
-                move || shared.run(&db)
+                move || shared.run(flush, every)
             })
             .map_err(|e| Error::Store(format!("cannot start the flushing thread: {e}")))?;
         Ok(Flusher {
@@ -129,8 +134,9 @@ impl Flusher {
     }
 }
 
-impl Drop for Flusher {
-    fn drop(&mut self) {
+impl Flusher {
+    /// Stops the thread; a flush under way ends first.
+    pub(super) fn stop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.requested.notify_all();
         if let Some(thread) = self.thread.take() {
@@ -138,6 +144,16 @@ impl Drop for Flusher {
         }
     }
 }
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the flushing thread calls: makes every write so far durable;
+/// the bytes it wrote, or why it failed.
+pub(super) type FlushFn = dyn FnMut() -> std::result::Result<u64, String> + Send;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -153,35 +169,53 @@ impl Shared {
         ticket
     }
 
-    fn run(&self, db: &::sled::Db) {
+    fn run(&self, mut flush: Box<FlushFn>, every: Duration) {
+        let mut last = Instant::now();
         loop {
             let mut state = self.lock();
             while state.covered == state.tickets && !state.stop {
+                let wait = every.saturating_sub(last.elapsed());
+                if wait.is_zero() {
+                    break;
+                }
                 state = self
                     .requested
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
             if state.covered == state.tickets {
-                return; // stopping, and nobody waits
+                if state.stop {
+                    return; // stopping, and nobody waits
+                }
+                // Nobody asked: write out what nobody waits for.
+                drop(state);
+                last = Instant::now();
+                match flush() {
+                    Ok(0) => {}
+                    Ok(bytes) => self.lock().stats.record(0, bytes, last.elapsed()),
+                    Err(e) => tracing::error!(error = %e, "flushing the store to disk failed"),
+                }
+                continue;
             }
             // Every ticket up to here was taken after its writes: this
             // flush covers them.
-            let (first, last) = (state.covered + 1, state.tickets);
+            let (first, last_ticket) = (state.covered + 1, state.tickets);
             drop(state);
             let started = Instant::now();
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut flush));
             let took = started.elapsed();
+            last = Instant::now();
             let mut state = self.lock();
-            state.covered = last;
+            state.covered = last_ticket;
             let bytes = match &result {
-                Ok(Ok(bytes)) => *bytes as u64,
+                Ok(Ok(bytes)) => *bytes,
                 _ => 0,
             };
-            state.stats.record(last - first + 1, bytes, took);
+            state.stats.record(last_ticket - first + 1, bytes, took);
             let error = match result {
                 Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
+                Ok(Err(e)) => Some(e),
                 Err(_) => Some("the flush panicked".to_string()),
             };
             if let Some(error) = error {
@@ -189,7 +223,7 @@ impl Shared {
                 if state.failures.len() == FAILURES_KEPT {
                     state.failures.pop_front();
                 }
-                state.failures.push_back((first, last, error));
+                state.failures.push_back((first, last_ticket, error));
             }
             drop(state);
             self.flushed.notify_all();
@@ -203,11 +237,12 @@ impl Shared {
 /// durable task.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlushStats {
-    /// Flushes made (callers that shared one count once).
+    /// Flushes made (callers that shared one count once; a flush nobody
+    /// waited for, of writes made meanwhile, counts too).
     pub flushes: u64,
     /// Callers served: each waited for one flush.
     pub waiters: u64,
-    /// Bytes sled wrote to its log in those flushes.
+    /// Bytes written to the store's log in those flushes.
     pub bytes: u64,
     /// Time spent flushing (writing and fsync), in total.
     pub busy: Duration,

@@ -6,7 +6,8 @@
 //!
 //! The data directory holds `wpool-store` (the schema version, readable
 //! before anything else is opened), `wpool.pid` (the process that last
-//! opened it) and `sled/` (the database). The database's trees:
+//! opened it), `wal/` (the write-ahead log every change goes through
+//! first, see [`wal`]) and `sled/` (the database). The database's trees:
 //!
 //! | tree | key | value |
 //! |---|---|---|
@@ -21,6 +22,10 @@
 //! Inputs and outputs larger than
 //! [`INLINE_PAYLOAD`](crate::task::INLINE_PAYLOAD) are files in `payloads/`,
 //! not records: see [`payloads`].
+//!
+//! A change (a submission, a claim, a result, a removal) is one record of
+//! the write-ahead log and a few plain sled writes, made under one lock;
+//! sled itself is flushed only at the log's checkpoints.
 //!
 //! Every value except the empty index values is wrapped in an envelope: one
 //! byte of record version, a CRC32 of the key and the payload, then the
@@ -40,14 +45,13 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-
-use ::sled::transaction::TransactionError;
 
 use self::envelope::{decode, decode_counts, decode_task, encode, module_hash};
 use self::flusher::Flusher;
 use self::payloads::PayloadFiles;
+use self::wal::{Change, TreeId, Wal};
 use super::StateCounts;
 use crate::task::{TaskId, TaskRecord};
 use crate::{Error, Result};
@@ -58,6 +62,7 @@ mod flusher;
 mod payloads;
 mod schema;
 mod tasks;
+mod wal;
 
 pub use check::CheckReport;
 pub use flusher::{FlushStats, SizeClass};
@@ -76,17 +81,22 @@ const DB_DIR: &str = "sled";
 const PURGE_BATCH: usize = 256;
 
 /// When writes reach the disk.
+///
+/// Either way, every write is a record of the store's write-ahead log
+/// (`wal/` in the data directory) before sled applies it, and what reached
+/// the log is replayed when the store is opened after a crash.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncMode {
     /// [`Store::flush`] returns once every write before it is on disk
-    /// (fsync). Concurrent callers share one flush (group commit), so a
-    /// burst of submissions costs a few fsyncs, not one each. Writes that
-    /// no flush follows (state changes, results) reach the disk within
-    /// about 100 ms by a background flush. The default.
+    /// (the log written and `fdatasync`ed). Concurrent callers share one
+    /// flush (group commit), so a burst of submissions costs a few
+    /// `fdatasync`s, not one each. Writes that no flush follows (state
+    /// changes, results) reach the disk within about 100 ms by a
+    /// background flush. The default.
     #[default]
     Durable,
-    /// [`Store::flush`] returns at once; a background thread flushes every
-    /// `interval`.
+    /// [`Store::flush`] returns at once; a background thread writes the log
+    /// out and `fdatasync`s it every `interval`.
     ///
     /// **Risk**: a task acknowledged by `submit` is not yet on disk. If the
     /// process or the machine crashes, the tasks acknowledged (and the
@@ -143,11 +153,17 @@ pub struct SledStore {
     dir: PathBuf,
     db: ::sled::Db,
     trees: Trees,
-    /// Serialises every write to tasks and their indexes; holds the counts
-    /// those writes keep up to date.
-    writes: Mutex<StateCounts>,
+    /// Serialises every write; holds the counts those writes keep up to
+    /// date. Changes are logged and applied to sled under it, so the log's
+    /// order is sled's, and a reader holding it sees no change half-applied.
+    writes: Arc<Mutex<StateCounts>>,
+    /// The write-ahead log (see [`wal`]).
+    wal: Wal,
+    /// Writes the log out (group commit).
     flusher: Flusher,
     sync: SyncMode,
+    /// Records of the log replayed when the store was opened.
+    replayed: u64,
     /// Inputs and outputs too large for a record.
     payloads: PayloadFiles,
 }
@@ -159,6 +175,21 @@ struct Trees {
     keys: ::sled::Tree,
     modules: ::sled::Tree,
     meta: ::sled::Tree,
+    module_settings: ::sled::Tree,
+}
+
+impl Trees {
+    fn get(&self, id: TreeId) -> &::sled::Tree {
+        match id {
+            TreeId::Tasks => &self.tasks,
+            TreeId::Unfinished => &self.unfinished,
+            TreeId::Finished => &self.finished,
+            TreeId::Keys => &self.keys,
+            TreeId::Modules => &self.modules,
+            TreeId::Meta => &self.meta,
+            TreeId::ModuleSettings => &self.module_settings,
+        }
+    }
 }
 
 impl fmt::Debug for SledStore {
@@ -195,12 +226,12 @@ impl SledStore {
             SyncMode::Durable => Duration::from_millis(100),
             SyncMode::Relaxed { interval } => interval.max(Duration::from_millis(1)),
         };
+        // sled is flushed at the log's checkpoints, not on its own timer:
+        // its flush stalls every write while it runs.
         let db = ::sled::Config::new()
             .path(dir.join(DB_DIR))
             .cache_capacity(options.cache_capacity)
-            .flush_every_ms(Some(
-                u64::try_from(flush_every.as_millis()).unwrap_or(u64::MAX),
-            ))
+            .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(&dir, e))?;
         let open_tree = |name: &str| {
@@ -218,6 +249,7 @@ impl SledStore {
             keys: open_tree("keys")?,
             modules: open_tree("modules")?,
             meta: open_tree("meta")?,
+            module_settings: open_tree("module_settings")?,
         };
 
         let store_version = match trees.meta.get(META_SCHEMA).map_err(|e| {
@@ -286,6 +318,14 @@ impl SledStore {
         // Best effort: it only helps the message of a second opener.
         let _ = std::fs::write(dir.join(PID_FILE), format!("{}\n", std::process::id()));
 
+        // What reached the log and maybe not sled, before anything is read.
+        let writes = Arc::new(Mutex::new(StateCounts::default()));
+        let barrier = {
+            let writes = writes.clone();
+            Box::new(move || drop(writes.lock().unwrap_or_else(PoisonError::into_inner)))
+        };
+        let (mut wal, replayed) = Wal::open(&dir, &db, |id| trees.get(id).clone(), barrier)?;
+
         let counts = match trees.meta.get(META_COUNTS) {
             Ok(Some(bytes)) => match decode_counts(&bytes) {
                 Ok(counts) => Some(counts),
@@ -309,14 +349,19 @@ impl SledStore {
             })?;
             record.map(|bytes| decode_task(&key, &bytes)).transpose()
         })?;
-        let flusher = Flusher::start(db.clone())?;
+        let mut writer = wal
+            .take_writer()
+            .ok_or_else(|| Error::Store("the log's writer is gone".into()))?;
+        let flusher = Flusher::start(Box::new(move || writer.write_out()), flush_every)?;
         let store = SledStore {
             dir,
             db,
             trees,
-            writes: Mutex::new(StateCounts::default()),
+            writes,
+            wal,
             flusher,
             sync: options.sync,
+            replayed,
             payloads,
         };
         let counts = match counts {
@@ -335,6 +380,12 @@ impl SledStore {
     /// When writes reach the disk.
     pub fn sync_mode(&self) -> SyncMode {
         self.sync
+    }
+
+    /// How many records of the write-ahead log were replayed when the store
+    /// was opened: the writes a crash (or a kill) left in the log only.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
     }
 
     /// Flushes every write so far to disk, in either [`SyncMode`] (with
@@ -369,24 +420,23 @@ impl SledStore {
     /// removed module. A module registered but not yet used by any task is
     /// removed too: register it again before submitting by hash.
     pub fn gc_modules(&self) -> Result<u64> {
-        let _writes = self.lock_writes();
+        let writes = self.lock_writes();
         let mut used = HashSet::new();
         for entry in self.trees.tasks.iter() {
             let (key, value) = entry.map_err(|e| self.storage("scanning tasks", e))?;
             used.insert(decode_task(&key, &value)?.module);
         }
         let mut removed = 0;
+        let mut change = Change::default();
         for entry in self.trees.modules.iter() {
             let (key, _) = entry.map_err(|e| self.storage("scanning modules", e))?;
             let hash = module_hash(&key)?;
             if !used.contains(&hash) {
-                self.trees
-                    .modules
-                    .remove(&key)
-                    .map_err(|e| self.storage(&format!("removing module {hash}"), e))?;
+                change.remove(TreeId::Modules, key.to_vec());
                 removed += 1;
             }
         }
+        self.commit(&writes, &change)?;
         if removed > 0 {
             tracing::debug!(removed, "removed modules no task uses");
         }
@@ -401,11 +451,24 @@ impl SledStore {
         Error::Store(format!("{what} in {}: {e}", self.dir.display()))
     }
 
-    fn tx_error(&self, what: &str, e: TransactionError<Error>) -> Error {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => self.storage(what, e),
+    /// Logs `change` and applies it to sled, under the write lock (`_writes`
+    /// proves it is held). If sled fails midway, the store refuses every
+    /// later write: the half-applied change is never built upon, and
+    /// reopening the store replays it whole from the log.
+    fn commit(&self, _writes: &MutexGuard<'_, StateCounts>, change: &Change) -> Result<()> {
+        if change.is_empty() {
+            return Ok(());
         }
+        self.wal.log.append(change)?;
+        change.apply(|id| self.trees.get(id)).map_err(|e| {
+            let e = format!("applying a change to sled: {e}");
+            self.wal.log.fail(e.clone());
+            Error::Store(format!(
+                "{e} (in {}); the store refuses further writes: restart the process, and \
+                 reopening the store replays the change from its log",
+                self.dir.display()
+            ))
+        })
     }
 
     /// Counts the tasks in each state by reading them all.
@@ -434,9 +497,21 @@ impl SledStore {
 
 impl Drop for SledStore {
     fn drop(&mut self) {
-        if let Err(e) = self.db.flush() {
-            tracing::error!(dir = %self.dir.display(), error = %e, "flushing the store on close");
-        }
+        // The log's writer stops first; sled holds every change the log
+        // does, and once flushed the log is removed (nothing to replay).
+        self.flusher.stop();
+        let flushed = match self.db.flush() {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(
+                    dir = %self.dir.display(),
+                    error = %e,
+                    "flushing the store on close; its log is kept and replayed on the next open"
+                );
+                false
+            }
+        };
+        self.wal.close(flushed);
     }
 }
 

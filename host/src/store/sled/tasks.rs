@@ -1,18 +1,21 @@
-//! The [`Store`] calls on sled: every transition one transaction over the
-//! task, its index entry, its idempotency key and the counts.
+//! The [`Store`] calls on sled: every transition one [`Change`] over the
+//! task, its index entry, its idempotency key and the counts, made under
+//! the write lock, logged, then applied (see [`wal`](super::wal)).
 
-use ::sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
+use std::collections::HashMap;
 
 use super::envelope::{
     HEADER, corrupted, decode_task, encode_counts, encode_task, envelope, module_hash,
     open_envelope, task_id,
 };
+use super::wal::{Change, TreeId};
 use super::{META_COUNTS, PURGE_BATCH, SledStore, SyncMode};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{Millis, Payload, Slot, TaskId, TaskRecord, TaskState};
 use crate::{Error, ModuleHash, ModuleSettings, Result};
 
 /// Where a task belongs: one index entry per task, always.
+#[derive(PartialEq, Eq)]
 pub(super) enum Index {
     Unfinished(Vec<u8>),
     Finished(Vec<u8>),
@@ -28,69 +31,46 @@ pub(super) fn index_key(task: &TaskRecord) -> Index {
     }
 }
 
-type Tx = ConflictableTransactionError<Error>;
-
-fn abort(e: Error) -> Tx {
-    ConflictableTransactionError::Abort(e)
+fn put_index(change: &mut Change, index: Index) {
+    match index {
+        Index::Unfinished(k) => change.set(TreeId::Unfinished, k, Vec::new()),
+        Index::Finished(k) => change.set(TreeId::Finished, k, Vec::new()),
+    }
 }
 
-fn put_index(
-    unfinished: &TransactionalTree,
-    finished: &TransactionalTree,
-    index: Index,
-) -> Result<(), Tx> {
+fn remove_index(change: &mut Change, index: Index) {
     match index {
-        Index::Unfinished(k) => unfinished.insert(k, &[][..])?,
-        Index::Finished(k) => finished.insert(k, &[][..])?,
-    };
-    Ok(())
-}
-
-fn remove_index(
-    unfinished: &TransactionalTree,
-    finished: &TransactionalTree,
-    index: Index,
-) -> Result<(), Tx> {
-    match index {
-        Index::Unfinished(k) => unfinished.remove(k)?,
-        Index::Finished(k) => finished.remove(k)?,
-    };
-    Ok(())
+        Index::Unfinished(k) => change.remove(TreeId::Unfinished, k),
+        Index::Finished(k) => change.remove(TreeId::Finished, k),
+    }
 }
 
 #[async_trait::async_trait]
 impl Store for SledStore {
-    // A tree of its own, opened on first use (older stores lack it and read
-    // as "no settings"; older wpool versions ignore it). Values go through
-    // the checked envelope; the payload is JSON, so that fields can be added.
+    // A tree of its own (older stores lack it and read as "no settings";
+    // older wpool versions ignore it). Values go through the checked
+    // envelope; the payload is JSON, so that fields can be added.
     fn put_module_settings(&self, hash: &ModuleHash, settings: &ModuleSettings) -> Result<()> {
-        const TREE: &str = "module_settings";
-        let tree = self
-            .db
-            .open_tree(TREE)
-            .map_err(|e| self.storage("opening the module settings", e))?;
         let key = hash.as_bytes();
+        let mut change = Change::default();
         if settings.is_default() {
-            tree.remove(key)
-                .map_err(|e| self.storage(&format!("removing the settings of module {hash}"), e))?;
-            return Ok(());
+            change.remove(TreeId::ModuleSettings, &key[..]);
+        } else {
+            let payload = serde_json::to_vec(settings).map_err(|e| {
+                Error::Store(format!("cannot encode the settings of module {hash}: {e}"))
+            })?;
+            change.set(TreeId::ModuleSettings, &key[..], envelope(key, &payload));
         }
-        let payload = serde_json::to_vec(settings).map_err(|e| {
-            Error::Store(format!("cannot encode the settings of module {hash}: {e}"))
-        })?;
-        tree.insert(key, envelope(key, &payload))
-            .map_err(|e| self.storage(&format!("storing the settings of module {hash}"), e))?;
-        Ok(())
+        let writes = self.lock_writes();
+        self.commit(&writes, &change)
     }
 
     fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>> {
         const TREE: &str = "module_settings";
-        let tree = self
-            .db
-            .open_tree(TREE)
-            .map_err(|e| self.storage("opening the module settings", e))?;
         let key = hash.as_bytes();
-        let Some(bytes) = tree
+        let Some(bytes) = self
+            .trees
+            .module_settings
             .get(key)
             .map_err(|e| self.storage(&format!("reading the settings of module {hash}"), e))?
         else {
@@ -109,7 +89,7 @@ impl Store for SledStore {
     fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()> {
         let key = hash.as_bytes();
         // Not while `gc_modules` decides what to remove.
-        let _writes = self.lock_writes();
+        let writes = self.lock_writes();
         // Content-addressed: an existing, sound record is the same bytes. A
         // corrupted one is replaced.
         if let Some(existing) = self
@@ -121,11 +101,9 @@ impl Store for SledStore {
         {
             return Ok(());
         }
-        self.trees
-            .modules
-            .insert(key, envelope(key, bytes))
-            .map_err(|e| self.storage(&format!("storing module {hash}"), e))?;
-        Ok(())
+        let mut change = Change::default();
+        change.set(TreeId::Modules, &key[..], envelope(key, bytes));
+        self.commit(&writes, &change)
     }
 
     fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>> {
@@ -166,16 +144,23 @@ impl Store for SledStore {
     fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
         // Under the write lock, which `insert` also takes: no task can name
         // the module between the check and the removal.
-        let _writes = self.lock_writes();
+        let writes = self.lock_writes();
         if self.module_in_use(hash)? {
             return Err(Error::ModuleInUse(*hash));
         }
-        Ok(self
+        let key = hash.as_bytes();
+        if !self
             .trees
             .modules
-            .remove(hash.as_bytes())
-            .map_err(|e| self.storage(&format!("removing module {hash}"), e))?
-            .is_some())
+            .contains_key(key)
+            .map_err(|e| self.storage(&format!("reading module {hash}"), e))?
+        {
+            return Ok(false);
+        }
+        let mut change = Change::default();
+        change.remove(TreeId::Modules, &key[..]);
+        self.commit(&writes, &change)?;
+        Ok(true)
     }
 
     fn next_seq(&self) -> Result<u64> {
@@ -188,62 +173,69 @@ impl Store for SledStore {
     }
 
     fn insert(&self, batch: &[TaskRecord]) -> Result<Vec<Inserted>> {
-        let encoded = batch
-            .iter()
-            .map(|task| Ok((task.id.to_bytes(), encode_task(task)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let encoded = batch.iter().map(encode_task).collect::<Result<Vec<_>>>()?;
         let mut counts = self.lock_writes();
-        let current = &*counts;
-        let t = &self.trees;
-        let what = match batch {
-            [task] => format!("storing task {}", task.id),
-            _ => format!("storing {} tasks", batch.len()),
-        };
-        let (answers, new_counts) = (
-            &t.tasks,
-            &t.unfinished,
-            &t.finished,
-            &t.keys,
-            &t.modules,
-            &t.meta,
-        )
-            .transaction(|(tasks, unfinished, finished, keys, modules, meta)| {
-                let mut new_counts = current.clone();
-                let mut answers = Vec::with_capacity(batch.len());
-                for (task, (id, value)) in batch.iter().zip(&encoded) {
-                    if let Some(key) = &task.idempotency_key
-                        && let Some(existing) = keys.get(key.as_bytes())?
-                    {
-                        answers.push(Inserted::Existing(
-                            task_id("keys", &existing).map_err(abort)?,
-                        ));
-                        continue;
-                    }
-                    if tasks.get(id)?.is_some() {
-                        return Err(abort(Error::Store(format!(
-                            "task {} already exists",
-                            task.id
-                        ))));
-                    }
-                    if modules.get(task.module.as_bytes())?.is_none() {
-                        return Err(abort(Error::UnknownModule(task.module)));
-                    }
-                    tasks.insert(&id[..], value.as_slice())?;
-                    put_index(unfinished, finished, index_key(task))?;
-                    if let Some(key) = &task.idempotency_key {
-                        keys.insert(key.as_bytes(), &id[..])?;
-                    }
-                    new_counts.moved(None, Some(task.state));
-                    answers.push(Inserted::New);
+        let mut new_counts = counts.clone();
+        let mut change = Change::default();
+        let mut answers = Vec::with_capacity(batch.len());
+        // What this batch stores, as a later task of it must see it.
+        let mut batch_keys: HashMap<&str, TaskId> = HashMap::new();
+        let mut batch_ids: Vec<TaskId> = Vec::new();
+        let mut known_modules: Vec<ModuleHash> = Vec::new();
+        for (task, value) in batch.iter().zip(encoded) {
+            if let Some(key) = &task.idempotency_key {
+                if let Some(existing) = batch_keys.get(key.as_str()) {
+                    answers.push(Inserted::Existing(*existing));
+                    continue;
                 }
-                meta.insert(
-                    META_COUNTS,
-                    encode_counts(&new_counts).map_err(abort)?.as_slice(),
-                )?;
-                Ok((answers, new_counts))
-            })
-            .map_err(|e| self.tx_error(&what, e))?;
-        *counts = new_counts;
+                if let Some(existing) = self
+                    .trees
+                    .keys
+                    .get(key.as_bytes())
+                    .map_err(|e| self.storage("reading idempotency keys", e))?
+                {
+                    answers.push(Inserted::Existing(task_id("keys", &existing)?));
+                    continue;
+                }
+            }
+            let id = task.id.to_bytes();
+            if batch_ids.contains(&task.id)
+                || self
+                    .trees
+                    .tasks
+                    .contains_key(id)
+                    .map_err(|e| self.storage(&format!("reading task {}", task.id), e))?
+            {
+                return Err(Error::Store(format!("task {} already exists", task.id)));
+            }
+            if !known_modules.contains(&task.module) {
+                if !self
+                    .trees
+                    .modules
+                    .contains_key(task.module.as_bytes())
+                    .map_err(|e| self.storage(&format!("reading module {}", task.module), e))?
+                {
+                    return Err(Error::UnknownModule(task.module));
+                }
+                known_modules.push(task.module);
+            }
+            change.set(TreeId::Tasks, &id[..], value);
+            put_index(&mut change, index_key(task));
+            if let Some(key) = &task.idempotency_key {
+                change.set(TreeId::Keys, key.as_bytes(), id.to_vec());
+                batch_keys.insert(key, task.id);
+            }
+            if batch.len() > 1 {
+                batch_ids.push(task.id);
+            }
+            new_counts.moved(None, Some(task.state));
+            answers.push(Inserted::New);
+        }
+        if !change.is_empty() {
+            change.set(TreeId::Meta, META_COUNTS, encode_counts(&new_counts)?);
+            self.commit(&counts, &change)?;
+            *counts = new_counts;
+        }
         Ok(answers)
     }
 
@@ -251,47 +243,42 @@ impl Store for SledStore {
         let id = task.id.to_bytes();
         let value = encode_task(task)?;
         let mut counts = self.lock_writes();
-        let current = &*counts;
-        let t = &self.trees;
-        // The output the stored record named, if this one replaces it.
-        let replaced = std::cell::RefCell::new(None);
-        let result = (&t.tasks, &t.unfinished, &t.finished, &t.meta)
-            .transaction(|(tasks, unfinished, finished, meta)| {
-                let Some(stored) = tasks.get(id)? else {
-                    return Ok(None);
-                };
-                let stored: TaskRecord = decode_task(&id, &stored).map_err(abort)?;
-                if stored.state != expected {
-                    return Ok(None);
-                }
-                *replaced.borrow_mut() = (matches!(stored.output, Payload::File { .. })
-                    && stored.output != task.output)
-                    .then(|| stored.output.clone());
-                remove_index(unfinished, finished, index_key(&stored))?;
-                put_index(unfinished, finished, index_key(task))?;
-                tasks.insert(&id[..], value.as_slice())?;
-                let mut new_counts = current.clone();
-                if stored.state != task.state {
-                    new_counts.moved(Some(stored.state), Some(task.state));
-                    meta.insert(META_COUNTS, encode_counts(&new_counts).map_err(abort)?)?;
-                }
-                Ok(Some(new_counts))
-            })
-            .map_err(|e| self.tx_error(&format!("updating task {}", task.id), e))?;
-        match result {
-            Some(new_counts) => {
-                *counts = new_counts;
-                drop(counts);
-                if let Some(output) = replaced.into_inner() {
-                    // Durable first: a crash must not bring back a record
-                    // naming a file already removed.
-                    self.sync()?;
-                    self.payloads.remove_all(&[(task.id, Slot::Output, output)]);
-                }
-                Ok(true)
-            }
-            None => Ok(false),
+        let Some(stored) = self.task(&task.id)? else {
+            return Ok(false);
+        };
+        if stored.state != expected {
+            return Ok(false);
         }
+        // The output the stored record named, if this one replaces it.
+        let replaced = (matches!(stored.output, Payload::File { .. })
+            && stored.output != task.output)
+            .then(|| stored.output.clone());
+        let mut change = Change::default();
+        let (old, new) = (index_key(&stored), index_key(task));
+        if old != new {
+            remove_index(&mut change, old);
+            put_index(&mut change, new);
+        }
+        change.set(TreeId::Tasks, &id[..], value);
+        let mut new_counts = None;
+        if stored.state != task.state {
+            let mut moved = counts.clone();
+            moved.moved(Some(stored.state), Some(task.state));
+            change.set(TreeId::Meta, META_COUNTS, encode_counts(&moved)?);
+            new_counts = Some(moved);
+        }
+        self.commit(&counts, &change)?;
+        if let Some(new_counts) = new_counts {
+            *counts = new_counts;
+        }
+        drop(counts);
+        if let Some(output) = replaced {
+            // Durable first: a crash must not bring back a record naming a
+            // file already removed.
+            self.sync()?;
+            self.payloads.remove_all(&[(task.id, Slot::Output, output)]);
+        }
+        Ok(true)
     }
 
     fn keep_payload(
@@ -420,35 +407,24 @@ impl Store for SledStore {
             if doomed.is_empty() {
                 break;
             }
-            let current = &*counts;
-            let t = &self.trees;
-            // Payload files of the removed tasks, removed once they are.
-            let files = std::cell::RefCell::new(Vec::new());
-            let new_counts = (&t.tasks, &t.finished, &t.keys, &t.meta)
-                .transaction(|(tasks, finished, keys, meta)| {
-                    let mut new_counts = current.clone();
-                    files.borrow_mut().clear();
-                    for key in &doomed {
-                        finished.remove(key)?;
-                        let id_bytes = key.get(8..).unwrap_or_default();
-                        let Some(value) = tasks.remove(id_bytes)? else {
-                            continue;
-                        };
-                        let task: TaskRecord = decode_task(id_bytes, &value).map_err(abort)?;
-                        new_counts.moved(Some(task.state), None);
-                        files.borrow_mut().extend(super::payloads::files_of(&task));
-                        if let Some(k) = &task.idempotency_key
-                            && keys.get(k.as_bytes())?.as_deref() == Some(id_bytes)
-                        {
-                            keys.remove(k.as_bytes())?;
-                        }
-                    }
-                    meta.insert(META_COUNTS, encode_counts(&new_counts).map_err(abort)?)?;
-                    Ok(new_counts)
-                })
-                .map_err(|e| self.tx_error("removing finished tasks", e))?;
+            let mut new_counts = counts.clone();
+            let mut files = Vec::new();
+            let mut change = Change::default();
+            for key in &doomed {
+                change.remove(TreeId::Finished, key.to_vec());
+                let id_bytes = key.get(8..).unwrap_or_default();
+                let id = task_id("finished", id_bytes)?;
+                let Some(task) = self.task(&id)? else {
+                    continue;
+                };
+                change.remove(TreeId::Tasks, id_bytes);
+                new_counts.moved(Some(task.state), None);
+                files.extend(super::payloads::files_of(&task));
+                self.remove_key(&mut change, &task)?;
+            }
+            change.set(TreeId::Meta, META_COUNTS, encode_counts(&new_counts)?);
+            self.commit(&counts, &change)?;
             *counts = new_counts;
-            let files = files.into_inner();
             if !files.is_empty() {
                 self.sync()?;
                 self.payloads.remove_all(&files);
@@ -460,43 +436,33 @@ impl Store for SledStore {
 
     fn remove_finished(&self, ids: &[TaskId]) -> Result<Vec<TaskId>> {
         let mut counts = self.lock_writes();
-        let current = &*counts;
-        let t = &self.trees;
-        let files = std::cell::RefCell::new(Vec::new());
-        let (new_counts, removed) = (&t.tasks, &t.finished, &t.keys, &t.meta)
-            .transaction(|(tasks, finished, keys, meta)| {
-                let mut new_counts = current.clone();
-                let mut removed = Vec::new();
-                files.borrow_mut().clear();
-                for id in ids {
-                    let key = id.to_bytes();
-                    let Some(value) = tasks.get(key)? else {
-                        continue;
-                    };
-                    let task: TaskRecord = decode_task(&key, &value).map_err(abort)?;
-                    let Index::Finished(index) = index_key(&task) else {
-                        continue;
-                    };
-                    tasks.remove(&key[..])?;
-                    finished.remove(index)?;
-                    if let Some(k) = &task.idempotency_key
-                        && keys.get(k.as_bytes())?.as_deref() == Some(&key[..])
-                    {
-                        keys.remove(k.as_bytes())?;
-                    }
-                    new_counts.moved(Some(task.state), None);
-                    files.borrow_mut().extend(super::payloads::files_of(&task));
-                    removed.push(*id);
-                }
-                if !removed.is_empty() {
-                    meta.insert(META_COUNTS, encode_counts(&new_counts).map_err(abort)?)?;
-                }
-                Ok((new_counts, removed))
-            })
-            .map_err(|e| self.tx_error("removing finished tasks", e))?;
-        *counts = new_counts;
+        let mut new_counts = counts.clone();
+        let mut files = Vec::new();
+        let mut removed = Vec::new();
+        let mut change = Change::default();
+        for id in ids {
+            if removed.contains(id) {
+                continue;
+            }
+            let Some(task) = self.task(id)? else {
+                continue;
+            };
+            let Index::Finished(index) = index_key(&task) else {
+                continue;
+            };
+            change.remove(TreeId::Tasks, &id.to_bytes()[..]);
+            change.remove(TreeId::Finished, index);
+            self.remove_key(&mut change, &task)?;
+            new_counts.moved(Some(task.state), None);
+            files.extend(super::payloads::files_of(&task));
+            removed.push(*id);
+        }
+        if !removed.is_empty() {
+            change.set(TreeId::Meta, META_COUNTS, encode_counts(&new_counts)?);
+            self.commit(&counts, &change)?;
+            *counts = new_counts;
+        }
         drop(counts);
-        let files = files.into_inner();
         if !files.is_empty() {
             self.sync()?;
             self.payloads.remove_all(&files);
@@ -520,5 +486,23 @@ impl Store for SledStore {
 
     fn is_durable(&self) -> bool {
         self.sync == SyncMode::Durable
+    }
+}
+
+impl SledStore {
+    /// Removes the idempotency key of `task`, if it still names it.
+    fn remove_key(&self, change: &mut Change, task: &TaskRecord) -> Result<()> {
+        if let Some(k) = &task.idempotency_key
+            && self
+                .trees
+                .keys
+                .get(k.as_bytes())
+                .map_err(|e| self.storage("reading idempotency keys", e))?
+                .as_deref()
+                == Some(&task.id.to_bytes()[..])
+        {
+            change.remove(TreeId::Keys, k.as_bytes());
+        }
+        Ok(())
     }
 }

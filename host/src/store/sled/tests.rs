@@ -179,3 +179,135 @@ fn concurrent_flushes_share_fsyncs() {
     assert!(flushes > 0);
     assert_eq!(store.unfinished().unwrap().len(), 400);
 }
+
+/// Copies a live data directory as a crash would leave it: the log first,
+/// so that a checkpoint meanwhile can only leave more in sled, never less.
+fn copy_live(from: &Path, to: &Path) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    copy(&from.join(wal::WAL_DIR), &to.join(wal::WAL_DIR));
+    copy(from, to);
+}
+
+fn log_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join(wal::WAL_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Writes tasks and transitions, flushes, and copies the directory while
+/// the store is open (what a kill at that moment leaves); returns the
+/// store, the copy and the tasks as stored.
+fn written_then_copied() -> (tempfile::TempDir, tempfile::TempDir, Vec<TaskRecord>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let module = ModuleHash::of(b"m");
+    store.put_module(&module, b"m").unwrap();
+    let mut tasks: Vec<_> = (0..20)
+        .map(|_| record(module, TaskState::Queued, store.next_seq().unwrap()))
+        .collect();
+    tasks[0].idempotency_key = Some("k".into());
+    store.insert(&tasks[..10]).unwrap();
+    store.insert(&tasks[10..]).unwrap();
+    tasks[3].state = TaskState::Running;
+    assert!(store.update(&tasks[3], TaskState::Queued).unwrap());
+    tasks[4].state = TaskState::Succeeded;
+    tasks[4].finished_at = Some(60);
+    assert!(store.update(&tasks[4], TaskState::Queued).unwrap());
+    store.flush_blocking().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_live(dir.path(), copy.path());
+    drop(store);
+    (dir, copy, tasks)
+}
+
+fn assert_holds(store: &SledStore, tasks: &[TaskRecord]) {
+    for task in tasks {
+        assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(task));
+    }
+    let counts = store.counts().unwrap();
+    assert_eq!(
+        (
+            counts.get(TaskState::Queued),
+            counts.get(TaskState::Running),
+            counts.get(TaskState::Succeeded)
+        ),
+        (18, 1, 1)
+    );
+    assert_eq!(store.by_key("k").unwrap(), Some(tasks[0].id));
+    assert_eq!(store.unfinished().unwrap().len(), 19);
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn acknowledged_writes_are_replayed_from_the_log() {
+    let (dir, copy, tasks) = written_then_copied();
+    // A clean close flushed sled and left no log to replay.
+    let store = open(dir.path());
+    assert_eq!(store.replayed(), 0);
+    assert_holds(&store, &tasks);
+    drop(store);
+
+    // The copy is what a kill leaves: sled was never flushed after the
+    // writes, and the log holds them.
+    let store = open(copy.path());
+    assert!(store.replayed() > 0);
+    assert_holds(&store, &tasks);
+    // Replayed, flushed into sled, and gone: one new, empty segment.
+    assert_eq!(log_segments(copy.path()).len(), 1);
+    drop(store);
+    let store = open(copy.path());
+    assert_eq!(store.replayed(), 0);
+    assert_holds(&store, &tasks);
+}
+
+#[test]
+fn a_torn_tail_of_the_log_is_ignored_and_damage_before_it_refuses_to_open() {
+    use std::io::Write as _;
+    let (_dir, copy, tasks) = written_then_copied();
+    let segments = log_segments(copy.path());
+    let last = segments.last().unwrap();
+    let good = std::fs::read(last).unwrap();
+
+    // Half a record at the end: the write that a kill interrupted.
+    let mut file = std::fs::OpenOptions::new().append(true).open(last).unwrap();
+    file.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(file);
+    let store = open(copy.path());
+    assert!(store.replayed() > 0);
+    assert_holds(&store, &tasks);
+    drop(store);
+
+    // A flipped bit in a record that others follow: damage, named.
+    let (_dir, copy, _) = written_then_copied();
+    let last = log_segments(copy.path()).pop().unwrap();
+    let mut bad = good.clone();
+    bad[40] ^= 0x01;
+    std::fs::write(&last, &bad).unwrap();
+    let e = SledStore::open(copy.path(), &SledOptions::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("write-ahead log") && e.contains("is damaged at byte 16") && e.contains("move"),
+        "{e}"
+    );
+    // Nothing was modified: the same error again.
+    let again = SledStore::open(copy.path(), &SledOptions::new())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(again, e);
+}
