@@ -1,10 +1,12 @@
 //! The consistency check of a sled store.
 
 use std::collections::HashSet;
+use std::ops::Bound;
 
 use super::SledStore;
 use super::envelope::{decode_task, open_envelope};
 use super::tasks::{Index, index_key};
+use super::wal::TreeId;
 use crate::Result;
 use crate::store::StateCounts;
 
@@ -40,7 +42,7 @@ impl SledStore {
         let mut expected_finished = HashSet::new();
         // Ids of unreadable records: their index entries cannot be checked.
         let mut unreadable = HashSet::new();
-        for entry in self.trees.tasks.iter() {
+        for entry in self.scan(TreeId::Tasks, Bound::Unbounded, false) {
             let (key, value) = entry.map_err(|e| self.storage("scanning tasks", e))?;
             report.tasks += 1;
             match decode_task(&key, &value) {
@@ -56,13 +58,12 @@ impl SledStore {
                         Index::Finished(k) => expected_finished.insert(k),
                     };
                     if let Some(k) = &task.idempotency_key {
-                        match self.trees.keys.get(k.as_bytes()) {
-                            Ok(Some(id)) if id.as_ref() == task.id.to_bytes() => {}
-                            Ok(_) => report.problems.push(format!(
+                        match self.read(TreeId::Keys, k.as_bytes())? {
+                            Some(id) if id.as_ref() == task.id.to_bytes() => {}
+                            _ => report.problems.push(format!(
                                 "task {} has idempotency key `{k}`, which does not name it",
                                 task.id
                             )),
-                            Err(e) => return Err(self.storage("reading keys", e)),
                         }
                     }
                 }
@@ -75,18 +76,18 @@ impl SledStore {
         for (name, tree, expected, count) in [
             (
                 "unfinished",
-                &self.trees.unfinished,
+                TreeId::Unfinished,
                 &mut expected_unfinished,
                 &mut report.unfinished,
             ),
             (
                 "finished",
-                &self.trees.finished,
+                TreeId::Finished,
                 &mut expected_finished,
                 &mut report.finished,
             ),
         ] {
-            for entry in tree.iter() {
+            for entry in self.scan(tree, Bound::Unbounded, false) {
                 let (key, _) = entry.map_err(|e| self.storage(&format!("scanning {name}"), e))?;
                 *count += 1;
                 let id = key.get(8..).unwrap_or_default();
@@ -104,14 +105,10 @@ impl SledStore {
                 ));
             }
         }
-        for entry in self.trees.keys.iter() {
+        for entry in self.scan(TreeId::Keys, Bound::Unbounded, false) {
             let (key, id) = entry.map_err(|e| self.storage("scanning keys", e))?;
             report.keys += 1;
-            let present = self
-                .trees
-                .tasks
-                .contains_key(&id)
-                .map_err(|e| self.storage("reading tasks", e))?;
+            let present = self.contains(TreeId::Tasks, &id)?;
             if !present {
                 report.problems.push(format!(
                     "idempotency key `{}` names a task that is not stored",
@@ -119,7 +116,7 @@ impl SledStore {
                 ));
             }
         }
-        for entry in self.trees.modules.iter() {
+        for entry in self.scan(TreeId::Modules, Bound::Unbounded, false) {
             let (key, value) = entry.map_err(|e| self.storage("scanning modules", e))?;
             report.modules += 1;
             if let Err(e) = open_envelope("modules", &key, &value) {

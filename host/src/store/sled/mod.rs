@@ -44,14 +44,17 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Write as _;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use self::envelope::{decode, decode_counts, decode_task, encode, module_hash};
 use self::flusher::Flusher;
+use self::overlay::{Layer, Merged, Overlay, write_layer};
 use self::payloads::PayloadFiles;
-use self::wal::{Change, TreeId, Wal};
+use self::wal::{Change, Checkpoint, TreeId, Wal};
 use super::StateCounts;
 use crate::task::{TaskId, TaskRecord};
 use crate::{Error, Result};
@@ -59,6 +62,7 @@ use crate::{Error, Result};
 mod check;
 mod envelope;
 mod flusher;
+mod overlay;
 mod payloads;
 mod schema;
 mod tasks;
@@ -159,6 +163,10 @@ pub struct SledStore {
     writes: Arc<Mutex<StateCounts>>,
     /// The write-ahead log (see [`wal`]).
     wal: Wal,
+    /// The changes sled does not hold yet (see [`overlay`]).
+    overlay: Arc<Overlay>,
+    /// Checkpoints made since the store was opened.
+    checkpoints: Arc<AtomicU64>,
     /// Writes the log out (group commit).
     flusher: Flusher,
     sync: SyncMode,
@@ -168,6 +176,7 @@ pub struct SledStore {
     payloads: PayloadFiles,
 }
 
+#[derive(Clone)]
 struct Trees {
     tasks: ::sled::Tree,
     unfinished: ::sled::Tree,
@@ -320,11 +329,16 @@ impl SledStore {
 
         // What reached the log and maybe not sled, before anything is read.
         let writes = Arc::new(Mutex::new(StateCounts::default()));
-        let barrier = {
-            let writes = writes.clone();
-            Box::new(move || drop(writes.lock().unwrap_or_else(PoisonError::into_inner)))
-        };
-        let (mut wal, replayed) = Wal::open(&dir, &db, |id| trees.get(id).clone(), barrier)?;
+        let overlay = Arc::new(Overlay::default());
+        let checkpoints = Arc::new(AtomicU64::new(0));
+        let target = Box::new(CheckpointTarget {
+            writes: writes.clone(),
+            overlay: overlay.clone(),
+            done: checkpoints.clone(),
+            trees: trees.clone(),
+            db: db.clone(),
+        });
+        let (mut wal, replayed) = Wal::open(&dir, &db, |id| trees.get(id).clone(), target)?;
 
         let counts = match trees.meta.get(META_COUNTS) {
             Ok(Some(bytes)) => match decode_counts(&bytes) {
@@ -359,6 +373,8 @@ impl SledStore {
             trees,
             writes,
             wal,
+            overlay,
+            checkpoints,
             flusher,
             sync: options.sync,
             replayed,
@@ -386,6 +402,13 @@ impl SledStore {
     /// was opened: the writes a crash (or a kill) left in the log only.
     pub fn replayed(&self) -> u64 {
         self.replayed
+    }
+
+    /// How many checkpoints (the log's changes written to sled, sled
+    /// flushed, the log's old segments removed) were made since the store
+    /// was opened.
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints.load(Ordering::Relaxed)
     }
 
     /// Flushes every write so far to disk, in either [`SyncMode`] (with
@@ -422,13 +445,13 @@ impl SledStore {
     pub fn gc_modules(&self) -> Result<u64> {
         let writes = self.lock_writes();
         let mut used = HashSet::new();
-        for entry in self.trees.tasks.iter() {
+        for entry in self.scan(TreeId::Tasks, Bound::Unbounded, false) {
             let (key, value) = entry.map_err(|e| self.storage("scanning tasks", e))?;
             used.insert(decode_task(&key, &value)?.module);
         }
         let mut removed = 0;
         let mut change = Change::default();
-        for entry in self.trees.modules.iter() {
+        for entry in self.scan(TreeId::Modules, Bound::Unbounded, false) {
             let (key, _) = entry.map_err(|e| self.storage("scanning modules", e))?;
             let hash = module_hash(&key)?;
             if !used.contains(&hash) {
@@ -436,7 +459,7 @@ impl SledStore {
                 removed += 1;
             }
         }
-        self.commit(&writes, &change)?;
+        self.commit(&writes, change)?;
         if removed > 0 {
             tracing::debug!(removed, "removed modules no task uses");
         }
@@ -451,30 +474,59 @@ impl SledStore {
         Error::Store(format!("{what} in {}: {e}", self.dir.display()))
     }
 
-    /// Logs `change` and applies it to sled, under the write lock (`_writes`
-    /// proves it is held). If sled fails midway, the store refuses every
-    /// later write: the half-applied change is never built upon, and
-    /// reopening the store replays it whole from the log.
-    fn commit(&self, _writes: &MutexGuard<'_, StateCounts>, change: &Change) -> Result<()> {
+    /// Logs `change` and takes it into the overlay, under the write lock
+    /// (`_writes` proves it is held): from then on every read sees it, and
+    /// the next checkpoint writes it to sled.
+    fn commit(&self, _writes: &MutexGuard<'_, StateCounts>, change: Change) -> Result<()> {
         if change.is_empty() {
             return Ok(());
         }
-        self.wal.log.append(change)?;
-        change.apply(|id| self.trees.get(id)).map_err(|e| {
-            let e = format!("applying a change to sled: {e}");
-            self.wal.log.fail(e.clone());
-            Error::Store(format!(
-                "{e} (in {}); the store refuses further writes: restart the process, and \
-                 reopening the store replays the change from its log",
-                self.dir.display()
-            ))
-        })
+        self.wal.log.append(&change)?;
+        self.overlay.apply(change);
+        Ok(())
+    }
+
+    /// The newest value of `key` in `tree`.
+    fn read(&self, tree: TreeId, key: &[u8]) -> Result<Option<::sled::IVec>> {
+        match self.overlay.get(tree, key) {
+            Some(value) => Ok(value),
+            None => self
+                .trees
+                .get(tree)
+                .get(key)
+                .map_err(|e| self.storage("reading the database", e)),
+        }
+    }
+
+    /// Whether `tree` holds `key`.
+    fn contains(&self, tree: TreeId, key: &[u8]) -> Result<bool> {
+        Ok(self.read(tree, key)?.is_some())
+    }
+
+    /// The entries of `tree` (below `below`, if bounded), in key order or
+    /// (`rev`) the reverse, with the changes sled does not hold yet.
+    fn scan(
+        &self,
+        tree: TreeId,
+        below: Bound<&[u8]>,
+        rev: bool,
+    ) -> Box<dyn Iterator<Item = ::sled::Result<(::sled::IVec, ::sled::IVec)>> + '_> {
+        let overlay = self.overlay.range(tree, Bound::Unbounded, below);
+        let range = self
+            .trees
+            .get(tree)
+            .range::<&[u8], _>((Bound::Unbounded, below));
+        if rev {
+            Box::new(Merged::new(overlay, range.rev(), true))
+        } else {
+            Box::new(Merged::new(overlay, range, false))
+        }
     }
 
     /// Counts the tasks in each state by reading them all.
     fn recount(&self) -> Result<StateCounts> {
         let mut counts = StateCounts::default();
-        for entry in self.trees.tasks.iter() {
+        for entry in self.scan(TreeId::Tasks, Bound::Unbounded, false) {
             let (key, value) = entry.map_err(|e| self.storage("counting tasks", e))?;
             counts.moved(None, Some(decode_task(&key, &value)?.state));
         }
@@ -483,12 +535,7 @@ impl SledStore {
 
     fn task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
         let key = id.to_bytes();
-        match self
-            .trees
-            .tasks
-            .get(key)
-            .map_err(|e| self.storage(&format!("reading task {id}"), e))?
-        {
+        match self.read(TreeId::Tasks, &key)? {
             Some(bytes) => Ok(Some(decode_task(&key, &bytes)?)),
             None => Ok(None),
         }
@@ -497,21 +544,53 @@ impl SledStore {
 
 impl Drop for SledStore {
     fn drop(&mut self) {
-        // The log's writer stops first; sled holds every change the log
-        // does, and once flushed the log is removed (nothing to replay).
+        // The log's writer and the checkpoints stop first; then sled takes
+        // every change the log holds, and once flushed the log is removed
+        // (nothing to replay).
         self.flusher.stop();
-        let flushed = match self.db.flush() {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::error!(
-                    dir = %self.dir.display(),
-                    error = %e,
-                    "flushing the store on close; its log is kept and replayed on the next open"
-                );
-                false
-            }
-        };
-        self.wal.close(flushed);
+        self.wal.stop_checkpoints();
+        let written = self
+            .overlay
+            .drain()
+            .iter()
+            .try_for_each(|layer| write_layer(layer, |id| self.trees.get(id)))
+            .and_then(|()| self.db.flush().map(drop));
+        match written {
+            Ok(()) => self.wal.remove(),
+            Err(e) => tracing::error!(
+                dir = %self.dir.display(),
+                error = %e,
+                "writing the store to sled on close failed; its log is kept and replayed on the \
+                 next open"
+            ),
+        }
+    }
+}
+
+/// A checkpoint of a [`SledStore`]: its overlay written to sled.
+struct CheckpointTarget {
+    writes: Arc<Mutex<StateCounts>>,
+    overlay: Arc<Overlay>,
+    done: Arc<AtomicU64>,
+    trees: Trees,
+    db: ::sled::Db,
+}
+
+impl Checkpoint for CheckpointTarget {
+    fn freeze(&self) -> Arc<Layer> {
+        let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        self.overlay.freeze()
+    }
+
+    fn write(&self, frozen: &Layer) -> std::result::Result<(), String> {
+        write_layer(frozen, |id| self.trees.get(id))
+            .and_then(|()| self.db.flush().map(drop))
+            .map_err(|e| e.to_string())
+    }
+
+    fn thaw(&self) {
+        self.overlay.thaw();
+        self.done.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -3,6 +3,7 @@
 //! the write lock, logged, then applied (see [`wal`](super::wal)).
 
 use std::collections::HashMap;
+use std::ops::Bound;
 
 use super::envelope::{
     HEADER, corrupted, decode_task, encode_counts, encode_task, envelope, module_hash,
@@ -62,18 +63,13 @@ impl Store for SledStore {
             change.set(TreeId::ModuleSettings, &key[..], envelope(key, &payload));
         }
         let writes = self.lock_writes();
-        self.commit(&writes, &change)
+        self.commit(&writes, change)
     }
 
     fn module_settings(&self, hash: &ModuleHash) -> Result<Option<ModuleSettings>> {
         const TREE: &str = "module_settings";
         let key = hash.as_bytes();
-        let Some(bytes) = self
-            .trees
-            .module_settings
-            .get(key)
-            .map_err(|e| self.storage(&format!("reading the settings of module {hash}"), e))?
-        else {
+        let Some(bytes) = self.read(TreeId::ModuleSettings, key)? else {
             return Ok(None);
         };
         let payload = open_envelope(TREE, key, &bytes)?;
@@ -92,28 +88,19 @@ impl Store for SledStore {
         let writes = self.lock_writes();
         // Content-addressed: an existing, sound record is the same bytes. A
         // corrupted one is replaced.
-        if let Some(existing) = self
-            .trees
-            .modules
-            .get(key)
-            .map_err(|e| self.storage(&format!("reading module {hash}"), e))?
+        if let Some(existing) = self.read(TreeId::Modules, key)?
             && open_envelope("modules", key, &existing).is_ok()
         {
             return Ok(());
         }
         let mut change = Change::default();
         change.set(TreeId::Modules, &key[..], envelope(key, bytes));
-        self.commit(&writes, &change)
+        self.commit(&writes, change)
     }
 
     fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>> {
         let key = hash.as_bytes();
-        match self
-            .trees
-            .modules
-            .get(key)
-            .map_err(|e| self.storage(&format!("reading module {hash}"), e))?
-        {
+        match self.read(TreeId::Modules, key)? {
             Some(bytes) => {
                 let payload = open_envelope("modules", key, &bytes)?;
                 if ModuleHash::of(payload) != *hash {
@@ -131,7 +118,7 @@ impl Store for SledStore {
 
     fn modules(&self) -> Result<Vec<StoredModule>> {
         let mut modules = Vec::new();
-        for entry in self.trees.modules.iter() {
+        for entry in self.scan(TreeId::Modules, Bound::Unbounded, false) {
             let (key, value) = entry.map_err(|e| self.storage("listing modules", e))?;
             modules.push(StoredModule {
                 hash: module_hash(&key)?,
@@ -149,17 +136,12 @@ impl Store for SledStore {
             return Err(Error::ModuleInUse(*hash));
         }
         let key = hash.as_bytes();
-        if !self
-            .trees
-            .modules
-            .contains_key(key)
-            .map_err(|e| self.storage(&format!("reading module {hash}"), e))?
-        {
+        if !self.contains(TreeId::Modules, key)? {
             return Ok(false);
         }
         let mut change = Change::default();
         change.remove(TreeId::Modules, &key[..]);
-        self.commit(&writes, &change)?;
+        self.commit(&writes, change)?;
         Ok(true)
     }
 
@@ -188,33 +170,17 @@ impl Store for SledStore {
                     answers.push(Inserted::Existing(*existing));
                     continue;
                 }
-                if let Some(existing) = self
-                    .trees
-                    .keys
-                    .get(key.as_bytes())
-                    .map_err(|e| self.storage("reading idempotency keys", e))?
-                {
+                if let Some(existing) = self.read(TreeId::Keys, key.as_bytes())? {
                     answers.push(Inserted::Existing(task_id("keys", &existing)?));
                     continue;
                 }
             }
             let id = task.id.to_bytes();
-            if batch_ids.contains(&task.id)
-                || self
-                    .trees
-                    .tasks
-                    .contains_key(id)
-                    .map_err(|e| self.storage(&format!("reading task {}", task.id), e))?
-            {
+            if batch_ids.contains(&task.id) || self.contains(TreeId::Tasks, &id)? {
                 return Err(Error::Store(format!("task {} already exists", task.id)));
             }
             if !known_modules.contains(&task.module) {
-                if !self
-                    .trees
-                    .modules
-                    .contains_key(task.module.as_bytes())
-                    .map_err(|e| self.storage(&format!("reading module {}", task.module), e))?
-                {
+                if !self.contains(TreeId::Modules, task.module.as_bytes())? {
                     return Err(Error::UnknownModule(task.module));
                 }
                 known_modules.push(task.module);
@@ -233,7 +199,7 @@ impl Store for SledStore {
         }
         if !change.is_empty() {
             change.set(TreeId::Meta, META_COUNTS, encode_counts(&new_counts)?);
-            self.commit(&counts, &change)?;
+            self.commit(&counts, change)?;
             *counts = new_counts;
         }
         Ok(answers)
@@ -267,7 +233,7 @@ impl Store for SledStore {
             change.set(TreeId::Meta, META_COUNTS, encode_counts(&moved)?);
             new_counts = Some(moved);
         }
-        self.commit(&counts, &change)?;
+        self.commit(&counts, change)?;
         if let Some(new_counts) = new_counts {
             *counts = new_counts;
         }
@@ -317,25 +283,21 @@ impl Store for SledStore {
     }
 
     fn by_key(&self, key: &str) -> Result<Option<TaskId>> {
-        match self
-            .trees
-            .keys
-            .get(key.as_bytes())
-            .map_err(|e| self.storage("reading idempotency keys", e))?
-        {
+        match self.read(TreeId::Keys, key.as_bytes())? {
             Some(id) => Ok(Some(task_id("keys", &id)?)),
             None => Ok(None),
         }
     }
 
     fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
-        let range = match filter.before {
-            Some(before) => self.trees.tasks.range(..before.to_bytes()),
-            None => self.trees.tasks.iter(),
+        let before = filter.before.map(|id| id.to_bytes());
+        let below = match &before {
+            Some(before) => Bound::Excluded(&before[..]),
+            None => Bound::Unbounded,
         };
         let mut out = Vec::new();
         let size = filter.page_size();
-        for entry in range.rev() {
+        for entry in self.scan(TreeId::Tasks, below, true) {
             let (key, value) = entry.map_err(|e| self.storage("listing tasks", e))?;
             let task = decode_task(&key, &value)?;
             if filter.matches(&task) {
@@ -350,7 +312,7 @@ impl Store for SledStore {
 
     fn unfinished(&self) -> Result<Vec<TaskRecord>> {
         let mut out = Vec::new();
-        for entry in self.trees.unfinished.iter() {
+        for entry in self.scan(TreeId::Unfinished, Bound::Unbounded, false) {
             let (key, _) = entry.map_err(|e| self.storage("reading the unfinished index", e))?;
             let id = task_id("unfinished", key.get(8..).unwrap_or_default())?;
             let task = self.task(&id)?.ok_or_else(|| {
@@ -390,7 +352,7 @@ impl Store for SledStore {
             // Oldest first: each entry goes if it is past retention or among
             // the excess.
             let mut doomed = Vec::new();
-            for entry in self.trees.finished.iter() {
+            for entry in self.scan(TreeId::Finished, Bound::Unbounded, false) {
                 let (key, _) = entry.map_err(|e| self.storage("reading the finished index", e))?;
                 let at = key
                     .get(..8)
@@ -423,7 +385,7 @@ impl Store for SledStore {
                 self.remove_key(&mut change, &task)?;
             }
             change.set(TreeId::Meta, META_COUNTS, encode_counts(&new_counts)?);
-            self.commit(&counts, &change)?;
+            self.commit(&counts, change)?;
             *counts = new_counts;
             if !files.is_empty() {
                 self.sync()?;
@@ -459,7 +421,7 @@ impl Store for SledStore {
         }
         if !removed.is_empty() {
             change.set(TreeId::Meta, META_COUNTS, encode_counts(&new_counts)?);
-            self.commit(&counts, &change)?;
+            self.commit(&counts, change)?;
             *counts = new_counts;
         }
         drop(counts);
@@ -493,13 +455,7 @@ impl SledStore {
     /// Removes the idempotency key of `task`, if it still names it.
     fn remove_key(&self, change: &mut Change, task: &TaskRecord) -> Result<()> {
         if let Some(k) = &task.idempotency_key
-            && self
-                .trees
-                .keys
-                .get(k.as_bytes())
-                .map_err(|e| self.storage("reading idempotency keys", e))?
-                .as_deref()
-                == Some(&task.id.to_bytes()[..])
+            && self.read(TreeId::Keys, k.as_bytes())?.as_deref() == Some(&task.id.to_bytes()[..])
         {
             change.remove(TreeId::Keys, k.as_bytes());
         }

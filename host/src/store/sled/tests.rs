@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::envelope::{decode_counts, decode_task, encode_counts, encode_task};
 use super::*;
-use crate::store::{Inserted, Store};
+use crate::store::{Inserted, Store, TaskFilter};
 use crate::task::{Attempt, TaskState};
 use crate::{Backoff, Limits, ModuleHash, Outcome};
 
@@ -310,4 +310,109 @@ fn a_torn_tail_of_the_log_is_ignored_and_damage_before_it_refuses_to_open() {
         .unwrap_err()
         .to_string();
     assert_eq!(again, e);
+}
+
+/// Lists every task through pages, newest first.
+fn list_all(store: &SledStore, state: Option<TaskState>) -> Vec<TaskId> {
+    let mut out = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list(&TaskFilter {
+                state,
+                before,
+                limit: 7,
+                ..TaskFilter::default()
+            })
+            .unwrap();
+        let Some(last) = page.last() else {
+            return out;
+        };
+        before = Some(last.id);
+        out.extend(page.iter().map(|t| t.id));
+    }
+}
+
+#[test]
+fn reads_see_every_change_before_during_and_after_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let module = ModuleHash::of(b"m");
+    store.put_module(&module, b"m").unwrap();
+    // id -> state, as the store must tell it.
+    let mut expected: BTreeMap<TaskId, TaskRecord> = BTreeMap::new();
+    let verify = |store: &SledStore, expected: &BTreeMap<TaskId, TaskRecord>| {
+        let mut ids: Vec<TaskId> = expected.keys().copied().collect();
+        ids.sort_by_key(|id| std::cmp::Reverse(id.to_bytes()));
+        assert_eq!(list_all(store, None), ids);
+        let running: Vec<TaskId> = ids
+            .iter()
+            .copied()
+            .filter(|id| expected[id].state == TaskState::Running)
+            .collect();
+        assert_eq!(list_all(store, Some(TaskState::Running)), running);
+        let mut unfinished: Vec<&TaskRecord> =
+            expected.values().filter(|t| !t.state.is_final()).collect();
+        unfinished.sort_by_key(|t| t.seq);
+        assert_eq!(
+            store
+                .unfinished()
+                .unwrap()
+                .iter()
+                .map(|t| t.id)
+                .collect::<Vec<_>>(),
+            unfinished.iter().map(|t| t.id).collect::<Vec<_>>()
+        );
+        for task in expected.values() {
+            assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(task));
+        }
+        assert_eq!(store.counts().unwrap().total(), expected.len() as u64);
+        let report = store.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    };
+    for round in 0..6u64 {
+        let batch: Vec<_> = (0..40)
+            .map(|_| record(module, TaskState::Queued, store.next_seq().unwrap()))
+            .collect();
+        store.insert(&batch).unwrap();
+        for (i, mut task) in batch.into_iter().enumerate() {
+            if i % 3 == 1 {
+                task.state = TaskState::Running;
+                assert!(store.update(&task, TaskState::Queued).unwrap());
+            } else if i % 3 == 2 {
+                task.state = TaskState::Succeeded;
+                task.finished_at = Some(100 + round);
+                assert!(store.update(&task, TaskState::Queued).unwrap());
+            }
+            expected.insert(task.id, task);
+        }
+        // Some finished tasks of an earlier round leave.
+        if round > 0 {
+            let gone: Vec<TaskId> = expected
+                .values()
+                .filter(|t| t.finished_at == Some(100 + round - 1))
+                .map(|t| t.id)
+                .take(5)
+                .collect();
+            assert_eq!(store.remove_finished(&gone).unwrap(), gone);
+            for id in &gone {
+                expected.remove(id);
+            }
+        }
+        verify(&store, &expected);
+        // Long enough for a checkpoint to start (or end) meanwhile.
+        std::thread::sleep(Duration::from_millis(50 * (round % 3) + 100));
+        verify(&store, &expected);
+    }
+    // Checkpoints ran between and during the rounds: the reads above went
+    // through frozen layers and sled, not the overlay alone.
+    assert!(
+        store.checkpoints() >= 2,
+        "{} checkpoints",
+        store.checkpoints()
+    );
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.replayed(), 0);
+    verify(&store, &expected);
 }

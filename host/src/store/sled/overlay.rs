@@ -1,0 +1,290 @@
+//! The changes sled does not hold yet: every change is logged (see
+//! [`wal`](super::wal)) and kept here, in memory, until a checkpoint
+//! writes them to sled in one pass and flushes it. A task's submission,
+//! claim and result then cost sled one write of its final record at the
+//! next checkpoint, not three transactions on the path that acknowledges
+//! them, and nothing waits for sled on that path.
+//!
+//! Two layers: `active` takes every change; a checkpoint freezes it into
+//! `frozen` (under the store's write lock, so no change is half in each),
+//! writes `frozen` to sled, flushes sled, then drops it. For every key the
+//! newest value is in `active` if it is there, else in `frozen`, else in
+//! sled: sled only ever receives values from `frozen` while `frozen` is
+//! still read first. A removed key is a tombstone (`None`) until then.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use ::sled::IVec;
+
+use super::wal::{Change, TreeId};
+
+/// One layer: per tree, keys set (`Some`) and removed (`None`).
+pub(super) type Layer = [BTreeMap<IVec, Option<IVec>>; TreeId::ALL.len()];
+
+#[derive(Debug, Default)]
+pub(super) struct Overlay {
+    layers: RwLock<Layers>,
+}
+
+#[derive(Debug, Default)]
+struct Layers {
+    active: Layer,
+    frozen: Option<Arc<Layer>>,
+}
+
+impl Overlay {
+    fn read(&self) -> RwLockReadGuard<'_, Layers> {
+        self.layers.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Layers> {
+        self.layers.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes `change` in (the caller holds the store's write lock).
+    pub(super) fn apply(&self, change: Change) {
+        let mut layers = self.write();
+        for (tree, key, value) in change.into_ops() {
+            layers.active[tree as usize].insert(IVec::from(key), value.map(IVec::from));
+        }
+    }
+
+    /// The newest value of `key`, if the overlay knows it: `Some(None)`
+    /// for a key removed since the last checkpoint; `None` to ask sled.
+    pub(super) fn get(&self, tree: TreeId, key: &[u8]) -> Option<Option<IVec>> {
+        let layers = self.read();
+        let t = tree as usize;
+        if let Some(value) = layers.active[t].get(key) {
+            return Some(value.clone());
+        }
+        layers.frozen.as_ref()?[t].get(key).cloned()
+    }
+
+    /// The overlay's entries of `tree` between `from` and `to`, newest
+    /// layer winning, in key order.
+    pub(super) fn range(
+        &self,
+        tree: TreeId,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+    ) -> BTreeMap<IVec, Option<IVec>> {
+        let layers = self.read();
+        let t = tree as usize;
+        let mut out = BTreeMap::new();
+        let range = (from, to);
+        if let Some(frozen) = &layers.frozen {
+            for (k, v) in frozen[t].range::<[u8], _>(range) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in layers.active[t].range::<[u8], _>(range) {
+            out.insert(k.clone(), v.clone());
+        }
+        out
+    }
+
+    /// Freezes the active layer for a checkpoint, unless one is frozen
+    /// already; the frozen layer. The caller holds the store's write lock.
+    pub(super) fn freeze(&self) -> Arc<Layer> {
+        let mut layers = self.write();
+        if let Some(frozen) = &layers.frozen {
+            return frozen.clone();
+        }
+        let frozen = Arc::new(std::mem::take(&mut layers.active));
+        layers.frozen = Some(frozen.clone());
+        frozen
+    }
+
+    /// Drops the frozen layer, once sled holds it.
+    pub(super) fn thaw(&self) {
+        self.write().frozen = None;
+    }
+
+    /// Both layers, oldest first, for the last write to sled on close.
+    pub(super) fn drain(&self) -> Vec<Arc<Layer>> {
+        let mut layers = self.write();
+        let frozen = layers.frozen.take();
+        let active = Arc::new(std::mem::take(&mut layers.active));
+        frozen.into_iter().chain([active]).collect()
+    }
+}
+
+/// Writes a layer to sled's trees with plain inserts and removals.
+pub(super) fn write_layer<'a>(
+    layer: &Layer,
+    tree: impl Fn(TreeId) -> &'a ::sled::Tree,
+) -> std::result::Result<(), ::sled::Error> {
+    for id in TreeId::ALL {
+        let tree = tree(id);
+        for (key, value) in &layer[id as usize] {
+            match value {
+                Some(value) => {
+                    tree.insert(key.clone(), value.clone())?;
+                }
+                None => {
+                    tree.remove(key)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges the overlay's entries of a range (`overlay`, from
+/// [`Overlay::range`]) into sled's iterator over the same range: the
+/// overlay's value wins, its tombstones hide sled's entries. Forward, or
+/// backward with `rev`.
+pub(super) struct Merged<I: Iterator> {
+    overlay: std::iter::Peekable<std::collections::btree_map::IntoIter<IVec, Option<IVec>>>,
+    overlay_rev: Vec<(IVec, Option<IVec>)>,
+    sled: std::iter::Peekable<I>,
+    rev: bool,
+}
+
+impl<I> Merged<I>
+where
+    I: Iterator<Item = ::sled::Result<(IVec, IVec)>>,
+{
+    pub(super) fn new(overlay: BTreeMap<IVec, Option<IVec>>, sled: I, rev: bool) -> Self {
+        let (overlay, overlay_rev) = if rev {
+            // Popped from the end: the largest key first.
+            (
+                BTreeMap::new().into_iter().peekable(),
+                overlay.into_iter().collect(),
+            )
+        } else {
+            (overlay.into_iter().peekable(), Vec::new())
+        };
+        Merged {
+            overlay,
+            overlay_rev,
+            sled: sled.peekable(),
+            rev,
+        }
+    }
+
+    fn peek_overlay(&mut self) -> Option<&IVec> {
+        if self.rev {
+            self.overlay_rev.last().map(|(k, _)| k)
+        } else {
+            self.overlay.peek().map(|(k, _)| k)
+        }
+    }
+
+    fn next_overlay(&mut self) -> Option<(IVec, Option<IVec>)> {
+        if self.rev {
+            self.overlay_rev.pop()
+        } else {
+            self.overlay.next()
+        }
+    }
+}
+
+impl<I> Iterator for Merged<I>
+where
+    I: Iterator<Item = ::sled::Result<(IVec, IVec)>>,
+{
+    type Item = ::sled::Result<(IVec, IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let sled_key = match self.sled.peek() {
+                Some(Ok((k, _))) => Some(k.clone()),
+                Some(Err(_)) => return self.sled.next(),
+                None => None,
+            };
+            let overlay_key = self.peek_overlay().cloned();
+            // Which comes first in this direction: sled's entry, the
+            // overlay's, or both (the same key: the overlay's wins).
+            let take_sled = match (&sled_key, &overlay_key) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(s), Some(o)) => {
+                    if s == o {
+                        self.sled.next();
+                        false
+                    } else {
+                        (s < o) != self.rev
+                    }
+                }
+            };
+            if take_sled {
+                return self.sled.next();
+            }
+            match self.next_overlay() {
+                Some((k, Some(v))) => return Some(Ok((k, v))),
+                Some((_, None)) => continue,
+                None => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sled_entries(keys: &[u8]) -> Vec<::sled::Result<(IVec, IVec)>> {
+        keys.iter()
+            .map(|k| Ok((IVec::from(&[*k][..]), IVec::from(&b"sled"[..]))))
+            .collect()
+    }
+
+    fn merged(rev: bool) -> Vec<(u8, String)> {
+        let mut overlay = BTreeMap::new();
+        overlay.insert(IVec::from(&[2][..]), Some(IVec::from(&b"new"[..])));
+        overlay.insert(IVec::from(&[3][..]), None);
+        overlay.insert(IVec::from(&[6][..]), Some(IVec::from(&b"added"[..])));
+        overlay.insert(IVec::from(&[9][..]), None);
+        let mut sled = sled_entries(&[1, 2, 3, 5, 7]);
+        if rev {
+            sled.reverse();
+        }
+        Merged::new(overlay, sled.into_iter(), rev)
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k[0], String::from_utf8(v.to_vec()).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_overlay_wins_and_hides_what_it_removed_in_either_direction() {
+        let forward = vec![
+            (1, "sled".to_string()),
+            (2, "new".into()),
+            (5, "sled".into()),
+            (6, "added".into()),
+            (7, "sled".into()),
+        ];
+        assert_eq!(merged(false), forward);
+        let mut backward = forward;
+        backward.reverse();
+        assert_eq!(merged(true), backward);
+    }
+
+    #[test]
+    fn layers_answer_newest_first_until_thawed() {
+        let overlay = Overlay::default();
+        let mut change = Change::default();
+        change.set(TreeId::Tasks, b"k".to_vec(), b"1".to_vec());
+        overlay.apply(change);
+        let frozen = overlay.freeze();
+        assert_eq!(frozen[TreeId::Tasks as usize].len(), 1);
+        let mut change = Change::default();
+        change.remove(TreeId::Tasks, b"k".to_vec());
+        overlay.apply(change);
+        assert_eq!(overlay.get(TreeId::Tasks, b"k"), Some(None));
+        assert_eq!(overlay.get(TreeId::Keys, b"k"), None);
+        // A second freeze while one is frozen returns that one.
+        assert!(Arc::ptr_eq(&overlay.freeze(), &frozen));
+        overlay.thaw();
+        assert_eq!(overlay.get(TreeId::Tasks, b"k"), Some(None));
+        let drained = overlay.drain();
+        assert_eq!(drained.len(), 1);
+        assert_eq!(overlay.get(TreeId::Tasks, b"k"), None);
+    }
+}
