@@ -202,7 +202,7 @@ fn sled_next_to_memory(
         for (name, sync) in [
             ("durable (group commit)", SyncMode::Durable),
             (
-                "relaxed (flush every 100 ms)",
+                "relaxed (log written every 100 ms)",
                 SyncMode::Relaxed {
                     interval: Duration::from_millis(100),
                 },
