@@ -86,8 +86,9 @@ async fn child() {
     let submit: usize = std::env::var(SUBMIT_ENV).unwrap().parse().unwrap();
     let mut options = SledOptions::new();
     if std::env::var_os(RELAXED_ENV).is_some() {
-        // Nothing reaches the disk but by sled's own background flush, a
-        // minute apart: what a kill loses is then everything recent.
+        // Nothing reaches the disk but by the store's background write of
+        // its log, a minute apart: what a kill loses is then everything
+        // recent.
         options.sync(SyncMode::Relaxed {
             interval: Duration::from_secs(60),
         });
@@ -420,8 +421,8 @@ fn relaxed_mode_loses_acknowledged_work() {
     if std::env::var_os(DIR_ENV).is_some() {
         return;
     }
-    // What a kill loses in relaxed mode is what sled still held in its
-    // buffers (what it wrote is in the kernel's cache and survives the
+    // What a kill loses in relaxed mode is what the store's log still held
+    // in memory (what it wrote is in the kernel's cache and survives the
     // process): often a few tasks, sometimes none in a round. Series of 8
     // rounds are run until one loses work, at most 5 (none losing anything
     // in 40 rounds has not been seen).

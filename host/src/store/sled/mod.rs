@@ -73,7 +73,12 @@ pub use flusher::{FlushStats, SizeClass};
 
 /// The schema version this build writes and reads. A store written by a
 /// newer wpool (a higher version) is refused, never modified.
-pub const SCHEMA_VERSION: u32 = 3;
+///
+/// Schema 4 added the write-ahead log (`wal/`): a schema 4 store killed
+/// while open holds acknowledged changes in its log only, which a wpool
+/// that knows schema 3 at most would not replay, so it must refuse the
+/// store rather than open it without them. Task records are unchanged.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The file beside the database that names the schema version.
 const VERSION_FILE: &str = "wpool-store";

@@ -15,6 +15,9 @@
 //!   output are when they are not in the record ([`StoredFile`], schema 3:
 //!   large inputs and outputs in files beside the database). Versions 1
 //!   and 2 read as payloads held in the record, which they are.
+//!
+//! Schema 4 (the write-ahead log beside the database) writes version 3
+//! records.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

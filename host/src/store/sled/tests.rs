@@ -400,14 +400,23 @@ fn reads_see_every_change_before_during_and_after_checkpoints() {
             }
         }
         verify(&store, &expected);
-        // Long enough for a checkpoint to start (or end) meanwhile.
-        std::thread::sleep(Duration::from_millis(50 * (round % 3) + 100));
+        if round % 2 == 1 {
+            // Until a checkpoint has written this round to sled: then the
+            // reads go through sled, not the overlay alone.
+            let before = store.checkpoints();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while store.checkpoints() == before {
+                assert!(std::time::Instant::now() < deadline, "no checkpoint");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        } else {
+            // Maybe while a checkpoint runs.
+            std::thread::sleep(Duration::from_millis(50 * (round % 3) + 100));
+        }
         verify(&store, &expected);
     }
-    // Checkpoints ran between and during the rounds: the reads above went
-    // through frozen layers and sled, not the overlay alone.
     assert!(
-        store.checkpoints() >= 2,
+        store.checkpoints() >= 3,
         "{} checkpoints",
         store.checkpoints()
     );
@@ -415,4 +424,39 @@ fn reads_see_every_change_before_during_and_after_checkpoints() {
     let store = open(dir.path());
     assert_eq!(store.replayed(), 0);
     verify(&store, &expected);
+}
+
+#[test]
+fn a_schema_3_store_is_upgraded_to_the_log_s_schema_with_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let module = ModuleHash::of(b"m");
+    store.put_module(&module, b"m").unwrap();
+    let task = record(module, TaskState::Queued, store.next_seq().unwrap());
+    store.insert(std::slice::from_ref(&task)).unwrap();
+    // As the last wpool without a log left it: schema 3 in both places.
+    store
+        .trees
+        .meta
+        .insert(
+            META_SCHEMA,
+            envelope::encode("meta", META_SCHEMA, &3u32).unwrap(),
+        )
+        .unwrap();
+    drop(store);
+    std::fs::write(dir.path().join(VERSION_FILE), "wpool store schema 3\n").unwrap();
+    std::fs::remove_dir_all(dir.path().join(wal::WAL_DIR)).unwrap();
+
+    let store = open(dir.path());
+    assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(&task));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(VERSION_FILE)).unwrap(),
+        format!("wpool store schema {SCHEMA_VERSION}\n")
+    );
+    let stored = store.trees.meta.get(META_SCHEMA).unwrap().unwrap();
+    assert_eq!(
+        envelope::decode::<u32>("meta", META_SCHEMA, &stored).unwrap(),
+        SCHEMA_VERSION
+    );
+    assert_eq!(SCHEMA_VERSION, 4);
 }
