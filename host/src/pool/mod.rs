@@ -1022,6 +1022,18 @@ impl Inner {
             }
         };
         if record.state.is_final() {
+            // A run of this pool whose end is stored but not yet announced
+            // (its event not yet sent): the run leaves `running` only once
+            // it is, so wait for that, or for the result it then delivers.
+            let mut receiver = receiver;
+            while self.lock_running().contains_key(&id) {
+                tokio::select! {
+                    delivered = &mut receiver => {
+                        return delivered.map_err(|_| Error::ShutDown);
+                    }
+                    () = tokio::time::sleep(Duration::from_millis(1)) => {}
+                }
+            }
             self.forget_waiter(id);
             return Ok(record);
         }
@@ -1094,12 +1106,22 @@ impl Inner {
         // The event and the counters first: a waiter that was given the
         // result finds its event already sent, and the task counted in
         // the stats.
+        self.announce_finished(record);
+        self.deliver_finished(record);
+    }
+
+    /// The first half of [`Inner::finished`]: the event and the counters.
+    fn announce_finished(&self, record: &TaskRecord) {
         self.emit(record.id, EventKind::finished(record));
         self.finished.fetch_add(1, Ordering::Relaxed);
         self.recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .tick();
+    }
+
+    /// The second half of [`Inner::finished`]: the result to the waiters.
+    fn deliver_finished(&self, record: &TaskRecord) {
         self.wake_waiters(record);
         self.quiet.notify_waiters();
     }

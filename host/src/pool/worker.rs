@@ -275,15 +275,24 @@ impl Inner {
         } else {
             recorded = self.record_run(&record, lease, report).await;
         }
-        // Out of `running` before anyone hears of the end: a waiter given
-        // the result finds the run gone.
+        // A final end is announced (event, counters) while the run is
+        // still in `running`, and delivered to waiters after it left: a
+        // waiter given the result finds the run gone and the event sent,
+        // and one that reads the stored end meanwhile sees the run still
+        // there and waits for the delivery (`Inner::wait`).
+        let done = recorded.as_ref().filter(|r| r.state.is_final());
+        if let Some(record) = done {
+            self.announce_finished(record);
+        }
         self.lock_running().remove(&id);
         if released {
             self.entered_queue(1);
             self.emit(id, EventKind::Requeued);
         }
-        if let Some(record) = recorded {
-            self.recorded(&record);
+        match (done, &recorded) {
+            (Some(record), _) => self.deliver_finished(record),
+            (None, Some(record)) => self.recorded(record),
+            (None, None) => {}
         }
         self.work.notify_one();
         self.quiet.notify_waiters();

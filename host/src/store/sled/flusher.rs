@@ -186,7 +186,14 @@ impl Shared {
             }
             if state.covered == state.tickets {
                 if state.stop {
-                    return; // stopping, and nobody waits
+                    // Stopping, and nobody waits: what is left is written
+                    // out all the same, so that it is on disk even if the
+                    // store's close cannot put it in the database.
+                    drop(state);
+                    if let Err(e) = flush() {
+                        tracing::error!(error = %e, "flushing the store to disk on close failed");
+                    }
+                    return;
                 }
                 // Nobody asked: write out what nobody waits for.
                 drop(state);
