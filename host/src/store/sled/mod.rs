@@ -343,7 +343,7 @@ impl SledStore {
             trees: trees.clone(),
             db: db.clone(),
         });
-        let (mut wal, replayed) = Wal::open(&dir, &db, |id| trees.get(id).clone(), target)?;
+        let (wal, mut writer, replayed) = Wal::open(&dir, &db, |id| trees.get(id).clone(), target)?;
 
         let counts = match trees.meta.get(META_COUNTS) {
             Ok(Some(bytes)) => match decode_counts(&bytes) {
@@ -368,9 +368,6 @@ impl SledStore {
             })?;
             record.map(|bytes| decode_task(&key, &bytes)).transpose()
         })?;
-        let mut writer = wal
-            .take_writer()
-            .ok_or_else(|| Error::Store("the log's writer is gone".into()))?;
         let flusher = Flusher::start(Box::new(move || writer.write_out()), flush_every)?;
         let store = SledStore {
             dir,

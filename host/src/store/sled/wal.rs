@@ -310,12 +310,11 @@ impl Log {
     }
 }
 
-/// The write-ahead log of a store: its writers' side ([`Log`]), the writer
-/// that writes it out (owned by the flushing thread), and the checkpoint
-/// thread.
+/// The write-ahead log of a store: its writers' side ([`Log`]) and the
+/// checkpoint thread. The [`Writer`] that writes it out belongs to the
+/// flushing thread.
 pub(super) struct Wal {
     pub(super) log: Arc<Log>,
-    writer: Option<Writer>,
     checkpoints: Checkpoints,
 }
 
@@ -323,13 +322,14 @@ impl Wal {
     /// Replays the log found in `data_dir` onto `db` (see the module docs),
     /// flushes sled and removes the replayed segments, then starts a new
     /// segment, and the checkpoint thread that writes `target`'s changes
-    /// to sled. Returns the log and the number of records replayed.
+    /// to sled. Returns the log, its writer and the number of records
+    /// replayed.
     pub(super) fn open(
         data_dir: &Path,
         db: &::sled::Db,
         tree: impl Fn(TreeId) -> ::sled::Tree,
         target: Box<dyn Checkpoint>,
-    ) -> Result<(Wal, u64)> {
+    ) -> Result<(Wal, Writer, u64)> {
         let dir = data_dir.join(WAL_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, &e))?;
         let segments = segments(&dir)?;
@@ -387,24 +387,11 @@ impl Wal {
         });
         let checkpoints = Checkpoints::start(dir.clone(), target)?;
         let writer = Writer::create(log.clone(), 0, checkpoints.sender())?;
-        Ok((
-            Wal {
-                log,
-                writer: Some(writer),
-                checkpoints,
-            },
-            total,
-        ))
-    }
-
-    /// The writer, for the flushing thread.
-    pub(super) fn take_writer(&mut self) -> Option<Writer> {
-        self.writer.take()
+        Ok((Wal { log, checkpoints }, writer, total))
     }
 
     /// Stops the checkpoint thread (once the writer is gone).
     pub(super) fn stop_checkpoints(&mut self) {
-        self.writer = None;
         self.checkpoints.stop();
     }
 
