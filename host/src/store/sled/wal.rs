@@ -33,11 +33,15 @@
 //! Opening a store replays every segment, in order, onto sled, flushes
 //! sled and removes them. Operations are blind sets and removals, so
 //! replaying a change that sled already holds changes nothing, and the
-//! last record touching a key decides its value, whatever sled had. A
-//! record that does not check out at the end of the last segment is a
-//! write that was never acknowledged (the process died while writing it):
-//! it and what follows it are ignored. Anywhere else it is damage, and the
-//! store is not opened: the error names the file and the offset.
+//! last record touching a key decides its value, whatever sled had.
+//! Segments are extended with zeros ahead of their records (see
+//! [`Writer`]): zeros after a segment's last record are its end, and the
+//! next segment must begin with the sequence number that follows. In the
+//! last segment, a record that does not check out and that no good record
+//! follows is a write that was never acknowledged (the process died while
+//! writing it): it and what follows it are ignored. Anywhere else it is
+//! damage, and the store is not opened: the error names the file and the
+//! offset.
 //!
 //! # Checkpoints
 //!
