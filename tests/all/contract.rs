@@ -602,6 +602,67 @@ async fn concurrent_claimers_never_share_a_task(h: &dyn Harness) {
     );
 }
 
+/// A worker records its run's end and claims its next task in one call;
+/// a lost lease claims nothing.
+async fn a_run_s_end_claims_the_next_task(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(
+        &backend,
+        vec![
+            task(m, |s| s.label("n", "low")),
+            task(m, |s| s.priority(5).label("n", "high")),
+            task(m, |s| s.label("n", "last")),
+        ],
+    )
+    .await;
+    let (first, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    assert_eq!(first.id, tasks[1].id);
+    let (done, mut claim) = backend
+        .complete_and_claim(&lease, ran(Outcome::Success), 1, TTL)
+        .await
+        .unwrap();
+    let Completed::Recorded(done) = done else {
+        panic!("the holder's completion was refused")
+    };
+    assert_eq!((done.id, done.state), (first.id, TaskState::Succeeded));
+    assert_eq!(claim.claimed.len(), 1, "one asked, one claimed");
+    let (next, next_lease) = claim.claimed.remove(0);
+    assert_eq!((next.id, next.state), (tasks[0].id, TaskState::Running));
+    assert_eq!(next.attempts.len(), 1);
+    assert_eq!(next_lease.task, next.id);
+    // Stored as returned: the end and the claim.
+    let stored = backend.get(&next.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, TaskState::Running);
+    assert_eq!(
+        backend.get(&first.id).await.unwrap().unwrap().state,
+        TaskState::Succeeded
+    );
+    // The old lease again: refused, and nothing claimed.
+    let (refused, claim) = backend
+        .complete_and_claim(&lease, ran(Outcome::Success), 1, TTL)
+        .await
+        .unwrap();
+    assert_eq!(refused, Completed::LeaseLost);
+    assert!(claim.claimed.is_empty());
+    // None asked: none claimed.
+    let (done, claim) = backend
+        .complete_and_claim(&next_lease, ran(Outcome::Success), 0, TTL)
+        .await
+        .unwrap();
+    assert!(matches!(done, Completed::Recorded(_)));
+    assert!(claim.claimed.is_empty());
+    let counts = backend.counts().await.unwrap();
+    assert_eq!(
+        (
+            counts.get(TaskState::Succeeded),
+            counts.get(TaskState::Queued)
+        ),
+        (2, 1)
+    );
+    counts_add_up(&backend, 3).await;
+}
+
 /// Durable backends only: a restart loses the leases of the process that
 /// held them, and each counts an interruption.
 async fn a_restart_expires_the_leases_taken_before(h: &dyn Harness) {
@@ -718,4 +779,5 @@ every_backend!(
     retention_purges_finished_tasks,
     delete_removes_final_tasks_only,
     concurrent_claimers_never_share_a_task,
+    a_run_s_end_claims_the_next_task,
 );

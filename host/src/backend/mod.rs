@@ -176,6 +176,36 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Records how the run under `lease` ended (fenced: refused if the
     /// lease was lost). The task moves on as [`TaskRecord::complete`] says.
     async fn complete(&self, lease: &Lease, run: Completion) -> Result<Completed>;
+    /// [`Backend::complete`], then, if the end was recorded, claims up to
+    /// `max` ready tasks as [`Backend::claim`] does: the worker that ran
+    /// the task runs them next. The embedded backends make both durable
+    /// with one flush (so a worker waits for one flush between two runs,
+    /// not two); the default makes one call after the other. A claim that
+    /// fails leaves the tasks queued and claims none: the end is recorded
+    /// all the same.
+    async fn complete_and_claim(
+        &self,
+        lease: &Lease,
+        run: Completion,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<(Completed, Claim)> {
+        let completed = self.complete(lease, run).await?;
+        let claim = match completed {
+            Completed::Recorded(_) if max > 0 => self.claim(max, ttl).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot claim the next task after a run; the dispatcher will");
+                Claim::default()
+            }),
+            _ => Claim::default(),
+        };
+        Ok((completed, claim))
+    }
+    /// Whether [`Backend::complete_and_claim`] writes the end and the claim
+    /// together (then a pool's worker claims its next task with the end
+    /// of its run, instead of the dispatcher claiming it).
+    fn completes_with_claim(&self) -> bool {
+        false
+    }
     /// Puts a task back in the queue without counting an attempt or an
     /// interruption (a graceful stop); `false` if the lease was lost.
     async fn release(&self, lease: &Lease) -> Result<bool>;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::events::EventKind;
 use super::outage::Outage;
 use super::{Ahead, BackgroundGuard, Inner, Phase, Running};
-use crate::backend::{Completed, LeaseState};
+use crate::backend::{Claim, Completed, LeaseState};
 use crate::task::{Completion, Lease, Payload, Slot, TaskRecord, TaskState, now_millis};
 use crate::{CancellationToken, Error, Outcome, Result, RunReport};
 
@@ -151,9 +151,9 @@ impl Inner {
             .is_ok()
     }
 
-    /// A task just claimed: run it if a worker is free, else hold it
-    /// ahead.
-    fn hand_out(self: &Arc<Self>, record: TaskRecord, lease: Lease) {
+    /// A task just claimed: in `running` from now on, with its cancel
+    /// token.
+    fn claimed(&self, record: TaskRecord, lease: Lease) -> Ahead {
         let cancel = CancellationToken::new();
         // A cancel asked for before the claim: kill at once.
         if record.cancel_requested {
@@ -168,11 +168,23 @@ impl Inner {
                 progress: None,
             },
         );
-        let task = Ahead {
+        Ahead {
             record,
             lease,
             cancel,
-        };
+        }
+    }
+
+    /// Whether new runs may start: the pool is neither paused nor
+    /// stopping.
+    fn may_start(&self) -> bool {
+        !self.paused.load(Ordering::SeqCst) && self.phase() < Phase::Stopping
+    }
+
+    /// A task just claimed: run it if a worker is free, else hold it
+    /// ahead.
+    fn hand_out(self: &Arc<Self>, record: TaskRecord, lease: Lease) {
+        let task = self.claimed(record, lease);
         if self.take_worker() {
             self.start_run(task);
         } else {
@@ -237,15 +249,55 @@ impl Inner {
         });
     }
 
+    /// Runs `record` on the worker taken for it, then each task the
+    /// worker claims with a run's end (see [`Inner::run_one`]).
     async fn run(self: &Arc<Self>, record: TaskRecord, lease: Lease, cancel: CancellationToken) {
+        let mut next = Some(Ahead {
+            record,
+            lease,
+            cancel,
+        });
+        while let Some(task) = next.take() {
+            next = self.run_one(task).await;
+            // A worker that keeps finding work would otherwise never
+            // yield when nothing it awaits has to wait (trivial tasks on
+            // the memory store): the runtime's other tasks (heartbeats,
+            // submissions) get their turn when its budget runs out.
+            tokio::task::consume_budget().await;
+        }
+    }
+
+    /// Runs one task and records its end; the task its worker runs next,
+    /// if it claimed one with that end.
+    ///
+    /// Where the backend writes a run's end and a claim together
+    /// ([`Backend::complete_and_claim`] on the embedded backends), the
+    /// worker claims its next task itself, with the end of this one: one
+    /// write, one flush on a durable store (rather than the end's flush,
+    /// then the claim's), and no hand-off to the dispatcher. It does not
+    /// while tasks claimed ahead wait (they go first), while the pool is
+    /// paused or stopping, or when the run was stopped to be put back.
+    /// Otherwise the worker is free as soon as the run ends: the next task
+    /// is claimed by the dispatcher while this one's end is written. The
+    /// run stays in `running` (its lease renewed, `close` and `stop`
+    /// waiting for it) until its end is durable.
+    async fn run_one(self: &Arc<Self>, task: Ahead) -> Option<Ahead> {
+        let Ahead {
+            record,
+            lease,
+            cancel,
+        } = task;
         let id = record.id;
         let report = self.execute(&record, &cancel).await;
-        // The worker is free as soon as the run ends: the next task is
-        // claimed while this one's end is written, and both share the
-        // store's next flush. The run stays in `running` (its lease
-        // renewed, `close` and `stop` waiting for it) until its end is
-        // durable.
-        self.executing.fetch_sub(1, Ordering::Relaxed);
+        let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
+        let put_back = for_stop && report.outcome == Outcome::Cancelled;
+        let keep_worker = !put_back
+            && self.backend.completes_with_claim()
+            && self.may_start()
+            && self.lock_ahead().is_empty();
+        if !keep_worker {
+            self.executing.fetch_sub(1, Ordering::Relaxed);
+        }
         if !report.duration.is_zero() {
             let us = u64::try_from(report.duration.as_micros())
                 .unwrap_or(u64::MAX)
@@ -254,17 +306,19 @@ impl Inner {
             let mean = if mean == 0 { us } else { (mean * 7 + us) / 8 };
             self.mean_run_us.store(mean, Ordering::Relaxed);
         }
-        self.start_ahead();
-        // On a durable store the next claim shares the flush of this run's
-        // end; on another the end is recorded at once, and the wake-up
-        // after it is enough.
-        if self.backend.is_durable() {
-            self.work.notify_one();
+        if !keep_worker {
+            self.start_ahead();
+            // On a durable store the next claim may share the flush of
+            // this run's end; on another the end is recorded at once, and
+            // the wake-up after it is enough.
+            if self.backend.is_durable() {
+                self.work.notify_one();
+            }
         }
-        let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
         let mut released = false;
         let mut recorded = None;
-        if for_stop && report.outcome == Outcome::Cancelled {
+        let mut claim = Claim::default();
+        if put_back {
             match self.backend.release(&lease).await {
                 Ok(done) => released = done,
                 Err(e) => {
@@ -273,8 +327,16 @@ impl Inner {
                 }
             }
         } else {
-            recorded = self.record_run(&record, lease, report).await;
+            let claim_next = keep_worker.then_some(self.config.lease_ttl);
+            (recorded, claim) = self.record_run(&record, lease, report, claim_next).await;
         }
+        // Before the end is delivered: whoever learns of it sees the worker
+        // free, unless it runs another task.
+        let next = if keep_worker {
+            self.take_claimed(claim).await
+        } else {
+            None
+        };
         // A final end is announced (event, counters) while the run is
         // still in `running`, and delivered to waiters after it left: a
         // waiter given the result finds the run gone and the event sent,
@@ -294,8 +356,49 @@ impl Inner {
             (None, Some(record)) => self.recorded(record),
             (None, None) => {}
         }
-        self.work.notify_one();
+        match &next {
+            Some(task) => {
+                let attempt = u32::try_from(task.record.attempts.len()).unwrap_or(u32::MAX);
+                self.emit(task.record.id, EventKind::Started { attempt });
+            }
+            None => self.work.notify_one(),
+        }
         self.quiet.notify_waiters();
+        next
+    }
+
+    /// What a run's end claimed for its worker ([`Inner::run_one`]): the
+    /// first task runs next on it (its start is announced by the caller);
+    /// the worker is freed if there is none.
+    /// A task that cannot start (the pool was paused or began to stop
+    /// meanwhile, or a second one) goes back to the queue, as
+    /// [`Inner::release_ahead`] puts back tasks claimed ahead: it never
+    /// started, so no attempt or interruption is counted.
+    async fn take_claimed(self: &Arc<Self>, claim: Claim) -> Option<Ahead> {
+        self.left_queue(claim.claimed.len() + claim.expired.len());
+        for record in &claim.expired {
+            self.finished(record);
+        }
+        let mut next = None;
+        for (record, lease) in claim.claimed {
+            if next.is_none() && self.may_start() {
+                next = Some(self.claimed(record, lease));
+                continue;
+            }
+            match self.backend.release(&lease).await {
+                Ok(true) => self.entered_queue(1),
+                Ok(false) => {}
+                Err(e) => {
+                    // The lease runs out instead, and the task runs again.
+                    tracing::error!(task = %record.id, error = %e, "cannot put a claimed task back in the queue");
+                }
+            }
+        }
+        if next.is_none() {
+            self.executing.fetch_sub(1, Ordering::Relaxed);
+            self.start_ahead();
+        }
+        next
     }
 
     async fn execute(
@@ -357,7 +460,8 @@ impl Inner {
 
     /// Records the end of a run of `record` under its lease; the task as
     /// recorded, or `None` if the lease was lost or the backend kept
-    /// failing.
+    /// failing. With `claim_next` (a lease's time to live), the same write
+    /// claims a task for the worker ([`Backend::complete_and_claim`]).
     ///
     /// While the store is out of reach the end is tried again, with
     /// growing pauses, until it is recorded or refused: a result is never
@@ -370,7 +474,8 @@ impl Inner {
         record: &TaskRecord,
         lease: Lease,
         report: RunReport,
-    ) -> Option<TaskRecord> {
+        claim_next: Option<Duration>,
+    ) -> (Option<TaskRecord>, Claim) {
         let id = lease.task;
         let run = Completion {
             outcome: report.outcome,
@@ -388,22 +493,30 @@ impl Inner {
         let mut failures = 0;
         let mut wait = Duration::from_millis(50);
         loop {
-            match self.backend.complete(&lease, run.clone()).await {
-                Ok(Completed::Recorded(record)) => {
+            let (max, ttl) = match claim_next {
+                Some(ttl) => (1, ttl),
+                None => (0, Duration::ZERO),
+            };
+            match self
+                .backend
+                .complete_and_claim(&lease, run.clone(), max, ttl)
+                .await
+            {
+                Ok((Completed::Recorded(record), claim)) => {
                     outage.ended("recording a task's result");
-                    return Some(*record);
+                    return (Some(*record), claim);
                 }
-                Ok(Completed::LeaseLost) => {
+                Ok((Completed::LeaseLost, _)) => {
                     outage.ended("recording a task's result");
                     if uncertain && let Some(ours) = self.recorded_before(record, &run).await {
-                        return ours;
+                        return (ours, Claim::default());
                     }
                     tracing::warn!(
                         task = %id,
                         "the task's lease was lost while it ran (its host stalled or was cut \
                          off): this run's result is dropped, and the run that replaced it counts"
                     );
-                    return None;
+                    return (None, Claim::default());
                 }
                 Err(e) if e.is_unavailable() => {
                     uncertain = true;
@@ -414,7 +527,7 @@ impl Inner {
                             "cannot record the task's result before the pool stops: the store \
                              is out of reach; the task runs again when its lease expires"
                         );
-                        return None;
+                        return (None, Claim::default());
                     }
                     let pause = outage.failed("recording a task's result", &e);
                     tokio::time::sleep(pause).await;
@@ -427,7 +540,7 @@ impl Inner {
                             error = %e,
                             "cannot record the task's result; it runs again when its lease expires"
                         );
-                        return None;
+                        return (None, Claim::default());
                     }
                     tracing::warn!(task = %id, error = %e, tries = failures, "cannot record the task's result; trying again");
                     tokio::time::sleep(wait).await;
