@@ -128,6 +128,7 @@ impl Inner {
             }
         };
         let mut stored = 0;
+        let mut timed = false;
         let mut enqueued = enqueued.into_iter();
         let answers: Vec<Result<(TaskId, bool)>> = answers
             .into_iter()
@@ -136,6 +137,8 @@ impl Inner {
                 None => match enqueued.next().expect("one answer per record") {
                     Enqueued::New(record) => {
                         stored += 1;
+                        timed |=
+                            record.state == TaskState::Scheduled || record.expires_at.is_some();
                         self.emit(record.id, EventKind::Submitted);
                         Ok((record.id, true))
                     }
@@ -144,11 +147,28 @@ impl Inner {
             })
             .collect();
         self.left_queue(reserved - stored);
-        if stored > 0 {
+        if stored > 0 && self.dispatcher_needed() {
             self.work.notify_one();
+        }
+        // The timer only moves delayed tasks and expires waiting ones.
+        if timed {
             self.timer.notify_one();
         }
         Ok(answers)
+    }
+
+    /// Whether new tasks need the dispatcher to be woken: not while every
+    /// worker is busy on a backend where a worker claims its next task
+    /// with its run's end ([`Inner::run_one`](super::Inner)), unless the
+    /// pool claims ahead. A worker that finds nothing is freed, and wakes
+    /// the dispatcher after, so a task stored meanwhile is not missed:
+    /// either that worker's claim (made under the backend's lock) saw it,
+    /// or the task was stored after, and the submitter sees the worker
+    /// free.
+    fn dispatcher_needed(&self) -> bool {
+        !self.backend.completes_with_claim()
+            || self.config.claim_ahead > 0
+            || self.executing.load(Ordering::SeqCst) < self.active_workers.load(Ordering::SeqCst)
     }
 
     async fn new_record(&self, spec: TaskSpec, now: u64) -> Result<New> {
