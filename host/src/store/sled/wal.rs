@@ -88,10 +88,11 @@ pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// nothing and the data directory holds sled's files alone.
 pub(super) const CHECKPOINT_IDLE: Duration = Duration::from_millis(200);
 
-/// The least a segment is extended by, ahead of its records.
+/// The least a segment is extended by, ahead of its records; also the
+/// size from which a write-out is not worth extending for.
 const EXTEND_MIN: u64 = 64 << 10;
-/// The most.
-const EXTEND_MAX: u64 = 8 << 20;
+/// The most (a bound on the time one write-out spends writing zeros).
+const EXTEND_MAX: u64 = 1 << 20;
 
 const MAGIC: &[u8; 8] = b"WPWAL\x01\n\0";
 const SEGMENT_HEADER: usize = 16;
@@ -686,13 +687,19 @@ impl Writer {
     /// WAL segments with zeros for the same reason). The extension is
     /// sized by the segment's records so far (or the previous segment's),
     /// between [`EXTEND_MIN`] and [`EXTEND_MAX`], so an idle store writes
-    /// little and a busy one extends rarely. Replay reads zeros after the
-    /// last record as the end of a segment.
+    /// little and a busy one extends rarely. A write-out of
+    /// [`EXTEND_MIN`] or more just grows the file: its own bytes outweigh
+    /// the metadata, and zeros ahead of large writes would double what
+    /// the disk receives. Replay reads zeros after the last record as the
+    /// end of a segment.
     fn write_records(&mut self) -> std::io::Result<()> {
         let at = SEGMENT_HEADER as u64 + self.written;
-        let end = at + self.spare.len() as u64;
+        let len = self.spare.len() as u64;
+        let end = at + len;
         self.file.write_all_at(&self.spare, at)?;
-        if end > self.allocated {
+        if end > self.allocated && len >= EXTEND_MIN {
+            self.allocated = end;
+        } else if end > self.allocated {
             let extend = self
                 .written
                 .max(self.previous)
@@ -974,5 +981,25 @@ mod tests {
             len < SEGMENT_HEADER as u64 + writer.written + 2 * EXTEND_MIN + 4096,
             "{len}"
         );
+
+        // A large write-out past the zeros grows the file by itself only,
+        // and the next small one extends it again.
+        let large = (EXTEND_MIN + len) as usize / 100;
+        for _ in 0..large {
+            log.append(&change(9)).unwrap();
+        }
+        expected += large as u64;
+        writer.write_out().unwrap();
+        let grown = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(grown, SEGMENT_HEADER as u64 + writer.written);
+        log.append(&change(1)).unwrap();
+        expected += 1;
+        writer.write_out().unwrap();
+        let extended = std::fs::metadata(&path).unwrap().len();
+        assert!(extended >= grown + EXTEND_MIN, "{extended}");
+        let bytes = std::fs::read(&path).unwrap();
+        let replayed =
+            replay_segment(&bytes, 0, None, true, |_| Ok(())).unwrap_or_else(|_| panic!("damaged"));
+        assert_eq!(replayed, (expected, Some(expected)));
     }
 }
