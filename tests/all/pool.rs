@@ -654,6 +654,53 @@ async fn workers_can_be_added_while_running() {
     }
 }
 
+/// Fewer workers take effect as the runs above the new count end, even
+/// though a worker claims its next task with the end of its run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fewer_workers_take_effect_as_runs_end() {
+    let pool = pool(3);
+    let sleep = module(&pool, programs::P1_SLEEP).await;
+    let mut handles = Vec::new();
+    // Four seconds of work for three workers.
+    for _ in 0..120 {
+        handles.push(
+            pool.submit(TaskSpec::new(sleep, b"100".to_vec()))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut busy = 0;
+    for _ in 0..200 {
+        busy = pool.stats().await.unwrap().busy;
+        if busy == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(busy, 3);
+    pool.set_workers(1).unwrap();
+    // The runs under way end within 100 ms; from then on one at a time,
+    // while tasks still wait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while pool.stats().await.unwrap().busy > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still more than one busy worker 2 s after the count went to 1"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..20 {
+        let stats = pool.stats().await.unwrap();
+        assert!(stats.busy <= 1, "{} busy with 1 worker", stats.busy);
+        assert!(stats.counts.get(TaskState::Queued) > 0, "the queue ran dry");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.set_workers(3).unwrap();
+    for handle in handles {
+        assert_eq!(handle.wait().await.unwrap().state, TaskState::Succeeded);
+    }
+}
+
 async fn futures_join(pool: &Pool, sleep: ModuleHash, n: usize) -> Vec<wpool::TaskHandle> {
     let mut handles = Vec::new();
     for _ in 0..n {

@@ -276,7 +276,9 @@ impl Inner {
     /// write, one flush on a durable store (rather than the end's flush,
     /// then the claim's), and no hand-off to the dispatcher. It does not
     /// while tasks claimed ahead wait (they go first), while the pool is
-    /// paused or stopping, or when the run was stopped to be put back.
+    /// paused or stopping, when more workers run than the pool now has
+    /// ([`Pool::set_workers`](crate::Pool::set_workers) lowered the count),
+    /// or when the run was stopped to be put back.
     /// Otherwise the worker is free as soon as the run ends: the next task
     /// is claimed by the dispatcher while this one's end is written. The
     /// run stays in `running` (its lease renewed, `close` and `stop`
@@ -294,6 +296,8 @@ impl Inner {
         let keep_worker = !put_back
             && self.backend.completes_with_claim()
             && self.may_start()
+            && self.executing.load(Ordering::Relaxed)
+                <= self.active_workers.load(Ordering::Relaxed)
             && self.lock_ahead().is_empty();
         if !keep_worker {
             self.executing.fetch_sub(1, Ordering::Relaxed);
