@@ -103,6 +103,9 @@ fi
 step "python venv $VENV (${PIP_PACKAGES[*]})"
 pip_satisfied() {
     [[ -x "$VENV/bin/python" ]] || return 1
+    # A venv moved from elsewhere still imports its packages, but its
+    # scripts name the interpreter at the old path: it must be rebuilt.
+    "$VENV/bin/componentize-py" --version >/dev/null 2>&1 || return 1
     "$VENV/bin/python" - "${PIP_PACKAGES[@]}" <<'EOF' 2>/dev/null
 import sys
 from importlib.metadata import version, PackageNotFoundError
@@ -118,6 +121,10 @@ EOF
 if pip_satisfied; then
     say "venv packages ${PIP_PACKAGES[*]}: already installed"
 else
+    if [[ -e "$VENV" ]]; then
+        say "rebuilding $VENV (its packages are missing, of other versions, or do not run)"
+        rm -rf "$VENV"
+    fi
     if [[ ! -x "$VENV/bin/python" ]]; then
         say "python3 -m venv $VENV"
         mkdir -p "$TOOLCHAINS"
