@@ -219,18 +219,29 @@ impl Inner {
             return;
         }
         for task in ahead {
-            let id = task.record.id;
-            match self.backend.release(&task.lease).await {
-                Ok(true) => self.entered_queue(1),
-                Ok(false) => {}
-                Err(e) => {
-                    // The lease runs out instead, and the task runs again.
-                    tracing::error!(task = %id, error = %e, "cannot put a task claimed ahead back in the queue");
-                }
-            }
-            self.lock_running().remove(&id);
+            self.put_back_unstarted(&task.lease).await;
+            self.lock_running().remove(&task.record.id);
         }
         self.quiet.notify_waiters();
+    }
+
+    /// Puts back in the queue a task claimed under `lease` that never
+    /// started: no attempt or interruption is counted.
+    async fn put_back_unstarted(&self, lease: &Lease) {
+        match self.backend.release(lease).await {
+            Ok(true) => self.entered_queue(1),
+            Ok(false) => {}
+            Err(e) => {
+                // The lease runs out instead, and the task runs again.
+                tracing::error!(task = %lease.task, error = %e, "cannot put a claimed task back in the queue");
+            }
+        }
+    }
+
+    /// Announces the start of a run of `record`.
+    fn emit_started(&self, record: &TaskRecord) {
+        let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
+        self.emit(record.id, EventKind::Started { attempt });
     }
 
     /// Runs a claimed task on the worker taken for it.
@@ -240,8 +251,7 @@ impl Inner {
             lease,
             cancel,
         } = task;
-        let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
-        self.emit(record.id, EventKind::Started { attempt });
+        self.emit_started(&record);
         let guard = BackgroundGuard::new(self);
         self.executor.handle().spawn(async move {
             let inner = guard.inner();
@@ -361,10 +371,7 @@ impl Inner {
             (None, None) => {}
         }
         match &next {
-            Some(task) => {
-                let attempt = u32::try_from(task.record.attempts.len()).unwrap_or(u32::MAX);
-                self.emit(task.record.id, EventKind::Started { attempt });
-            }
+            Some(task) => self.emit_started(&task.record),
             None => self.work.notify_one(),
         }
         self.quiet.notify_waiters();
@@ -387,15 +394,8 @@ impl Inner {
         for (record, lease) in claim.claimed {
             if next.is_none() && self.may_start() {
                 next = Some(self.claimed(record, lease));
-                continue;
-            }
-            match self.backend.release(&lease).await {
-                Ok(true) => self.entered_queue(1),
-                Ok(false) => {}
-                Err(e) => {
-                    // The lease runs out instead, and the task runs again.
-                    tracing::error!(task = %record.id, error = %e, "cannot put a claimed task back in the queue");
-                }
+            } else {
+                self.put_back_unstarted(&lease).await;
             }
         }
         if next.is_none() {
@@ -496,11 +496,11 @@ impl Inner {
         let mut uncertain = false;
         let mut failures = 0;
         let mut wait = Duration::from_millis(50);
+        let (max, ttl) = match claim_next {
+            Some(ttl) => (1, ttl),
+            None => (0, Duration::ZERO),
+        };
         loop {
-            let (max, ttl) = match claim_next {
-                Some(ttl) => (1, ttl),
-                None => (0, Duration::ZERO),
-            };
             match self
                 .backend
                 .complete_and_claim(&lease, run.clone(), max, ttl)

@@ -367,92 +367,6 @@ impl EmbeddedBackend {
         }
     }
 
-    /// [`Backend::complete_and_claim`]: the end and the claim written under
-    /// one lock of the index, and made durable by one flush.
-    async fn complete_then_claim(
-        &self,
-        lease: &Lease,
-        mut run: Completion,
-        max: usize,
-        ttl: Duration,
-    ) -> Result<(Completed, Claim)> {
-        // A large output goes to the store's file first, outside the lock
-        // (it is written and synced), and is named by the record after.
-        if let Payload::Inline(bytes) = &mut run.output
-            && bytes.len() > INLINE_PAYLOAD
-        {
-            let bytes = std::mem::take(bytes);
-            let store = self.store.clone();
-            let (task, token) = (lease.task, lease.token);
-            run.output = tokio::task::spawn_blocking(move || {
-                store.keep_payload(&task, Slot::Output, token, bytes)
-            })
-            .await
-            .map_err(|e| Error::Store(format!("keeping an output panicked: {e}")))??;
-        }
-        let discard = |output: &Payload| {
-            if let Err(e) = self
-                .store
-                .discard_payload(&lease.task, Slot::Output, output)
-            {
-                tracing::warn!(task = %lease.task, error = %e, "cannot remove an output no record names");
-            }
-        };
-        let (record, claim) = {
-            let mut index = self.lock();
-            let held = index
-                .running
-                .get(&lease.task)
-                .filter(|running| running.is_held_by(lease));
-            let Some(running) = held else {
-                drop(index);
-                discard(&run.output);
-                return Ok((Completed::LeaseLost, Claim::default()));
-            };
-            let mut record = running.clone();
-            let output = run.output.clone();
-            record.complete(run);
-            let written = match self.store.update(&record, TaskState::Running) {
-                Ok(written) => written,
-                Err(e) => {
-                    drop(index);
-                    discard(&output);
-                    return Err(e);
-                }
-            };
-            self.wrote();
-            match written {
-                true => {}
-                false => {
-                    drop(index);
-                    discard(&output);
-                    return Err(Error::Store(format!(
-                        "task {} changed in the store behind the queue's back",
-                        record.id
-                    )));
-                }
-            }
-            index.running.remove(&lease.task);
-            if !record.state.is_final() {
-                index.insert(&record);
-            }
-            // The end is written: a failed claim leaves the tasks queued,
-            // for the dispatcher.
-            let claim = match max {
-                0 => Claim::default(),
-                _ => self
-                    .claim_locked(&mut index, max, ttl)
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot claim the next task after a run; the dispatcher will");
-                        Claim::default()
-                    }),
-            };
-            (record, claim)
-        };
-        self.flush_writes().await?;
-        Ok((Completed::Recorded(Box::new(record)), claim))
-    }
-
     /// Claims up to `max` ready tasks with the index locked, writing them
     /// (not flushed): [`Backend::claim`] without its flush.
     fn claim_locked(&self, index: &mut Index, max: usize, ttl: Duration) -> Result<Claim> {
@@ -627,19 +541,95 @@ impl Backend for EmbeddedBackend {
 
     async fn complete(&self, lease: &Lease, run: Completion) -> Result<Completed> {
         let (completed, _) = self
-            .complete_then_claim(lease, run, 0, Duration::ZERO)
+            .complete_and_claim(lease, run, 0, Duration::ZERO)
             .await?;
         Ok(completed)
     }
 
+    /// The end and the claim are written under one lock of the index, and
+    /// made durable by one flush.
     async fn complete_and_claim(
         &self,
         lease: &Lease,
-        run: Completion,
+        mut run: Completion,
         max: usize,
         ttl: Duration,
     ) -> Result<(Completed, Claim)> {
-        self.complete_then_claim(lease, run, max, ttl).await
+        // A large output goes to the store's file first, outside the lock
+        // (it is written and synced), and is named by the record after.
+        if let Payload::Inline(bytes) = &mut run.output
+            && bytes.len() > INLINE_PAYLOAD
+        {
+            let bytes = std::mem::take(bytes);
+            let store = self.store.clone();
+            let (task, token) = (lease.task, lease.token);
+            run.output = tokio::task::spawn_blocking(move || {
+                store.keep_payload(&task, Slot::Output, token, bytes)
+            })
+            .await
+            .map_err(|e| Error::Store(format!("keeping an output panicked: {e}")))??;
+        }
+        let discard = |output: &Payload| {
+            if let Err(e) = self
+                .store
+                .discard_payload(&lease.task, Slot::Output, output)
+            {
+                tracing::warn!(task = %lease.task, error = %e, "cannot remove an output no record names");
+            }
+        };
+        let (record, claim) = {
+            let mut index = self.lock();
+            let held = index
+                .running
+                .get(&lease.task)
+                .filter(|running| running.is_held_by(lease));
+            let Some(running) = held else {
+                drop(index);
+                discard(&run.output);
+                return Ok((Completed::LeaseLost, Claim::default()));
+            };
+            let mut record = running.clone();
+            let output = run.output.clone();
+            record.complete(run);
+            let written = match self.store.update(&record, TaskState::Running) {
+                Ok(written) => written,
+                Err(e) => {
+                    drop(index);
+                    discard(&output);
+                    return Err(e);
+                }
+            };
+            self.wrote();
+            match written {
+                true => {}
+                false => {
+                    drop(index);
+                    discard(&output);
+                    return Err(Error::Store(format!(
+                        "task {} changed in the store behind the queue's back",
+                        record.id
+                    )));
+                }
+            }
+            index.running.remove(&lease.task);
+            if !record.state.is_final() {
+                index.insert(&record);
+            }
+            // The end is written: a failed claim leaves the tasks queued,
+            // for the dispatcher.
+            let claim = match max {
+                0 => Claim::default(),
+                _ => self
+                    .claim_locked(&mut index, max, ttl)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot claim the next task after a run; the dispatcher will");
+                        Claim::default()
+                    }),
+            };
+            (record, claim)
+        };
+        self.flush_writes().await?;
+        Ok((Completed::Recorded(Box::new(record)), claim))
     }
 
     fn completes_with_claim(&self) -> bool {

@@ -697,16 +697,18 @@ impl Writer {
         let len = self.spare.len() as u64;
         let end = at + len;
         self.file.write_all_at(&self.spare, at)?;
-        if end > self.allocated && len >= EXTEND_MIN {
-            self.allocated = end;
-        } else if end > self.allocated {
-            let extend = self
-                .written
-                .max(self.previous)
-                .clamp(EXTEND_MIN, EXTEND_MAX);
-            let target = (end + extend).next_multiple_of(4096);
-            write_zeros(&self.file, end, target)?;
-            self.allocated = target;
+        if end > self.allocated {
+            self.allocated = if len >= EXTEND_MIN {
+                end
+            } else {
+                let extend = self
+                    .written
+                    .max(self.previous)
+                    .clamp(EXTEND_MIN, EXTEND_MAX);
+                let target = (end + extend).next_multiple_of(4096);
+                write_zeros(&self.file, end, target)?;
+                target
+            };
         }
         Ok(())
     }
