@@ -123,10 +123,10 @@ impl SledStore {
                 report.problems.push(e.to_string());
             }
         }
-        if unreadable.is_empty() && strip_zeros(&writes) != strip_zeros(&counts) {
+        if unreadable.is_empty() && strip_zeros(&writes.counts) != strip_zeros(&counts) {
             report.problems.push(format!(
                 "the counts say {:?} but the records say {:?}",
-                writes.0, counts.0
+                writes.counts.0, counts.0
             ));
         }
         Ok(report)

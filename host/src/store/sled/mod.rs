@@ -41,7 +41,7 @@
 //! tasks therefore does not read them all, and the counts add up after any
 //! crash.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Write as _;
 use std::ops::Bound;
@@ -56,7 +56,7 @@ use self::overlay::{Layer, Merged, Overlay, write_layer};
 use self::payloads::PayloadFiles;
 use self::wal::{Change, Checkpoint, TreeId, Wal};
 use super::StateCounts;
-use crate::task::{TaskId, TaskRecord};
+use crate::task::{ModuleHash, Payload, TaskId, TaskRecord, TaskState};
 use crate::{Error, Result};
 
 mod check;
@@ -162,10 +162,12 @@ pub struct SledStore {
     dir: PathBuf,
     db: ::sled::Db,
     trees: Trees,
-    /// Serialises every write; holds the counts those writes keep up to
-    /// date. Changes are logged and applied to sled under it, so the log's
-    /// order is sled's, and a reader holding it sees no change half-applied.
-    writes: Arc<Mutex<StateCounts>>,
+    /// Serialises every write; holds what those writes keep up to date
+    /// (the counts, and what the hot path remembers of the records it
+    /// wrote). Changes are logged and applied to sled under it, so the
+    /// log's order is sled's, and a reader holding it sees no change
+    /// half-applied.
+    writes: Arc<Mutex<Writes>>,
     /// The write-ahead log (see [`wal`]).
     wal: Wal,
     /// The changes sled does not hold yet (see [`overlay`]).
@@ -179,6 +181,67 @@ pub struct SledStore {
     replayed: u64,
     /// Inputs and outputs too large for a record.
     payloads: PayloadFiles,
+}
+
+/// What the write lock guards beside the order of writes.
+#[derive(Debug, Default)]
+struct Writes {
+    /// The number of tasks in each state, as the `counts` record says.
+    counts: StateCounts,
+    /// What `update` needs of the stored record of an unfinished task this
+    /// process wrote (see [`Head`]), so that a claim or an end does not read
+    /// and decode the record it replaces. Every write of a task record
+    /// goes through the write lock and sets or drops its head; a task
+    /// without one (written before the store was opened, or past
+    /// [`MAX_HEADS`]) is read from the store as before.
+    heads: HashMap<TaskId, Head>,
+    /// Modules known to be stored, so that `insert` does not look each
+    /// one up again. Dropped by every removal of a module.
+    modules: HashSet<ModuleHash>,
+}
+
+/// What `update` needs of a stored, unfinished task record: its state
+/// (the compare of compare-and-set), its sequence number (its index key)
+/// and whether its output is a file (then `update` reads the record, to
+/// name the file it replaces).
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    state: TaskState,
+    seq: u64,
+    output_in_file: bool,
+}
+
+impl Head {
+    /// The head of `task` if it is unfinished: a final task's record is
+    /// not updated on the hot path (only removed).
+    fn of(task: &TaskRecord) -> Option<Head> {
+        (!task.state.is_final()).then_some(Head {
+            state: task.state,
+            seq: task.seq,
+            output_in_file: matches!(task.output, Payload::File { .. }),
+        })
+    }
+}
+
+/// Heads kept at most for tasks submitted (a claimed task's head is kept
+/// regardless: running tasks are few). About 40 bytes each: a deep queue
+/// costs at most a few MiB, and its oldest tasks, claimed first, are read
+/// from the store as before.
+const MAX_HEADS: usize = 1 << 16;
+
+impl Writes {
+    /// Remembers the head of `task`, just written, or forgets it if the
+    /// task is final. `submitted`: keep it only while there is room.
+    fn wrote(&mut self, task: &TaskRecord, submitted: bool) {
+        match Head::of(task) {
+            Some(head) if !submitted || self.heads.len() < MAX_HEADS => {
+                self.heads.insert(task.id, head);
+            }
+            _ => {
+                self.heads.remove(&task.id);
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -333,7 +396,7 @@ impl SledStore {
         let _ = std::fs::write(dir.join(PID_FILE), format!("{}\n", std::process::id()));
 
         // What reached the log and maybe not sled, before anything is read.
-        let writes = Arc::new(Mutex::new(StateCounts::default()));
+        let writes = Arc::new(Mutex::new(Writes::default()));
         let overlay = Arc::new(Overlay::default());
         let checkpoints = Arc::new(AtomicU64::new(0));
         let target = Box::new(CheckpointTarget {
@@ -386,7 +449,7 @@ impl SledStore {
             Some(counts) => counts,
             None => store.recount()?,
         };
-        *store.lock_writes() = counts;
+        store.lock_writes().counts = counts;
         Ok(store)
     }
 
@@ -445,7 +508,7 @@ impl SledStore {
     /// removed module. A module registered but not yet used by any task is
     /// removed too: register it again before submitting by hash.
     pub fn gc_modules(&self) -> Result<u64> {
-        let writes = self.lock_writes();
+        let mut writes = self.lock_writes();
         let mut used = HashSet::new();
         for entry in self.scan(TreeId::Tasks, Bound::Unbounded, false) {
             let (key, value) = entry.map_err(|e| self.storage("scanning tasks", e))?;
@@ -462,13 +525,14 @@ impl SledStore {
             }
         }
         self.commit(&writes, change)?;
+        writes.modules.clear();
         if removed > 0 {
             tracing::debug!(removed, "removed modules no task uses");
         }
         Ok(removed)
     }
 
-    fn lock_writes(&self) -> MutexGuard<'_, StateCounts> {
+    fn lock_writes(&self) -> MutexGuard<'_, Writes> {
         self.writes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -479,7 +543,7 @@ impl SledStore {
     /// Logs `change` and takes it into the overlay, under the write lock
     /// (`_writes` proves it is held): from then on every read sees it, and
     /// the next checkpoint writes it to sled.
-    fn commit(&self, _writes: &MutexGuard<'_, StateCounts>, change: Change) -> Result<()> {
+    fn commit(&self, _writes: &MutexGuard<'_, Writes>, change: Change) -> Result<()> {
         if change.is_empty() {
             return Ok(());
         }
@@ -571,7 +635,7 @@ impl Drop for SledStore {
 
 /// A checkpoint of a [`SledStore`]: its overlay written to sled.
 struct CheckpointTarget {
-    writes: Arc<Mutex<StateCounts>>,
+    writes: Arc<Mutex<Writes>>,
     overlay: Arc<Overlay>,
     done: Arc<AtomicU64>,
     trees: Trees,

@@ -12,7 +12,7 @@
 //! sled: sled only ever receives values from `frozen` while `frozen` is
 //! still read first. A removed key is a tombstone (`None`) until then.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -31,6 +31,10 @@ pub(super) struct Overlay {
 #[derive(Debug, Default)]
 struct Layers {
     active: Layer,
+    /// Keys of `active` set by [`Change::set_new`](super::wal::Change):
+    /// nothing below `active` holds them, so removing one removes its
+    /// entry rather than leaving a tombstone for sled.
+    new_in_active: [HashSet<IVec>; TreeId::ALL.len()],
     frozen: Option<Arc<Layer>>,
 }
 
@@ -46,8 +50,28 @@ impl Overlay {
     /// Takes `change` in (the caller holds the store's write lock).
     pub(super) fn apply(&self, change: Change) {
         let mut layers = self.write();
-        for (tree, key, value) in change.into_ops() {
-            layers.active[tree as usize].insert(IVec::from(key), value.map(IVec::from));
+        let layers = &mut *layers;
+        for op in change.into_ops() {
+            let t = op.tree as usize;
+            let key = IVec::from(op.key);
+            match op.value {
+                None if layers.new_in_active[t].remove(&key) => {
+                    layers.active[t].remove(&key);
+                }
+                value if op.new => {
+                    // A tombstone it replaces hides a value below: then
+                    // the key is not new to what lies under `active`.
+                    if layers.active[t]
+                        .insert(key.clone(), value.map(IVec::from))
+                        .is_none()
+                    {
+                        layers.new_in_active[t].insert(key);
+                    }
+                }
+                value => {
+                    layers.active[t].insert(key, value.map(IVec::from));
+                }
+            }
         }
     }
 
@@ -93,6 +117,8 @@ impl Overlay {
             return frozen.clone();
         }
         let frozen = Arc::new(std::mem::take(&mut layers.active));
+        // Frozen, they are bound for sled: a removal now needs a tombstone.
+        layers.new_in_active.iter_mut().for_each(HashSet::clear);
         layers.frozen = Some(frozen.clone());
         frozen
     }
@@ -107,6 +133,7 @@ impl Overlay {
         let mut layers = self.write();
         let frozen = layers.frozen.take();
         let active = Arc::new(std::mem::take(&mut layers.active));
+        layers.new_in_active.iter_mut().for_each(HashSet::clear);
         frozen.into_iter().chain([active]).collect()
     }
 }
@@ -286,5 +313,44 @@ mod tests {
         let drained = overlay.drain();
         assert_eq!(drained.len(), 1);
         assert_eq!(overlay.get(TreeId::Tasks, b"k"), None);
+    }
+
+    fn apply(overlay: &Overlay, new: bool, key: &[u8], value: Option<&[u8]>) {
+        let mut change = Change::default();
+        match (value, new) {
+            (Some(v), true) => change.set_new(TreeId::Unfinished, key.to_vec(), v.to_vec()),
+            (Some(v), false) => change.set(TreeId::Unfinished, key.to_vec(), v.to_vec()),
+            (None, _) => change.remove(TreeId::Unfinished, key.to_vec()),
+        }
+        overlay.apply(change);
+    }
+
+    #[test]
+    fn a_new_key_removed_before_a_checkpoint_leaves_nothing_and_other_removals_a_tombstone() {
+        let overlay = Overlay::default();
+        let t = TreeId::Unfinished;
+        // New, removed in the same layer: no entry at all.
+        apply(&overlay, true, b"a", Some(b"1"));
+        apply(&overlay, false, b"a", Some(b"2"));
+        apply(&overlay, false, b"a", None);
+        assert_eq!(overlay.get(t, b"a"), None);
+        // New, but frozen before its removal: sled will receive it, so
+        // the removal is a tombstone.
+        apply(&overlay, true, b"b", Some(b"1"));
+        let frozen = overlay.freeze();
+        apply(&overlay, false, b"b", None);
+        assert_eq!(overlay.get(t, b"b"), Some(None));
+        // Set "new" over a tombstone of the active layer (a key removed,
+        // then made again): the tombstone hid a value below, so removing
+        // it again must hide it still.
+        apply(&overlay, false, b"c", None);
+        apply(&overlay, true, b"c", Some(b"1"));
+        apply(&overlay, false, b"c", None);
+        assert_eq!(overlay.get(t, b"c"), Some(None));
+        assert_eq!(frozen[t as usize].len(), 1);
+        overlay.thaw();
+        let layer = overlay.freeze();
+        let keys: Vec<_> = layer[t as usize].keys().map(|k| k.to_vec()).collect();
+        assert_eq!(keys, [b"b".to_vec(), b"c".to_vec()]);
     }
 }

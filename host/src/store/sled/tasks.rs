@@ -28,12 +28,22 @@ pub(super) fn index_key(task: &TaskRecord) -> Index {
         let at: Millis = task.finished_at.unwrap_or(task.updated_at);
         Index::Finished([&at.to_be_bytes()[..], &id[..]].concat())
     } else {
-        Index::Unfinished([&task.seq.to_be_bytes()[..], &id[..]].concat())
+        Index::Unfinished(unfinished_key(task.seq, &task.id))
     }
 }
 
-fn put_index(change: &mut Change, index: Index) {
+/// The key of an unfinished task in the `unfinished` index.
+fn unfinished_key(seq: u64, id: &TaskId) -> Vec<u8> {
+    [&seq.to_be_bytes()[..], &id.to_bytes()[..]].concat()
+}
+
+/// Puts `index`. `new`: the entry of a task being inserted, whose key
+/// (with the task's id in it) nothing holds yet.
+fn put_index(change: &mut Change, index: Index, new: bool) {
     match index {
+        // The entry a task's end removes: if that comes before the next
+        // checkpoint, sled never sees either.
+        Index::Unfinished(k) if new => change.set_new(TreeId::Unfinished, k, Vec::new()),
         Index::Unfinished(k) => change.set(TreeId::Unfinished, k, Vec::new()),
         Index::Finished(k) => change.set(TreeId::Finished, k, Vec::new()),
     }
@@ -85,7 +95,7 @@ impl Store for SledStore {
     fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<()> {
         let key = hash.as_bytes();
         // Not while `gc_modules` decides what to remove.
-        let writes = self.lock_writes();
+        let mut writes = self.lock_writes();
         // Content-addressed: an existing, sound record is the same bytes. A
         // corrupted one is replaced.
         if let Some(existing) = self.read(TreeId::Modules, key)?
@@ -95,7 +105,9 @@ impl Store for SledStore {
         }
         let mut change = Change::default();
         change.set(TreeId::Modules, &key[..], envelope(key, bytes));
-        self.commit(&writes, change)
+        self.commit(&writes, change)?;
+        writes.modules.insert(*hash);
+        Ok(())
     }
 
     fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>> {
@@ -131,7 +143,7 @@ impl Store for SledStore {
     fn delete_module(&self, hash: &ModuleHash) -> Result<bool> {
         // Under the write lock, which `insert` also takes: no task can name
         // the module between the check and the removal.
-        let writes = self.lock_writes();
+        let mut writes = self.lock_writes();
         if self.module_in_use(hash)? {
             return Err(Error::ModuleInUse(*hash));
         }
@@ -142,6 +154,7 @@ impl Store for SledStore {
         let mut change = Change::default();
         change.remove(TreeId::Modules, &key[..]);
         self.commit(&writes, change)?;
+        writes.modules.remove(hash);
         Ok(true)
     }
 
@@ -156,8 +169,8 @@ impl Store for SledStore {
 
     fn insert(&self, batch: &[TaskRecord]) -> Result<Vec<Inserted>> {
         let encoded = batch.iter().map(encode_task).collect::<Result<Vec<_>>>()?;
-        let mut counts = self.lock_writes();
-        let mut new_counts = counts.clone();
+        let mut writes = self.lock_writes();
+        let mut new_counts = writes.counts.clone();
         let mut change = Change::default();
         let mut answers = Vec::with_capacity(batch.len());
         // What this batch stores, as a later task of it must see it.
@@ -180,13 +193,16 @@ impl Store for SledStore {
                 return Err(Error::Store(format!("task {} already exists", task.id)));
             }
             if !known_modules.contains(&task.module) {
-                if !self.contains(TreeId::Modules, task.module.as_bytes())? {
+                if !writes.modules.contains(&task.module)
+                    && !self.contains(TreeId::Modules, task.module.as_bytes())?
+                {
                     return Err(Error::UnknownModule(task.module));
                 }
                 known_modules.push(task.module);
             }
             change.set(TreeId::Tasks, &id[..], value);
-            put_index(&mut change, index_key(task));
+            // Its key holds its id, checked above to be stored nowhere.
+            put_index(&mut change, index_key(task), true);
             if let Some(key) = &task.idempotency_key {
                 change.set(TreeId::Keys, key.as_bytes(), id.to_vec());
                 batch_keys.insert(key, task.id);
@@ -199,8 +215,14 @@ impl Store for SledStore {
         }
         if !change.is_empty() {
             change.set(TreeId::Meta, META_COUNTS, encode_counts(&new_counts)?);
-            self.commit(&counts, change)?;
-            *counts = new_counts;
+            self.commit(&writes, change)?;
+            writes.counts = new_counts;
+            writes.modules.extend(known_modules);
+            for (task, answer) in batch.iter().zip(&answers) {
+                if matches!(answer, Inserted::New) {
+                    writes.wrote(task, true);
+                }
+            }
         }
         Ok(answers)
     }
@@ -208,36 +230,49 @@ impl Store for SledStore {
     fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool> {
         let id = task.id.to_bytes();
         let value = encode_task(task)?;
-        let mut counts = self.lock_writes();
-        let Some(stored) = self.task(&task.id)? else {
-            return Ok(false);
+        let mut writes = self.lock_writes();
+        // What the stored record holds that this write needs: from its head
+        // if this process wrote it (no read, no decode), else read.
+        let (state, old, replaced) = match writes.heads.get(&task.id) {
+            Some(head) if !head.output_in_file => (
+                head.state,
+                Index::Unfinished(unfinished_key(head.seq, &task.id)),
+                None,
+            ),
+            _ => {
+                let Some(stored) = self.task(&task.id)? else {
+                    return Ok(false);
+                };
+                // The output the stored record named, if this one replaces it.
+                let replaced = (matches!(stored.output, Payload::File { .. })
+                    && stored.output != task.output)
+                    .then(|| stored.output.clone());
+                (stored.state, index_key(&stored), replaced)
+            }
         };
-        if stored.state != expected {
+        if state != expected {
             return Ok(false);
         }
-        // The output the stored record named, if this one replaces it.
-        let replaced = (matches!(stored.output, Payload::File { .. })
-            && stored.output != task.output)
-            .then(|| stored.output.clone());
         let mut change = Change::default();
-        let (old, new) = (index_key(&stored), index_key(task));
+        let new = index_key(task);
         if old != new {
             remove_index(&mut change, old);
-            put_index(&mut change, new);
+            put_index(&mut change, new, false);
         }
         change.set(TreeId::Tasks, &id[..], value);
         let mut new_counts = None;
-        if stored.state != task.state {
-            let mut moved = counts.clone();
-            moved.moved(Some(stored.state), Some(task.state));
+        if state != task.state {
+            let mut moved = writes.counts.clone();
+            moved.moved(Some(state), Some(task.state));
             change.set(TreeId::Meta, META_COUNTS, encode_counts(&moved)?);
             new_counts = Some(moved);
         }
-        self.commit(&counts, change)?;
+        self.commit(&writes, change)?;
         if let Some(new_counts) = new_counts {
-            *counts = new_counts;
+            writes.counts = new_counts;
         }
-        drop(counts);
+        writes.wrote(task, false);
+        drop(writes);
         if let Some(output) = replaced {
             // Durable first: a crash must not bring back a record naming a
             // file already removed.
@@ -336,15 +371,15 @@ impl Store for SledStore {
     }
 
     fn counts(&self) -> Result<StateCounts> {
-        Ok(self.lock_writes().clone())
+        Ok(self.lock_writes().counts.clone())
     }
 
     fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64> {
-        let mut counts = self.lock_writes();
+        let mut writes = self.lock_writes();
         let finished_total: u64 = TaskState::ALL
             .into_iter()
             .filter(|s| s.is_final())
-            .map(|s| counts.get(s))
+            .map(|s| writes.counts.get(s))
             .sum();
         let excess = keep.map_or(0, |keep| finished_total.saturating_sub(keep));
         let mut removed = 0u64;
@@ -369,7 +404,7 @@ impl Store for SledStore {
             if doomed.is_empty() {
                 break;
             }
-            let mut new_counts = counts.clone();
+            let mut new_counts = writes.counts.clone();
             let mut files = Vec::new();
             let mut change = Change::default();
             for key in &doomed {
@@ -380,13 +415,14 @@ impl Store for SledStore {
                     continue;
                 };
                 change.remove(TreeId::Tasks, id_bytes);
+                writes.heads.remove(&id);
                 new_counts.moved(Some(task.state), None);
                 files.extend(super::payloads::files_of(&task));
                 self.remove_key(&mut change, &task)?;
             }
             change.set(TreeId::Meta, META_COUNTS, encode_counts(&new_counts)?);
-            self.commit(&counts, change)?;
-            *counts = new_counts;
+            self.commit(&writes, change)?;
+            writes.counts = new_counts;
             if !files.is_empty() {
                 self.sync()?;
                 self.payloads.remove_all(&files);
@@ -397,8 +433,8 @@ impl Store for SledStore {
     }
 
     fn remove_finished(&self, ids: &[TaskId]) -> Result<Vec<TaskId>> {
-        let mut counts = self.lock_writes();
-        let mut new_counts = counts.clone();
+        let mut writes = self.lock_writes();
+        let mut new_counts = writes.counts.clone();
         let mut files = Vec::new();
         let mut removed = Vec::new();
         let mut change = Change::default();
@@ -413,6 +449,7 @@ impl Store for SledStore {
                 continue;
             };
             change.remove(TreeId::Tasks, &id.to_bytes()[..]);
+            writes.heads.remove(id);
             change.remove(TreeId::Finished, index);
             self.remove_key(&mut change, &task)?;
             new_counts.moved(Some(task.state), None);
@@ -421,10 +458,10 @@ impl Store for SledStore {
         }
         if !removed.is_empty() {
             change.set(TreeId::Meta, META_COUNTS, encode_counts(&new_counts)?);
-            self.commit(&counts, change)?;
-            *counts = new_counts;
+            self.commit(&writes, change)?;
+            writes.counts = new_counts;
         }
-        drop(counts);
+        drop(writes);
         if !files.is_empty() {
             self.sync()?;
             self.payloads.remove_all(&files);

@@ -141,11 +141,76 @@ fn transitions_keep_one_index_entry_and_counts() {
     assert_eq!(store.counts().unwrap().total(), 0);
     assert_eq!(store.gc_modules().unwrap(), 1);
     assert!(store.modules().unwrap().is_empty());
+    // The module is gone for new tasks too, though one was stored with it.
+    let late = record(module, TaskState::Queued, store.next_seq().unwrap());
+    assert_eq!(
+        store.insert(&[late]).unwrap_err().to_string(),
+        Error::UnknownModule(module).to_string()
+    );
     drop(store);
 
     // The counts were stored with the transitions.
     let store = open(dir.path());
     assert_eq!(store.counts().unwrap().total(), 0);
+}
+
+/// `update` compares against what this process wrote without reading it
+/// back; a store reopened has no such memory and reads. Either way the
+/// compare, the index and the counts come out the same.
+#[test]
+fn updates_compare_the_same_before_and_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = ModuleHash::of(b"m");
+    let mut task = record(module, TaskState::Queued, 0);
+    task.finished_at = None;
+    let check = |store: &SledStore, unfinished: u64, finished: u64| {
+        let report = store.check().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!((report.unfinished, report.finished), (unfinished, finished));
+    };
+    for reopen in [false, true] {
+        let store = open(dir.path());
+        store.put_module(&module, b"m").unwrap();
+        task.id = TaskId::new();
+        task.state = TaskState::Queued;
+        task.finished_at = None;
+        task.seq = store.next_seq().unwrap();
+        store.insert(std::slice::from_ref(&task)).unwrap();
+        let store = if reopen {
+            drop(store);
+            open(dir.path())
+        } else {
+            store
+        };
+        // The first round's task is finished when the second begins.
+        let earlier = u64::from(reopen);
+        // Claimed, then retried (queued again, same index entry), then
+        // claimed and finished; each compare also refused once.
+        for (to, from, wrong) in [
+            (TaskState::Running, TaskState::Queued, TaskState::Running),
+            (TaskState::Queued, TaskState::Running, TaskState::Queued),
+            (TaskState::Running, TaskState::Queued, TaskState::Scheduled),
+        ] {
+            task.state = to;
+            assert!(
+                !store.update(&task, wrong).unwrap(),
+                "{to:?} from {wrong:?}"
+            );
+            assert!(store.update(&task, from).unwrap(), "{to:?} from {from:?}");
+            check(&store, 1, earlier);
+            assert_eq!(store.get(&task.id).unwrap().unwrap().state, to);
+        }
+        task.state = TaskState::Succeeded;
+        task.finished_at = Some(60);
+        assert!(store.update(&task, TaskState::Running).unwrap());
+        assert!(!store.update(&task, TaskState::Running).unwrap());
+        check(&store, 0, earlier + 1);
+        assert_eq!(
+            store.counts().unwrap().get(TaskState::Succeeded),
+            earlier + 1
+        );
+        assert_eq!(store.counts().unwrap().total(), earlier + 1);
+    }
 }
 
 #[test]

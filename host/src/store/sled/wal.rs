@@ -140,6 +140,19 @@ struct Op {
     key: Vec<u8>,
     /// `None` removes the key.
     value: Option<Vec<u8>>,
+    /// Set by [`Change::set_new`]: neither sled nor the overlay holds the
+    /// key. Not logged (replay applies every operation to sled anyway).
+    new: bool,
+}
+
+/// An operation of a [`Change`], as the overlay takes it.
+pub(super) struct OpParts {
+    pub(super) tree: TreeId,
+    pub(super) key: Vec<u8>,
+    /// `None` removes the key.
+    pub(super) value: Option<Vec<u8>>,
+    /// See [`Change::set_new`].
+    pub(super) new: bool,
 }
 
 impl Change {
@@ -149,6 +162,21 @@ impl Change {
             tree,
             key: key.into(),
             value: Some(value),
+            new: false,
+        });
+    }
+
+    /// Sets `key` of `tree`, a key the caller knows nothing holds yet
+    /// (sled, the overlay, this change): a key made for a new task. If it
+    /// is removed again before the next checkpoint, sled is left nothing
+    /// to do for it (a task submitted, run and finished between two
+    /// checkpoints costs sled no removal of its queue entry).
+    pub(super) fn set_new(&mut self, tree: TreeId, key: impl Into<Vec<u8>>, value: Vec<u8>) {
+        self.ops.push(Op {
+            tree,
+            key: key.into(),
+            value: Some(value),
+            new: true,
         });
     }
 
@@ -158,13 +186,18 @@ impl Change {
             tree,
             key: key.into(),
             value: None,
+            new: false,
         });
     }
 
-    /// Its operations, in order: tree, key, and the value set (`None`
-    /// removes the key).
-    pub(super) fn into_ops(self) -> impl Iterator<Item = (TreeId, Vec<u8>, Option<Vec<u8>>)> {
-        self.ops.into_iter().map(|op| (op.tree, op.key, op.value))
+    /// Its operations, in order.
+    pub(super) fn into_ops(self) -> impl Iterator<Item = OpParts> {
+        self.ops.into_iter().map(|op| OpParts {
+            tree: op.tree,
+            key: op.key,
+            value: op.value,
+            new: op.new,
+        })
     }
 
     /// Whether it changes nothing.
@@ -238,7 +271,12 @@ impl Change {
             };
             let key = r.bytes()?.to_vec();
             let value = if set { Some(r.bytes()?.to_vec()) } else { None };
-            ops.push(Op { tree, key, value });
+            ops.push(Op {
+                tree,
+                key,
+                value,
+                new: false,
+            });
         }
         if !r.0.is_empty() {
             return Err("bytes after its last operation");
