@@ -220,6 +220,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// A task by id.
     async fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>>;
+    /// Whether the backend knows, without reading anything, that task
+    /// `id` is waiting or running (so a caller about to wait for its end
+    /// need not read its record). `false` means "read it": the default.
+    fn known_unfinished(&self, _id: &TaskId) -> bool {
+        false
+    }
     /// The task holding an idempotency key.
     async fn by_key(&self, key: &str) -> Result<Option<TaskId>>;
     /// Tasks matching `filter`, newest first.

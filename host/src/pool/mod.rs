@@ -1010,6 +1010,11 @@ impl Inner {
             .push(sender);
         // Registered first, looked up second: a result stored in between is
         // not missed.
+        if !self.backend.is_shared() && self.backend.known_unfinished(&id) {
+            // Waiting or running here: its end comes to the waiter, with no
+            // record read now.
+            return receiver.await.map_err(|_| Error::ShutDown);
+        }
         let record = match self.backend.get(&id).await {
             Ok(Some(record)) => record,
             Ok(None) => {

@@ -87,6 +87,11 @@ impl Index {
         self.pending.get(id).copied()
     }
 
+    /// Whether `id` is waiting or running.
+    pub(super) fn holds(&self, id: &TaskId) -> bool {
+        self.pending.contains_key(id) || self.running.contains_key(id)
+    }
+
     /// Takes `id` out of the waiting tasks (its heap entries turn stale).
     pub(super) fn remove_pending(&mut self, id: &TaskId) -> Option<Waiting> {
         self.pending.remove(id)

@@ -806,6 +806,11 @@ impl Backend for EmbeddedBackend {
         self.settled_read(self.store.get(id)).await
     }
 
+    /// From the index: its waiting and running tasks.
+    fn known_unfinished(&self, id: &TaskId) -> bool {
+        self.lock().holds(id)
+    }
+
     async fn by_key(&self, key: &str) -> Result<Option<TaskId>> {
         self.settled_read(self.store.by_key(key)).await
     }
