@@ -70,6 +70,9 @@ struct StoredLease {
 pub(super) struct StoredTaskV1 {
     id: [u8; 16],
     module: [u8; 32],
+    // The same bytes as a sequence of `u8`s would be (a length, then
+    // the bytes), written and read in one piece.
+    #[serde(with = "serde_bytes")]
     input: Vec<u8>,
     priority: i32,
     limits: StoredLimits,
@@ -86,6 +89,9 @@ pub(super) struct StoredTaskV1 {
     finished_at: Option<u64>,
     attempts: Vec<StoredAttempt>,
     outcome: Option<StoredOutcome>,
+    // The same bytes as a sequence of `u8`s would be (a length, then
+    // the bytes), written and read in one piece.
+    #[serde(with = "serde_bytes")]
     output: Vec<u8>,
     log: String,
     progress: Option<(u64, u64)>,
