@@ -10,7 +10,7 @@ use wpool::store::{FlushStats, SledOptions, SledStore, SyncMode};
 use wpool::{ModuleHash, Pool, PoolConfig, TaskSpec};
 use wpool_test_artifacts as programs;
 
-use crate::rows::{read, register, submitters, tempfile_dir};
+use crate::rows::{read, register, submitters, submitters_of, tempfile_dir};
 use crate::{Row, Scale};
 
 /// Single submitters, each with one task at a time.
@@ -52,19 +52,23 @@ pub(crate) fn durable_end_to_end(
 }
 
 /// The environment variable that runs one end-to-end measurement alone,
-/// for a profiler: `STORE:SUBMISSION:TASKS[:AHEAD]`, with `STORE` one of
-/// `memory`, `durable`, `relaxed` and `SUBMISSION` `single` or `batch`.
+/// for a profiler: `STORE:SUBMISSION:TASKS[:AHEAD[:BYTES]]`, with `STORE`
+/// one of `memory`, `durable`, `relaxed`, `SUBMISSION` `single` or `batch`,
+/// and `BYTES` the size of each task's input, echoed as its output (by
+/// default none, and the trivial task).
 const ALONE: &str = "WPOOL_BENCH_DURABLE";
 
 /// One end-to-end measurement alone, as [`ALONE`] says.
 fn alone(spec: &str, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    let usage = || format!("{ALONE}: STORE:SUBMISSION:TASKS[:AHEAD], not `{spec}`");
+    let usage = || format!("{ALONE}: STORE:SUBMISSION:TASKS[:AHEAD[:BYTES]], not `{spec}`");
     let parts: Vec<&str> = spec.split(':').collect();
-    let (store, submission, tasks, ahead) = match parts[..] {
-        [store, submission, tasks] => (store, submission, tasks, "0"),
-        [store, submission, tasks, ahead] => (store, submission, tasks, ahead),
+    let (store, submission, tasks, ahead, bytes) = match parts[..] {
+        [store, submission, tasks] => (store, submission, tasks, "0", "0"),
+        [store, submission, tasks, ahead] => (store, submission, tasks, ahead, "0"),
+        [store, submission, tasks, ahead, bytes] => (store, submission, tasks, ahead, bytes),
         _ => return Err(usage().into()),
     };
+    let input = payload(bytes.parse()?);
     let submission = match submission {
         "single" => Submission::Single,
         "batch" => Submission::Batch,
@@ -77,7 +81,11 @@ fn alone(spec: &str, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error
     // does: under valgrind, the 32 memory slots' address space cannot be
     // reserved. A command module uses one; the per-task work is the same.
     config.engine_mut().instances_per_task(1);
-    let wasm = read(programs::P1_TRIVIAL);
+    let wasm = read(if input.is_empty() {
+        programs::P1_TRIVIAL
+    } else {
+        programs::P1_ECHO
+    });
     let dir = tempfile_dir("durable");
     let (pool, sled) = match store {
         "memory" => (Pool::new(config)?, None),
@@ -95,7 +103,7 @@ fn alone(spec: &str, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error
     };
     let hash = register(&pool, &wasm)?;
     let before = sled.as_ref().map(|s| s.flush_stats());
-    let rate = submission.rate(&pool, hash, tasks, true);
+    let rate = submission.rate_of(&pool, hash, &input, tasks, true);
     if let (Some(store), Some(before)) = (&sled, before) {
         print_flushes(spec, true, tasks, &before, &store.flush_stats());
     }
@@ -123,9 +131,14 @@ enum Submission {
 
 impl Submission {
     fn rate(self, pool: &Pool, hash: ModuleHash, count: usize, wait: bool) -> f64 {
+        self.rate_of(pool, hash, &[], count, wait)
+    }
+
+    /// [`Submission::rate`], each task given `input`.
+    fn rate_of(self, pool: &Pool, hash: ModuleHash, input: &[u8], count: usize, wait: bool) -> f64 {
         match self {
-            Submission::Single => submitters(pool, hash, count, SUBMITTERS, wait),
-            Submission::Batch => batches(pool, hash, count, wait),
+            Submission::Single => submitters_of(pool, hash, input, count, SUBMITTERS, wait),
+            Submission::Batch => batches(pool, hash, input, count, wait),
         }
     }
 
@@ -140,7 +153,8 @@ impl Submission {
 /// [`BATCH_SUBMITTERS`] concurrent submitters share `count` tasks, each
 /// submitting [`BATCH`] at a time (`Pool::submit_many`) and, with `wait`,
 /// waiting for all their results before the next batch. Tasks per second.
-fn batches(pool: &Pool, hash: ModuleHash, count: usize, wait: bool) -> f64 {
+fn batches(pool: &Pool, hash: ModuleHash, input: &[u8], count: usize, wait: bool) -> f64 {
+    let input: Arc<[u8]> = input.into();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -152,9 +166,10 @@ fn batches(pool: &Pool, hash: ModuleHash, count: usize, wait: bool) -> f64 {
         let tasks: Vec<_> = (0..BATCH_SUBMITTERS)
             .map(|_| {
                 let pool = pool.clone();
+                let input = input.clone();
                 tokio::spawn(async move {
                     for _ in 0..rounds {
-                        let specs = (0..BATCH).map(|_| TaskSpec::new(hash, Vec::new()));
+                        let specs = (0..BATCH).map(|_| TaskSpec::new(hash, input.to_vec()));
                         let handles = pool.submit_many(specs).await.unwrap();
                         if wait {
                             let waits = handles.into_iter().map(|handle| {
@@ -252,8 +267,16 @@ fn sled_next_to_memory(
             (Submission::Single, count),
             (Submission::Batch, batch_count),
         ] {
-            rows.push(claiming_ahead(submission, count, cores, &wasm)?);
+            rows.push(claiming_ahead(submission, count, cores, &wasm, &[])?);
         }
+        let echo = read(programs::P1_ECHO);
+        rows.push(claiming_ahead(
+            Submission::Single,
+            count,
+            cores,
+            &echo,
+            &payload(PAYLOAD),
+        )?);
     }
     rows.push(crate::postgres::next_to_sled(
         postgres_count,
@@ -305,6 +328,22 @@ fn more_workers(count: usize, wasm: &[u8]) -> Result<Row, Box<dyn std::error::Er
 /// Tasks the pool may claim ahead in the rows that show claiming ahead.
 const CLAIM_AHEAD: usize = 64;
 
+/// The input of the row whose tasks carry data (echoed as their output):
+/// a JSON document of a size a task commonly takes.
+const PAYLOAD: usize = 4 << 10;
+
+/// A JSON document of `bytes` bytes (none for 0).
+fn payload(bytes: usize) -> Vec<u8> {
+    if bytes == 0 {
+        return Vec::new();
+    }
+    let mut json = br#"{"data":""#.to_vec();
+    let fill = bytes.saturating_sub(json.len() + 2);
+    json.extend((0..fill).map(|i| b'a' + (i % 26) as u8));
+    json.extend_from_slice(br#""}"#);
+    json
+}
+
 /// End to end on the durable sled store with the pool claiming up to
 /// [`CLAIM_AHEAD`] tasks ahead of its free workers
 /// (`PoolConfig::claim_ahead`), next to the memory store doing the same:
@@ -314,25 +353,29 @@ fn claiming_ahead(
     count: usize,
     cores: usize,
     wasm: &[u8],
+    input: &[u8],
 ) -> Result<Row, Box<dyn std::error::Error>> {
     let mut config = PoolConfig::new();
     config.workers(cores).claim_ahead(CLAIM_AHEAD);
     let memory = {
         let pool = Pool::new(config.clone())?;
         let hash = register(&pool, wasm)?;
-        submission.rate(&pool, hash, count, true)
+        submission.rate_of(&pool, hash, input, count, true)
     };
     let dir = tempfile_dir("durable");
     let store = Arc::new(SledStore::open(&dir, &SledOptions::new())?);
     let pool = Pool::with_store(config, store.clone())?;
     let hash = register(&pool, wasm)?;
     let before = store.flush_stats();
-    let rate = submission.rate(&pool, hash, count, true);
+    let rate = submission.rate_of(&pool, hash, input, count, true);
     let stats = store.flush_stats();
     drop(pool);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
-    let who = format!("{}, claiming {CLAIM_AHEAD} ahead", submission.who());
+    let mut who = format!("{}, claiming {CLAIM_AHEAD} ahead", submission.who());
+    if !input.is_empty() {
+        who += &format!(", {} KiB in and out", input.len() >> 10);
+    }
     print_flushes(&who, true, count, &before, &stats);
     Ok(Row::new(
         &format!("end to end, sled store, durable (group commit), {who}"),
@@ -340,7 +383,11 @@ fn claiming_ahead(
         rate,
         "memory store, same submitters, claiming ahead",
         memory,
-        "one flush carries many claims",
+        if input.is_empty() {
+            "one flush carries many claims"
+        } else {
+            "every record carries the input, then the output"
+        },
     ))
 }
 

@@ -216,6 +216,19 @@ pub(crate) fn submitters(
     concurrency: usize,
     wait: bool,
 ) -> f64 {
+    submitters_of(pool, hash, &[], count, concurrency, wait)
+}
+
+/// [`submitters`], each task given `input`.
+pub(crate) fn submitters_of(
+    pool: &Pool,
+    hash: ModuleHash,
+    input: &[u8],
+    count: usize,
+    concurrency: usize,
+    wait: bool,
+) -> f64 {
+    let input: Arc<[u8]> = input.into();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -227,9 +240,13 @@ pub(crate) fn submitters(
         let tasks: Vec<_> = (0..concurrency)
             .map(|_| {
                 let pool = pool.clone();
+                let input = input.clone();
                 tokio::spawn(async move {
                     for _ in 0..per {
-                        let task = pool.submit(TaskSpec::new(hash, Vec::new())).await.unwrap();
+                        let task = pool
+                            .submit(TaskSpec::new(hash, input.to_vec()))
+                            .await
+                            .unwrap();
                         if wait {
                             let result = task.wait().await.unwrap();
                             assert!(result.is_success(), "{:?}", result.outcome);
