@@ -386,7 +386,11 @@ fn postgres_stopped_and_started_under_load_loses_nothing() {
     let submitter = {
         let stop = stop.clone();
         let urls = servers.each_ref().map(|s| s.url.clone());
-        let body = json!({"module": whoami, "input": 100, "timeout": "60s"}).to_string();
+        // Runs of 400 ms, submitted faster than the 6 workers end them:
+        // every worker is busy when the database stops, and each of those
+        // runs ends during the outage (runs of 100 ms, a few at a time,
+        // could all end just before it).
+        let body = json!({"module": whoami, "input": 400, "timeout": "60s"}).to_string();
         std::thread::spawn(move || {
             let agent = agent();
             let mut answers = Vec::new();
