@@ -474,10 +474,18 @@ async fn cancel_works_in_every_state(h: &dyn Harness) {
         assert_eq!(record.outcome, Some(Outcome::Cancelled));
     }
     // Running: the holder is told, and the run ends cancelled.
+    assert!(!backend.cancel_requested(&run_a.id));
     assert_eq!(
         backend.cancel(&run_a.id).await.unwrap(),
         Cancelled::Requested
     );
+    // A backend of one host knows it at once, without a read: a pool asks
+    // when a run starts, for a cancel that came before the run could be
+    // killed (a shared backend tells at the next heartbeat, as below).
+    if !backend.is_shared() {
+        assert!(backend.cancel_requested(&run_a.id));
+        assert!(!backend.cancel_requested(&run_b.id));
+    }
     assert_eq!(
         backend.renew(&[*lease_a], TTL).await.unwrap(),
         [LeaseState::CancelRequested]

@@ -226,6 +226,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn known_unfinished(&self, _id: &TaskId) -> bool {
         false
     }
+    /// Whether a cancel was asked for task `id`, running here, as far as
+    /// the backend knows without reading anything. A pool that has just
+    /// claimed a task asks it once its run can be killed: a cancel that
+    /// came between the claim and then found no run to kill. `false` by
+    /// default (a shared backend's cancel reaches the run at its next
+    /// heartbeat).
+    fn cancel_requested(&self, _id: &TaskId) -> bool {
+        false
+    }
     /// The task holding an idempotency key.
     async fn by_key(&self, key: &str) -> Result<Option<TaskId>>;
     /// Tasks matching `filter`, newest first.

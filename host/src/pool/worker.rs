@@ -168,6 +168,14 @@ impl Inner {
                 progress: None,
             },
         );
+        // A cancel asked for after the claim, before the run was in
+        // `running`, found nothing to kill (`Inner::cancel` looks there
+        // after marking the task in the backend): the backend tells. One
+        // of the two sees the other, so the run is killed at once either
+        // way, not at the next heartbeat.
+        if !cancel.is_cancelled() && self.backend.cancel_requested(&record.id) {
+            cancel.cancel();
+        }
         Ahead {
             record,
             lease,

@@ -811,6 +811,14 @@ impl Backend for EmbeddedBackend {
         self.lock().holds(id)
     }
 
+    /// From the index: `cancel` marks the running record there.
+    fn cancel_requested(&self, id: &TaskId) -> bool {
+        self.lock()
+            .running
+            .get(id)
+            .is_some_and(|running| running.cancel_requested)
+    }
+
     async fn by_key(&self, key: &str) -> Result<Option<TaskId>> {
         self.settled_read(self.store.by_key(key)).await
     }
