@@ -114,6 +114,20 @@ async fn bad_specs_are_refused_with_a_reason() {
 
 /// Submits a sleeper that keeps the only worker busy, so that what is
 /// submitted next waits in the queue.
+/// The pool's busy workers, looked at every 10 ms until they are `busy`
+/// (at most `tries` times): the last count seen.
+async fn busy_once(pool: &Pool, busy: usize, tries: usize) -> usize {
+    let mut seen = 0;
+    for _ in 0..tries {
+        seen = pool.stats().await.unwrap().busy;
+        if seen == busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seen
+}
+
 async fn occupy(pool: &Pool, ms: u64) -> wpool::TaskHandle {
     let sleep = module(pool, programs::P1_SLEEP).await;
     let handle = pool
@@ -638,15 +652,7 @@ async fn workers_can_be_added_while_running() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(pool.stats().await.unwrap().busy, 1);
     pool.set_workers(4).unwrap();
-    let mut busy = 0;
-    for _ in 0..100 {
-        busy = pool.stats().await.unwrap().busy;
-        if busy == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(busy, 4);
+    assert_eq!(busy_once(&pool, 4, 100).await, 4);
     assert!(pool.set_workers(5).is_err());
     pool.set_workers(1).unwrap();
     for handle in handles {
@@ -669,15 +675,7 @@ async fn fewer_workers_take_effect_as_runs_end() {
                 .unwrap(),
         );
     }
-    let mut busy = 0;
-    for _ in 0..200 {
-        busy = pool.stats().await.unwrap().busy;
-        if busy == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(busy, 3);
+    assert_eq!(busy_once(&pool, 3, 200).await, 3);
     pool.set_workers(1).unwrap();
     // The runs under way end within 100 ms; from then on one at a time,
     // while tasks still wait.

@@ -176,7 +176,6 @@ impl Store for SledStore {
         // What this batch stores, as a later task of it must see it.
         let mut batch_keys: HashMap<&str, TaskId> = HashMap::new();
         let mut batch_ids: Vec<TaskId> = Vec::new();
-        let mut known_modules: Vec<ModuleHash> = Vec::new();
         for (task, value) in batch.iter().zip(encoded) {
             if let Some(key) = &task.idempotency_key {
                 if let Some(existing) = batch_keys.get(key.as_str()) {
@@ -192,13 +191,13 @@ impl Store for SledStore {
             if batch_ids.contains(&task.id) || self.contains(TreeId::Tasks, &id)? {
                 return Err(Error::Store(format!("task {} already exists", task.id)));
             }
-            if !known_modules.contains(&task.module) {
-                if !writes.modules.contains(&task.module)
-                    && !self.contains(TreeId::Modules, task.module.as_bytes())?
-                {
+            // Known from then on, whether or not this batch is stored: a
+            // module leaves only under the write lock, which is held.
+            if !writes.modules.contains(&task.module) {
+                if !self.contains(TreeId::Modules, task.module.as_bytes())? {
                     return Err(Error::UnknownModule(task.module));
                 }
-                known_modules.push(task.module);
+                writes.modules.insert(task.module);
             }
             change.set(TreeId::Tasks, &id[..], value);
             // Its key holds its id, checked above to be stored nowhere.
@@ -217,7 +216,6 @@ impl Store for SledStore {
             change.set(TreeId::Meta, META_COUNTS, encode_counts(&new_counts)?);
             self.commit(&writes, change)?;
             writes.counts = new_counts;
-            writes.modules.extend(known_modules);
             for (task, answer) in batch.iter().zip(&answers) {
                 if matches!(answer, Inserted::New) {
                     writes.wrote(task, true);
