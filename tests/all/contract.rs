@@ -193,6 +193,32 @@ async fn claims_by_priority_then_submission_order(h: &dyn Harness) {
     counts_add_up(&backend, 5).await;
 }
 
+/// `known_unfinished`: a backend of one host knows its waiting and
+/// running tasks (a waiter then reads nothing); a shared one says
+/// nothing, and the waiter reads the record.
+async fn what_is_known_unfinished_without_a_read(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(
+        &backend,
+        vec![
+            task(m, |s| s),
+            task(m, |s| s.delay(Duration::from_secs(60))),
+        ],
+    )
+    .await;
+    let known = |id| backend.known_unfinished(id);
+    let one_host = !backend.is_shared();
+    assert_eq!(known(&tasks[0].id), one_host, "queued");
+    assert_eq!(known(&tasks[1].id), one_host, "scheduled");
+    let (running, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    assert_eq!(running.id, tasks[0].id);
+    assert_eq!(known(&running.id), one_host, "running");
+    complete(&backend, &lease, Outcome::Success).await;
+    assert!(!known(&running.id), "finished");
+    assert!(!known(&wpool::TaskId::new()), "unknown");
+}
+
 async fn claims_at_most_what_is_asked(h: &dyn Harness) {
     let backend = h.open();
     let m = module(&backend).await;
@@ -788,4 +814,5 @@ every_backend!(
     delete_removes_final_tasks_only,
     concurrent_claimers_never_share_a_task,
     a_run_s_end_claims_the_next_task,
+    what_is_known_unfinished_without_a_read,
 );
