@@ -145,6 +145,40 @@ pub(super) fn encode_task(task: &TaskRecord) -> Result<Vec<u8>> {
     )
 }
 
+/// Where the input is in an encoded task record, of any version (each
+/// begins with the version 1 fields: the id, the module hash, then the
+/// input as a length and its bytes). `None` if `bytes` is too short to
+/// hold it, which a record written by [`encode_task`] never is.
+pub(super) fn input_range(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
+    // The envelope's header, then the id (16 bytes) and the hash (32).
+    const AT: usize = HEADER + 16 + 32;
+    // bincode's variable-length integer: a byte below 251 is the value;
+    // 251, 252 and 253 announce a u16, u32 or u64, little-endian.
+    let (len, width) = match *bytes.get(AT)? {
+        n @ 0..=250 => (u64::from(n), 1),
+        251 => (
+            u64::from(u16::from_le_bytes(
+                bytes.get(AT + 1..AT + 3)?.try_into().ok()?,
+            )),
+            3,
+        ),
+        252 => (
+            u64::from(u32::from_le_bytes(
+                bytes.get(AT + 1..AT + 5)?.try_into().ok()?,
+            )),
+            5,
+        ),
+        253 => (
+            u64::from_le_bytes(bytes.get(AT + 1..AT + 9)?.try_into().ok()?),
+            9,
+        ),
+        _ => return None,
+    };
+    let start = AT + width;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    (end <= bytes.len()).then_some(start..end)
+}
+
 pub(super) fn decode_task(key: &[u8], bytes: &[u8]) -> Result<TaskRecord> {
     let (version, payload) = open_versioned("tasks", key, bytes, TASK_RECORD_VERSION)?;
     let task = match version {

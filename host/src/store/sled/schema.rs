@@ -16,8 +16,8 @@
 //!   large inputs and outputs in files beside the database). Versions 1
 //!   and 2 read as payloads held in the record, which they are.
 //!
-//! Schema 4 (the write-ahead log beside the database) writes version 3
-//! records.
+//! Schemas 4 (the write-ahead log beside the database) and 5 (its records
+//! of a claim and an end without the input) write version 3 records.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

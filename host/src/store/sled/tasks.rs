@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::ops::Bound;
 
 use super::envelope::{
-    HEADER, corrupted, decode_task, encode_counts, encode_task, envelope, module_hash,
+    HEADER, corrupted, decode_task, encode_counts, encode_task, envelope, input_range, module_hash,
     open_envelope, task_id,
 };
-use super::wal::{Change, TreeId};
+use super::wal::{Change, Kept, TreeId};
 use super::{META_COUNTS, PURGE_BATCH, SledStore, SyncMode};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{Millis, Payload, Slot, TaskId, TaskRecord, TaskState};
@@ -228,6 +228,10 @@ impl Store for SledStore {
     fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool> {
         let id = task.id.to_bytes();
         let value = encode_task(task)?;
+        // No transition changes a task's input, and the stored record holds
+        // it where this one does: the log leaves it out (it went there with
+        // the submission), so that a claim and an end do not write it again.
+        let kept = input_range(&value).and_then(|range| Kept::of(&value, range));
         let mut writes = self.lock_writes();
         // What the stored record holds that this write needs: from its head
         // if this process wrote it (no read, no decode), else read.
@@ -257,7 +261,10 @@ impl Store for SledStore {
             remove_index(&mut change, old);
             put_index(&mut change, new, false);
         }
-        change.set(TreeId::Tasks, &id[..], value);
+        match kept {
+            Some(kept) => change.set_keeping(&id[..], value, kept),
+            None => change.set(TreeId::Tasks, &id[..], value),
+        }
         let mut new_counts = None;
         if state != task.state {
             let mut moved = writes.counts.clone();

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::envelope::{decode_counts, decode_task, encode_counts, encode_task};
+use super::envelope::{decode_counts, decode_task, encode_counts, encode_task, input_range};
 use super::*;
 use crate::store::{Inserted, Store, TaskFilter};
 use crate::task::{Attempt, TaskState};
@@ -523,7 +523,7 @@ fn a_schema_3_store_is_upgraded_to_the_log_s_schema_with_its_tasks() {
         envelope::decode::<u32>("meta", META_SCHEMA, &stored).unwrap(),
         SCHEMA_VERSION
     );
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
 }
 
 /// Inputs and outputs are written as byte strings, read and written in
@@ -550,4 +550,172 @@ fn payloads_are_byte_strings_in_the_bytes_records_always_had() {
     let bytes = encode_task(&task).unwrap();
     assert_eq!((bytes.len(), crc32fast::hash(&bytes)), (8346, 0x4207_57cd));
     assert_eq!(decode_task(&task.id.to_bytes(), &bytes).unwrap(), task);
+}
+
+#[test]
+fn the_input_is_found_in_a_record_of_any_length() {
+    let mut task = record(ModuleHash::of(b"m"), TaskState::Queued, 1);
+    for len in [0, 1, 250, 251, 65_535, 65_536, 70_000] {
+        let input: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        task.input = input.clone().into();
+        let bytes = encode_task(&task).unwrap();
+        let range = input_range(&bytes).unwrap();
+        assert_eq!(&bytes[range], &input[..], "{len} bytes");
+    }
+    assert_eq!(input_range(&[1; 40]), None);
+}
+
+/// A distinct input of 4 KiB for task `n`.
+fn big_input(n: u8) -> Vec<u8> {
+    (0..4096u32).map(|i| (i % 251) as u8 ^ n).collect()
+}
+
+/// How many times `needle` is in the log segments of `dir`.
+fn times_logged(dir: &Path, needle: &[u8]) -> usize {
+    log_segments(dir)
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes.windows(needle.len()).filter(|w| *w == needle).count()
+        })
+        .sum()
+}
+
+/// Claims `task` and ends it with an output, as the pool does.
+fn claim_and_end(store: &SledStore, task: &mut TaskRecord) {
+    task.state = TaskState::Running;
+    task.updated_at += 1;
+    assert!(store.update(task, TaskState::Queued).unwrap());
+    task.state = TaskState::Succeeded;
+    task.finished_at = Some(70);
+    task.output = vec![b'o'; 3000].into();
+    assert!(store.update(task, TaskState::Running).unwrap());
+}
+
+#[test]
+fn a_task_s_input_is_logged_with_its_submission_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let module = ModuleHash::of(b"m");
+    store.put_module(&module, b"m").unwrap();
+    let mut tasks: Vec<_> = (0..5u8)
+        .map(|n| {
+            let mut task = record(module, TaskState::Queued, store.next_seq().unwrap());
+            task.input = big_input(n).into();
+            task
+        })
+        .collect();
+    store.insert(&tasks).unwrap();
+    for task in &mut tasks {
+        claim_and_end(&store, task);
+    }
+    store.flush_blocking().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_live(dir.path(), copy.path());
+    drop(store);
+    for n in 0..5 {
+        assert_eq!(times_logged(copy.path(), &big_input(n)), 1, "task {n}");
+    }
+    // Replayed with the input the submission logged.
+    let store = open(copy.path());
+    assert!(store.replayed() > 0);
+    for task in &tasks {
+        assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(task));
+    }
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn a_claim_logged_after_its_submission_s_checkpoint_takes_the_input_from_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let module = ModuleHash::of(b"m");
+    store.put_module(&module, b"m").unwrap();
+    let mut task = record(module, TaskState::Queued, store.next_seq().unwrap());
+    task.input = big_input(1).into();
+    store.insert(std::slice::from_ref(&task)).unwrap();
+    store.flush_blocking().unwrap();
+    assert_eq!(times_logged(dir.path(), &big_input(1)), 1);
+    // Idle: the segment holding the submission goes to sled and is removed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while times_logged(dir.path(), &big_input(1)) > 0 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    claim_and_end(&store, &mut task);
+    store.flush_blocking().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_live(dir.path(), copy.path());
+    drop(store);
+    assert_eq!(times_logged(copy.path(), &big_input(1)), 0);
+    let damaged = tempfile::tempdir().unwrap();
+    copy_live(copy.path(), damaged.path());
+
+    let store = open(copy.path());
+    assert!(store.replayed() > 0);
+    assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(&task));
+    drop(store);
+
+    // sled without the record (damage, or a copy put together from two
+    // moments): the log cannot be replayed, and the store is left as it was.
+    {
+        let db = ::sled::open(damaged.path().join(DB_DIR)).unwrap();
+        db.open_tree("tasks")
+            .unwrap()
+            .remove(task.id.to_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let e = SledStore::open(damaged.path(), &SledOptions::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("is damaged at byte")
+            && e.contains("neither the store nor the log holds")
+            && e.contains("move"),
+        "{e}"
+    );
+    let again = SledStore::open(damaged.path(), &SledOptions::new())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(again, e);
+}
+
+#[test]
+fn a_schema_4_store_killed_while_open_is_replayed_and_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let module = ModuleHash::of(b"m");
+    store.put_module(&module, b"m").unwrap();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| record(module, TaskState::Queued, store.next_seq().unwrap()))
+        .collect();
+    // As a schema 4 wpool leaves it: records of plain sets in the log, and
+    // schema 4 in sled and beside it.
+    store
+        .trees
+        .meta
+        .insert(
+            META_SCHEMA,
+            envelope::encode("meta", META_SCHEMA, &4u32).unwrap(),
+        )
+        .unwrap();
+    store.db.flush().unwrap();
+    store.insert(&tasks).unwrap();
+    store.flush_blocking().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_live(dir.path(), copy.path());
+    drop(store);
+    std::fs::write(copy.path().join(VERSION_FILE), "wpool store schema 4\n").unwrap();
+
+    let store = open(copy.path());
+    assert!(store.replayed() > 0);
+    for task in &tasks {
+        assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(task));
+    }
+    assert_eq!(
+        std::fs::read_to_string(copy.path().join(VERSION_FILE)).unwrap(),
+        "wpool store schema 5\n"
+    );
 }
