@@ -114,6 +114,35 @@ fn cancel_before_start_means_never_run() {
     assert_eq!(first.wait_blocking().output, b"slept 300 ms");
 }
 
+/// `wait_blocking` looks for the report a little before it parks the
+/// thread: a report that comes meanwhile and one that comes after it
+/// parked (an end, a cancel from another thread) both reach it.
+#[test]
+fn wait_blocking_gets_reports_before_and_after_it_parks() {
+    let ex = executor(1);
+    let trivial = ex.register(&read(programs::P1_TRIVIAL)).unwrap();
+    for _ in 0..200 {
+        let report = spawn(&ex, &trivial, b"", LimitOverrides::default()).wait_blocking();
+        assert_eq!(report.outcome, Outcome::Success);
+    }
+    let sleeper = ex.register(&read(programs::P1_SLEEP)).unwrap();
+    let report = spawn(&ex, &sleeper, b"100", LimitOverrides::default()).wait_blocking();
+    assert_eq!(report.output, b"slept 100 ms");
+
+    let forever = spawn(&ex, &sleeper, b"", timeout(Duration::from_secs(3600)));
+    let cancel = forever.cancel_token();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        cancel.cancel();
+    });
+    let started = Instant::now();
+    let report = forever.wait_blocking();
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    assert!(started.elapsed() < KILL_BOUND + Duration::from_millis(100));
+    canceller.join().unwrap();
+    assert_healthy(&ex);
+}
+
 #[test]
 fn fuel_exhaustion_is_reported_with_fuel_consumed() {
     let ex = executor(1);
