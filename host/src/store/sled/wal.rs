@@ -654,10 +654,11 @@ impl ReplayCheck<'_> {
                 let restored = match self.known.get(&op.key) {
                     Some(Known::Value(previous)) => Some(op.restore(previous)),
                     Some(Known::Removed | Known::Undecided(..)) => None,
-                    None => match self.tasks.get(&op.key[..]).map_err(Apply::Sled)? {
-                        Some(previous) => Some(op.restore(&previous)),
-                        None => None,
-                    },
+                    None => self
+                        .tasks
+                        .get(&op.key[..])
+                        .map_err(Apply::Sled)?
+                        .map(|previous| op.restore(&previous)),
                 };
                 match restored {
                     Some(restored) => restored.map_err(Apply::Bad)?,
