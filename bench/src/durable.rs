@@ -386,7 +386,7 @@ fn claiming_ahead(
         if input.is_empty() {
             "one flush carries many claims"
         } else {
-            "every record carries the input, then the output"
+            "the log takes the input with the submission, the output with the end"
         },
     ))
 }
