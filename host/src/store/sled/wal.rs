@@ -26,7 +26,7 @@
 //! |---|---|
 //! | 4 | length of the body, little-endian |
 //! | 4 | CRC-32 of the body |
-//! | n | the body: sequence number (8), operation count (4), then per operation its tree (1), kind (1: set, 0: remove, 2: set keeping bytes), key length (4) and key, for a set the value's length (4) and value, and for a set keeping bytes where they go in the value (4), their length (4) and their CRC-32 (4) |
+//! | n | the body: sequence number (8), operation count (4), then per operation its tree (1), kind (1: set, 0: remove, 2: set keeping bytes), key length (4) and key, for a set the value's length (4) and value (for a set keeping bytes, without them), and for a set keeping bytes where they go in the value (4), their length (4) and their CRC-32 (4) |
 //!
 //! A set keeping bytes (schema 5) leaves out of its record a run of the
 //! value that the key's previous value holds at the same offset: a task's
