@@ -56,6 +56,15 @@ fn open(dir: &Path) -> SledStore {
     SledStore::open(dir, &SledOptions::new()).unwrap()
 }
 
+/// A new store in a temporary directory, holding the module `m`.
+fn store_with_module() -> (tempfile::TempDir, SledStore, ModuleHash) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let module = ModuleHash::of(b"m");
+    store.put_module(&module, b"m").unwrap();
+    (dir, store, module)
+}
+
 #[test]
 fn records_round_trip_through_the_envelope() {
     let task = record(ModuleHash::of(b"m"), TaskState::Failed, 1);
@@ -277,10 +286,7 @@ fn log_segments(dir: &Path) -> Vec<PathBuf> {
 /// the store is open (what a kill at that moment leaves); returns the
 /// store, the copy and the tasks as stored.
 fn written_then_copied() -> (tempfile::TempDir, tempfile::TempDir, Vec<TaskRecord>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let module = ModuleHash::of(b"m");
-    store.put_module(&module, b"m").unwrap();
+    let (dir, store, module) = store_with_module();
     let mut tasks: Vec<_> = (0..20)
         .map(|_| record(module, TaskState::Queued, store.next_seq().unwrap()))
         .collect();
@@ -400,10 +406,7 @@ fn list_all(store: &SledStore, state: Option<TaskState>) -> Vec<TaskId> {
 
 #[test]
 fn reads_see_every_change_before_during_and_after_checkpoints() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let module = ModuleHash::of(b"m");
-    store.put_module(&module, b"m").unwrap();
+    let (dir, store, module) = store_with_module();
     // id -> state, as the store must tell it.
     let mut expected: BTreeMap<TaskId, TaskRecord> = BTreeMap::new();
     let verify = |store: &SledStore, expected: &BTreeMap<TaskId, TaskRecord>| {
@@ -493,10 +496,7 @@ fn reads_see_every_change_before_during_and_after_checkpoints() {
 
 #[test]
 fn a_schema_3_store_is_upgraded_to_the_log_s_schema_with_its_tasks() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let module = ModuleHash::of(b"m");
-    store.put_module(&module, b"m").unwrap();
+    let (dir, store, module) = store_with_module();
     let task = record(module, TaskState::Queued, store.next_seq().unwrap());
     store.insert(std::slice::from_ref(&task)).unwrap();
     // As the last wpool without a log left it: schema 3 in both places.
@@ -594,10 +594,7 @@ fn claim_and_end(store: &SledStore, task: &mut TaskRecord) {
 
 #[test]
 fn a_task_s_input_is_logged_with_its_submission_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let module = ModuleHash::of(b"m");
-    store.put_module(&module, b"m").unwrap();
+    let (dir, store, module) = store_with_module();
     let mut tasks: Vec<_> = (0..5u8)
         .map(|n| {
             let mut task = record(module, TaskState::Queued, store.next_seq().unwrap());
@@ -628,10 +625,7 @@ fn a_task_s_input_is_logged_with_its_submission_only() {
 
 #[test]
 fn a_claim_logged_after_its_submission_s_checkpoint_takes_the_input_from_sled() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let module = ModuleHash::of(b"m");
-    store.put_module(&module, b"m").unwrap();
+    let (dir, store, module) = store_with_module();
     let mut task = record(module, TaskState::Queued, store.next_seq().unwrap());
     task.input = big_input(1).into();
     store.insert(std::slice::from_ref(&task)).unwrap();
@@ -684,10 +678,7 @@ fn a_claim_logged_after_its_submission_s_checkpoint_takes_the_input_from_sled() 
 
 #[test]
 fn a_schema_4_store_killed_while_open_is_replayed_and_upgraded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let module = ModuleHash::of(b"m");
-    store.put_module(&module, b"m").unwrap();
+    let (dir, store, module) = store_with_module();
     let tasks: Vec<_> = (0..3)
         .map(|_| record(module, TaskState::Queued, store.next_seq().unwrap()))
         .collect();
