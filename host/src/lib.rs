@@ -114,8 +114,8 @@ pub use limits::{LimitOverrides, Limits, MAX_LOG, MAX_OUTPUT, MAX_TIMEOUT};
 pub use outcome::{Outcome, RunReport};
 pub use pool::events::{Event, EventKind, Events, EventsError};
 pub use pool::{
-    CancelResult, DEFAULT_MAX_STORED_OUTPUT, MAX_CLAIM_AHEAD, Pool, PoolConfig, Stats, Submitted,
-    TaskHandle,
+    CancelResult, DEFAULT_CLAIM_AHEAD, DEFAULT_MAX_STORED_OUTPUT, MAX_CLAIM_AHEAD, Pool,
+    PoolConfig, Stats, Submitted, TaskHandle,
 };
 pub use registry::{CompiledModule, ModuleKind};
 pub use settings::{

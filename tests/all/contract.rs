@@ -128,6 +128,7 @@ fn ran(outcome: Outcome) -> Completion {
         progress: None,
         duration_us: 10,
         fuel_consumed: Some(1),
+        started_at: now_millis(),
         at: now_millis(),
     }
 }
@@ -375,6 +376,112 @@ async fn interruptions_end_a_task_at_its_limit(h: &dyn Harness) {
     );
     assert!(backend.claim(1, TTL).await.unwrap().claimed.is_empty());
     counts_add_up(&backend, 1).await;
+}
+
+/// A claim ahead of a free worker stores no attempt; its run's end
+/// stores the attempt with the start the runner gives; its loss counts an
+/// interruption that never ends the task, until the task's losses reach
+/// its most: then it is claimed as for a free worker, and the next loss
+/// ends it.
+async fn claims_ahead_store_no_attempt_and_their_loss_never_ends_a_task(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let ids: Vec<_> = enqueue(
+        &backend,
+        vec![
+            task(m, |s| s.max_interruptions(2)),
+            task(m, |s| s.max_interruptions(2)),
+            task(m, |s| s),
+        ],
+    )
+    .await
+    .iter()
+    .map(|r| r.id)
+    .collect();
+
+    // One for a free worker, two ahead: in order, and only the first has
+    // its attempt stored.
+    let claim = backend
+        .claim_ahead(1, 2, Duration::from_millis(20))
+        .await
+        .unwrap();
+    let claimed: Vec<_> = claim.claimed.iter().map(|(r, _)| r.id).collect();
+    assert_eq!(claimed, ids);
+    for (i, (record, _)) in claim.claimed.iter().enumerate() {
+        let stored = backend.get(&record.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, TaskState::Running);
+        assert_eq!(stored.attempts.len(), usize::from(i == 0), "{i}");
+        assert_eq!(stored.has_open_attempt(), i == 0, "{i}");
+    }
+
+    // The second one's lease is lost, twice, while claimed ahead: counted,
+    // never ended.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let expired = backend.expire_leases().await.unwrap();
+    assert_eq!(expired.len(), 3);
+    for round in 2..=3u32 {
+        let record = backend.get(&ids[1]).await.unwrap().unwrap();
+        assert_eq!(record.state, TaskState::Queued, "round {round}");
+        assert!(record.attempts.is_empty());
+        assert_eq!(record.interruptions, round - 1);
+        assert_eq!(record.outcome, None);
+        if round == 3 {
+            break;
+        }
+        // The first is claimed for a free worker, the second ahead again.
+        let claim = backend
+            .claim_ahead(1, 1, Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert_eq!(claim.claimed[1].0.id, ids[1]);
+        assert!(!claim.claimed[1].0.has_open_attempt());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        backend.expire_leases().await.unwrap();
+    }
+    // The first one, lost twice with its attempt stored, ended.
+    let first = backend.get(&ids[0]).await.unwrap().unwrap();
+    assert_eq!(first.state, TaskState::Failed);
+    assert_eq!(first.outcome, Some(Outcome::Interrupted(2)));
+
+    // At its most, the second is claimed as for a free worker even when
+    // asked ahead; and its next loss ends it.
+    let claim = backend
+        .claim_ahead(0, 1, Duration::from_millis(20))
+        .await
+        .unwrap();
+    assert_eq!(claim.claimed[0].0.id, ids[1]);
+    assert!(claim.claimed[0].0.has_open_attempt());
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    backend.expire_leases().await.unwrap();
+    let second = backend.get(&ids[1]).await.unwrap().unwrap();
+    assert_eq!(second.state, TaskState::Failed);
+    assert_eq!(second.outcome, Some(Outcome::Interrupted(3)));
+
+    // The third, claimed ahead and run: its end stores the attempt, with
+    // the start its runner gives.
+    let (mut record, lease) = backend
+        .claim_ahead(0, 1, TTL)
+        .await
+        .unwrap()
+        .claimed
+        .remove(0);
+    assert_eq!(record.id, ids[2]);
+    assert!(record.attempts.is_empty());
+    record.begin(12_345);
+    assert_eq!(record.attempts.len(), 1);
+    let mut run = ran(Outcome::Success);
+    run.started_at = record.attempts[0].started_at;
+    let done = match backend.complete(&lease, run).await.unwrap() {
+        Completed::Recorded(record) => *record,
+        Completed::LeaseLost => panic!("the lease was held"),
+    };
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.attempts.len(), 1);
+    assert_eq!(done.attempts[0].number, 1);
+    assert_eq!(done.attempts[0].started_at, 12_345);
+    assert_eq!(done.attempts[0].outcome, Some(Outcome::Success));
+    assert_eq!(backend.get(&ids[2]).await.unwrap().unwrap(), done);
+    counts_add_up(&backend, 3).await;
 }
 
 async fn a_release_puts_the_task_back_uncounted(h: &dyn Harness) {
@@ -805,6 +912,7 @@ every_backend!(
     waiting_tasks_past_their_expiry_expire,
     a_completion_under_a_lost_lease_is_refused,
     interruptions_end_a_task_at_its_limit,
+    claims_ahead_store_no_attempt_and_their_loss_never_ends_a_task,
     a_release_puts_the_task_back_uncounted,
     a_retryable_failure_is_scheduled_until_attempts_run_out,
     idempotency_keys_store_a_task_once,

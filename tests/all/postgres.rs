@@ -226,6 +226,7 @@ async fn hosts_expire_each_lease_once_and_fence_the_loser() {
         progress: None,
         duration_us: 1,
         fuel_consumed: None,
+        started_at: now_millis(),
         at: now_millis(),
     };
     assert_eq!(

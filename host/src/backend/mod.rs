@@ -170,6 +170,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Claims up to `max` ready tasks, by priority then submission order,
     /// each under a new lease lasting `ttl`.
     async fn claim(&self, max: usize, ttl: Duration) -> Result<Claim>;
+    /// [`Backend::claim`] of up to `max` tasks for free workers, then up to
+    /// `ahead` more held until a worker is free: those are claimed with
+    /// [`TaskRecord::claim_ahead`] (no attempt stored, so that a claim lost
+    /// with its host never ends the task) when
+    /// [`TaskRecord::may_claim_ahead`], and as `claim` does otherwise.
+    /// The claimed tasks come in the order claimed, those for free workers
+    /// first. The default claims all `max + ahead` as `claim` does, which
+    /// is what a backend that keeps no such distinction must do: it counts
+    /// a lost claim ahead as a lost run.
+    async fn claim_ahead(&self, max: usize, ahead: usize, ttl: Duration) -> Result<Claim> {
+        self.claim(max.saturating_add(ahead), ttl).await
+    }
     /// Extends each lease by `ttl` if it is still held; says for each
     /// whether it is.
     async fn renew(&self, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseState>>;

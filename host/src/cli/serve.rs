@@ -156,9 +156,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "WPOOL_MAX_STORED_OUTPUT", value_parser = parse_size)]
     max_stored_output: Option<u64>,
     /// The most tasks claimed ahead of the free workers, so that short
-    /// tasks share their durable claims (e.g. 64); when the host dies, a
-    /// task claimed ahead and not yet started counts an interruption too.
-    /// Default: 0 (a task is claimed when a worker is free for it).
+    /// tasks share their durable claims; 0 claims a task only when a
+    /// worker is free for it. When the host dies, a task claimed ahead
+    /// counts an interruption that never ends it (its run may not have
+    /// started). Default: 64 on the sled store, 0 on PostgreSQL (where
+    /// another host's free worker could run what this one holds).
     #[arg(long, env = "WPOOL_CLAIM_AHEAD")]
     claim_ahead: Option<usize>,
 }

@@ -10,6 +10,10 @@ pub const DEFAULT_MAX_STORED_OUTPUT: u64 = 8 << 30;
 /// The most [`PoolConfig::claim_ahead`] allows.
 pub const MAX_CLAIM_AHEAD: usize = 1024;
 
+/// The default of [`PoolConfig::claim_ahead`] on a durable embedded store
+/// (sled): 64.
+pub const DEFAULT_CLAIM_AHEAD: usize = 64;
+
 /// How a [`Pool`] is set up.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -22,7 +26,7 @@ pub struct PoolConfig {
     pub(crate) lease_ttl: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) max_stored_output: u64,
-    pub(crate) claim_ahead: usize,
+    pub(crate) claim_ahead: Option<usize>,
 }
 
 impl Default for PoolConfig {
@@ -37,7 +41,7 @@ impl Default for PoolConfig {
             lease_ttl: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             max_stored_output: DEFAULT_MAX_STORED_OUTPUT,
-            claim_ahead: 0,
+            claim_ahead: None,
         }
     }
 }
@@ -140,16 +144,19 @@ impl PoolConfig {
 
     /// How many tasks the pool may claim ahead of its free workers, at
     /// most, so that short tasks do not each wait for a durable claim of
-    /// their own. Default: 0 (a task is claimed only when a worker is free
-    /// for it).
+    /// their own. Default: [`DEFAULT_CLAIM_AHEAD`] (64) on a durable
+    /// embedded store (sled), 0 on the others (a task is claimed only when
+    /// a worker is free for it). On the memory store nothing waits for a
+    /// flush, so there is nothing to gain; on PostgreSQL a host claiming
+    /// ahead would hold tasks that another host's free worker could run.
     ///
-    /// Every claim is durable before its task runs, so that a task that
-    /// takes its host down counts that interruption. With 0, a worker
-    /// waits for that write (one flush) before each task, which bounds a
-    /// durable store's throughput to about one task per flush per worker,
-    /// whatever the tasks cost. With claiming ahead, one flush carries the
-    /// claims of many tasks, held under lease (and renewed) until a worker
-    /// takes them.
+    /// Every claim for a free worker is durable before its task runs, with
+    /// the run's attempt, so that a task that takes its host down counts
+    /// that interruption. With 0, a worker waits for that write (one
+    /// flush) before each task, which bounds a durable store's throughput
+    /// to about one task per flush per worker, whatever the tasks cost.
+    /// With claiming ahead, one flush carries the claims of many tasks,
+    /// held under lease (and renewed) until a worker takes them.
     ///
     /// The pool claims ahead only as much as its workers finish in the
     /// 50 ms after their current runs, judged by the recent runs' mean
@@ -161,24 +168,41 @@ impl PoolConfig {
     /// workers in the order claimed: a task of higher priority submitted
     /// meanwhile waits for those.
     ///
-    /// The price: when the host dies, every task it had claimed counts an
-    /// interruption (see [`TaskSpec::max_interruptions`]), including those
-    /// claimed ahead and not yet started; and a task claimed ahead shows
-    /// `running` (its attempt started) from its claim. A pool that stops
-    /// or pauses puts the tasks it claimed ahead back in the queue, with no
-    /// interruption counted.
+    /// A task claimed ahead shows `running` from its claim, with no
+    /// attempt stored until its run ends ([`TaskRecord::claim_ahead`]):
+    /// its start is not written, which is the point. When the host dies,
+    /// such a claim counts an interruption but never ends the task, since
+    /// its run may not have started; a task whose interruptions reached
+    /// [`TaskSpec::max_interruptions`] is claimed only for a free worker,
+    /// so a task that keeps taking its host down still ends
+    /// [`Outcome::Interrupted`](crate::Outcome::Interrupted), after at
+    /// most one crash more than its most. A pool that stops or pauses
+    /// puts the tasks it claimed ahead back in the queue, with nothing
+    /// counted.
     ///
+    /// [`TaskRecord::claim_ahead`]: crate::TaskRecord::claim_ahead
     /// [`TaskSpec::max_interruptions`]: crate::TaskSpec::max_interruptions
     pub fn claim_ahead(&mut self, tasks: usize) -> &mut Self {
-        self.claim_ahead = tasks;
+        self.claim_ahead = Some(tasks);
         self
     }
 
+    /// [`PoolConfig::claim_ahead`] as set, or its default for `backend`.
+    pub(crate) fn claim_ahead_for(&self, backend: &dyn crate::backend::Backend) -> usize {
+        self.claim_ahead
+            .unwrap_or(if backend.is_durable() && backend.completes_with_claim() {
+                DEFAULT_CLAIM_AHEAD
+            } else {
+                0
+            })
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.claim_ahead > MAX_CLAIM_AHEAD {
+        if let Some(ahead) = self.claim_ahead
+            && ahead > MAX_CLAIM_AHEAD
+        {
             return Err(Error::Config(format!(
-                "`claim_ahead` must be at most {MAX_CLAIM_AHEAD} (it is {})",
-                self.claim_ahead
+                "`claim_ahead` must be at most {MAX_CLAIM_AHEAD} (it is {ahead})"
             )));
         }
         if self.max_queued == 0 {

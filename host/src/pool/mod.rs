@@ -40,7 +40,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast, oneshot};
 
-pub use self::config::{DEFAULT_MAX_STORED_OUTPUT, MAX_CLAIM_AHEAD, PoolConfig};
+pub use self::config::{
+    DEFAULT_CLAIM_AHEAD, DEFAULT_MAX_STORED_OUTPUT, MAX_CLAIM_AHEAD, PoolConfig,
+};
 use self::events::{Event, EventKind, Events};
 use crate::backend::{Backend, Cancelled, EmbeddedBackend};
 use crate::store::{MemoryStore, StateCounts, Store, StoredModule, TaskFilter};
@@ -145,6 +147,8 @@ pub(crate) struct Inner {
     /// Mean run time of recent runs, in µs (an exponential average): how
     /// far ahead to claim.
     mean_run_us: AtomicU64,
+    /// [`PoolConfig::claim_ahead`], its default resolved for the backend.
+    claim_ahead: usize,
     /// Paused: no task is claimed until resumed; running tasks go on.
     paused: std::sync::atomic::AtomicBool,
     finished: AtomicU64,
@@ -284,6 +288,7 @@ impl Pool {
         config.validate()?;
         let executor = Executor::new(&config.engine)?;
         let workers = config.engine.workers;
+        let claim_ahead = config.claim_ahead_for(backend.as_ref());
         let inner = Arc::new(Inner {
             executor,
             backend,
@@ -300,6 +305,7 @@ impl Pool {
             executing: AtomicUsize::new(0),
             ahead: Mutex::new(VecDeque::new()),
             mean_run_us: AtomicU64::new(0),
+            claim_ahead,
             paused: std::sync::atomic::AtomicBool::new(false),
             finished: AtomicU64::new(0),
             recent: Mutex::new(rate::RateWindow::default()),

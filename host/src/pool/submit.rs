@@ -167,7 +167,7 @@ impl Inner {
     /// free.
     fn dispatcher_needed(&self) -> bool {
         !self.backend.completes_with_claim()
-            || self.config.claim_ahead > 0
+            || self.claim_ahead > 0
             || self.executing.load(Ordering::SeqCst) < self.active_workers.load(Ordering::SeqCst)
     }
 

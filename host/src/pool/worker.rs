@@ -71,7 +71,14 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
                 .saturating_sub(inner.executing.load(Ordering::Relaxed));
             let want = (free + inner.ahead_depth()).saturating_sub(inner.lock_ahead().len());
             if want > 0 {
-                match inner.backend.claim(want, ttl).await {
+                // Those beyond the free workers are claimed ahead: no
+                // attempt is stored for them until they run.
+                let for_free = free.min(want);
+                match inner
+                    .backend
+                    .claim_ahead(for_free, want - for_free, ttl)
+                    .await
+                {
                     Ok(claim) => {
                         outage.ended("claiming tasks");
                         inner.left_queue(claim.claimed.len() + claim.expired.len());
@@ -128,7 +135,7 @@ impl Inner {
     /// reaches `horizon × workers / (workers + 1)`); none before a run was
     /// timed.
     fn ahead_depth(&self) -> usize {
-        let max = self.config.claim_ahead;
+        let max = self.claim_ahead;
         let mean = self.mean_run_us.load(Ordering::Relaxed);
         if max == 0 || mean == 0 {
             return 0;
@@ -246,6 +253,13 @@ impl Inner {
         }
     }
 
+    /// A run of `record` starts now: opens its attempt if its claim did
+    /// not (a claim ahead, [`TaskRecord::begin`]), and announces it.
+    fn begin(&self, record: &mut TaskRecord) {
+        record.begin(now_millis());
+        self.emit_started(record);
+    }
+
     /// Announces the start of a run of `record`.
     fn emit_started(&self, record: &TaskRecord) {
         let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
@@ -255,11 +269,11 @@ impl Inner {
     /// Runs a claimed task on the worker taken for it.
     fn start_run(self: &Arc<Self>, task: Ahead) {
         let Ahead {
-            record,
+            mut record,
             lease,
             cancel,
         } = task;
-        self.emit_started(&record);
+        self.begin(&mut record);
         let guard = BackgroundGuard::new(self);
         self.executor.handle().spawn(async move {
             let inner = guard.inner();
@@ -354,7 +368,7 @@ impl Inner {
         }
         // Before the end is delivered: whoever learns of it sees the worker
         // free, unless it runs another task.
-        let next = if keep_worker {
+        let mut next = if keep_worker {
             self.take_claimed(claim).await
         } else {
             None
@@ -378,8 +392,8 @@ impl Inner {
             (None, Some(record)) => self.recorded(record),
             (None, None) => {}
         }
-        match &next {
-            Some(task) => self.emit_started(&task.record),
+        match &mut next {
+            Some(task) => self.begin(&mut task.record),
             None => self.work.notify_one(),
         }
         self.quiet.notify_waiters();
@@ -496,6 +510,10 @@ impl Inner {
             progress: report.progress,
             duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
             fuel_consumed: report.fuel_consumed,
+            started_at: record
+                .attempts
+                .last()
+                .map_or_else(now_millis, |a| a.started_at),
             at: now_millis(),
         };
         let mut outage = Outage::default();

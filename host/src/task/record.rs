@@ -139,6 +139,9 @@ pub struct Completion {
     pub duration_us: u64,
     /// Fuel it consumed.
     pub fuel_consumed: Option<u64>,
+    /// When the run started: the attempt's start, for a task claimed ahead
+    /// whose record has no attempt open ([`TaskRecord::claim_ahead`]).
+    pub started_at: Millis,
     /// When the run ended.
     pub at: Millis,
 }
@@ -199,6 +202,52 @@ impl TaskRecord {
         self.state = TaskState::Running;
         self.updated_at = now;
         self.lease = Some(lease);
+        self.open_attempt(now);
+    }
+
+    /// `queued → running` under `lease`, claimed ahead of a free worker:
+    /// held, and shown `running`, but no attempt is opened, since the run
+    /// may start later or not at all (the claim goes back when the pool
+    /// stops, pauses, or its host dies). The worker that runs it opens the
+    /// attempt in its own copy ([`TaskRecord::begin`]), and the run's end
+    /// stores it ([`TaskRecord::complete`]).
+    ///
+    /// A claim ahead lost with its host counts an interruption but never
+    /// ends the task ([`TaskRecord::interrupt`]), since its run may never
+    /// have started; a task is claimed ahead only while its interruptions
+    /// are below `max_interruptions` ([`TaskRecord::may_claim_ahead`]), so
+    /// a task that kills its host is claimed for a free worker at last,
+    /// with its attempt stored before it runs, and ends at the next loss.
+    pub fn claim_ahead(&mut self, lease: Lease, now: Millis) {
+        debug_assert_eq!(self.state, TaskState::Queued);
+        self.state = TaskState::Running;
+        self.updated_at = now;
+        self.lease = Some(lease);
+    }
+
+    /// Whether the task may be claimed ahead of a free worker
+    /// ([`TaskRecord::claim_ahead`]): fewer interruptions than its most.
+    pub fn may_claim_ahead(&self) -> bool {
+        self.interruptions < self.max_interruptions
+    }
+
+    /// Whether the record holds the attempt of a run in progress: a task
+    /// claimed for a free worker does from its claim; one claimed ahead
+    /// does not ([`TaskRecord::claim_ahead`]).
+    pub fn has_open_attempt(&self) -> bool {
+        self.attempts.last().is_some_and(|a| a.outcome.is_none())
+    }
+
+    /// A run of a running task starts now: opens its attempt if the claim
+    /// did not (a claim ahead). In the runner's own copy of the record;
+    /// the store learns of the attempt with the run's end.
+    pub fn begin(&mut self, now: Millis) {
+        if self.state == TaskState::Running && !self.has_open_attempt() {
+            self.open_attempt(now);
+        }
+    }
+
+    fn open_attempt(&mut self, now: Millis) {
         let number = u32::try_from(self.attempts.len() + 1).unwrap_or(u32::MAX);
         self.attempts.push(Attempt {
             number,
@@ -221,8 +270,12 @@ impl TaskRecord {
             progress,
             duration_us,
             fuel_consumed,
+            started_at,
             at,
         } = run;
+        if !self.has_open_attempt() {
+            self.open_attempt(started_at);
+        }
         if let Some(attempt) = self.attempts.last_mut() {
             attempt.outcome = Some(outcome.clone());
             attempt.duration_us = duration_us;
@@ -275,11 +328,17 @@ impl TaskRecord {
     /// `running → queued` because the lease was lost (the host died, or did
     /// not renew in time): one more interruption. At `max_interruptions`
     /// the task ends failed, [`Outcome::Interrupted`]; a task whose cancel
-    /// was asked for ends cancelled.
+    /// was asked for ends cancelled. A claim ahead with no attempt stored
+    /// ([`TaskRecord::claim_ahead`]) counts too, but never ends the task:
+    /// its run may not have started.
     pub fn interrupt(&mut self, now: Millis) {
+        let started = self.has_open_attempt();
         self.interruptions = self.interruptions.saturating_add(1);
         self.release(now);
-        if self.state == TaskState::Queued && self.interruptions >= self.max_interruptions {
+        if started
+            && self.state == TaskState::Queued
+            && self.interruptions >= self.max_interruptions
+        {
             self.state = TaskState::Failed;
             self.finish(Some(Outcome::Interrupted(self.interruptions)), now);
         }
@@ -312,7 +371,7 @@ impl TaskRecord {
     }
 
     fn drop_running_attempt(&mut self) {
-        if self.attempts.last().is_some_and(|a| a.outcome.is_none()) {
+        if self.has_open_attempt() {
             self.attempts.pop();
         }
     }

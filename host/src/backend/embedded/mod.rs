@@ -81,6 +81,10 @@ pub struct Recovered {
     /// Tasks that were running when their process stopped: queued again,
     /// each with one more interruption.
     pub requeued: usize,
+    /// Of `requeued`, tasks claimed ahead with no attempt stored
+    /// ([`TaskRecord::claim_ahead`]): their runs may not have started, so
+    /// the interruption they count does not end them.
+    pub claimed_ahead: usize,
     /// Tasks that were running and have now ended: at `max_interruptions`,
     /// or cancelled while they ran.
     pub ended: usize,
@@ -250,6 +254,7 @@ impl EmbeddedBackend {
         let mut recovered = Recovered::default();
         for mut record in store.unfinished()? {
             if record.state == TaskState::Running {
+                let ahead = !record.has_open_attempt();
                 record.interrupt(now);
                 if !store.update(&record, TaskState::Running)? {
                     return Err(Error::Store(format!(
@@ -267,11 +272,21 @@ impl EmbeddedBackend {
                     recovered.ended += 1;
                     continue;
                 }
-                tracing::info!(
-                    task = %record.id,
-                    interruptions = record.interruptions,
-                    "a task that was running when the host stopped is queued again"
-                );
+                if ahead {
+                    tracing::info!(
+                        task = %record.id,
+                        interruptions = record.interruptions,
+                        "a task claimed ahead (its run may not have started) when the host \
+                         stopped is queued again"
+                    );
+                    recovered.claimed_ahead += 1;
+                } else {
+                    tracing::info!(
+                        task = %record.id,
+                        interruptions = record.interruptions,
+                        "a task that was running when the host stopped is queued again"
+                    );
+                }
                 recovered.requeued += 1;
             } else {
                 recovered.waiting += 1;
@@ -367,12 +382,20 @@ impl EmbeddedBackend {
         }
     }
 
-    /// Claims up to `max` ready tasks with the index locked, writing them
-    /// (not flushed): [`Backend::claim`] without its flush.
-    fn claim_locked(&self, index: &mut Index, max: usize, ttl: Duration) -> Result<Claim> {
+    /// Claims up to `max` ready tasks with the index locked, then up to
+    /// `ahead` more ahead of a free worker, writing them (not flushed):
+    /// [`Backend::claim_ahead`] without its flush.
+    fn claim_locked(
+        &self,
+        index: &mut Index,
+        max: usize,
+        ahead: usize,
+        ttl: Duration,
+    ) -> Result<Claim> {
         let mut claim = Claim::default();
         let now = now_millis();
-        while claim.claimed.len() < max {
+        let all = max.saturating_add(ahead);
+        while claim.claimed.len() < all {
             let Some(id) = index.peek_ready() else {
                 break;
             };
@@ -392,6 +415,8 @@ impl EmbeddedBackend {
             let lease = self.lease(record.id, now, ttl);
             if expired {
                 record.expire(now);
+            } else if claim.claimed.len() >= max && record.may_claim_ahead() {
+                record.claim_ahead(lease, now);
             } else {
                 record.start(lease, now);
             }
@@ -512,7 +537,11 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn claim(&self, max: usize, ttl: Duration) -> Result<Claim> {
-        let claim = self.claim_locked(&mut self.lock(), max, ttl)?;
+        self.claim_ahead(max, 0, ttl).await
+    }
+
+    async fn claim_ahead(&self, max: usize, ahead: usize, ttl: Duration) -> Result<Claim> {
+        let claim = self.claim_locked(&mut self.lock(), max, ahead, ttl)?;
         if !claim.claimed.is_empty() || !claim.expired.is_empty() {
             self.flush_writes().await?;
         }
@@ -620,7 +649,7 @@ impl Backend for EmbeddedBackend {
             let claim = match max {
                 0 => Claim::default(),
                 _ => self
-                    .claim_locked(&mut index, max, ttl)
+                    .claim_locked(&mut index, max, 0, ttl)
                     .unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "cannot claim the next task after a run; the dispatcher will");
                         Claim::default()

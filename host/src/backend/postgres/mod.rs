@@ -519,7 +519,12 @@ impl Backend for PostgresBackend {
     }
 
     async fn claim(&self, max: usize, ttl: Duration) -> Result<Claim> {
-        self.call(move |s| async move { s.claim(max, ttl).await })
+        self.call(move |s| async move { s.claim(max, 0, ttl).await })
+            .await
+    }
+
+    async fn claim_ahead(&self, max: usize, ahead: usize, ttl: Duration) -> Result<Claim> {
+        self.call(move |s| async move { s.claim(max, ahead, ttl).await })
             .await
     }
 

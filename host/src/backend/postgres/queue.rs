@@ -333,8 +333,11 @@ impl Shared {
             .collect()
     }
 
-    pub(super) async fn claim(&self, max: usize, ttl: Duration) -> Result<Claim> {
+    /// Claims up to `max` tasks for free workers, then up to `ahead` more
+    /// ahead of one ([`Backend::claim_ahead`](crate::backend::Backend::claim_ahead)).
+    pub(super) async fn claim(&self, firm: usize, ahead: usize, ttl: Duration) -> Result<Claim> {
         let mut claim = Claim::default();
+        let max = firm.saturating_add(ahead);
         if max == 0 {
             return Ok(claim);
         }
@@ -374,7 +377,11 @@ impl Shared {
                     token,
                     expires_at: now.saturating_add(millis(ttl)),
                 };
-                record.start(lease, now);
+                if claim.claimed.len() >= firm && record.may_claim_ahead() {
+                    record.claim_ahead(lease, now);
+                } else {
+                    record.start(lease, now);
+                }
                 record::update(&tx, &mut record).await?;
                 claim.claimed.push((record, lease));
             }
