@@ -54,7 +54,8 @@ pub(crate) fn durable_end_to_end(
 /// The environment variable that runs one end-to-end measurement alone,
 /// for a profiler: `STORE:SUBMISSION:TASKS[:AHEAD[:BYTES]]`, with `STORE`
 /// one of `memory`, `durable`, `relaxed`, `SUBMISSION` `single` or `batch`,
-/// and `BYTES` the size of each task's input, echoed as its output (by
+/// `AHEAD` the tasks claimed ahead (by default the store's default) and
+/// `BYTES` the size of each task's input, echoed as its output (by
 /// default none, and the trivial task).
 const ALONE: &str = "WPOOL_BENCH_DURABLE";
 
@@ -63,7 +64,7 @@ fn alone(spec: &str, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error
     let usage = || format!("{ALONE}: STORE:SUBMISSION:TASKS[:AHEAD[:BYTES]], not `{spec}`");
     let parts: Vec<&str> = spec.split(':').collect();
     let (store, submission, tasks, ahead, bytes) = match parts[..] {
-        [store, submission, tasks] => (store, submission, tasks, "0", "0"),
+        [store, submission, tasks] => (store, submission, tasks, "default", "0"),
         [store, submission, tasks, ahead] => (store, submission, tasks, ahead, "0"),
         [store, submission, tasks, ahead, bytes] => (store, submission, tasks, ahead, bytes),
         _ => return Err(usage().into()),
@@ -76,7 +77,10 @@ fn alone(spec: &str, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error
     };
     let tasks: usize = tasks.parse()?;
     let mut config = PoolConfig::new();
-    config.workers(cores).claim_ahead(ahead.parse()?);
+    config.workers(cores);
+    if ahead != "default" {
+        config.claim_ahead(ahead.parse()?);
+    }
     // One instance per task, as the overhead section's measurement alone
     // does: under valgrind, the 32 memory slots' address space cannot be
     // reserved. A command module uses one; the per-task work is the same.
@@ -267,7 +271,7 @@ fn sled_next_to_memory(
             (Submission::Single, count),
             (Submission::Batch, batch_count),
         ] {
-            rows.push(claiming_ahead(submission, count, cores, &wasm, &[])?);
+            rows.push(claiming_ahead(submission, count, cores, &wasm, &[], 0)?);
         }
         let echo = read(programs::P1_ECHO);
         rows.push(claiming_ahead(
@@ -276,6 +280,7 @@ fn sled_next_to_memory(
             cores,
             &echo,
             &payload(PAYLOAD),
+            wpool::DEFAULT_CLAIM_AHEAD,
         )?);
     }
     rows.push(crate::postgres::next_to_sled(
@@ -297,7 +302,7 @@ const MANY_WORKERS: usize = 32;
 /// and so the tasks one flush can carry, are as many as the workers.
 fn more_workers(count: usize, wasm: &[u8]) -> Result<Row, Box<dyn std::error::Error>> {
     let mut config = PoolConfig::new();
-    config.workers(MANY_WORKERS);
+    config.workers(MANY_WORKERS).claim_ahead(0);
     let memory = {
         let pool = Pool::new(config.clone())?;
         let hash = register(&pool, wasm)?;
@@ -313,7 +318,7 @@ fn more_workers(count: usize, wasm: &[u8]) -> Result<Row, Box<dyn std::error::Er
     drop(pool);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
-    let who = format!("{SUBMITTERS} submitters, {MANY_WORKERS} workers");
+    let who = format!("{SUBMITTERS} submitters, {MANY_WORKERS} workers, not claiming ahead");
     print_flushes(&who, true, count, &before, &stats);
     Ok(Row::new(
         &format!("end to end, sled store, durable (group commit), {who}"),
@@ -324,9 +329,6 @@ fn more_workers(count: usize, wasm: &[u8]) -> Result<Row, Box<dyn std::error::Er
         "more tasks in flight share each flush",
     ))
 }
-
-/// Tasks the pool may claim ahead in the rows that show claiming ahead.
-const CLAIM_AHEAD: usize = 64;
 
 /// The input of the row whose tasks carry data (echoed as their output):
 /// a JSON document of a size a task commonly takes.
@@ -345,18 +347,19 @@ fn payload(bytes: usize) -> Vec<u8> {
 }
 
 /// End to end on the durable sled store with the pool claiming up to
-/// [`CLAIM_AHEAD`] tasks ahead of its free workers
-/// (`PoolConfig::claim_ahead`), next to the memory store doing the same:
-/// one flush then carries the claims of many tasks.
+/// `ahead` tasks ahead of its free workers (`PoolConfig::claim_ahead`; the
+/// default on this store is [`wpool::DEFAULT_CLAIM_AHEAD`], and 0 shows
+/// what that default gains), next to the memory store doing the same.
 fn claiming_ahead(
     submission: Submission,
     count: usize,
     cores: usize,
     wasm: &[u8],
     input: &[u8],
+    ahead: usize,
 ) -> Result<Row, Box<dyn std::error::Error>> {
     let mut config = PoolConfig::new();
-    config.workers(cores).claim_ahead(CLAIM_AHEAD);
+    config.workers(cores).claim_ahead(ahead);
     let memory = {
         let pool = Pool::new(config.clone())?;
         let hash = register(&pool, wasm)?;
@@ -372,21 +375,32 @@ fn claiming_ahead(
     drop(pool);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
-    let mut who = format!("{}, claiming {CLAIM_AHEAD} ahead", submission.who());
+    let mut who = if ahead == 0 {
+        format!("{}, not claiming ahead", submission.who())
+    } else {
+        format!("{}, claiming {ahead} ahead", submission.who())
+    };
     if !input.is_empty() {
         who += &format!(", {} KiB in and out", input.len() >> 10);
     }
     print_flushes(&who, true, count, &before, &stats);
+    let baseline = if ahead == 0 {
+        "memory store, same submitters, not claiming ahead"
+    } else {
+        "memory store, same submitters, claiming ahead"
+    };
     Ok(Row::new(
         &format!("end to end, sled store, durable (group commit), {who}"),
         "tasks/s",
         rate,
-        "memory store, same submitters, claiming ahead",
+        baseline,
         memory,
-        if input.is_empty() {
-            "one flush carries many claims"
-        } else {
+        if !input.is_empty() {
             "the log takes the input with the submission, the output with the end"
+        } else if ahead == 0 {
+            "a worker waits for a flush before each task"
+        } else {
+            "one flush carries many claims"
         },
     ))
 }
