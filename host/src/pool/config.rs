@@ -14,7 +14,7 @@ pub const MAX_CLAIM_AHEAD: usize = 1024;
 /// (sled): 64.
 pub const DEFAULT_CLAIM_AHEAD: usize = 64;
 
-/// How a [`Pool`] is set up.
+/// How a [`Pool`](crate::Pool) is set up.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
     pub(crate) engine: EngineConfig,
@@ -71,7 +71,8 @@ impl PoolConfig {
     }
 
     /// The most tasks waiting (queued or scheduled) at once. Past it
-    /// [`Pool::submit`] waits for room and [`Pool::try_submit`] fails with
+    /// [`Pool::submit`](crate::Pool::submit) waits for room and
+    /// [`Pool::try_submit`](crate::Pool::try_submit) fails with
     /// [`Error::QueueFull`]. On a queue shared with other hosts, the count
     /// is the shared queue's, read again from the backend whenever this
     /// pool's own count says the queue is full. Default: 1,000,000.
@@ -116,7 +117,7 @@ impl PoolConfig {
         self
     }
 
-    /// How long [`Pool::stop`] lets running tasks finish before killing
+    /// How long [`Pool::stop`](crate::Pool::stop) lets running tasks finish before killing
     /// them (they are queued again). Default: 30 s.
     pub fn stop_grace(&mut self, grace: Duration) -> &mut Self {
         self.stop_grace = grace;

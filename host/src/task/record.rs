@@ -378,7 +378,7 @@ impl TaskRecord {
 
     /// The result, once the task is final, with its output when the record
     /// holds it. An output kept in a file is left empty here: read it with
-    /// [`Backend::read_output`](crate::backend::Backend::read_output) and
+    /// [`Backend::read_payload`](crate::backend::Backend::read_payload) and
     /// [`TaskRecord::result_with`], as [`Pool::result`](crate::Pool::result)
     /// does.
     pub fn result(&self) -> Option<TaskResult> {

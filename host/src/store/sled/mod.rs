@@ -80,7 +80,7 @@ pub use flusher::{FlushStats, SizeClass};
 /// store rather than open it without them. Task records are unchanged.
 ///
 /// Schema 5 logs a claim and an end without the task's input, which the
-/// submission logged (a set keeping bytes, see [`wal`]): a wpool that knows
+/// submission logged (a set keeping bytes, see the log's format in `wal.rs`): a wpool that knows
 /// schema 4 at most could not replay such a record. Upgrading a schema 4
 /// store changes nothing but the version, and its log replays as it is.
 pub const SCHEMA_VERSION: u32 = 5;
@@ -101,7 +101,7 @@ const PURGE_BATCH: usize = 256;
 /// the log is replayed when the store is opened after a crash.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncMode {
-    /// [`Store::flush`] returns once every write before it is on disk
+    /// [`Store::flush`](crate::store::Store::flush) returns once every write before it is on disk
     /// (the log written and `fdatasync`ed). Concurrent callers share one
     /// flush (group commit), so a burst of submissions costs a few
     /// `fdatasync`s, not one each. Writes that no flush follows (state
@@ -109,7 +109,7 @@ pub enum SyncMode {
     /// background flush. The default.
     #[default]
     Durable,
-    /// [`Store::flush`] returns at once; a background thread writes the log
+    /// [`Store::flush`](crate::store::Store::flush) returns at once; a background thread writes the log
     /// out and `fdatasync`s it every `interval`.
     ///
     /// **Risk**: a task acknowledged by `submit` is not yet on disk. If the
@@ -157,7 +157,7 @@ impl SledOptions {
     }
 }
 
-/// A durable [`Store`] on sled, in a data directory. See the module docs
+/// A durable [`Store`](crate::store::Store) on sled, in a data directory. See the module docs
 /// for the layout.
 ///
 /// One process at a time: opening a directory that another process holds
@@ -482,12 +482,12 @@ impl SledStore {
     }
 
     /// Flushes every write so far to disk, in either [`SyncMode`] (with
-    /// group commit, as [`Store::flush`] in durable mode).
+    /// group commit, as [`Store::flush`](crate::store::Store::flush) in durable mode).
     pub fn sync(&self) -> Result<()> {
         self.flusher.flush()
     }
 
-    /// How many flushes to disk [`Store::flush`] and [`SledStore::sync`]
+    /// How many flushes to disk [`Store::flush`](crate::store::Store::flush) and [`SledStore::sync`]
     /// have made (callers that shared a flush count once).
     pub fn flushes(&self) -> u64 {
         self.flusher.flushes()
@@ -508,7 +508,7 @@ impl SledStore {
     /// Removes the modules that no task in the store references (waiting,
     /// running or finished but still retained); returns how many.
     ///
-    /// It holds the write lock throughout, and [`Store::insert`] refuses a
+    /// It holds the write lock throughout, and [`Store::insert`](crate::store::Store::insert) refuses a
     /// task whose module is not stored, so no task can end up naming a
     /// removed module. A module registered but not yet used by any task is
     /// removed too: register it again before submitting by hash.
