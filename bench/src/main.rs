@@ -13,6 +13,11 @@
 //! without one they start a throwaway cluster (`scripts/pg-cluster.sh`)
 //! and stop it at the end.
 
+/// The `wpool` binary's allocator, so that the figures are the daemon's
+/// (the raw loop and the other baselines run on it too).
+#[global_allocator]
+static ALLOCATOR: wpool::alloc::Allocator = wpool::alloc::Allocator;
+
 mod cpu;
 mod durable;
 mod http;
@@ -80,6 +85,7 @@ impl Scale {
 }
 
 fn main() {
+    wpool::alloc::tune_system_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(queued::CHILD) {
         if let Err(e) = queued::run_child(&args[1..]) {

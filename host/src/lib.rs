@@ -131,6 +131,8 @@ pub use task::{
 };
 pub use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "server")]
