@@ -173,8 +173,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// [`Backend::claim`] of up to `max` tasks for free workers, then up to
     /// `ahead` more held until a worker is free: those are claimed with
     /// [`TaskRecord::claim_ahead`] (no attempt stored, so that a claim lost
-    /// with its host never ends the task) when
-    /// [`TaskRecord::may_claim_ahead`], and as `claim` does otherwise.
+    /// with its host never ends the task, unless the task's interruptions
+    /// already reached their most).
     /// The claimed tasks come in the order claimed, those for free workers
     /// first. The default claims all `max + ahead` as `claim` does, which
     /// is what a backend that keeps no such distinction must do: it counts

@@ -256,12 +256,9 @@ impl Inner {
     /// A run of `record` starts now: opens its attempt if its claim did
     /// not (a claim ahead, [`TaskRecord::begin`]), and announces it.
     fn begin(&self, record: &mut TaskRecord) {
-        record.begin(now_millis());
-        self.emit_started(record);
-    }
-
-    /// Announces the start of a run of `record`.
-    fn emit_started(&self, record: &TaskRecord) {
+        if !record.has_open_attempt() {
+            record.begin(now_millis());
+        }
         let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
         self.emit(record.id, EventKind::Started { attempt });
     }

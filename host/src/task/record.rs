@@ -214,12 +214,17 @@ impl TaskRecord {
     ///
     /// A claim ahead lost with its host counts an interruption but never
     /// ends the task ([`TaskRecord::interrupt`]), since its run may never
-    /// have started; a task is claimed ahead only while its interruptions
-    /// are below `max_interruptions` ([`TaskRecord::may_claim_ahead`]), so
-    /// a task that kills its host is claimed for a free worker at last,
-    /// with its attempt stored before it runs, and ends at the next loss.
+    /// have started. So a task is claimed ahead only while its
+    /// interruptions are below `max_interruptions`
+    /// ([`TaskRecord::may_claim_ahead`]); otherwise this starts it as
+    /// [`TaskRecord::start`] does, its attempt stored before it runs, and a
+    /// task that kills its host ends at the next loss.
     pub fn claim_ahead(&mut self, lease: Lease, now: Millis) {
         debug_assert_eq!(self.state, TaskState::Queued);
+        if !self.may_claim_ahead() {
+            self.start(lease, now);
+            return;
+        }
         self.state = TaskState::Running;
         self.updated_at = now;
         self.lease = Some(lease);

@@ -272,21 +272,14 @@ impl EmbeddedBackend {
                     recovered.ended += 1;
                     continue;
                 }
-                if ahead {
-                    tracing::info!(
-                        task = %record.id,
-                        interruptions = record.interruptions,
-                        "a task claimed ahead (its run may not have started) when the host \
-                         stopped is queued again"
-                    );
-                    recovered.claimed_ahead += 1;
-                } else {
-                    tracing::info!(
-                        task = %record.id,
-                        interruptions = record.interruptions,
-                        "a task that was running when the host stopped is queued again"
-                    );
-                }
+                tracing::info!(
+                    task = %record.id,
+                    interruptions = record.interruptions,
+                    claimed_ahead = ahead,
+                    "a task that was running (or claimed ahead) when the host stopped is \
+                     queued again"
+                );
+                recovered.claimed_ahead += usize::from(ahead);
                 recovered.requeued += 1;
             } else {
                 recovered.waiting += 1;
@@ -415,7 +408,7 @@ impl EmbeddedBackend {
             let lease = self.lease(record.id, now, ttl);
             if expired {
                 record.expire(now);
-            } else if claim.claimed.len() >= max && record.may_claim_ahead() {
+            } else if claim.claimed.len() >= max {
                 record.claim_ahead(lease, now);
             } else {
                 record.start(lease, now);

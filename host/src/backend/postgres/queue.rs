@@ -377,7 +377,7 @@ impl Shared {
                     token,
                     expires_at: now.saturating_add(millis(ttl)),
                 };
-                if claim.claimed.len() >= firm && record.may_claim_ahead() {
+                if claim.claimed.len() >= firm {
                     record.claim_ahead(lease, now);
                 } else {
                     record.start(lease, now);
