@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -65,6 +66,8 @@ struct Inner {
     scratch_root: Option<std::path::PathBuf>,
     queue: async_channel::Sender<Queued>,
     shutdown: CancellationToken,
+    /// Runs made by a direct call, not on a fiber.
+    direct_calls: AtomicU64,
 }
 
 impl fmt::Debug for Executor {
@@ -97,6 +100,9 @@ impl Executor {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.slots())
             .thread_name("wpool-worker")
+            // A direct call runs the guest on this thread's stack: room for
+            // the wasm stack and the host frames, as a fiber has.
+            .thread_stack_size(config.max_wasm_stack + (2 << 20))
             .enable_time()
             .build()
             .map_err(|e| crate::Error::Host(format!("cannot start the worker threads: {e}")))?;
@@ -109,6 +115,7 @@ impl Executor {
             scratch_root,
             queue,
             shutdown: CancellationToken::new(),
+            direct_calls: AtomicU64::new(0),
         });
         let executor = Executor { inner };
         for _ in 0..config.workers {
@@ -238,6 +245,13 @@ impl Executor {
         self.inner.registry.compilations()
     }
 
+    /// How many runs were made by a direct call of the guest rather than on
+    /// a fiber: runs of command modules that cannot wait in a host call and
+    /// whose recent runs were short (see the README's *How a task runs*).
+    pub fn direct_calls(&self) -> u64 {
+        self.inner.direct_calls.load(Ordering::Relaxed)
+    }
+
     /// How many modules were loaded from the on-disk artifact cache
     /// ([`EngineConfig::artifact_dir`]) instead of compiled.
     pub fn cache_loads(&self) -> u64 {
@@ -315,6 +329,8 @@ impl Executor {
             settings: &settings,
             read_only_dirs: &read_only_dirs,
             scratch_root: self.inner.scratch_root.as_deref(),
+            epoch_tick: config.epoch_tick,
+            direct_calls: &self.inner.direct_calls,
         };
         let engine = &self.inner.engine.engine;
         let mut report = match module.prepared() {

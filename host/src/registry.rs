@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
-use wasmtime::InstancePre;
 use wasmtime::component::Component;
 
-use crate::abi::command::{self, CommandState};
+use crate::abi::command::{self, CommandPre, CommandState};
 use crate::abi::component::{self, ComponentPre, ComponentState, TaskPre};
 use crate::{Error, ModuleHash, ModuleSettings, Result};
 
@@ -50,7 +49,7 @@ impl ModuleKind {
 }
 
 pub(crate) enum Prepared {
-    Command(InstancePre<CommandState>),
+    Command(CommandPre),
     Component(TaskPre<ComponentState>),
     CliCommand(wasmtime_wasi::p2::bindings::CommandPre<ComponentState>),
 }
@@ -117,6 +116,7 @@ pub(crate) struct Registry {
     engine: wasmtime::Engine,
     artifacts: Option<crate::ArtifactCache>,
     command_linker: wasmtime::Linker<CommandState>,
+    direct_linker: wasmtime::Linker<CommandState>,
     component_linker: wasmtime::component::Linker<ComponentState>,
     modules: RwLock<HashMap<ModuleHash, CompiledModule>>,
     settings: RwLock<HashMap<ModuleHash, Arc<ModuleSettings>>>,
@@ -141,6 +141,7 @@ impl Registry {
             engine: engine.clone(),
             artifacts,
             command_linker: command::linker(engine)?,
+            direct_linker: command::direct_linker(engine)?,
             component_linker: component::linker(engine)?,
             modules: RwLock::new(HashMap::new()),
             settings: RwLock::new(HashMap::new()),
@@ -256,7 +257,8 @@ impl Registry {
                         )
                     }
                 };
-                let prepared = command::prepare(&self.command_linker, &module)?;
+                let prepared =
+                    command::prepare(&self.command_linker, &self.direct_linker, &module)?;
                 if fresh {
                     self.store_artifact(&hash, kind, module.serialize());
                 }

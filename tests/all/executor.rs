@@ -545,3 +545,116 @@ mod component {
         assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
     }
 }
+
+/// Runs `module` with `input` until its runs are direct calls (at most
+/// 100 runs), checking each output; the number of runs it took.
+fn warm_until_direct(
+    ex: &wpool::Executor,
+    module: &wpool::CompiledModule,
+    input: &[u8],
+    check: impl Fn(&wpool::RunReport),
+) -> usize {
+    let before = ex.direct_calls();
+    for runs in 1..=100 {
+        let report = spawn(ex, module, input, LimitOverrides::default()).wait_blocking();
+        check(&report);
+        if ex.direct_calls() > before {
+            return runs;
+        }
+    }
+    panic!("100 short runs of a module that cannot wait, and none was a direct call");
+}
+
+#[test]
+fn short_runs_become_direct_calls_which_are_still_killed_and_cancelled() {
+    let ex = executor(1);
+    let module = ex.register(&read(programs::P1_COUNT)).unwrap();
+    let counts = |report: &wpool::RunReport| {
+        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+        assert_eq!(report.output, b"104485749767");
+    };
+    let runs = warm_until_direct(&ex, &module, b"100", counts);
+    assert!(runs > 1, "the first run of a module is never direct");
+
+    // A run that spins (about forever) in a direct call: killed at its
+    // timeout by the epoch callback.
+    let limit = Duration::from_millis(300);
+    let direct = ex.direct_calls();
+    let report = spawn(&ex, &module, b"18446744073709551615", timeout(limit)).wait_blocking();
+    assert_eq!(ex.direct_calls(), direct + 1, "that run was a direct call");
+    assert_eq!(report.outcome, Outcome::Timeout);
+    assert!(
+        report.duration >= limit,
+        "stopped early: {:?}",
+        report.duration
+    );
+    assert!(
+        report.duration < limit + KILL_BOUND,
+        "killed late: {:?}",
+        report.duration
+    );
+
+    // That long run sent the module back to the fiber.
+    let report = spawn(&ex, &module, b"100", LimitOverrides::default()).wait_blocking();
+    counts(&report);
+    assert_eq!(
+        ex.direct_calls(),
+        direct + 1,
+        "a long run ends direct calls"
+    );
+
+    // Cancelled in a direct call, once short runs made it direct again.
+    warm_until_direct(&ex, &module, b"100", counts);
+    let execution = spawn(
+        &ex,
+        &module,
+        b"18446744073709551615",
+        LimitOverrides::default(),
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let cancelled = Instant::now();
+    execution.cancel();
+    let report = execution.wait_blocking();
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    assert!(
+        cancelled.elapsed() < KILL_BOUND,
+        "cancelled late: {:?}",
+        cancelled.elapsed()
+    );
+    assert_healthy(&ex);
+}
+
+#[test]
+fn a_module_that_can_sleep_is_never_called_directly() {
+    let ex = executor(1);
+    let module = ex.register(&read(programs::P1_SLEEP)).unwrap();
+    for _ in 0..30 {
+        let report = spawn(&ex, &module, b"0", LimitOverrides::default()).wait_blocking();
+        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+        assert_eq!(report.output, b"slept 0 ms");
+    }
+    assert_eq!(
+        ex.direct_calls(),
+        0,
+        "it imports poll_oneoff: always on a fiber"
+    );
+}
+
+#[test]
+fn a_direct_call_overflows_the_wasm_stack_not_the_thread() {
+    // A wasm stack larger than a thread's default (2 MiB): a direct call
+    // runs on the worker thread's stack, which must hold it.
+    let mut config = wpool::EngineConfig::new();
+    // A long tick: the overflow and its backtrace take longer than 1 ms
+    // in a debug build, and only runs within a tick become direct.
+    config
+        .workers(1)
+        .max_wasm_stack(8 << 20)
+        .epoch_tick(Duration::from_millis(200));
+    let ex = wpool::Executor::new(&config).unwrap();
+    let module = ex.register(&fixture("recurse.wat")).unwrap();
+    warm_until_direct(&ex, &module, b"", |report| {
+        assert_eq!(report.outcome, Outcome::Trap("stack overflow".into()));
+    });
+    assert_healthy(&ex);
+}

@@ -17,6 +17,7 @@
 //! grow (the bound of the scratch directory, see [`super::scratch`]). They
 //! call wasmtime-wasi's implementation for the work itself.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use wasmtime::{AsContextMut, Caller, Extern, InstancePre, Linker, Module, Store};
@@ -56,6 +57,128 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<CommandState>> 
     own_calls(&mut linker).map_err(link_error)?;
     linker.allow_shadowing(false);
     Ok(linker)
+}
+
+/// The linker of command modules run by a direct call ([`CommandPre`]):
+/// WASI preview 1 as synchronous host functions, and wpool's `proc_exit`.
+///
+/// wasmtime-wasi's own synchronous bindings block on a tokio runtime at
+/// every call that its implementation makes async, which panics on the
+/// executor's worker threads; so each of those calls is linked here over
+/// the async implementation, driven to its end on the calling thread
+/// ([`finish`]). A direct call never has a preopened directory and never
+/// imports `poll_oneoff`, so those calls touch only the task's memory
+/// pipes, and are ready at their first poll.
+pub(crate) fn direct_linker(engine: &wasmtime::Engine) -> Result<Linker<CommandState>> {
+    let mut linker = Linker::new(engine);
+    let link_error = |e: wasmtime::Error| Error::Host(format!("cannot link WASI preview 1: {e}"));
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut CommandState| &mut s.wasi)
+        .map_err(link_error)?;
+    linker.allow_shadowing(true);
+    direct_calls(&mut linker).map_err(link_error)?;
+    linker.allow_shadowing(false);
+    Ok(linker)
+}
+
+/// Drives a host call's future to its end on the calling thread: at once
+/// if it is ready at its first poll (the memory pipes always are), else by
+/// parking the thread until it is woken (a file operation on tokio's
+/// blocking pool; a direct call has no files, so this is a safety net).
+fn finish<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut future = std::pin::pin!(future);
+    if let Poll::Ready(out) = future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        return out;
+    }
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// Links, as synchronous host functions, the WASI preview 1 calls whose
+/// wasmtime-wasi implementation is async (all but `poll_oneoff`, which
+/// keeps a module off the direct call), and wpool's `proc_exit`.
+fn direct_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
+    macro_rules! direct {
+        ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+            linker.func_wrap(
+                WASI,
+                stringify!($name),
+                |mut caller: Caller<'_, CommandState>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+                    let fuel = caller.as_context_mut().hostcall_fuel();
+                    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+                        return Err(wasmtime::Error::msg("missing required memory export"));
+                    };
+                    let (bytes, state) = memory.data_and_store_mut(&mut caller);
+                    let mut memory = wiggle::GuestMemory::Unshared(bytes);
+                    use p1::WasiSnapshotPreview1 as _;
+                    state.wasi.set_hostcall_fuel(fuel);
+                    finish(p1::$name(&mut state.wasi, &mut memory, $($arg),*))
+                },
+            )?;
+        )*};
+    }
+    direct! {
+        fd_advise(fd: i32, offset: i64, len: i64, advice: i32);
+        fd_close(fd: i32);
+        fd_datasync(fd: i32);
+        fd_fdstat_get(fd: i32, buf: i32);
+        fd_filestat_get(fd: i32, buf: i32);
+        fd_filestat_set_size(fd: i32, size: i64);
+        fd_filestat_set_times(fd: i32, atim: i64, mtim: i64, flags: i32);
+        fd_read(fd: i32, iovs: i32, count: i32, read: i32);
+        fd_pread(fd: i32, iovs: i32, count: i32, offset: i64, read: i32);
+        fd_seek(fd: i32, offset: i64, whence: i32, at: i32);
+        fd_sync(fd: i32);
+        fd_readdir(fd: i32, buf: i32, len: i32, cookie: i64, used: i32);
+        fd_write(fd: i32, iovs: i32, count: i32, written: i32);
+        fd_pwrite(fd: i32, iovs: i32, count: i32, offset: i64, written: i32);
+        path_create_directory(fd: i32, path: i32, path_len: i32);
+        path_filestat_get(fd: i32, flags: i32, path: i32, path_len: i32, buf: i32);
+        path_filestat_set_times(
+            fd: i32, flags: i32, path: i32, path_len: i32, atim: i64, mtim: i64, fst: i32
+        );
+        path_link(
+            old_fd: i32, flags: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32
+        );
+        path_open(
+            fd: i32, dirflags: i32, path: i32, path_len: i32, oflags: i32, base: i64,
+            inheriting: i64, fdflags: i32, opened: i32
+        );
+        path_readlink(fd: i32, path: i32, path_len: i32, buf: i32, buf_len: i32, used: i32);
+        path_remove_directory(fd: i32, path: i32, path_len: i32);
+        path_rename(fd: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32);
+        path_symlink(old: i32, old_len: i32, fd: i32, new: i32, new_len: i32);
+        path_unlink_file(fd: i32, path: i32, path_len: i32);
+        fd_renumber(fd: i32, to: i32);
+    }
+    proc_exit(linker)
+}
+
+/// Links wpool's `proc_exit` (see [`GuestExit`]).
+fn proc_exit(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        WASI,
+        "proc_exit",
+        |_: Caller<'_, CommandState>, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::new(GuestExit(code.cast_unsigned())))
+        },
+    )?;
+    Ok(())
 }
 
 /// Calls wasmtime-wasi's implementation of a WASI preview 1 function with
@@ -108,13 +231,7 @@ fn iovecs_len(caller: &mut Caller<'_, CommandState>, iovs: i32, count: i32) -> O
 
 /// wpool's own WASI preview 1 calls (see the module docs).
 fn own_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        WASI,
-        "proc_exit",
-        |_: Caller<'_, CommandState>, code: i32| -> wasmtime::Result<()> {
-            Err(wasmtime::Error::new(GuestExit(code.cast_unsigned())))
-        },
-    )?;
+    proc_exit(linker)?;
     linker.func_wrap_async(
         WASI,
         "fd_write",
@@ -275,8 +392,9 @@ const BUILD_HINT: &str = "build a binary for `wasm32-wasip1` (Rust: `cargo build
 /// Checks a compiled core module and prepares it for quick instantiation.
 pub(crate) fn prepare(
     linker: &Linker<CommandState>,
+    direct_linker: &Linker<CommandState>,
     module: &Module,
-) -> Result<InstancePre<CommandState>> {
+) -> Result<CommandPre> {
     for import in module.imports() {
         match (import.module(), import.name(), import.ty()) {
             ("wasi_unstable", _, _) => {
@@ -334,18 +452,86 @@ pub(crate) fn prepare(
             )));
         }
     }
-    linker.instantiate_pre(module).map_err(|e| {
+    let on_fiber = linker.instantiate_pre(module).map_err(|e| {
         Error::InvalidModule(format!(
             "the module's imports do not match WASI preview 1: {}",
             super::error_chain(&e)
         ))
+    })?;
+    let can_wait = module
+        .imports()
+        .any(|import| import.module() == WASI && import.name() == "poll_oneoff");
+    let direct = if can_wait {
+        None
+    } else {
+        // The same imports as above, synchronous: this cannot fail where
+        // the async linker succeeded; if it did, the fiber still works.
+        direct_linker.instantiate_pre(module).ok()
+    };
+    Ok(CommandPre {
+        on_fiber,
+        direct,
+        short_runs: AtomicU32::new(0),
     })
+}
+
+/// A command module prepared to run in either of two ways.
+///
+/// - **On a fiber** (`call_async`): the guest runs on a stack of its own,
+///   and yields to the worker's runtime at every epoch tick; a guest
+///   blocked in a host call (a WASI sleep) is ended by dropping its future.
+///   Every module can run so.
+/// - **By a direct call** (`call`), without the fiber and its switches
+///   (about 7,000 instructions, a fifth of a trivial task's run). Only a
+///   run that cannot wait in a host call is made so: the module imports no
+///   `poll_oneoff` (the only WASI preview 1 call that waits for time), and
+///   the run has no preopened directory (no file to block on), so every
+///   host call returns at once. A guest spinning in wasm is stopped by the
+///   same epoch callback as on a fiber, which traps it at its deadline or
+///   cancel; but it does not yield between ticks, so it holds its worker
+///   thread (and the runtime's other tasks queued there) until it ends.
+///   So only a module whose recent runs all ended within one epoch tick
+///   (as long as a run on a fiber holds the thread between two yields)
+///   runs directly: [`DIRECT_AFTER`] such runs in a row, and any longer
+///   run sends it back to the fiber.
+pub(crate) struct CommandPre {
+    on_fiber: InstancePre<CommandState>,
+    direct: Option<InstancePre<CommandState>>,
+    /// The module's runs in a row that ended within one epoch tick.
+    short_runs: AtomicU32,
+}
+
+/// How many runs in a row of a module must end within one epoch tick
+/// before its runs are direct calls ([`CommandPre`]).
+const DIRECT_AFTER: u32 = 8;
+
+impl CommandPre {
+    /// The prepared module for a direct call of this run, if it may be one.
+    fn direct(&self, cx: &RunContext<'_>) -> Option<&InstancePre<CommandState>> {
+        let files = !cx.read_only_dirs.is_empty()
+            || (cx.settings.scratch.is_some() && cx.scratch_root.is_some());
+        if files || self.short_runs.load(Ordering::Relaxed) < DIRECT_AFTER {
+            return None;
+        }
+        self.direct.as_ref()
+    }
+
+    /// Counts a run that took `took`, against the epoch tick.
+    fn ran(&self, took: std::time::Duration, tick: std::time::Duration) {
+        if took < tick {
+            if self.short_runs.load(Ordering::Relaxed) < DIRECT_AFTER {
+                self.short_runs.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            self.short_runs.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Runs one task on a prepared command module.
 pub(crate) async fn run(
     engine: &wasmtime::Engine,
-    pre: &InstancePre<CommandState>,
+    pre: &CommandPre,
     input: Vec<u8>,
     cx: &RunContext<'_>,
 ) -> RunReport {
@@ -369,27 +555,40 @@ pub(crate) async fn run(
         },
     );
     store.limiter(|s| &mut s.limiter);
-    if let Err(e) = cx.arm(&mut store, deadline) {
+    let direct = pre.direct(cx);
+    if let Err(e) = cx.arm(&mut store, deadline, direct.is_none()) {
         return RunReport::without_run(Outcome::HostError(super::error_chain(&e)));
     }
 
-    let result = race(
-        async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            // Looked up without `get_typed_func`, whose miss (the usual
-            // case) builds an error message.
-            if let Some(init) = instance.get_func(&mut store, "_initialize")
-                && let Ok(init) = init.typed::<(), ()>(&store)
-            {
-                init.call_async(&mut store, ()).await?;
+    let result = match direct {
+        // Killed by the epoch callback only, which is enough: no host call
+        // of a direct run waits (see `CommandPre`).
+        Some(direct) => Ok((|| {
+            cx.direct_calls.fetch_add(1, Ordering::Relaxed);
+            let instance = direct.instantiate(&mut store)?;
+            if let Some(init) = initializer(&mut store, &instance) {
+                init.call(&mut store, ())?;
             }
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-            start.call_async(&mut store, ()).await
-        },
-        deadline,
-        cx.cancel,
-    )
-    .await;
+            start.call(&mut store, ())
+        })()),
+        None => {
+            race(
+                async {
+                    let instance = pre.on_fiber.instantiate_async(&mut store).await?;
+                    if let Some(init) = initializer(&mut store, &instance) {
+                        init.call_async(&mut store, ()).await?;
+                    }
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call_async(&mut store, ()).await
+                },
+                deadline,
+                cx.cancel,
+            )
+            .await
+        }
+    };
+    pre.ran(started.elapsed(), cx.epoch_tick);
 
     let outcome = match result {
         Ok(Err(e)) if e.downcast_ref::<ScratchFull>().is_some() => Outcome::Trap(
@@ -417,6 +616,19 @@ pub(crate) async fn run(
         duration: started.elapsed(),
         progress,
     }
+}
+
+/// The module's `_initialize`, if it exports one (the WASI reactor
+/// convention). Looked up without `get_typed_func`, whose miss (the usual
+/// case) builds an error message.
+fn initializer(
+    store: &mut Store<CommandState>,
+    instance: &wasmtime::Instance,
+) -> Option<wasmtime::TypedFunc<(), ()>> {
+    instance
+        .get_func(&mut *store, "_initialize")?
+        .typed::<(), ()>(&*store)
+        .ok()
 }
 
 /// The task's WASI context: deny by default (no host environment, no

@@ -178,7 +178,7 @@ pub(crate) async fn run(
         },
     );
     store.limiter(|s| &mut s.limiter);
-    if let Err(e) = cx.arm(&mut store, deadline) {
+    if let Err(e) = cx.arm(&mut store, deadline, true) {
         return RunReport::without_run(Outcome::HostError(super::error_chain(&e)));
     }
 
@@ -266,7 +266,7 @@ pub(crate) async fn run_cli(
         },
     );
     store.limiter(|s| &mut s.limiter);
-    if let Err(e) = cx.arm(&mut store, deadline) {
+    if let Err(e) = cx.arm(&mut store, deadline, true) {
         return RunReport::without_run(Outcome::HostError(super::error_chain(&e)));
     }
 

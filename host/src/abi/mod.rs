@@ -17,6 +17,11 @@
 //!
 //! In both cases the store is dropped before the report is sent, so nothing
 //! of the task is left running and its pool slot is free again.
+//!
+//! A command module that cannot block in a host call, whose runs are
+//! short, is called directly instead of on a fiber
+//! ([`command::CommandPre`]): only the epoch callback is needed to stop it
+//! then, and it checks the same deadline and token.
 
 pub(crate) mod command;
 pub(crate) mod component;
@@ -138,14 +143,22 @@ pub(crate) struct RunContext<'a> {
     /// Where scratch directories are made; `None` when the engine gives
     /// none.
     pub(crate) scratch_root: Option<&'a std::path::Path>,
+    /// The engine's epoch tick.
+    pub(crate) epoch_tick: Duration,
+    /// The executor's count of direct calls.
+    pub(crate) direct_calls: &'a std::sync::atomic::AtomicU64,
 }
 
 impl RunContext<'_> {
-    /// Sets fuel, the epoch deadline and its callback on a new store.
+    /// Sets fuel, the epoch deadline and its callback on a new store. With
+    /// `yields`, the callback yields to the runtime at every tick (a guest
+    /// called on a fiber); without, it only checks (a direct call, which
+    /// cannot yield).
     pub(crate) fn arm<T: 'static>(
         &self,
         store: &mut Store<T>,
         deadline: Instant,
+        yields: bool,
     ) -> wasmtime::Result<()> {
         if self.fuel_metering {
             store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX))?;
@@ -158,6 +171,9 @@ impl RunContext<'_> {
             }
             if Instant::now() >= deadline {
                 return Err(wasmtime::Error::new(Killed::Timeout));
+            }
+            if !yields {
+                return Ok(UpdateDeadline::Continue(1));
             }
             Ok(UpdateDeadline::YieldCustom(
                 1,
