@@ -1,7 +1,6 @@
 //! Modules: content-addressed, validated and compiled once, cached ready to
 //! instantiate.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -11,6 +10,7 @@ use wasmtime::component::Component;
 
 use crate::abi::command::{self, CommandPre, CommandState};
 use crate::abi::component::{self, ComponentPre, ComponentState, TaskPre};
+use crate::task::ModuleMap;
 use crate::{Error, ModuleHash, ModuleSettings, Result};
 
 /// Which ABI a module speaks, told from its bytes.
@@ -118,8 +118,8 @@ pub(crate) struct Registry {
     command_linker: wasmtime::Linker<CommandState>,
     direct_linker: wasmtime::Linker<CommandState>,
     component_linker: wasmtime::component::Linker<ComponentState>,
-    modules: RwLock<HashMap<ModuleHash, CompiledModule>>,
-    settings: RwLock<HashMap<ModuleHash, Arc<ModuleSettings>>>,
+    modules: RwLock<ModuleMap<CompiledModule>>,
+    settings: RwLock<ModuleMap<Arc<ModuleSettings>>>,
     compilations: AtomicU64,
     loads: AtomicU64,
 }
@@ -143,8 +143,8 @@ impl Registry {
             command_linker: command::linker(engine)?,
             direct_linker: command::direct_linker(engine)?,
             component_linker: component::linker(engine)?,
-            modules: RwLock::new(HashMap::new()),
-            settings: RwLock::new(HashMap::new()),
+            modules: RwLock::new(ModuleMap::default()),
+            settings: RwLock::new(ModuleMap::default()),
             compilations: AtomicU64::new(0),
             loads: AtomicU64::new(0),
         })

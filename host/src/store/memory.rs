@@ -6,7 +6,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
-use crate::task::{Millis, TaskId, TaskRecord, TaskState};
+use crate::task::{Millis, ModuleMap, TaskId, TaskRecord, TaskState};
 use crate::{ModuleHash, ModuleSettings, Result};
 
 /// A [`Store`] in memory. One lock guards everything, held only for the
@@ -21,9 +21,9 @@ struct Inner {
     tasks: BTreeMap<TaskId, TaskRecord>,
     keys: HashMap<String, TaskId>,
     finished: BTreeSet<(Millis, TaskId)>,
-    modules: HashMap<ModuleHash, Arc<[u8]>>,
+    modules: ModuleMap<Arc<[u8]>>,
     /// Module run settings.
-    module_settings: HashMap<ModuleHash, ModuleSettings>,
+    module_settings: ModuleMap<ModuleSettings>,
     counts: StateCounts,
     seq: u64,
 }

@@ -115,12 +115,17 @@ mod tests {
 /// A map keyed by task ids, hashed by [`IdHasher`].
 pub(crate) type IdMap<V> = std::collections::HashMap<TaskId, V, IdHashing>;
 
+/// A map keyed by module hashes, hashed by [`IdHasher`]: a module hash is
+/// a SHA-256, whose bits a client cannot choose.
+pub(crate) type ModuleMap<V> = std::collections::HashMap<crate::ModuleHash, V, IdHashing>;
+
 /// Builds [`IdHasher`]s.
 pub(crate) type IdHashing = std::hash::BuildHasherDefault<IdHasher>;
 
 /// Hashes task ids for the maps on the hot path (the pool's running set
-/// and waiters, the queue's index): one folded multiply per half of the
-/// id, instead of SipHash's rounds. Ids are made by this process (or by
+/// and waiters, the queue's index), and module hashes (the compiled
+/// modules and their settings): one folded multiply per 8 bytes, instead
+/// of SipHash's rounds. Ids are made by this process (or by
 /// another host sharing the queue), never chosen by clients; the
 /// per-process seed still keeps their order, which is nearly sequential,
 /// from shaping the table.

@@ -14,8 +14,8 @@ mod spec;
 mod state;
 
 pub use hash::ModuleHash;
-pub(crate) use id::IdMap;
 pub use id::TaskId;
+pub(crate) use id::{IdMap, ModuleMap};
 pub use payload::{INLINE_PAYLOAD, Payload, Slot, TOO_LARGE_TAIL};
 pub use record::{Attempt, Completion, Lease, Millis, TaskRecord, TaskResult, now_millis};
 pub use spec::{
