@@ -647,6 +647,20 @@ async fn cancel_works_in_every_state(h: &dyn Harness) {
     assert!(backend.claim(5, TTL).await.unwrap().claimed.is_empty());
     counts_add_up(&backend, 4).await;
     assert_eq!(backend.counts().await.unwrap().get(TaskState::Cancelled), 4);
+    // Both marked runs are gone (one completed, one expired): a new run is
+    // not marked, and a cancel of it is known at once again.
+    if !backend.is_shared() {
+        enqueue(&backend, vec![task(m, |s| s)]).await;
+        let (run_c, lease_c) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+        assert!(!backend.cancel_requested(&run_c.id));
+        assert_eq!(
+            backend.cancel(&run_c.id).await.unwrap(),
+            Cancelled::Requested
+        );
+        assert!(backend.cancel_requested(&run_c.id));
+        assert!(backend.release(&lease_c).await.unwrap());
+        assert!(!backend.cancel_requested(&run_c.id));
+    }
 }
 
 async fn retention_purges_finished_tasks(h: &dyn Harness) {

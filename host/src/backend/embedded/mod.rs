@@ -17,7 +17,7 @@
 
 mod index;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -47,6 +47,10 @@ pub struct EmbeddedBackend {
     submissions: Mutex<Vec<Submission>>,
     /// Whether a caller is writing the waiting submissions now.
     writing_submissions: AtomicBool,
+    /// How many running tasks in the index have a cancel asked for: while
+    /// none has, [`Backend::cancel_requested`] answers without the index's
+    /// lock. Changed under that lock.
+    running_cancels: AtomicUsize,
 }
 
 /// Clears the flag it holds when dropped.
@@ -298,6 +302,7 @@ impl EmbeddedBackend {
                 durable: AtomicU64::new(0),
                 submissions: Mutex::new(Vec::new()),
                 writing_submissions: AtomicBool::new(false),
+                running_cancels: AtomicUsize::new(0),
             },
             recovered,
         ))
@@ -421,7 +426,15 @@ impl EmbeddedBackend {
                     if expired {
                         claim.expired.push(record);
                     } else {
+                        if record.cancel_requested {
+                            self.running_cancels.fetch_add(1, Ordering::SeqCst);
+                        }
                         index.running.insert(record.id, record.clone());
+                        if claim.claimed.capacity() == 0 {
+                            // Records are large: room for what is asked at
+                            // once, not the doubling from four.
+                            claim.claimed.reserve_exact(all.min(64));
+                        }
                         claim.claimed.push((record, lease));
                     }
                 }
@@ -446,6 +459,13 @@ impl EmbeddedBackend {
             }
         }
         Ok(claim)
+    }
+
+    /// Takes a task out of the running ones in the index.
+    fn leave_running(&self, index: &mut Index, id: &TaskId) {
+        if index.running.remove(id).is_some_and(|r| r.cancel_requested) {
+            self.running_cancels.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     fn lease(&self, task: TaskId, now: Millis, ttl: Duration) -> Lease {
@@ -633,7 +653,7 @@ impl Backend for EmbeddedBackend {
                     )));
                 }
             }
-            index.running.remove(&lease.task);
+            self.leave_running(&mut index, &lease.task);
             if !record.state.is_final() {
                 index.insert(&record);
             }
@@ -670,7 +690,7 @@ impl Backend for EmbeddedBackend {
         record.release(now_millis());
         self.store.update(&record, TaskState::Running)?;
         self.wrote();
-        index.running.remove(&lease.task);
+        self.leave_running(&mut index, &lease.task);
         if !record.state.is_final() {
             index.insert(&record);
         }
@@ -698,7 +718,7 @@ impl Backend for EmbeddedBackend {
                     tracing::error!(task = %id, error = %e, "cannot expire the task's lease");
                     break;
                 }
-                index.running.remove(&id);
+                self.leave_running(&mut index, &id);
                 if !record.state.is_final() {
                     index.insert(&record);
                 }
@@ -785,6 +805,7 @@ impl Backend for EmbeddedBackend {
                     self.store.update(&marked, TaskState::Running)?;
                     self.wrote();
                     running.cancel_requested = true;
+                    self.running_cancels.fetch_add(1, Ordering::SeqCst);
                 }
                 return Ok(Cancelled::Requested);
             }
@@ -834,7 +855,15 @@ impl Backend for EmbeddedBackend {
     }
 
     /// From the index: `cancel` marks the running record there.
+    ///
+    /// Without the lock while no running task is marked: `cancel` counts
+    /// its mark before the pool looks for the run to kill, and the pool
+    /// asks here after it put the run where `cancel` looks; so either the
+    /// pool sees the count, or the cancel sees the run.
     fn cancel_requested(&self, id: &TaskId) -> bool {
+        if self.running_cancels.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
         self.lock()
             .running
             .get(id)
