@@ -14,7 +14,7 @@
 //! themselves as entries reach the top.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use crate::task::{IdMap, Millis, TaskId, TaskRecord, TaskState};
 
@@ -43,7 +43,7 @@ pub(super) struct Index {
     /// Running tasks, as stored (with their lease).
     pub(super) running: IdMap<TaskRecord>,
     /// Highest priority first, then lowest sequence (FIFO).
-    ready: BinaryHeap<(i32, Reverse<u64>, TaskId)>,
+    ready: Ready,
     /// Earliest first.
     delayed: BinaryHeap<Reverse<(Millis, u64, TaskId)>>,
     expiries: BinaryHeap<Reverse<(Millis, TaskId)>>,
@@ -57,8 +57,7 @@ impl Index {
         let mut earliest = None;
         match record.state {
             TaskState::Queued => {
-                self.ready
-                    .push((record.priority, Reverse(record.seq), record.id));
+                self.ready.push(record.priority, record.seq, record.id);
             }
             _ => {
                 self.delayed
@@ -100,7 +99,7 @@ impl Index {
     /// The next ready task, highest priority first, left in the index
     /// (take it with [`Index::remove_pending`]).
     pub(super) fn peek_ready(&mut self) -> Option<TaskId> {
-        while let Some(&(_, _, id)) = self.ready.peek() {
+        while let Some(id) = self.ready.peek() {
             if self
                 .pending
                 .get(&id)
@@ -157,5 +156,161 @@ impl Index {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+/// The ready tasks: highest priority first, then lowest sequence (FIFO).
+///
+/// Tasks mostly become ready in the order of their sequence numbers (a
+/// submission, the queue rebuilt at open): those go to the back of a deque
+/// of their priority and leave from its front, in constant time and in
+/// memory order. A task that comes out of order (a retry whose backoff
+/// ended, a task put back by a stop) goes to a heap instead. A heap alone
+/// would cost every claim a walk down its levels, one cache miss each once
+/// the queue is deep: the deepest cost of a claim with tens of thousands
+/// of tasks queued.
+#[derive(Default)]
+struct Ready {
+    /// Per priority, in increasing sequence; no lane is empty.
+    lanes: BTreeMap<i32, VecDeque<(u64, TaskId)>>,
+    /// The tasks that came out of order.
+    heap: BinaryHeap<(i32, Reverse<u64>, TaskId)>,
+}
+
+impl Ready {
+    fn push(&mut self, priority: i32, seq: u64, id: TaskId) {
+        let lane = self.lanes.entry(priority).or_default();
+        if lane.back().is_none_or(|&(last, _)| last < seq) {
+            lane.push_back((seq, id));
+        } else {
+            self.heap.push((priority, Reverse(seq), id));
+        }
+    }
+
+    /// Where the first task is: its lane's priority, or `None` for the heap.
+    fn first(&self) -> Option<Option<i32>> {
+        let lane = self
+            .lanes
+            .last_key_value()
+            .map(|(&priority, lane)| (priority, lane.front().expect("no lane is empty").0));
+        let heap = self
+            .heap
+            .peek()
+            .map(|&(priority, Reverse(seq), _)| (priority, seq));
+        match (lane, heap) {
+            (None, None) => None,
+            (Some((priority, _)), None) => Some(Some(priority)),
+            (None, Some(_)) => Some(None),
+            (Some((lp, ls)), Some((hp, hs))) => {
+                Some(((lp, Reverse(ls)) > (hp, Reverse(hs))).then_some(lp))
+            }
+        }
+    }
+
+    fn peek(&self) -> Option<TaskId> {
+        Some(match self.first()? {
+            Some(priority) => self.lanes[&priority].front().expect("no lane is empty").1,
+            None => self.heap.peek().expect("found above").2,
+        })
+    }
+
+    fn pop(&mut self) {
+        match self.first() {
+            Some(Some(priority)) => {
+                let lane = self.lanes.get_mut(&priority).expect("found above");
+                lane.pop_front();
+                if lane.is_empty() {
+                    self.lanes.remove(&priority);
+                }
+            }
+            Some(None) => {
+                self.heap.pop();
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pops everything from `ready`, in order.
+    fn drain(ready: &mut Ready) -> Vec<TaskId> {
+        std::iter::from_fn(|| {
+            let id = ready.peek()?;
+            ready.pop();
+            Some(id)
+        })
+        .collect()
+    }
+
+    #[test]
+    fn ready_tasks_leave_by_priority_then_sequence_whatever_order_they_came_in() {
+        let ids: Vec<TaskId> = (0..12).map(|_| TaskId::new()).collect();
+        // (priority, seq) of each id, entered in this order: in sequence,
+        // then out of it (retries), across three priorities.
+        let entries = [
+            (0, 10),
+            (0, 11),
+            (5, 12),
+            (0, 14),
+            (0, 3), // out of order: before everything at priority 0
+            (5, 13),
+            (-1, 1),
+            (0, 12), // out of order, between 11 and 14
+            (5, 2),  // out of order
+            (0, 20),
+            (-1, 0), // out of order
+            (5, 13), // the same sequence twice (not made, but must not be lost)
+        ];
+        let mut ready = Ready::default();
+        for (id, &(priority, seq)) in ids.iter().zip(&entries) {
+            ready.push(priority, seq, *id);
+        }
+        let mut expected: Vec<(i32, u64, usize)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, &(p, s))| (p, s, i))
+            .collect();
+        expected.sort_by_key(|&(p, s, _)| (Reverse(p), s));
+        let got = drain(&mut ready);
+        assert_eq!(got.len(), ids.len());
+        let order: Vec<(i32, u64)> = got
+            .iter()
+            .map(|id| entries[ids.iter().position(|i| i == id).unwrap()])
+            .collect();
+        let want: Vec<(i32, u64)> = expected.iter().map(|&(p, s, _)| (p, s)).collect();
+        assert_eq!(order, want);
+        assert!(ready.lanes.is_empty() && ready.heap.is_empty());
+    }
+
+    #[test]
+    fn the_queue_skips_tasks_no_longer_waiting() {
+        let module = crate::ModuleHash::from_bytes([7; 32]);
+        let record = |seq| {
+            let spec = crate::TaskSpec::new(module, Vec::new());
+            let mut record = TaskRecord::new(spec, module, crate::Limits::default(), 1);
+            record.seq = seq;
+            record
+        };
+        let mut index = Index::default();
+        let records: Vec<TaskRecord> = [2, 3, 4].into_iter().map(record).collect();
+        for record in &records {
+            index.insert(record);
+        }
+        // The first leaves the queue (cancelled): the next is the second.
+        index.remove_pending(&records[0].id);
+        assert_eq!(index.peek_ready(), Some(records[1].id));
+        index.remove_pending(&records[1].id);
+        // One that comes out of order (an earlier sequence) goes first.
+        let early = record(1);
+        index.insert(&early);
+        assert_eq!(index.peek_ready(), Some(early.id));
+        index.remove_pending(&early.id);
+        assert_eq!(index.peek_ready(), Some(records[2].id));
+        index.remove_pending(&records[2].id);
+        assert_eq!(index.peek_ready(), None);
+        assert!(index.ready.lanes.is_empty() && index.ready.heap.is_empty());
     }
 }
