@@ -68,6 +68,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// Runs made by a direct call, not on a fiber.
     direct_calls: AtomicU64,
+    /// Direct calls that ran too long and started over on a fiber.
+    direct_restarts: AtomicU64,
 }
 
 impl fmt::Debug for Executor {
@@ -116,6 +118,7 @@ impl Executor {
             queue,
             shutdown: CancellationToken::new(),
             direct_calls: AtomicU64::new(0),
+            direct_restarts: AtomicU64::new(0),
         });
         let executor = Executor { inner };
         for _ in 0..config.workers {
@@ -252,6 +255,13 @@ impl Executor {
         self.inner.direct_calls.load(Ordering::Relaxed)
     }
 
+    /// How many of the [direct calls](Executor::direct_calls) ran past two
+    /// epoch ticks, and were ended and started over on a fiber (their
+    /// work is lost, and at most two ticks of it).
+    pub fn direct_call_restarts(&self) -> u64 {
+        self.inner.direct_restarts.load(Ordering::Relaxed)
+    }
+
     /// How many modules were loaded from the on-disk artifact cache
     /// ([`EngineConfig::artifact_dir`]) instead of compiled.
     pub fn cache_loads(&self) -> u64 {
@@ -331,6 +341,7 @@ impl Executor {
             scratch_root: self.inner.scratch_root.as_deref(),
             epoch_tick: config.epoch_tick,
             direct_calls: &self.inner.direct_calls,
+            direct_restarts: &self.inner.direct_restarts,
         };
         let engine = &self.inner.engine.engine;
         let mut report = match module.prepared() {

@@ -567,7 +567,12 @@ fn warm_until_direct(
 
 #[test]
 fn short_runs_become_direct_calls_which_are_still_killed_and_cancelled() {
-    let ex = executor(1);
+    // A long tick, so that a direct call lasts long enough (two ticks) to
+    // be killed or cancelled in it, before it would start over on a fiber.
+    let tick = Duration::from_millis(200);
+    let mut config = wpool::EngineConfig::new();
+    config.workers(1).epoch_tick(tick);
+    let ex = wpool::Executor::new(&config).unwrap();
     let module = ex.register(&read(programs::P1_COUNT)).unwrap();
     let counts = |report: &wpool::RunReport| {
         assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
@@ -577,11 +582,13 @@ fn short_runs_become_direct_calls_which_are_still_killed_and_cancelled() {
     assert!(runs > 1, "the first run of a module is never direct");
 
     // A run that spins (about forever) in a direct call: killed at its
-    // timeout by the epoch callback.
-    let limit = Duration::from_millis(300);
+    // timeout by the epoch callback, at the latest at the second tick,
+    // which comes more than one tick (200 ms) after the start.
+    let limit = Duration::from_millis(150);
     let direct = ex.direct_calls();
     let report = spawn(&ex, &module, b"18446744073709551615", timeout(limit)).wait_blocking();
     assert_eq!(ex.direct_calls(), direct + 1, "that run was a direct call");
+    assert_eq!(ex.direct_call_restarts(), 0, "and it ended there");
     assert_eq!(report.outcome, Outcome::Timeout);
     assert!(
         report.duration >= limit,
@@ -589,7 +596,7 @@ fn short_runs_become_direct_calls_which_are_still_killed_and_cancelled() {
         report.duration
     );
     assert!(
-        report.duration < limit + KILL_BOUND,
+        report.duration < limit + tick + KILL_BOUND,
         "killed late: {:?}",
         report.duration
     );
@@ -611,17 +618,60 @@ fn short_runs_become_direct_calls_which_are_still_killed_and_cancelled() {
         b"18446744073709551615",
         LimitOverrides::default(),
     );
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(50));
     let cancelled = Instant::now();
     execution.cancel();
     let report = execution.wait_blocking();
     assert_eq!(report.outcome, Outcome::Cancelled);
+    assert_eq!(ex.direct_call_restarts(), 0, "cancelled in the direct call");
     assert!(
-        cancelled.elapsed() < KILL_BOUND,
+        cancelled.elapsed() < tick + KILL_BOUND,
         "cancelled late: {:?}",
         cancelled.elapsed()
     );
     assert_healthy(&ex);
+}
+
+#[test]
+fn a_direct_call_that_runs_long_starts_over_on_a_fiber() {
+    // A hundred million steps: many ticks (1 ms each), even if the ticker
+    // is slowed by a loaded machine.
+    let long = b"100000000";
+    // What the run gives on a fiber alone: a module's first run is never
+    // direct.
+    let reference = run(
+        &executor(1),
+        programs::P1_COUNT,
+        long,
+        LimitOverrides::default(),
+    );
+    assert_eq!(
+        reference.outcome,
+        Outcome::Success,
+        "log: {}",
+        reference.log
+    );
+
+    let ex = executor(1);
+    let module = ex.register(&read(programs::P1_COUNT)).unwrap();
+    warm_until_direct(&ex, &module, b"100", |report| {
+        assert_eq!(report.output, b"104485749767");
+    });
+    // The direct call is ended at the second tick and the run starts over
+    // on a fiber, which finishes it; the report is the fiber's alone.
+    let restarts = ex.direct_call_restarts();
+    let report = spawn(&ex, &module, long, LimitOverrides::default()).wait_blocking();
+    assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+    assert_eq!(ex.direct_call_restarts(), restarts + 1);
+    assert_eq!(report.output, reference.output);
+    assert_eq!(
+        report.fuel_consumed, reference.fuel_consumed,
+        "the fuel of the fiber's run only"
+    );
+    // The long run ended direct calls.
+    let again = spawn(&ex, &module, long, LimitOverrides::default()).wait_blocking();
+    assert_eq!(again.output, reference.output);
+    assert_eq!(ex.direct_call_restarts(), restarts + 1);
 }
 
 #[test]

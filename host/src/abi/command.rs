@@ -92,7 +92,10 @@ fn finish<F: std::future::Future>(future: F) -> F::Output {
             self.0.unpark();
         }
     }
-    let mut future = std::pin::pin!(future);
+    // Outside tokio's cooperative budget: a future that found the worker
+    // task's budget spent would answer "pending" until the task yields,
+    // which a direct call cannot do.
+    let mut future = std::pin::pin!(tokio::task::unconstrained(future));
     if let Poll::Ready(out) = future
         .as_mut()
         .poll(&mut Context::from_waker(Waker::noop()))
@@ -488,12 +491,18 @@ pub(crate) fn prepare(
 ///   the run has no preopened directory (no file to block on), so every
 ///   host call returns at once. A guest spinning in wasm is stopped by the
 ///   same epoch callback as on a fiber, which traps it at its deadline or
-///   cancel; but it does not yield between ticks, so it holds its worker
-///   thread (and the runtime's other tasks queued there) until it ends.
-///   So only a module whose recent runs all ended within one epoch tick
-///   (as long as a run on a fiber holds the thread between two yields)
-///   runs directly: [`DIRECT_AFTER`] such runs in a row, and any longer
-///   run sends it back to the fiber.
+///   cancel; but it cannot yield, so it holds its worker thread (and any
+///   task the runtime queued behind it there). So only a module whose
+///   recent runs all ended within one epoch tick (as long as a run on a
+///   fiber holds the thread between two yields) runs directly:
+///   [`DIRECT_AFTER`] such runs in a row, and any longer run sends it back
+///   to the fiber. A direct call still running at the second tick is
+///   ended there and the run starts over on a fiber, under the same
+///   deadline, with a new store (the output, log and fuel of the direct
+///   call are dropped; progress it reported was already sent): a direct
+///   call never holds its thread for more than two ticks. A task runs at
+///   least once in any case (a crash runs it again), so starting it over
+///   is within what a task must bear.
 pub(crate) struct CommandPre {
     on_fiber: InstancePre<CommandState>,
     direct: Option<InstancePre<CommandState>>,
@@ -537,84 +546,129 @@ pub(crate) async fn run(
 ) -> RunReport {
     let started = Instant::now();
     let deadline = deadline_after(cx.limits.timeout);
-    let output = CappedOutput::new(usize::try_from(cx.limits.max_output).unwrap_or(usize::MAX));
-    let log = LogSink::new(
-        usize::try_from(cx.limits.max_log).unwrap_or(usize::MAX),
-        cx.on_progress.clone(),
-    );
-    let (wasi, scratch) = match wasi_ctx(cx, input, &output, &log) {
-        Ok(built) => built,
-        Err(e) => return RunReport::without_run(Outcome::HostError(e)),
-    };
-    let mut store = Store::new(
-        engine,
-        CommandState {
-            wasi,
-            limiter: MemoryLimiter::new(cx.limits.memory),
-            scratch,
-        },
-    );
-    store.limiter(|s| &mut s.limiter);
-    let direct = pre.direct(cx);
-    if let Err(e) = cx.arm(&mut store, deadline, direct.is_none()) {
-        return RunReport::without_run(Outcome::HostError(super::error_chain(&e)));
-    }
-
-    let result = match direct {
+    let input = bytes::Bytes::from(input);
+    if let Some(direct) = pre.direct(cx) {
+        cx.direct_calls.fetch_add(1, Ordering::Relaxed);
+        let mut run = match Run::new(engine, input.clone(), cx, deadline, false) {
+            Ok(run) => run,
+            Err(report) => return *report,
+        };
         // Killed by the epoch callback only, which is enough: no host call
         // of a direct run waits (see `CommandPre`).
-        Some(direct) => Ok((|| {
-            cx.direct_calls.fetch_add(1, Ordering::Relaxed);
-            let instance = direct.instantiate(&mut store)?;
-            if let Some(init) = initializer(&mut store, &instance) {
-                init.call(&mut store, ())?;
+        let result = (|| {
+            let instance = direct.instantiate(&mut run.store)?;
+            if let Some(init) = initializer(&mut run.store, &instance) {
+                init.call(&mut run.store, ())?;
             }
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-            start.call(&mut store, ())
-        })()),
-        None => {
-            race(
-                async {
-                    let instance = pre.on_fiber.instantiate_async(&mut store).await?;
-                    if let Some(init) = initializer(&mut store, &instance) {
-                        init.call_async(&mut store, ()).await?;
-                    }
-                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                    start.call_async(&mut store, ()).await
-                },
-                deadline,
-                cx.cancel,
-            )
-            .await
+            let start = instance.get_typed_func::<(), ()>(&mut run.store, "_start")?;
+            start.call(&mut run.store, ())
+        })();
+        pre.ran(started.elapsed(), cx.epoch_tick);
+        match result {
+            Err(e) if e.is::<super::Outgrown>() => {
+                // Started over on a fiber, under the same deadline: what
+                // the direct call did is dropped with its store.
+                cx.direct_restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("a run outgrew its direct call; it starts over on a fiber");
+            }
+            result => return run.report(Ok(result), cx, started),
         }
+    }
+    let mut run = match Run::new(engine, input, cx, deadline, true) {
+        Ok(run) => run,
+        Err(report) => return *report,
     };
+    let store = &mut run.store;
+    let result = race(
+        async {
+            let instance = pre.on_fiber.instantiate_async(&mut *store).await?;
+            if let Some(init) = initializer(store, &instance) {
+                init.call_async(&mut *store, ()).await?;
+            }
+            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+            start.call_async(&mut *store, ()).await
+        },
+        deadline,
+        cx.cancel,
+    )
+    .await;
     pre.ran(started.elapsed(), cx.epoch_tick);
+    run.report(result, cx, started)
+}
 
-    let outcome = match result {
-        Ok(Err(e)) if e.downcast_ref::<ScratchFull>().is_some() => Outcome::Trap(
-            e.downcast_ref::<ScratchFull>()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-        ),
-        result => classify(
-            result,
-            store.data().limiter.hit,
-            output.overflowed(),
-            cx.settings,
-            &log,
-        ),
-    };
-    let fuel_consumed = cx.fuel_consumed(&store);
-    // Dropping the store removes the scratch directory.
-    drop(store);
-    let (log, progress) = log.finish();
-    RunReport {
-        output: output.take(),
-        outcome,
-        log,
-        fuel_consumed,
-        duration: started.elapsed(),
-        progress,
+/// One run's store, with its output and log.
+struct Run {
+    store: Store<CommandState>,
+    output: CappedOutput,
+    log: LogSink,
+}
+
+impl Run {
+    /// A new store for a run of `input` until `deadline`, on a fiber
+    /// (`on_fiber`) or by a direct call; the report of the run that could
+    /// not start otherwise.
+    fn new(
+        engine: &wasmtime::Engine,
+        input: bytes::Bytes,
+        cx: &RunContext<'_>,
+        deadline: Instant,
+        on_fiber: bool,
+    ) -> Result<Self, Box<RunReport>> {
+        let output = CappedOutput::new(usize::try_from(cx.limits.max_output).unwrap_or(usize::MAX));
+        let log = LogSink::new(
+            usize::try_from(cx.limits.max_log).unwrap_or(usize::MAX),
+            cx.on_progress.clone(),
+        );
+        let (wasi, scratch) = wasi_ctx(cx, input, &output, &log)
+            .map_err(|e| Box::new(RunReport::without_run(Outcome::HostError(e))))?;
+        let mut store = Store::new(
+            engine,
+            CommandState {
+                wasi,
+                limiter: MemoryLimiter::new(cx.limits.memory),
+                scratch,
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        cx.arm(&mut store, deadline, on_fiber)
+            .map_err(|e| RunReport::without_run(Outcome::HostError(super::error_chain(&e))))?;
+        Ok(Run { store, output, log })
+    }
+
+    /// The report of the run that ended with `result`.
+    fn report(
+        self,
+        result: Result<wasmtime::Result<()>, super::Killed>,
+        cx: &RunContext<'_>,
+        started: Instant,
+    ) -> RunReport {
+        let Run { store, output, log } = self;
+        let outcome = match result {
+            Ok(Err(e)) if e.downcast_ref::<ScratchFull>().is_some() => Outcome::Trap(
+                e.downcast_ref::<ScratchFull>()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ),
+            result => classify(
+                result,
+                store.data().limiter.hit,
+                output.overflowed(),
+                cx.settings,
+                &log,
+            ),
+        };
+        let fuel_consumed = cx.fuel_consumed(&store);
+        // Dropping the store removes the scratch directory.
+        drop(store);
+        let (log, progress) = log.finish();
+        RunReport {
+            output: output.take(),
+            outcome,
+            log,
+            fuel_consumed,
+            duration: started.elapsed(),
+            progress,
+        }
     }
 }
 
@@ -636,11 +690,10 @@ fn initializer(
 /// operator granted it (read-only), and its scratch directory.
 fn wasi_ctx(
     cx: &RunContext<'_>,
-    input: Vec<u8>,
+    input: bytes::Bytes,
     output: &CappedOutput,
     log: &LogSink,
 ) -> Result<(WasiP1Ctx, Option<ScratchDir>), String> {
-    let input = bytes::Bytes::from(input);
     let mut builder = WasiCtxBuilder::new();
     builder
         .args(&cx.settings.argv())

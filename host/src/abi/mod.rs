@@ -53,6 +53,25 @@ impl std::fmt::Display for Killed {
 
 impl std::error::Error for Killed {}
 
+/// A direct call that ran past [`DIRECT_TICKS`] epoch ticks: the epoch
+/// callback ends it, and the run starts over on a fiber (see
+/// [`command::CommandPre`]). Never an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outgrown;
+
+impl std::fmt::Display for Outgrown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the run outgrew its direct call")
+    }
+}
+
+impl std::error::Error for Outgrown {}
+
+/// How many epoch ticks a direct call may run through before it is ended
+/// and started over on a fiber: so it never holds its worker thread for
+/// more than two ticks.
+pub(crate) const DIRECT_TICKS: u32 = 2;
+
 /// A guest's `proc_exit(code)`. wasmtime-wasi's own `proc_exit` refuses
 /// codes of 126 and above (they are not portable exit statuses of a
 /// process); a task's exit code is not a process status, so wpool links its
@@ -145,26 +164,29 @@ pub(crate) struct RunContext<'a> {
     pub(crate) scratch_root: Option<&'a std::path::Path>,
     /// The engine's epoch tick.
     pub(crate) epoch_tick: Duration,
-    /// The executor's count of direct calls.
+    /// The executor's counts of direct calls, and of those started over
+    /// on a fiber.
     pub(crate) direct_calls: &'a std::sync::atomic::AtomicU64,
+    pub(crate) direct_restarts: &'a std::sync::atomic::AtomicU64,
 }
 
 impl RunContext<'_> {
-    /// Sets fuel, the epoch deadline and its callback on a new store. With
-    /// `yields`, the callback yields to the runtime at every tick (a guest
-    /// called on a fiber); without, it only checks (a direct call, which
-    /// cannot yield).
+    /// Sets fuel, the epoch deadline and its callback on a new store. On a
+    /// fiber (`on_fiber`), the callback yields to the runtime at every
+    /// tick; in a direct call, which cannot yield, it ends the call at the
+    /// [`DIRECT_TICKS`]th tick with [`Outgrown`].
     pub(crate) fn arm<T: 'static>(
         &self,
         store: &mut Store<T>,
         deadline: Instant,
-        yields: bool,
+        on_fiber: bool,
     ) -> wasmtime::Result<()> {
         if self.fuel_metering {
             store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX))?;
         }
         let cancel = self.cancel.clone();
         store.set_epoch_deadline(1);
+        let mut ticks = 0;
         store.epoch_deadline_callback(move |_| {
             if cancel.is_cancelled() {
                 return Err(wasmtime::Error::new(Killed::Cancelled));
@@ -172,7 +194,11 @@ impl RunContext<'_> {
             if Instant::now() >= deadline {
                 return Err(wasmtime::Error::new(Killed::Timeout));
             }
-            if !yields {
+            if !on_fiber {
+                ticks += 1;
+                if ticks >= DIRECT_TICKS {
+                    return Err(wasmtime::Error::new(Outgrown));
+                }
                 return Ok(UpdateDeadline::Continue(1));
             }
             Ok(UpdateDeadline::YieldCustom(
