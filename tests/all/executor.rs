@@ -27,13 +27,8 @@ fn command_echoes_input_and_keeps_log() {
     assert!(report.fuel_consumed.unwrap() > 0);
 }
 
-#[test]
-fn spinning_guest_is_killed_at_its_timeout() {
-    let ex = executor(1);
-    let limit = Duration::from_millis(300);
-    let started = Instant::now();
-    let report = run(&ex, programs::P1_SPIN, b"", timeout(limit));
-    let elapsed = started.elapsed();
+/// `report` is of a run killed at its timeout `limit`, within `bound`.
+fn assert_timed_out(report: &wpool::RunReport, limit: Duration, bound: Duration) {
     assert_eq!(report.outcome, Outcome::Timeout);
     assert!(
         report.duration >= limit,
@@ -41,10 +36,20 @@ fn spinning_guest_is_killed_at_its_timeout() {
         report.duration
     );
     assert!(
-        report.duration < limit + KILL_BOUND,
+        report.duration < limit + bound,
         "killed late: {:?}",
         report.duration
     );
+}
+
+#[test]
+fn spinning_guest_is_killed_at_its_timeout() {
+    let ex = executor(1);
+    let limit = Duration::from_millis(300);
+    let started = Instant::now();
+    let report = run(&ex, programs::P1_SPIN, b"", timeout(limit));
+    let elapsed = started.elapsed();
+    assert_timed_out(&report, limit, KILL_BOUND);
     assert!(elapsed < limit + KILL_BOUND, "reported late: {elapsed:?}");
     assert_healthy(&ex);
 }
@@ -56,17 +61,7 @@ fn sleeping_guest_is_killed_at_its_timeout() {
     let ex = executor(1);
     let limit = Duration::from_millis(300);
     let report = run(&ex, programs::P1_SLEEP, b"", timeout(limit));
-    assert_eq!(report.outcome, Outcome::Timeout);
-    assert!(
-        report.duration >= limit,
-        "stopped early: {:?}",
-        report.duration
-    );
-    assert!(
-        report.duration < limit + KILL_BOUND,
-        "killed late: {:?}",
-        report.duration
-    );
+    assert_timed_out(&report, limit, KILL_BOUND);
     assert_healthy(&ex);
 }
 
@@ -589,17 +584,7 @@ fn short_runs_become_direct_calls_which_are_still_killed_and_cancelled() {
     let report = spawn(&ex, &module, b"18446744073709551615", timeout(limit)).wait_blocking();
     assert_eq!(ex.direct_calls(), direct + 1, "that run was a direct call");
     assert_eq!(ex.direct_call_restarts(), 0, "and it ended there");
-    assert_eq!(report.outcome, Outcome::Timeout);
-    assert!(
-        report.duration >= limit,
-        "stopped early: {:?}",
-        report.duration
-    );
-    assert!(
-        report.duration < limit + tick + KILL_BOUND,
-        "killed late: {:?}",
-        report.duration
-    );
+    assert_timed_out(&report, limit, tick + KILL_BOUND);
 
     // That long run sent the module back to the fiber.
     let report = spawn(&ex, &module, b"100", LimitOverrides::default()).wait_blocking();

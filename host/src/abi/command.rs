@@ -657,18 +657,7 @@ impl Run {
                 &log,
             ),
         };
-        let fuel_consumed = cx.fuel_consumed(&store);
-        // Dropping the store removes the scratch directory.
-        drop(store);
-        let (log, progress) = log.finish();
-        RunReport {
-            output: output.take(),
-            outcome,
-            log,
-            fuel_consumed,
-            duration: started.elapsed(),
-            progress,
-        }
+        super::report(store, outcome, output.take(), log, cx, started)
     }
 }
 

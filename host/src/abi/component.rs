@@ -209,17 +209,7 @@ pub(crate) async fn run(
         ),
         Err(killed) => classify(Err(killed), false, false, cx.settings, &log),
     };
-    let fuel_consumed = cx.fuel_consumed(&store);
-    drop(store);
-    let (log, progress) = log.finish();
-    RunReport {
-        outcome,
-        output,
-        log,
-        fuel_consumed,
-        duration: started.elapsed(),
-        progress,
-    }
+    super::report(store, outcome, output, log, cx, started)
 }
 
 /// Runs one task on a prepared `wasi:cli/run` command: like a WASI
@@ -290,15 +280,5 @@ pub(crate) async fn run_cli(
         cx.settings,
         &log,
     );
-    let fuel_consumed = cx.fuel_consumed(&store);
-    drop(store);
-    let (log, progress) = log.finish();
-    RunReport {
-        output: output.take(),
-        outcome,
-        log,
-        fuel_consumed,
-        duration: started.elapsed(),
-        progress,
-    }
+    super::report(store, outcome, output.take(), log, cx, started)
 }

@@ -219,6 +219,30 @@ impl RunContext<'_> {
     }
 }
 
+/// The report of a run that ended with `outcome` and wrote `output`: its
+/// fuel read, then its store dropped (a command's scratch directory goes
+/// with it), then its log closed.
+pub(crate) fn report<T>(
+    store: Store<T>,
+    outcome: Outcome,
+    output: Vec<u8>,
+    log: io::LogSink,
+    cx: &RunContext<'_>,
+    started: Instant,
+) -> crate::RunReport {
+    let fuel_consumed = cx.fuel_consumed(&store);
+    drop(store);
+    let (log, progress) = log.finish();
+    crate::RunReport {
+        output,
+        outcome,
+        log,
+        fuel_consumed,
+        duration: started.elapsed(),
+        progress,
+    }
+}
+
 /// Runs `fut` until it finishes, the deadline passes or the task is
 /// cancelled, whichever comes first; a future that loses is dropped, which
 /// ends the guest (see the module docs).
