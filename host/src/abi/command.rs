@@ -75,7 +75,7 @@ pub(crate) fn direct_linker(engine: &wasmtime::Engine) -> Result<Linker<CommandS
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut CommandState| &mut s.wasi)
         .map_err(link_error)?;
     linker.allow_shadowing(true);
-    direct_calls(&mut linker).map_err(link_error)?;
+    sync_wasi_calls(&mut linker).map_err(link_error)?;
     linker.allow_shadowing(false);
     Ok(linker)
 }
@@ -115,7 +115,7 @@ fn finish<F: std::future::Future>(future: F) -> F::Output {
 /// Links, as synchronous host functions, the WASI preview 1 calls whose
 /// wasmtime-wasi implementation is async (all but `poll_oneoff`, which
 /// keeps a module off the direct call), and wpool's `proc_exit`.
-fn direct_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
+fn sync_wasi_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
     macro_rules! direct {
         ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
             linker.func_wrap(
@@ -485,7 +485,7 @@ pub(crate) fn prepare(
 ///   blocked in a host call (a WASI sleep) is ended by dropping its future.
 ///   Every module can run so.
 /// - **By a direct call** (`call`), without the fiber and its switches
-///   (about 7,000 instructions, a fifth of a trivial task's run). Only a
+///   (about 2,700 instructions, 7% of a trivial task's run). Only a
 ///   run that cannot wait in a host call is made so: the module imports no
 ///   `poll_oneoff` (the only WASI preview 1 call that waits for time), and
 ///   the run has no preopened directory (no file to block on), so every
