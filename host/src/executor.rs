@@ -103,8 +103,10 @@ impl Executor {
             .worker_threads(config.slots())
             .thread_name("wpool-worker")
             // A direct call runs the guest on this thread's stack: room for
-            // the wasm stack and the host frames, as a fiber has.
+            // the wasm stack and the host frames, as a fiber has. Only
+            // these threads make direct calls.
             .thread_stack_size(config.max_wasm_stack + (2 << 20))
+            .on_thread_start(|| crate::abi::WORKER_THREAD.set(true))
             .enable_time()
             .build()
             .map_err(|e| crate::Error::Host(format!("cannot start the worker threads: {e}")))?;
@@ -309,7 +311,9 @@ impl Executor {
     /// ends, its timeout passes or `cancel` fires. Must be called on the
     /// executor's runtime ([`Executor::handle`]). The guest's environment
     /// is `env` plus the module's own variables (see [`ModuleSettings`]),
-    /// never the host's.
+    /// never the host's. Polled on one of the executor's own threads, a
+    /// short run may be a [direct call](Executor::direct_calls); polled
+    /// elsewhere (`handle().block_on`), it runs on a fiber.
     pub async fn run(
         &self,
         module: &CompiledModule,

@@ -672,6 +672,29 @@ fn a_direct_call_that_runs_long_starts_over_on_a_fiber() {
 }
 
 #[test]
+fn only_the_executors_own_threads_make_direct_calls() {
+    // A run polled on another thread (here the test's, through the
+    // executor's handle) has that thread's stack, not one sized for a
+    // wasm stack: it stays on a fiber.
+    let ex = executor(1);
+    let module = ex.register(&read(programs::P1_COUNT)).unwrap();
+    let limits = ex.limits(&LimitOverrides::default()).unwrap();
+    let cancel = wpool::CancellationToken::new();
+    for _ in 0..30 {
+        let report =
+            ex.handle()
+                .block_on(ex.run(&module, b"100".to_vec(), &limits, &cancel, None, &[]));
+        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+        assert_eq!(report.output, b"104485749767");
+    }
+    assert_eq!(ex.direct_calls(), 0);
+    // On the workers, the same module's short runs become direct calls.
+    warm_until_direct(&ex, &module, b"100", |report| {
+        assert_eq!(report.output, b"104485749767");
+    });
+}
+
+#[test]
 fn a_module_that_can_sleep_is_never_called_directly() {
     let ex = executor(1);
     let module = ex.register(&read(programs::P1_SLEEP)).unwrap();

@@ -519,7 +519,10 @@ impl CommandPre {
     fn direct(&self, cx: &RunContext<'_>) -> Option<&InstancePre<CommandState>> {
         let files = !cx.read_only_dirs.is_empty()
             || (cx.settings.scratch.is_some() && cx.scratch_root.is_some());
-        if files || self.short_runs.load(Ordering::Relaxed) < DIRECT_AFTER {
+        if files
+            || self.short_runs.load(Ordering::Relaxed) < DIRECT_AFTER
+            || !super::WORKER_THREAD.get()
+        {
             return None;
         }
         self.direct.as_ref()

@@ -67,6 +67,14 @@ impl std::fmt::Display for Outgrown {
 
 impl std::error::Error for Outgrown {}
 
+thread_local! {
+    /// Whether this thread is one of an executor's workers, whose stack
+    /// holds a direct call's wasm stack: a run polled elsewhere (an
+    /// embedder's own runtime calling [`crate::Executor::run`]) stays on a
+    /// fiber.
+    pub(crate) static WORKER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// How many epoch ticks a direct call may run through before it is ended
 /// and started over on a fiber: so it never holds its worker thread for
 /// more than two ticks.
