@@ -541,6 +541,16 @@ mod component {
     }
 }
 
+/// The short input of the `count` program, whose runs are far within a
+/// tick.
+const SHORT: &[u8] = b"100";
+
+/// Checks the report of a run of the `count` program on [`SHORT`].
+fn counted_short(report: &wpool::RunReport) {
+    assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+    assert_eq!(report.output, b"104485749767");
+}
+
 /// Runs `module` with `input` until its runs are direct calls (at most
 /// 100 runs), checking each output; the number of runs it took.
 fn warm_until_direct(
@@ -569,11 +579,7 @@ fn short_runs_become_direct_calls_which_are_still_killed_and_cancelled() {
     config.workers(1).epoch_tick(tick);
     let ex = wpool::Executor::new(&config).unwrap();
     let module = ex.register(&read(programs::P1_COUNT)).unwrap();
-    let counts = |report: &wpool::RunReport| {
-        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
-        assert_eq!(report.output, b"104485749767");
-    };
-    let runs = warm_until_direct(&ex, &module, b"100", counts);
+    let runs = warm_until_direct(&ex, &module, SHORT, counted_short);
     assert!(runs > 1, "the first run of a module is never direct");
 
     // A run that spins (about forever) in a direct call: killed at its
@@ -589,8 +595,8 @@ fn short_runs_become_direct_calls_which_are_still_killed_and_cancelled() {
     assert_timed_out(&report, limit, tick + KILL_BOUND);
 
     // That long run sent the module back to the fiber.
-    let report = spawn(&ex, &module, b"100", LimitOverrides::default()).wait_blocking();
-    counts(&report);
+    let report = spawn(&ex, &module, SHORT, LimitOverrides::default()).wait_blocking();
+    counted_short(&report);
     assert_eq!(
         ex.direct_calls(),
         direct + 1,
@@ -598,7 +604,7 @@ fn short_runs_become_direct_calls_which_are_still_killed_and_cancelled() {
     );
 
     // Cancelled in a direct call, once short runs made it direct again.
-    warm_until_direct(&ex, &module, b"100", counts);
+    warm_until_direct(&ex, &module, SHORT, counted_short);
     let execution = spawn(
         &ex,
         &module,
@@ -647,9 +653,7 @@ fn a_direct_call_that_runs_long_starts_over_on_a_fiber() {
     // sent the module back to the fiber: warm it up again.)
     let mut tries = 0;
     let (report, restarts) = loop {
-        warm_until_direct(&ex, &module, b"100", |report| {
-            assert_eq!(report.output, b"104485749767");
-        });
+        warm_until_direct(&ex, &module, SHORT, counted_short);
         let (direct, restarts) = (ex.direct_calls(), ex.direct_call_restarts());
         let report = spawn(&ex, &module, long, LimitOverrides::default()).wait_blocking();
         if ex.direct_calls() > direct {
@@ -683,15 +687,12 @@ fn only_the_executors_own_threads_make_direct_calls() {
     for _ in 0..30 {
         let report =
             ex.handle()
-                .block_on(ex.run(&module, b"100".to_vec(), &limits, &cancel, None, &[]));
-        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
-        assert_eq!(report.output, b"104485749767");
+                .block_on(ex.run(&module, SHORT.to_vec(), &limits, &cancel, None, &[]));
+        counted_short(&report);
     }
     assert_eq!(ex.direct_calls(), 0);
     // On the workers, the same module's short runs become direct calls.
-    warm_until_direct(&ex, &module, b"100", |report| {
-        assert_eq!(report.output, b"104485749767");
-    });
+    warm_until_direct(&ex, &module, SHORT, counted_short);
 }
 
 #[test]
