@@ -1137,6 +1137,20 @@ impl Inner {
         self.quiet.notify_waiters();
     }
 
+    /// After a run left `running`: wakes whoever waits for the pool to be
+    /// quiet ([`Inner::until_idle`], [`Inner::until_drained`]), if no run
+    /// is left. Both look for an empty `running` first, so a wake while
+    /// runs remain would only send them back to sleep; and that wake is a
+    /// system call into the waiter's runtime, once per task, when `close`
+    /// waits on another thread. `idle` is whether `running` was empty
+    /// when the run left it, read under the same lock: the last run to
+    /// leave always wakes them.
+    fn left_running(&self, idle: bool) {
+        if idle {
+            self.quiet.notify_waiters();
+        }
+    }
+
     fn kill_running_for_stop(&self) {
         for running in self.lock_running().values_mut() {
             running.for_stop = true;

@@ -379,13 +379,17 @@ impl Inner {
         if let Some(record) = done {
             self.announce_finished(record);
         }
-        self.lock_running().remove(&id);
+        let idle = {
+            let mut running = self.lock_running();
+            running.remove(&id);
+            running.is_empty()
+        };
         if released {
             self.entered_queue(1);
             self.emit(id, EventKind::Requeued);
         }
         match (done, &recorded) {
-            (Some(record), _) => self.deliver_finished(record),
+            (Some(record), _) => self.wake_waiters(record),
             (None, Some(record)) => self.recorded(record),
             (None, None) => {}
         }
@@ -393,7 +397,7 @@ impl Inner {
             Some(task) => self.begin(&mut task.record),
             None => self.work.notify_one(),
         }
-        self.quiet.notify_waiters();
+        self.left_running(idle);
         next
     }
 
