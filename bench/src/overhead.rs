@@ -9,7 +9,7 @@
 //!     valgrind --tool=callgrind target/release/wpool-bench --only overhead
 //! ```
 //!
-//! (`raw`, `executor` or `pool`, then workers, then tasks, and optionally
+//! (`raw`, `executor`, `pool` or `pool-close`, then workers, then tasks, and optionally
 //! the epoch tick in milliseconds: under callgrind a task takes some 50
 //! times longer, and a 1 ms tick would interrupt most of them, which it
 //! does not outside); the difference of two such runs with different task
@@ -182,6 +182,39 @@ pub(crate) fn pool_rate(pool: &Pool, wasm: &[u8], count: usize, input: &[u8]) ->
     })
 }
 
+/// Tasks per second through the `Pool` (in-memory store) when nobody
+/// waits for each result: submit them all, then [`Pool::close`], which
+/// returns once every one has run (the results are stored; they are
+/// checked afterwards, outside the time). The difference from
+/// [`pool_rate`] is what handing each result to a caller waiting on
+/// another thread costs: waking that thread, once per task.
+fn pool_close_rate(pool: &Pool, wasm: &[u8], count: usize) -> f64 {
+    let hash = register(pool, wasm).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let started = Instant::now();
+        let mut ids = Vec::with_capacity(count);
+        for _ in 0..count {
+            ids.push(
+                pool.submit(TaskSpec::new(hash, Vec::new()))
+                    .await
+                    .unwrap()
+                    .id(),
+            );
+        }
+        pool.close().await.unwrap();
+        let rate = count as f64 / started.elapsed().as_secs_f64();
+        for id in ids {
+            let result = pool.result(id).await.unwrap().expect("a task did not run");
+            assert!(result.is_success(), "{:?}", result.outcome);
+        }
+        rate
+    })
+}
+
 fn new_pool(workers: usize, tick: Duration) -> Result<Pool, Box<dyn std::error::Error>> {
     let mut config = PoolConfig::new();
     config.workers(workers);
@@ -224,7 +257,12 @@ fn alone(spec: &str, wasm: &[u8]) -> Result<Vec<Row>, Box<dyn std::error::Error>
         "raw" => raw_wasmtime(wasm, workers, Until::Tasks(tasks as u64), tick),
         "executor" => executor_rate(wasm, workers, tasks, tick),
         "pool" => pool_rate(&new_pool(workers, tick)?, wasm, tasks, b""),
-        other => return Err(format!("{ALONE}: raw, executor or pool, not `{other}`").into()),
+        "pool-close" => pool_close_rate(&new_pool(workers, tick)?, wasm, tasks),
+        other => {
+            return Err(
+                format!("{ALONE}: raw, executor, pool or pool-close, not `{other}`").into(),
+            );
+        }
     };
     Ok(vec![Row::new(
         &format!("trivial task, {what} alone, {workers} worker(s), {tasks} tasks"),
@@ -249,6 +287,7 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
         let raw = raw_wasmtime(&wasm, workers, Until::Elapsed(window), tick);
         let executor = executor_rate(&wasm, workers, count, tick);
         let pooled = pool_rate(&new_pool(workers, tick)?, &wasm, count, b"");
+        let closed = pool_close_rate(&new_pool(workers, tick)?, &wasm, count);
         rows.push(Row::new(
             &format!("trivial task, executor, {workers} worker(s)"),
             "tasks/s",
@@ -264,6 +303,14 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
             "raw wasmtime loop",
             raw,
             &format!("{:.1} µs/task vs {:.1}", 1e6 / pooled, 1e6 / raw),
+        ));
+        rows.push(Row::new(
+            &format!("trivial task, Pool, results not awaited one by one, {workers} worker(s)"),
+            "tasks/s",
+            closed,
+            "raw wasmtime loop",
+            raw,
+            &format!("submit all, then close; {:.1} µs/task", 1e6 / closed),
         ));
     }
     Ok(rows)
