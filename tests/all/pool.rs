@@ -1080,3 +1080,75 @@ async fn a_result_recorded_before_its_answer_was_lost_reaches_the_waiter() {
     assert_eq!(pool.stats().await.unwrap().finished, 1);
     pool.close().await.unwrap();
 }
+
+/// A pool hands the results of short runs over in batches while its
+/// workers go from one run to the next: every waiter still gets its own
+/// result, the held ones included (a batch is full at 8, and the pool then
+/// idles with some held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_held_for_a_batch_all_reach_their_waiters() {
+    let mut config = config(1);
+    // Every run is short then, even in a debug build.
+    config.engine_mut().epoch_tick(Duration::from_millis(50));
+    let pool = Pool::new(config).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    pool.pause();
+    let mut waits = Vec::new();
+    for i in 0..101 {
+        let handle = pool
+            .submit(TaskSpec::new(echo, format!("task {i}").into_bytes()))
+            .await
+            .unwrap();
+        waits.push(tokio::spawn(async move { handle.wait().await }));
+    }
+    // The waiters are registered (their first poll) before the runs end.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    pool.resume();
+    for (i, wait) in waits.into_iter().enumerate() {
+        let result = tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("a waiter was never given its result")
+            .unwrap()
+            .unwrap();
+        assert_eq!(result.state, TaskState::Succeeded);
+        assert_eq!(result.output, format!("task {i}").into_bytes());
+    }
+    pool.close().await.unwrap();
+}
+
+/// A short run's result held for a batch does not wait for the end of the
+/// run its worker goes on to: it is handed over as soon as the workers'
+/// runtime is free, here while the next task sleeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_result_does_not_wait_for_the_next_run() {
+    let mut config = config(1);
+    config.engine_mut().epoch_tick(Duration::from_millis(50));
+    let pool = Pool::new(config).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    let sleep = module(&pool, programs::P1_SLEEP).await;
+    pool.pause();
+    let short = pool
+        .submit(TaskSpec::new(echo, b"first".to_vec()))
+        .await
+        .unwrap();
+    // Claimed with the short run's end, by the same worker.
+    let long = pool
+        .submit(TaskSpec::new(sleep, b"60000".to_vec()))
+        .await
+        .unwrap();
+    let wait = tokio::spawn(async move { short.wait().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    pool.resume();
+    let result = tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .expect("the short run's result waited for the long run")
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.output, b"first");
+    assert_eq!(
+        pool.status(long.id()).await.unwrap().state,
+        TaskState::Running
+    );
+    assert_eq!(long.cancel().await.unwrap(), CancelResult::Killed);
+    pool.stop().await.unwrap();
+}

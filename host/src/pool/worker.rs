@@ -331,6 +331,9 @@ impl Inner {
         if !keep_worker {
             self.executing.fetch_sub(1, Ordering::Relaxed);
         }
+        // A short run's result may be held for a moment with others
+        // (`Inner::hand_over`).
+        let short = report.duration < self.executor.config().epoch_tick;
         if !report.duration.is_zero() {
             let us = u64::try_from(report.duration.as_micros())
                 .unwrap_or(u64::MAX)
@@ -375,8 +378,11 @@ impl Inner {
         // waiter given the result finds the run gone and the event sent,
         // and one that reads the stored end meanwhile sees the run still
         // there and waits for the delivery (`Inner::wait`).
-        let done = recorded.as_ref().filter(|r| r.state.is_final());
-        if let Some(record) = done {
+        let (done, recorded) = match recorded {
+            Some(record) if record.state.is_final() => (Some(record), None),
+            other => (None, other),
+        };
+        if let Some(record) = &done {
             self.announce_finished(record);
         }
         let idle = {
@@ -388,10 +394,10 @@ impl Inner {
             self.entered_queue(1);
             self.emit(id, EventKind::Requeued);
         }
-        match (done, &recorded) {
-            (Some(record), _) => self.wake_waiters(record),
-            (None, Some(record)) => self.recorded(record),
-            (None, None) => {}
+        if let Some(record) = done {
+            self.hand_over(record, next.is_some() || !idle, short);
+        } else if let Some(record) = &recorded {
+            self.recorded(record);
         }
         match &mut next {
             Some(task) => self.begin(&mut task.record),
