@@ -548,7 +548,7 @@ pub(crate) async fn run(
     cx: &RunContext<'_>,
 ) -> RunReport {
     let started = Instant::now();
-    let deadline = deadline_after(cx.limits.timeout);
+    let deadline = deadline_after(started, cx.limits.timeout);
     let input = bytes::Bytes::from(input);
     if let Some(direct) = pre.direct(cx) {
         cx.direct_calls.fetch_add(1, Ordering::Relaxed);
@@ -566,7 +566,8 @@ pub(crate) async fn run(
             let start = instance.get_typed_func::<(), ()>(&mut run.store, "_start")?;
             start.call(&mut run.store, ())
         })();
-        pre.ran(started.elapsed(), cx.epoch_tick);
+        let took = started.elapsed();
+        pre.ran(took, cx.epoch_tick);
         match result {
             Err(e) if e.is::<super::Outgrown>() => {
                 // Started over on a fiber, under the same deadline: what
@@ -574,7 +575,7 @@ pub(crate) async fn run(
                 cx.direct_restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("a run outgrew its direct call; it starts over on a fiber");
             }
-            result => return run.report(Ok(result), cx, started),
+            result => return run.report(Ok(result), cx, took),
         }
     }
     let mut run = match Run::new(engine, input, cx, deadline, true) {
@@ -595,8 +596,9 @@ pub(crate) async fn run(
         cx.cancel,
     )
     .await;
-    pre.ran(started.elapsed(), cx.epoch_tick);
-    run.report(result, cx, started)
+    let took = started.elapsed();
+    pre.ran(took, cx.epoch_tick);
+    run.report(result, cx, took)
 }
 
 /// One run's store, with its output and log.
@@ -643,7 +645,7 @@ impl Run {
         self,
         result: Result<wasmtime::Result<()>, super::Killed>,
         cx: &RunContext<'_>,
-        started: Instant,
+        took: std::time::Duration,
     ) -> RunReport {
         let Run { store, output, log } = self;
         let outcome = match result {
@@ -660,7 +662,7 @@ impl Run {
                 &log,
             ),
         };
-        super::report(store, outcome, output.take(), log, cx, started)
+        super::report(store, outcome, output.take(), log, cx, took)
     }
 }
 

@@ -139,7 +139,7 @@ pub(crate) async fn run(
     cx: &RunContext<'_>,
 ) -> RunReport {
     let started = Instant::now();
-    let deadline = deadline_after(cx.limits.timeout);
+    let deadline = deadline_after(started, cx.limits.timeout);
     let max_output = usize::try_from(cx.limits.max_output).unwrap_or(usize::MAX);
     // Stdout of a component is not its output (its `run` result is), but a
     // component may still print: it goes to the log, like stderr. The output
@@ -209,7 +209,7 @@ pub(crate) async fn run(
         ),
         Err(killed) => classify(Err(killed), false, false, cx.settings, &log),
     };
-    super::report(store, outcome, output, log, cx, started)
+    super::report(store, outcome, output, log, cx, started.elapsed())
 }
 
 /// Runs one task on a prepared `wasi:cli/run` command: like a WASI
@@ -222,7 +222,7 @@ pub(crate) async fn run_cli(
     cx: &RunContext<'_>,
 ) -> RunReport {
     let started = Instant::now();
-    let deadline = deadline_after(cx.limits.timeout);
+    let deadline = deadline_after(started, cx.limits.timeout);
     let output = CappedOutput::new(usize::try_from(cx.limits.max_output).unwrap_or(usize::MAX));
     let log = LogSink::new(
         usize::try_from(cx.limits.max_log).unwrap_or(usize::MAX),
@@ -280,5 +280,5 @@ pub(crate) async fn run_cli(
         cx.settings,
         &log,
     );
-    super::report(store, outcome, output.take(), log, cx, started)
+    super::report(store, outcome, output.take(), log, cx, started.elapsed())
 }
