@@ -261,6 +261,16 @@ async fn failures_are_retried_with_backoff() {
     let mut kinds = Vec::new();
     while let Ok(Some(event)) = events.try_recv() {
         if event.id == handle.id() {
+            // A run's start and end carry the times the record holds.
+            match event.kind {
+                EventKind::Started { attempt } => assert_eq!(
+                    event.at,
+                    result.attempts[attempt as usize - 1].started_at,
+                    "start of attempt {attempt}"
+                ),
+                EventKind::Succeeded => assert_eq!(event.at, result.finished_at),
+                _ => {}
+            }
             kinds.push(match event.kind {
                 EventKind::Submitted => "submitted".to_string(),
                 EventKind::Started { attempt } => format!("started {attempt}"),

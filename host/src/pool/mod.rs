@@ -47,7 +47,8 @@ use self::events::{Event, EventKind, Events};
 use crate::backend::{Backend, Cancelled, EmbeddedBackend};
 use crate::store::{MemoryStore, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
-    IdMap, Lease, ModuleHash, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState, now_millis,
+    IdMap, Lease, Millis, ModuleHash, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState,
+    now_millis,
 };
 use crate::{CancellationToken, Error, Executor, Result};
 
@@ -910,6 +911,13 @@ impl Inner {
     }
 
     fn emit(&self, id: TaskId, kind: EventKind) {
+        self.emit_at(id, now_millis(), kind);
+    }
+
+    /// [`Inner::emit`] for a transition whose time the record holds
+    /// already (a run's start or end): the event says the same time, and
+    /// the clock is not read again.
+    fn emit_at(&self, id: TaskId, at: Millis, kind: EventKind) {
         // One line per transition at info (progress at debug): what an
         // operator reads to follow a task.
         match &kind {
@@ -949,11 +957,7 @@ impl Inner {
                 "task put back in the queue by a graceful stop"
             ),
         }
-        let event = Event {
-            id,
-            at: now_millis(),
-            kind,
-        };
+        let event = Event { id, at, kind };
         // For the other hosts of a shared queue (a no-op otherwise).
         self.backend.publish(&event);
         // No subscriber is not an error.
@@ -1205,7 +1209,8 @@ impl Inner {
 
     /// The first half of [`Inner::finished`]: the event and the counters.
     fn announce_finished(&self, record: &TaskRecord) {
-        self.emit(record.id, EventKind::finished(record));
+        let at = record.finished_at.unwrap_or(record.updated_at);
+        self.emit_at(record.id, at, EventKind::finished(record));
         self.finished.fetch_add(1, Ordering::Relaxed);
         self.recent
             .lock()

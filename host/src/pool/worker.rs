@@ -260,7 +260,11 @@ impl Inner {
             record.begin(now_millis());
         }
         let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
-        self.emit(record.id, EventKind::Started { attempt });
+        let at = record
+            .attempts
+            .last()
+            .map_or_else(now_millis, |a| a.started_at);
+        self.emit_at(record.id, at, EventKind::Started { attempt });
     }
 
     /// Runs a claimed task on the worker taken for it.
