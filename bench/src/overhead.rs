@@ -157,8 +157,34 @@ pub(crate) fn register(pool: &Pool, wasm: &[u8]) -> wpool::Result<ModuleHash> {
     pool.executor().handle().block_on(pool.register(wasm))
 }
 
-/// Tasks per second through the `Pool` (in-memory store).
+/// Tasks per second through the `Pool` (in-memory store), each result
+/// awaited in turn by a caller on a runtime of its own.
 pub(crate) fn pool_rate(pool: &Pool, wasm: &[u8], count: usize, input: &[u8]) -> f64 {
+    submit_and_finish(pool, wasm, count, input, Finish::AwaitEach)
+}
+
+/// Tasks per second through the `Pool` (in-memory store) when nobody
+/// waits for each result: submit them all, then [`Pool::close`], which
+/// returns once every one has run (the results are stored; they are
+/// checked afterwards, outside the time). The difference from
+/// [`pool_rate`] is what handing the results to a caller waiting on
+/// another thread costs: waking that thread, once per batch of results.
+fn pool_close_rate(pool: &Pool, wasm: &[u8], count: usize) -> f64 {
+    submit_and_finish(pool, wasm, count, b"", Finish::Close)
+}
+
+/// How [`submit_and_finish`] learns that its tasks have run.
+#[derive(Clone, Copy, PartialEq)]
+enum Finish {
+    /// Each task's result awaited in turn.
+    AwaitEach,
+    /// [`Pool::close`], then the results read.
+    Close,
+}
+
+/// Submits `count` tasks from a caller on a runtime of its own, then
+/// waits for them as `finish` says; tasks per second, every result checked.
+fn submit_and_finish(pool: &Pool, wasm: &[u8], count: usize, input: &[u8], finish: Finish) -> f64 {
     let hash = register(pool, wasm).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -174,41 +200,21 @@ pub(crate) fn pool_rate(pool: &Pool, wasm: &[u8], count: usize, input: &[u8]) ->
                     .unwrap(),
             );
         }
-        for handle in handles {
-            let result = handle.wait().await.unwrap();
-            assert!(result.is_success(), "{:?}", result.outcome);
-        }
-        count as f64 / started.elapsed().as_secs_f64()
-    })
-}
-
-/// Tasks per second through the `Pool` (in-memory store) when nobody
-/// waits for each result: submit them all, then [`Pool::close`], which
-/// returns once every one has run (the results are stored; they are
-/// checked afterwards, outside the time). The difference from
-/// [`pool_rate`] is what handing each result to a caller waiting on
-/// another thread costs: waking that thread, once per task.
-fn pool_close_rate(pool: &Pool, wasm: &[u8], count: usize) -> f64 {
-    let hash = register(pool, wasm).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let started = Instant::now();
-        let mut ids = Vec::with_capacity(count);
-        for _ in 0..count {
-            ids.push(
-                pool.submit(TaskSpec::new(hash, Vec::new()))
-                    .await
-                    .unwrap()
-                    .id(),
-            );
+        if finish == Finish::AwaitEach {
+            for handle in handles {
+                let result = handle.wait().await.unwrap();
+                assert!(result.is_success(), "{:?}", result.outcome);
+            }
+            return count as f64 / started.elapsed().as_secs_f64();
         }
         pool.close().await.unwrap();
         let rate = count as f64 / started.elapsed().as_secs_f64();
-        for id in ids {
-            let result = pool.result(id).await.unwrap().expect("a task did not run");
+        for handle in handles {
+            let result = pool
+                .result(handle.id())
+                .await
+                .unwrap()
+                .expect("a task did not run");
             assert!(result.is_success(), "{:?}", result.outcome);
         }
         rate
