@@ -1091,16 +1091,21 @@ async fn a_result_recorded_before_its_answer_was_lost_reaches_the_waiter() {
     pool.close().await.unwrap();
 }
 
+/// One worker, and an epoch tick long enough that every run is short,
+/// even in a debug build: the pool holds results for a batch.
+fn batching_pool() -> Pool {
+    let mut config = config(1);
+    config.engine_mut().epoch_tick(Duration::from_millis(50));
+    Pool::new(config).unwrap()
+}
+
 /// A pool hands the results of short runs over in batches while its
 /// workers go from one run to the next: every waiter still gets its own
 /// result, the held ones included (a batch is full at 8, and the pool then
 /// idles with some held).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_held_for_a_batch_all_reach_their_waiters() {
-    let mut config = config(1);
-    // Every run is short then, even in a debug build.
-    config.engine_mut().epoch_tick(Duration::from_millis(50));
-    let pool = Pool::new(config).unwrap();
+    let pool = batching_pool();
     let echo = module(&pool, programs::P1_ECHO).await;
     pool.pause();
     let mut waits = Vec::new();
@@ -1131,9 +1136,7 @@ async fn results_held_for_a_batch_all_reach_their_waiters() {
 /// runtime is free, here while the next task sleeps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_result_does_not_wait_for_the_next_run() {
-    let mut config = config(1);
-    config.engine_mut().epoch_tick(Duration::from_millis(50));
-    let pool = Pool::new(config).unwrap();
+    let pool = batching_pool();
     let echo = module(&pool, programs::P1_ECHO).await;
     let sleep = module(&pool, programs::P1_SLEEP).await;
     pool.pause();

@@ -127,11 +127,11 @@ pub(crate) struct Inner {
     /// `close`/`stop` wait here for tasks to end.
     quiet: Notify,
     events: broadcast::Sender<Event>,
-    waiters: Mutex<IdMap<Vec<oneshot::Sender<TaskRecord>>>>,
-    /// Results of short runs not yet handed to their waiters: a worker
-    /// that goes on to another task hands them over in batches (see
-    /// [`Inner::hand_over`]).
-    deliveries: Mutex<Vec<TaskRecord>>,
+    waiters: Mutex<IdMap<Waiters>>,
+    /// Results of short runs not yet handed to their waiters, with those
+    /// waiters: a worker that goes on to another task hands them over in
+    /// batches (see [`Inner::hand_over`]).
+    deliveries: Mutex<Vec<(TaskRecord, Waiters)>>,
     phase: AtomicU8,
     /// Tasks waiting in the queue (queued or scheduled), as far as this
     /// pool knows: it counts its own submissions and every task it sees
@@ -224,6 +224,16 @@ impl Background {
 
 /// The most results [`Inner::hand_over`] holds before handing them over.
 const DELIVERY_BATCH: usize = 8;
+
+/// Those who wait for one task's result.
+type Waiters = Vec<oneshot::Sender<TaskRecord>>;
+
+/// Gives `record` to each of `waiters`.
+fn send_result(waiters: Waiters, record: &TaskRecord) {
+    for waiter in waiters {
+        let _ = waiter.send(record.clone());
+    }
+}
 
 /// A background task's hold on the pool; marks the task's end, however it
 /// ends, after letting go of the pool.
@@ -1100,16 +1110,17 @@ impl Inner {
 
     /// Gives the final `record` to those who wait for it.
     fn wake_waiters(&self, record: &TaskRecord) {
-        let waiters = self
-            .waiters
+        if let Some(waiters) = self.take_waiters(&record.id) {
+            send_result(waiters, record);
+        }
+    }
+
+    /// Takes the waiters of `id` out of the map, to be given its result.
+    fn take_waiters(&self, id: &TaskId) -> Option<Waiters> {
+        self.waiters
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&record.id);
-        if let Some(waiters) = waiters {
-            for waiter in waiters {
-                let _ = waiter.send(record.clone());
-            }
-        }
+            .remove(id)
     }
 
     /// Gives the final `record` of a run that just ended to those who wait
@@ -1138,51 +1149,47 @@ impl Inner {
     /// when the end is recorded, never held; a waiter that comes in
     /// meanwhile reads the stored result (`Inner::wait`).
     fn hand_over(self: &Arc<Self>, record: TaskRecord, more: bool, short: bool) {
-        if !self.has_waiters(record.id) {
+        // Taken now, with the result: a waiter that comes after reads it
+        // from the store.
+        let Some(waiters) = self.take_waiters(&record.id) else {
             if !more {
                 self.deliver_held();
             }
             return;
-        }
+        };
         if !more || !short {
             self.deliver_held();
-            self.wake_waiters(&record);
+            send_result(waiters, &record);
             return;
         }
-        let batch = {
+        let held = {
             let mut held = self
                 .deliveries
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            held.push(record);
-            match held.len() {
-                DELIVERY_BATCH.. => std::mem::take(&mut *held),
-                1 => {
-                    drop(held);
-                    let guard = BackgroundGuard::new(self);
-                    self.executor.handle().spawn(async move {
-                        guard.inner().deliver_held();
-                    });
-                    return;
-                }
-                _ => return,
-            }
+            held.push((record, waiters));
+            held.len()
         };
-        for record in &batch {
-            self.wake_waiters(record);
+        if held >= DELIVERY_BATCH {
+            self.deliver_held();
+        } else if held == 1 {
+            let guard = BackgroundGuard::new(self);
+            self.executor.handle().spawn(async move {
+                guard.inner().deliver_held();
+            });
         }
     }
 
     /// Hands over the results [`Inner::hand_over`] holds.
     fn deliver_held(&self) {
-        let batch = std::mem::take(
+        let held = std::mem::take(
             &mut *self
                 .deliveries
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for record in &batch {
-            self.wake_waiters(record);
+        for (record, waiters) in held {
+            send_result(waiters, &record);
         }
     }
 
@@ -1222,20 +1229,6 @@ impl Inner {
     fn deliver_finished(&self, record: &TaskRecord) {
         self.wake_waiters(record);
         self.quiet.notify_waiters();
-    }
-
-    /// After a run left `running`: wakes whoever waits for the pool to be
-    /// quiet ([`Inner::until_idle`], [`Inner::until_drained`]), if no run
-    /// is left. Both look for an empty `running` first, so a wake while
-    /// runs remain would only send them back to sleep; and that wake is a
-    /// system call into the waiter's runtime, once per task, when `close`
-    /// waits on another thread. `idle` is whether `running` was empty
-    /// when the run left it, read under the same lock: the last run to
-    /// leave always wakes them.
-    fn left_running(&self, idle: bool) {
-        if idle {
-            self.quiet.notify_waiters();
-        }
     }
 
     fn kill_running_for_stop(&self) {

@@ -407,7 +407,15 @@ impl Inner {
             Some(task) => self.begin(&mut task.record),
             None => self.work.notify_one(),
         }
-        self.left_running(idle);
+        // Whoever waits for the pool to be quiet (`Inner::until_idle`,
+        // `Inner::until_drained`) looks for an empty `running` first: a
+        // wake while runs remain would only send it back to sleep, and
+        // costs a system call into its runtime per task when `close`
+        // waits on another thread. `idle` was read under the lock of the
+        // removal: the last run to leave always wakes it.
+        if idle {
+            self.quiet.notify_waiters();
+        }
         next
     }
 
