@@ -85,8 +85,10 @@ pub enum Enqueued {
 #[derive(Debug, Default)]
 pub struct Claim {
     /// Tasks now running under a lease: the records as stored (state
-    /// `running`, the new attempt last).
-    pub claimed: Vec<(TaskRecord, Lease)>,
+    /// `running`, the new attempt last). Boxed: a record is some hundreds
+    /// of bytes, and goes from the claim to the worker's run, to its end
+    /// and to its waiters by moves that then copy a pointer.
+    pub claimed: Vec<(Box<TaskRecord>, Lease)>,
     /// Tasks found past their expiry on the way, now `expired` (durably).
     pub expired: Vec<TaskRecord>,
 }

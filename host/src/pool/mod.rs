@@ -98,7 +98,7 @@ enum Phase {
 
 /// A task claimed ahead, waiting for a worker.
 struct Ahead {
-    record: TaskRecord,
+    record: Box<TaskRecord>,
     lease: Lease,
     cancel: CancellationToken,
 }
@@ -131,7 +131,7 @@ pub(crate) struct Inner {
     /// Results of short runs not yet handed to their waiters, with those
     /// waiters: a worker that goes on to another task hands them over in
     /// batches (see [`Inner::hand_over`]).
-    deliveries: Mutex<Vec<(TaskRecord, Waiters)>>,
+    deliveries: Mutex<Vec<(Box<TaskRecord>, Waiters)>>,
     phase: AtomicU8,
     /// Tasks waiting in the queue (queued or scheduled), as far as this
     /// pool knows: it counts its own submissions and every task it sees
@@ -1148,7 +1148,7 @@ impl Inner {
     /// nothing else to do, goes at once. The event of each end is sent
     /// when the end is recorded, never held; a waiter that comes in
     /// meanwhile reads the stored result (`Inner::wait`).
-    fn hand_over(self: &Arc<Self>, record: TaskRecord, more: bool, short: bool) {
+    fn hand_over(self: &Arc<Self>, record: Box<TaskRecord>, more: bool, short: bool) {
         // Taken now, with the result: a waiter that comes after reads it
         // from the store.
         let Some(waiters) = self.take_waiters(&record.id) else {

@@ -160,7 +160,7 @@ impl Inner {
 
     /// A task just claimed: in `running` from now on, with its cancel
     /// token.
-    fn claimed(&self, record: TaskRecord, lease: Lease) -> Ahead {
+    fn claimed(&self, record: Box<TaskRecord>, lease: Lease) -> Ahead {
         let cancel = CancellationToken::new();
         // A cancel asked for before the claim: kill at once.
         if record.cancel_requested {
@@ -198,7 +198,7 @@ impl Inner {
 
     /// A task just claimed: run it if a worker is free, else hold it
     /// ahead.
-    fn hand_out(self: &Arc<Self>, record: TaskRecord, lease: Lease) {
+    fn hand_out(self: &Arc<Self>, record: Box<TaskRecord>, lease: Lease) {
         let task = self.claimed(record, lease);
         if self.take_worker() {
             self.start_run(task);
@@ -284,7 +284,12 @@ impl Inner {
 
     /// Runs `record` on the worker taken for it, then each task the
     /// worker claims with a run's end (see [`Inner::run_one`]).
-    async fn run(self: &Arc<Self>, record: TaskRecord, lease: Lease, cancel: CancellationToken) {
+    async fn run(
+        self: &Arc<Self>,
+        record: Box<TaskRecord>,
+        lease: Lease,
+        cancel: CancellationToken,
+    ) {
         let mut next = Some(Ahead {
             record,
             lease,
@@ -372,11 +377,18 @@ impl Inner {
         }
         // Before the end is delivered: whoever learns of it sees the worker
         // free, unless it runs another task.
-        let mut next = if keep_worker {
-            self.take_claimed(claim).await
-        } else {
-            None
-        };
+        let mut next = None;
+        if keep_worker {
+            let unstarted;
+            (next, unstarted) = self.take_claimed(claim);
+            for lease in unstarted {
+                self.put_back_unstarted(&lease).await;
+            }
+            if next.is_none() {
+                self.executing.fetch_sub(1, Ordering::Relaxed);
+                self.start_ahead();
+            }
+        }
         // A final end is announced (event, counters) while the run is
         // still in `running`, and delivered to waiters after it left: a
         // waiter given the result finds the run gone and the event sent,
@@ -420,30 +432,31 @@ impl Inner {
     }
 
     /// What a run's end claimed for its worker ([`Inner::run_one`]): the
-    /// first task runs next on it (its start is announced by the caller);
-    /// the worker is freed if there is none.
-    /// A task that cannot start (the pool was paused or began to stop
-    /// meanwhile, or a second one) goes back to the queue, as
-    /// [`Inner::release_ahead`] puts back tasks claimed ahead: it never
-    /// started, so no attempt or interruption is counted.
-    async fn take_claimed(self: &Arc<Self>, claim: Claim) -> Option<Ahead> {
+    /// first task, which runs next on it (its start is announced by the
+    /// caller; the worker is freed if there is none), and the leases of
+    /// those that cannot start (the pool was paused or began to stop
+    /// meanwhile, or a second one): the caller puts them back in the
+    /// queue, as [`Inner::release_ahead`] puts back tasks claimed ahead
+    /// (they never started, so no attempt or interruption is counted).
+    ///
+    /// Not `async`: the usual end (one task, started) has nothing to
+    /// wait for, and an `async fn` here put a future of a few hundred
+    /// bytes into every run's.
+    fn take_claimed(&self, claim: Claim) -> (Option<Ahead>, Vec<Lease>) {
         self.left_queue(claim.claimed.len() + claim.expired.len());
         for record in &claim.expired {
             self.finished(record);
         }
         let mut next = None;
+        let mut unstarted = Vec::new();
         for (record, lease) in claim.claimed {
             if next.is_none() && self.may_start() {
                 next = Some(self.claimed(record, lease));
             } else {
-                self.put_back_unstarted(&lease).await;
+                unstarted.push(lease);
             }
         }
-        if next.is_none() {
-            self.executing.fetch_sub(1, Ordering::Relaxed);
-            self.start_ahead();
-        }
-        next
+        (next, unstarted)
     }
 
     async fn execute(
@@ -520,7 +533,7 @@ impl Inner {
         lease: Lease,
         report: RunReport,
         claim_next: Option<Duration>,
-    ) -> (Option<TaskRecord>, Claim) {
+    ) -> (Option<Box<TaskRecord>>, Claim) {
         let id = lease.task;
         let run = Completion {
             outcome: report.outcome,
@@ -553,12 +566,12 @@ impl Inner {
             {
                 Ok((Completed::Recorded(record), claim)) => {
                     outage.ended("recording a task's result");
-                    return (Some(*record), claim);
+                    return (Some(record), claim);
                 }
                 Ok((Completed::LeaseLost, _)) => {
                     outage.ended("recording a task's result");
                     if uncertain && let Some(ours) = self.recorded_before(record, &run).await {
-                        return (ours, Claim::default());
+                        return (ours.map(Box::new), Claim::default());
                     }
                     tracing::warn!(
                         task = %id,

@@ -398,7 +398,7 @@ impl EmbeddedBackend {
                 break;
             };
             let mut record = match self.load_waiting(index, id) {
-                Ok(Some(record)) => record,
+                Ok(Some(record)) => Box::new(record),
                 Ok(None) => continue,
                 Err(e) if claim.claimed.is_empty() && claim.expired.is_empty() => {
                     return Err(e);
@@ -424,12 +424,12 @@ impl EmbeddedBackend {
                 Ok(true) => {
                     index.remove_pending(&id);
                     if expired {
-                        claim.expired.push(record);
+                        claim.expired.push(*record);
                     } else {
                         if record.cancel_requested {
                             self.running_cancels.fetch_add(1, Ordering::SeqCst);
                         }
-                        index.running.insert(record.id, record.clone());
+                        index.running.insert(record.id, (*record).clone());
                         if claim.claimed.capacity() == 0 {
                             // Records are large: room for what is asked at
                             // once, not the doubling from four.
@@ -630,7 +630,7 @@ impl Backend for EmbeddedBackend {
                 discard(&run.output);
                 return Ok((Completed::LeaseLost, Claim::default()));
             };
-            let mut record = running.clone();
+            let mut record = Box::new(running.clone());
             let output = run.output.clone();
             record.complete(run);
             let written = match self.store.update(&record, TaskState::Running) {
@@ -671,7 +671,7 @@ impl Backend for EmbeddedBackend {
             (record, claim)
         };
         self.flush_writes().await?;
-        Ok((Completed::Recorded(Box::new(record)), claim))
+        Ok((Completed::Recorded(record), claim))
     }
 
     fn completes_with_claim(&self) -> bool {

@@ -383,7 +383,7 @@ impl Shared {
                     record.start(lease, now);
                 }
                 record::update(&tx, &mut record).await?;
-                claim.claimed.push((record, lease));
+                claim.claimed.push((Box::new(record), lease));
             }
             if exhausted {
                 break;
