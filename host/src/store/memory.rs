@@ -1,12 +1,12 @@
 //! A store in memory: fast, and gone when the process ends. For tests,
 //! benchmarks and embedders that do not need durability.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
-use crate::task::{Millis, ModuleMap, TaskId, TaskRecord, TaskState};
+use crate::task::{IdMap, Millis, ModuleMap, TaskId, TaskRecord, TaskState};
 use crate::{ModuleHash, ModuleSettings, Result};
 
 /// A [`Store`] in memory. One lock guards everything, held only for the
@@ -18,7 +18,13 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    tasks: BTreeMap<TaskId, TaskRecord>,
+    /// The records by id: a hash map, since a task's claim, end and
+    /// waiters look it up by id (a B-tree of a deep queue took some
+    /// thousand instructions a look-up, most of them cache misses).
+    /// Boxed, so that the table's free slots cost a pointer, not a record.
+    tasks: IdMap<Box<TaskRecord>>,
+    /// The ids in order, for [`Store::list`]'s pages.
+    order: BTreeSet<TaskId>,
     keys: HashMap<String, TaskId>,
     finished: BTreeSet<(Millis, TaskId)>,
     modules: ModuleMap<Arc<[u8]>>,
@@ -128,7 +134,8 @@ impl Store for MemoryStore {
                 }
                 inner.keys.insert(key.clone(), task.id);
             }
-            inner.tasks.insert(task.id, task.clone());
+            inner.tasks.insert(task.id, Box::new(task.clone()));
+            inner.order.insert(task.id);
             inner.counts.moved(None, Some(task.state));
             if let Some(key) = finished_key(task) {
                 inner.finished.insert(key);
@@ -151,7 +158,7 @@ impl Store for MemoryStore {
             inner.finished.remove(&key);
         }
         inner.counts.moved(Some(stored.state), Some(task.state));
-        *stored = task.clone();
+        TaskRecord::clone_from(stored, task);
         if let Some(key) = finished_key(task) {
             inner.finished.insert(key);
         }
@@ -159,7 +166,7 @@ impl Store for MemoryStore {
     }
 
     fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        Ok(self.lock().tasks.get(id).cloned())
+        Ok(self.lock().tasks.get(id).map(|t| TaskRecord::clone(t)))
     }
 
     fn by_key(&self, key: &str) -> Result<Option<TaskId>> {
@@ -173,13 +180,13 @@ impl Store for MemoryStore {
             None => Bound::Unbounded,
         };
         Ok(inner
-            .tasks
+            .order
             .range((Bound::Unbounded, upper))
             .rev()
-            .map(|(_, t)| t)
+            .filter_map(|id| inner.tasks.get(id))
             .filter(|t| filter.matches(t))
             .take(filter.page_size())
-            .cloned()
+            .map(|t| TaskRecord::clone(t))
             .collect())
     }
 
@@ -189,7 +196,7 @@ impl Store for MemoryStore {
             .tasks
             .values()
             .filter(|t| !t.state.is_final())
-            .cloned()
+            .map(|t| TaskRecord::clone(t))
             .collect();
         tasks.sort_by_key(|t| t.seq);
         Ok(tasks)
@@ -221,6 +228,7 @@ impl Store for MemoryStore {
         }
         for key in &doomed {
             inner.finished.remove(key);
+            inner.order.remove(&key.1);
             if let Some(task) = inner.tasks.remove(&key.1) {
                 inner.counts.moved(Some(task.state), None);
                 if let Some(k) = &task.idempotency_key {
@@ -236,10 +244,11 @@ impl Store for MemoryStore {
         let inner = &mut *inner;
         let mut removed = Vec::new();
         for id in ids {
-            let Some(key) = inner.tasks.get(id).and_then(finished_key) else {
+            let Some(key) = inner.tasks.get(id).and_then(|t| finished_key(t)) else {
                 continue;
             };
             inner.finished.remove(&key);
+            inner.order.remove(id);
             if let Some(task) = inner.tasks.remove(id) {
                 inner.counts.moved(Some(task.state), None);
                 if let Some(k) = &task.idempotency_key
