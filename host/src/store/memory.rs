@@ -165,6 +165,30 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    fn update_with(
+        &self,
+        id: &TaskId,
+        change: &mut dyn FnMut(&mut TaskRecord) -> bool,
+    ) -> Result<Option<TaskRecord>> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(stored) = inner.tasks.get_mut(id) else {
+            return Ok(None);
+        };
+        let (from, before) = (stored.state, finished_key(stored));
+        if !change(stored) {
+            return Ok(None);
+        }
+        if let Some(key) = before {
+            inner.finished.remove(&key);
+        }
+        inner.counts.moved(Some(from), Some(stored.state));
+        if let Some(key) = finished_key(stored) {
+            inner.finished.insert(key);
+        }
+        Ok(Some(TaskRecord::clone(stored)))
+    }
+
     fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
         Ok(self.lock().tasks.get(id).map(|t| TaskRecord::clone(t)))
     }

@@ -131,6 +131,27 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Replaces a task's record if its stored state is `expected`
     /// (compare-and-swap); `false` if it was not.
     fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool>;
+    /// Changes the record of `id` with `change`, which gets the record as
+    /// stored and returns whether it changed it (it must leave a record it
+    /// refuses unchanged); the record as written, or `None` if there is no
+    /// such task or `change` refused it. The default reads the record,
+    /// then [`Store::update`]s it from the state read: `None` too if the
+    /// task changed in between. A store that holds its records in memory
+    /// changes it in place, with one look-up and one copy (the answer).
+    fn update_with(
+        &self,
+        id: &TaskId,
+        change: &mut dyn FnMut(&mut TaskRecord) -> bool,
+    ) -> Result<Option<TaskRecord>> {
+        let Some(mut record) = self.get(id)? else {
+            return Ok(None);
+        };
+        let from = record.state;
+        if !change(&mut record) || !self.update(&record, from)? {
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
     /// A task by id.
     fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>>;
     /// The task holding an idempotency key.

@@ -383,49 +383,57 @@ impl EmbeddedBackend {
     /// Claims up to `max` ready tasks with the index locked, then up to
     /// `ahead` more ahead of a free worker, writing them (not flushed):
     /// [`Backend::claim_ahead`] without its flush.
+    ///
+    /// `now` is the claim's time (a run's end that claims the next task
+    /// passes its own, rather than read the clock again).
     fn claim_locked(
         &self,
         index: &mut Index,
         max: usize,
         ahead: usize,
         ttl: Duration,
+        now: Millis,
     ) -> Result<Claim> {
         let mut claim = Claim::default();
-        let now = now_millis();
         let all = max.saturating_add(ahead);
         while claim.claimed.len() < all {
             let Some(id) = index.peek_ready() else {
                 break;
             };
-            let mut record = match self.load_waiting(index, id) {
-                Ok(Some(record)) => Box::new(record),
-                Ok(None) => continue,
-                Err(e) if claim.claimed.is_empty() && claim.expired.is_empty() => {
-                    return Err(e);
-                }
-                Err(e) => {
-                    tracing::error!(task = %id, error = %e, "cannot read the task to claim it");
-                    break;
-                }
+            let Some(waiting) = index.pending(&id) else {
+                continue;
             };
-            let from = record.state;
-            let expired = record.expires_at.is_some_and(|at| at <= now);
-            let lease = self.lease(record.id, now, ttl);
-            if expired {
-                record.expire(now);
-            } else if claim.claimed.len() >= max {
-                record.claim_ahead(lease, now);
-            } else {
-                record.start(lease, now);
+            let lease = self.lease(id, now, ttl);
+            let for_later = claim.claimed.len() >= max;
+            let mut expired = false;
+            let mut found = None;
+            // Read, checked against the index and changed in one call:
+            // the memory store changes its record in place.
+            let written = self.store.update_with(&id, &mut |record| {
+                found = Some(record.state);
+                if !waiting.matches(record) {
+                    return false;
+                }
+                expired = record.expires_at.is_some_and(|at| at <= now);
+                if expired {
+                    record.expire(now);
+                } else if for_later {
+                    record.claim_ahead(lease, now);
+                } else {
+                    record.start(lease, now);
+                }
+                true
+            });
+            if !matches!(written, Ok(None)) {
+                self.wrote();
             }
-            let written = self.store.update(&record, from);
-            self.wrote();
             match written {
-                Ok(true) => {
+                Ok(Some(record)) => {
                     index.remove_pending(&id);
                     if expired {
-                        claim.expired.push(*record);
+                        claim.expired.push(record);
                     } else {
+                        let record = Box::new(record);
                         if record.cancel_requested {
                             self.running_cancels.fetch_add(1, Ordering::SeqCst);
                         }
@@ -440,10 +448,11 @@ impl EmbeddedBackend {
                 }
                 // The store is the truth: a task it no longer holds in
                 // this state leaves the index (the next open rebuilds it).
-                Ok(false) => {
+                Ok(None) => {
                     index.remove_pending(&id);
                     tracing::error!(
-                        task = %record.id,
+                        task = %id,
+                        stored = ?found,
                         "the task changed in the store behind the queue's back; skipped"
                     );
                 }
@@ -453,7 +462,7 @@ impl EmbeddedBackend {
                     return Err(e);
                 }
                 Err(e) => {
-                    tracing::error!(task = %record.id, error = %e, "cannot claim the task");
+                    tracing::error!(task = %id, error = %e, "cannot claim the task");
                     break;
                 }
             }
@@ -554,7 +563,7 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn claim_ahead(&self, max: usize, ahead: usize, ttl: Duration) -> Result<Claim> {
-        let claim = self.claim_locked(&mut self.lock(), max, ahead, ttl)?;
+        let claim = self.claim_locked(&mut self.lock(), max, ahead, ttl, now_millis())?;
         if !claim.claimed.is_empty() || !claim.expired.is_empty() {
             self.flush_writes().await?;
         }
@@ -632,6 +641,7 @@ impl Backend for EmbeddedBackend {
             };
             let mut record = Box::new(running.clone());
             let output = run.output.clone();
+            let at = run.at;
             record.complete(run);
             let written = match self.store.update(&record, TaskState::Running) {
                 Ok(written) => written,
@@ -662,7 +672,7 @@ impl Backend for EmbeddedBackend {
             let claim = match max {
                 0 => Claim::default(),
                 _ => self
-                    .claim_locked(&mut index, max, 0, ttl)
+                    .claim_locked(&mut index, max, 0, ttl, at)
                     .unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "cannot claim the next task after a run; the dispatcher will");
                         Claim::default()
