@@ -760,7 +760,7 @@ impl Pool {
                 .recent
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .rate(),
+                .rate_at(now_millis()),
             uptime_secs: inner.started.elapsed().as_secs_f64(),
             paused: inner.paused.load(Ordering::SeqCst),
         })
@@ -1222,7 +1222,7 @@ impl Inner {
         self.recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .tick();
+            .tick_at(at);
     }
 
     /// The second half of [`Inner::finished`]: the result to the waiters.
