@@ -640,7 +640,13 @@ impl Backend for EmbeddedBackend {
                 return Ok((Completed::LeaseLost, Claim::default()));
             };
             let mut record = Box::new(running.clone());
-            let output = run.output.clone();
+            // What to remove if the end is not recorded after all: a file
+            // of the store's (an inline output goes with the record, and
+            // is not copied for this).
+            let output = match &run.output {
+                Payload::File { .. } => run.output.clone(),
+                Payload::Inline(_) => Payload::Inline(Vec::new()),
+            };
             let at = run.at;
             record.complete(run);
             let written = match self.store.update(&record, TaskState::Running) {
