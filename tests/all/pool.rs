@@ -605,6 +605,32 @@ async fn a_full_queue_pushes_back() {
     assert_eq!(handle.wait().await.unwrap().output, b"3");
 }
 
+/// A submitter waiting for room in a full queue is answered when the pool
+/// stops (its queue then never moves), not left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitter_waiting_for_room_is_answered_at_stop() {
+    let mut config = config(1);
+    config.max_queued(1);
+    let pool = Pool::new(config).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    let _blocker = occupy(&pool, 60_000).await;
+    pool.try_submit(TaskSpec::new(echo, b"1".to_vec()))
+        .await
+        .unwrap();
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.submit(TaskSpec::new(echo, b"2".to_vec())).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "the queue is full: submit waits");
+    pool.stop_with_grace(Duration::ZERO).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("a submitter waiting for room was left waiting at stop")
+        .unwrap();
+    assert!(matches!(answer, Err(Error::ShutDown)), "{answer:?}");
+}
+
 /// A batch goes in whole or not at all for want of room, and each of its
 /// tasks says whether the call created it or a key named an existing one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

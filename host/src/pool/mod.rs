@@ -140,6 +140,11 @@ pub(crate) struct Inner {
     waiting: AtomicUsize,
     /// Submitters waiting for room wait here.
     room: Notify,
+    /// How many submitters wait on `room` (or are about to): a task
+    /// leaving the queue wakes them only if there are any, since waking
+    /// nobody still takes the `Notify`'s lock, which every claim would
+    /// otherwise contend for with the submitters.
+    room_waiters: AtomicUsize,
     active_workers: AtomicUsize,
     /// Runs holding a worker: claimed and not yet ended. A run whose end
     /// is being recorded no longer holds one (it is still in `running`,
@@ -320,6 +325,7 @@ impl Pool {
             phase: AtomicU8::new(Phase::Open as u8),
             waiting: AtomicUsize::new(waiting.unwrap_or(0)),
             room: Notify::new(),
+            room_waiters: AtomicUsize::new(0),
             active_workers: AtomicUsize::new(workers),
             executing: AtomicUsize::new(0),
             ahead: Mutex::new(VecDeque::new()),
@@ -807,6 +813,8 @@ impl Pool {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
+        // Submitters waiting for room learn that no more is taken.
+        inner.room.notify_waiters();
         inner.work.notify_one();
         inner.timer.notify_one();
         if inner.phase() == Phase::Closing {
@@ -840,6 +848,7 @@ impl Pool {
         if inner.phase() < Phase::Stopping {
             inner.phase.store(Phase::Stopping as u8, Ordering::SeqCst);
         }
+        inner.room.notify_waiters();
         inner.work.notify_one();
         inner.timer.notify_one();
         if tokio::time::timeout(grace, inner.until_idle())
@@ -990,7 +999,11 @@ impl Inner {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
                 Some(w.saturating_sub(n))
             });
-        self.room.notify_waiters();
+        // A submitter counts itself before it looks for room: if it is
+        // not counted yet, it will see the room made above.
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
     }
 
     async fn cancel(&self, id: TaskId) -> Result<CancelResult> {
@@ -1246,6 +1259,7 @@ impl Inner {
         self.phase.store(Phase::Stopping as u8, Ordering::SeqCst);
         self.kill_running_for_stop();
         self.phase.store(Phase::Stopped as u8, Ordering::SeqCst);
+        self.room.notify_waiters();
         self.work.notify_one();
         self.timer.notify_one();
     }

@@ -43,6 +43,25 @@ impl Inner {
 
     /// Takes room for `n` tasks in the queue, waiting for it.
     pub(super) async fn reserve_room(&self, n: usize) -> Result<()> {
+        self.check_open()?;
+        if self.try_reserve_room(n) {
+            return Ok(());
+        }
+        // Counted until it returns or its caller gives up (drops it).
+        struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.room_waiters.fetch_add(1, Ordering::SeqCst);
+        let _counted = Counted(&self.room_waiters);
+        self.wait_for_room(n).await
+    }
+
+    /// [`Inner::reserve_room`] when there was no room at first: counted in
+    /// `room_waiters`.
+    async fn wait_for_room(&self, n: usize) -> Result<()> {
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
