@@ -231,11 +231,22 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// The bytes under `dir`, which the daemon changes meanwhile: a file
+/// listed, then removed (retention) before it is measured, counts as gone.
 fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => panic!("{}: {e}", dir.display()),
+    };
+    for entry in entries {
         let entry = entry.unwrap();
-        let meta = entry.metadata().unwrap();
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", entry.path().display()),
+        };
         total += if meta.is_dir() {
             dir_bytes(&entry.path())
         } else {
