@@ -45,6 +45,31 @@ impl MemoryStore {
     }
 }
 
+impl Inner {
+    /// Changes the record of `id` in place with `change` (which returns
+    /// whether it changed it), and moves its counts and its place among
+    /// the finished tasks along; the record as changed.
+    fn change(
+        &mut self,
+        id: &TaskId,
+        change: &mut dyn FnMut(&mut TaskRecord) -> bool,
+    ) -> Option<&TaskRecord> {
+        let stored = self.tasks.get_mut(id)?;
+        let (from, before) = (stored.state, finished_key(stored));
+        if !change(stored) {
+            return None;
+        }
+        if let Some(key) = before {
+            self.finished.remove(&key);
+        }
+        self.counts.moved(Some(from), Some(stored.state));
+        if let Some(key) = finished_key(stored) {
+            self.finished.insert(key);
+        }
+        Some(stored)
+    }
+}
+
 fn finished_key(task: &TaskRecord) -> Option<(Millis, TaskId)> {
     task.state
         .is_final()
@@ -147,22 +172,14 @@ impl Store for MemoryStore {
 
     fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool> {
         let mut inner = self.lock();
-        let inner = &mut *inner;
-        let Some(stored) = inner.tasks.get_mut(&task.id) else {
-            return Ok(false);
-        };
-        if stored.state != expected {
-            return Ok(false);
-        }
-        if let Some(key) = finished_key(stored) {
-            inner.finished.remove(&key);
-        }
-        inner.counts.moved(Some(stored.state), Some(task.state));
-        TaskRecord::clone_from(stored, task);
-        if let Some(key) = finished_key(task) {
-            inner.finished.insert(key);
-        }
-        Ok(true)
+        let changed = inner.change(&task.id, &mut |stored| {
+            if stored.state != expected {
+                return false;
+            }
+            TaskRecord::clone_from(stored, task);
+            true
+        });
+        Ok(changed.is_some())
     }
 
     fn update_with(
@@ -170,23 +187,7 @@ impl Store for MemoryStore {
         id: &TaskId,
         change: &mut dyn FnMut(&mut TaskRecord) -> bool,
     ) -> Result<Option<TaskRecord>> {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        let Some(stored) = inner.tasks.get_mut(id) else {
-            return Ok(None);
-        };
-        let (from, before) = (stored.state, finished_key(stored));
-        if !change(stored) {
-            return Ok(None);
-        }
-        if let Some(key) = before {
-            inner.finished.remove(&key);
-        }
-        inner.counts.moved(Some(from), Some(stored.state));
-        if let Some(key) = finished_key(stored) {
-            inner.finished.insert(key);
-        }
-        Ok(Some(TaskRecord::clone(stored)))
+        Ok(self.lock().change(id, change).cloned())
     }
 
     fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
