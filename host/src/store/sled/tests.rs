@@ -710,3 +710,49 @@ fn a_schema_4_store_killed_while_open_is_replayed_and_upgraded() {
         "wpool store schema 5\n"
     );
 }
+
+/// [`Store::update_with`] on `store`: a change refused leaves the record
+/// and the counts as they were, a change made is stored, counted and
+/// indexed (a final task is retention's), and an unknown task is `None`.
+fn update_with_changes_or_leaves_alone(store: &dyn Store, module: ModuleHash) {
+    let task = record(module, TaskState::Queued, store.next_seq().unwrap());
+    store.insert(std::slice::from_ref(&task)).unwrap();
+    let refused = store
+        .update_with(&task.id, &mut |stored| {
+            assert_eq!(stored.state, TaskState::Queued);
+            false
+        })
+        .unwrap();
+    assert!(refused.is_none());
+    assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(&task));
+    assert_eq!(store.counts().unwrap().get(TaskState::Queued), 1);
+
+    let done = store
+        .update_with(&task.id, &mut |stored| {
+            stored.state = TaskState::Succeeded;
+            stored.finished_at = Some(50);
+            true
+        })
+        .unwrap()
+        .expect("the change was made");
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(&done));
+    let counts = store.counts().unwrap();
+    assert_eq!(counts.get(TaskState::Queued), 0);
+    assert_eq!(counts.get(TaskState::Succeeded), 1);
+    assert_eq!(store.purge_finished(51, None).unwrap(), 1);
+
+    let gone = store.update_with(&task.id, &mut |_| true).unwrap();
+    assert!(gone.is_none());
+}
+
+#[test]
+fn update_with_on_the_sled_and_memory_stores() {
+    // sled: the trait's default (read, then compare-and-swap).
+    let (_dir, store, module) = store_with_module();
+    update_with_changes_or_leaves_alone(&store, module);
+    // memory: in place.
+    let memory = crate::store::MemoryStore::new();
+    memory.put_module(&module, b"m").unwrap();
+    update_with_changes_or_leaves_alone(&memory, module);
+}
