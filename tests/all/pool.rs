@@ -573,19 +573,26 @@ async fn close_drains_everything_then_refuses_work() {
     pool.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_pushes_back() {
+/// A pool of one worker, busy for `busy_ms`, whose queue of `max_queued`
+/// is full of echo tasks (inputs "1", "2", ...); with the echo module and
+/// the busy task.
+async fn full_queue(max_queued: usize, busy_ms: u64) -> (Pool, ModuleHash, wpool::TaskHandle) {
     let mut config = config(1);
-    config.max_queued(2);
+    config.max_queued(max_queued);
     let pool = Pool::new(config).unwrap();
     let echo = module(&pool, programs::P1_ECHO).await;
-    let blocker = occupy(&pool, 300).await;
-    pool.try_submit(TaskSpec::new(echo, b"1".to_vec()))
-        .await
-        .unwrap();
-    pool.try_submit(TaskSpec::new(echo, b"2".to_vec()))
-        .await
-        .unwrap();
+    let blocker = occupy(&pool, busy_ms).await;
+    for i in 1..=max_queued {
+        pool.try_submit(TaskSpec::new(echo, i.to_string().into_bytes()))
+            .await
+            .unwrap();
+    }
+    (pool, echo, blocker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_pushes_back() {
+    let (pool, echo, blocker) = full_queue(2, 300).await;
     let full = pool
         .try_submit(TaskSpec::new(echo, b"3".to_vec()))
         .await
@@ -609,14 +616,7 @@ async fn a_full_queue_pushes_back() {
 /// stops (its queue then never moves), not left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submitter_waiting_for_room_is_answered_at_stop() {
-    let mut config = config(1);
-    config.max_queued(1);
-    let pool = Pool::new(config).unwrap();
-    let echo = module(&pool, programs::P1_ECHO).await;
-    let _blocker = occupy(&pool, 60_000).await;
-    pool.try_submit(TaskSpec::new(echo, b"1".to_vec()))
-        .await
-        .unwrap();
+    let (pool, echo, _blocker) = full_queue(1, 60_000).await;
     let waiting = {
         let pool = pool.clone();
         tokio::spawn(async move { pool.submit(TaskSpec::new(echo, b"2".to_vec())).await })
