@@ -2,8 +2,8 @@
 //! workers that turn (module, input, limits) into a [`RunReport`].
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -50,11 +50,33 @@ struct Queued {
 /// Runs WASM tasks on a fixed set of workers over one wasmtime engine.
 ///
 /// Cloning is cheap and shares everything. When the last clone is dropped,
-/// running tasks are killed (as by [`Execution::cancel`]) and the workers
-/// stop.
-#[derive(Clone)]
+/// running tasks are killed (as by [`Execution::cancel`]), queued ones are
+/// answered [`Outcome::Cancelled`] without running, and the workers stop.
 pub struct Executor {
     inner: Arc<Inner>,
+    /// Whether this handle is one of the users' (made by [`Executor::new`]
+    /// or a clone) and counted in [`Inner::users`]; a worker's own handle,
+    /// held while it runs a job, is not, so that it does not keep the
+    /// executor's jobs alive once every user is gone.
+    user: bool,
+}
+
+impl Clone for Executor {
+    fn clone(&self) -> Self {
+        self.inner.users.fetch_add(1, Ordering::Relaxed);
+        Executor {
+            inner: Arc::clone(&self.inner),
+            user: true,
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if self.user && self.inner.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.shut_down();
+        }
+    }
 }
 
 struct Inner {
@@ -65,7 +87,15 @@ struct Inner {
     /// Where scratch directories are made; `None` when none may be.
     scratch_root: Option<std::path::PathBuf>,
     queue: async_channel::Sender<Queued>,
-    shutdown: CancellationToken,
+    /// Set when the last user's handle is dropped.
+    stopping: AtomicBool,
+    /// The users' handles alive (see [`Executor::user`]).
+    users: AtomicUsize,
+    /// The cancel token of the job each worker runs now, so that
+    /// [`Inner::shut_down`] kills it. One uncontended lock per worker: a
+    /// job's token is its own, not a child of one shutdown token, whose tree lock
+    /// every job's creation and drop would take, from every thread.
+    running: Box<[Mutex<Option<CancellationToken>>]>,
     /// Runs made by a direct call, not on a fiber.
     direct_calls: AtomicU64,
     /// Direct calls that ran too long and started over on a fiber.
@@ -118,36 +148,56 @@ impl Executor {
             runtime: Some(runtime),
             scratch_root,
             queue,
-            shutdown: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
+            users: AtomicUsize::new(1),
+            running: (0..config.workers).map(|_| Mutex::new(None)).collect(),
             direct_calls: AtomicU64::new(0),
             direct_restarts: AtomicU64::new(0),
         });
-        let executor = Executor { inner };
-        for _ in 0..config.workers {
+        let executor = Executor { inner, user: true };
+        for worker in 0..config.workers {
             let receiver = receiver.clone();
             // Workers hold a weak reference: they must not keep the executor
             // alive once its users are gone.
             let weak = Arc::downgrade(&executor.inner);
             executor.handle().spawn(async move {
-                while let Ok(queued) = receiver.recv().await {
+                while let Ok(Queued { job, cancel, reply }) = receiver.recv().await {
                     let Some(inner) = weak.upgrade() else { break };
-                    let executor = Executor { inner };
-                    let report = executor
-                        .run(
-                            &queued.job.module,
-                            queued.job.input,
-                            &queued.job.limits,
-                            &queued.cancel,
-                            queued.job.on_progress,
-                            &queued.job.env,
-                        )
-                        .await;
+                    let executor = Executor { inner, user: false };
+                    let report = executor.run_queued(worker, job, &cancel).await;
                     // The caller may have dropped its handle: that is fine.
-                    let _ = queued.reply.send(report);
+                    let _ = reply.send(report);
                 }
             });
         }
         Ok(executor)
+    }
+
+    /// Runs a job taken from the queue by worker `worker`, where
+    /// [`Inner::shut_down`] finds its token.
+    async fn run_queued(&self, worker: usize, job: Job, cancel: &CancellationToken) -> RunReport {
+        let slot = &self.inner.running[worker];
+        {
+            let mut running = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            *running = Some(cancel.clone());
+            // Under the slot's lock, which `shut_down` takes after it sets
+            // `stopping`: either it finds the token, or this sees the flag.
+            if self.inner.stopping.load(Ordering::Acquire) {
+                cancel.cancel();
+            }
+        }
+        let report = self
+            .run(
+                &job.module,
+                job.input,
+                &job.limits,
+                cancel,
+                job.on_progress,
+                &job.env,
+            )
+            .await;
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        report
     }
 
     /// The handle of the runtime the workers run on.
@@ -295,7 +345,7 @@ impl Executor {
     /// Queues `job` for the next free worker (first in, first out) and
     /// returns a handle to its result.
     pub fn spawn(&self, job: Job) -> Execution {
-        let cancel = self.inner.shutdown.child_token();
+        let cancel = CancellationToken::new();
         let (reply, receiver) = oneshot::channel();
         let queued = Queued {
             job,
@@ -383,10 +433,24 @@ fn keep_tail(report: &mut RunReport) {
     }
 }
 
+impl Inner {
+    /// What dropping the last user's handle does: no job is queued from
+    /// now on, those queued end cancelled without running, and those
+    /// running are killed.
+    fn shut_down(&self) {
+        self.queue.close();
+        self.stopping.store(true, Ordering::Release);
+        for slot in &self.running {
+            if let Some(cancel) = &*slot.lock().unwrap_or_else(PoisonError::into_inner) {
+                cancel.cancel();
+            }
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.queue.close();
-        self.shutdown.cancel();
+        self.shut_down();
         if let Some(runtime) = self.runtime.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
                 // Cannot block inside an async context; the cancel above

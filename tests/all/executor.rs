@@ -729,3 +729,33 @@ fn a_direct_call_overflows_the_wasm_stack_not_the_thread() {
     });
     assert_healthy(&ex);
 }
+
+#[test]
+fn dropping_the_executor_kills_its_runs_and_answers_queued_ones() {
+    let ex = executor(1);
+    let spinner = ex.register(&read(programs::P1_SPIN)).unwrap();
+    let running = spawn(&ex, &spinner, b"", timeout(Duration::from_secs(60)));
+    let queued = spawn(&ex, &spinner, b"", timeout(Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(200));
+    let dropped_at = Instant::now();
+    drop(ex);
+    let report = running.wait_blocking();
+    assert_eq!(report.outcome, Outcome::Cancelled, "{}", report.log);
+    assert!(report.duration >= Duration::from_millis(150), "it did run");
+    let report = queued.wait_blocking();
+    assert!(
+        matches!(report.outcome, Outcome::Cancelled | Outcome::HostError(_)),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(
+        report.duration,
+        Duration::ZERO,
+        "a queued task never starts"
+    );
+    assert!(
+        dropped_at.elapsed() < KILL_BOUND,
+        "slow kill at drop: {:?}",
+        dropped_at.elapsed()
+    );
+}
