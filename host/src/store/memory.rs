@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{IdMap, Millis, ModuleMap, TaskId, TaskRecord, TaskState};
@@ -41,7 +43,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock()
     }
 }
 
