@@ -310,4 +310,8 @@ impl Store for MemoryStore {
     fn is_durable(&self) -> bool {
         false
     }
+
+    fn changes_in_place(&self) -> bool {
+        true
+    }
 }

@@ -152,6 +152,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         }
         Ok(Some(record))
     }
+    /// Whether [`Store::update_with`] changes the record where it is kept,
+    /// without reading and decoding it: then the embedded backend keeps
+    /// no copy of a running task's record of its own, and writes its end
+    /// through `update_with`. `false` by default (the default
+    /// `update_with` reads the record).
+    fn changes_in_place(&self) -> bool {
+        false
+    }
     /// A task by id.
     fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>>;
     /// The task holding an idempotency key.

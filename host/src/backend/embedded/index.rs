@@ -16,7 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
-use crate::task::{IdMap, Millis, TaskId, TaskRecord, TaskState};
+use crate::task::{IdMap, Lease, Millis, TaskId, TaskRecord, TaskState};
 
 /// What the index keeps of a waiting task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,12 +36,43 @@ impl Waiting {
     }
 }
 
+/// A running task in the index.
+pub(super) struct Running {
+    /// Its lease: renewed here, not in the store (a heartbeat writes
+    /// nothing).
+    pub(super) lease: Lease,
+    /// Whether a cancel was asked for (written to the store as well).
+    pub(super) cancel_requested: bool,
+    /// The record as stored, for a store that does not change records in
+    /// place ([`Store::changes_in_place`](crate::store::Store::changes_in_place)):
+    /// its end is written from this copy, without reading the record back.
+    /// `None` on a store that changes them in place.
+    pub(super) record: Option<TaskRecord>,
+}
+
+impl Running {
+    /// `record`, just claimed under its lease; keeps a copy of it if
+    /// `keep`.
+    pub(super) fn new(record: &TaskRecord, keep: bool) -> Self {
+        Running {
+            lease: record.lease.expect("a claimed task holds a lease"),
+            cancel_requested: record.cancel_requested,
+            record: keep.then(|| record.clone()),
+        }
+    }
+
+    /// Whether `lease` is the one this task runs under.
+    pub(super) fn is_held_by(&self, lease: &Lease) -> bool {
+        self.lease.token == lease.token
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Index {
     /// Waiting tasks (queued or scheduled).
     pending: IdMap<Waiting>,
-    /// Running tasks, as stored (with their lease).
-    pub(super) running: IdMap<TaskRecord>,
+    /// Running tasks.
+    pub(super) running: IdMap<Running>,
     /// Highest priority first, then lowest sequence (FIFO).
     ready: Ready,
     /// Earliest first.

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use self::index::Index;
+use self::index::{Index, Running};
 use super::{Backend, Cancelled, Claim, Completed, Enqueued, LeaseState, Tick};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
@@ -453,7 +453,8 @@ impl EmbeddedBackend {
                         if record.cancel_requested {
                             self.running_cancels.fetch_add(1, Ordering::SeqCst);
                         }
-                        index.running.insert(record.id, (*record).clone());
+                        let keep = !self.store.changes_in_place();
+                        index.running.insert(record.id, Running::new(&record, keep));
                         if claim.claimed.capacity() == 0 {
                             // Records are large: room for what is asked at
                             // once, not the doubling from four.
@@ -490,6 +491,42 @@ impl EmbeddedBackend {
     fn leave_running(&self, index: &mut Index, id: &TaskId) {
         if index.running.remove(id).is_some_and(|r| r.cancel_requested) {
             self.running_cancels.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Changes the record of the running task `id`, held under
+    /// `running`'s lease, with `change`, and writes it: from the index's
+    /// copy where it keeps one, else in place in the store. The record as
+    /// written, or `None` if the store's is no longer as the index has it.
+    fn change_running(
+        &self,
+        id: &TaskId,
+        running: &Running,
+        change: &mut dyn FnMut(&mut TaskRecord),
+    ) -> Result<Option<Box<TaskRecord>>> {
+        let current = |record: &mut TaskRecord| {
+            record.lease = Some(running.lease);
+            record.cancel_requested = running.cancel_requested;
+        };
+        match &running.record {
+            Some(kept) => {
+                let mut record = Box::new(kept.clone());
+                current(&mut record);
+                change(&mut record);
+                let written = self.store.update(&record, TaskState::Running)?;
+                Ok(written.then_some(record))
+            }
+            None => {
+                let written = self.store.update_with(id, &mut |record| {
+                    if !record.is_held_by(&running.lease) {
+                        return false;
+                    }
+                    current(record);
+                    change(record);
+                    true
+                })?;
+                Ok(written.map(Box::new))
+            }
         }
     }
 
@@ -592,10 +629,9 @@ impl Backend for EmbeddedBackend {
         Ok(leases
             .iter()
             .map(|lease| match index.running.get_mut(&lease.task) {
-                Some(record) if record.is_held_by(lease) => {
-                    let held = record.lease.as_mut().expect("held");
-                    held.expires_at = now.saturating_add(millis(ttl));
-                    if record.cancel_requested {
+                Some(running) if running.is_held_by(lease) => {
+                    running.lease.expires_at = now.saturating_add(millis(ttl));
+                    if running.cancel_requested {
                         LeaseState::CancelRequested
                     } else {
                         LeaseState::Held
@@ -655,7 +691,6 @@ impl Backend for EmbeddedBackend {
                 discard(&run.output);
                 return Ok((Completed::LeaseLost, Claim::default()));
             };
-            let mut record = Box::new(running.clone());
             // What to remove if the end is not recorded after all: a file
             // of the store's (an inline output goes with the record, and
             // is not copied for this).
@@ -664,9 +699,20 @@ impl Backend for EmbeddedBackend {
                 Payload::Inline(_) => Payload::Inline(Vec::new()),
             };
             let at = run.at;
-            record.complete(run);
-            let written = match self.store.update(&record, TaskState::Running) {
-                Ok(written) => written,
+            let mut run = Some(run);
+            let written = self.change_running(&lease.task, running, &mut |record| {
+                record.complete(run.take().expect("a run ends once"));
+            });
+            let record = match written {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    drop(index);
+                    discard(&output);
+                    return Err(Error::Store(format!(
+                        "task {} changed in the store behind the queue's back",
+                        lease.task
+                    )));
+                }
                 Err(e) => {
                     drop(index);
                     discard(&output);
@@ -674,17 +720,6 @@ impl Backend for EmbeddedBackend {
                 }
             };
             self.wrote();
-            match written {
-                true => {}
-                false => {
-                    drop(index);
-                    discard(&output);
-                    return Err(Error::Store(format!(
-                        "task {} changed in the store behind the queue's back",
-                        record.id
-                    )));
-                }
-            }
             self.leave_running(&mut index, &lease.task);
             if !record.state.is_final() {
                 index.insert(&record);
@@ -718,11 +753,15 @@ impl Backend for EmbeddedBackend {
         if !running.is_held_by(lease) {
             return Ok(false);
         }
-        let mut record = running.clone();
-        record.release(now_millis());
-        self.store.update(&record, TaskState::Running)?;
+        let now = now_millis();
+        let written =
+            self.change_running(&lease.task, running, &mut |record| record.release(now))?;
         self.wrote();
         self.leave_running(&mut index, &lease.task);
+        let Some(record) = written else {
+            tracing::error!(task = %lease.task, "the task changed in the store behind the queue's back; not put back");
+            return Ok(false);
+        };
         if !record.state.is_final() {
             index.insert(&record);
         }
@@ -735,26 +774,34 @@ impl Backend for EmbeddedBackend {
             let now = now_millis();
             let lost: Vec<TaskId> = index
                 .running
-                .values()
-                .filter(|r| r.lease.is_some_and(|l| l.expires_at <= now))
-                .map(|r| r.id)
+                .iter()
+                .filter(|(_, running)| running.lease.expires_at <= now)
+                .map(|(id, _)| *id)
                 .collect();
             let mut changed = Vec::with_capacity(lost.len());
             for id in lost {
-                let mut record = index.running.get(&id).expect("listed").clone();
-                record.interrupt(now);
-                let written = self.store.update(&record, TaskState::Running);
+                let running = index.running.get(&id).expect("listed");
+                let written =
+                    self.change_running(&id, running, &mut |record| record.interrupt(now));
                 self.wrote();
-                if let Err(e) = written {
-                    // Still held in the index: the next expiry tries again.
-                    tracing::error!(task = %id, error = %e, "cannot expire the task's lease");
-                    break;
-                }
+                let record = match written {
+                    Ok(Some(record)) => record,
+                    Ok(None) => {
+                        self.leave_running(&mut index, &id);
+                        tracing::error!(task = %id, "the task changed in the store behind the queue's back; its lease is dropped");
+                        continue;
+                    }
+                    Err(e) => {
+                        // Still held in the index: the next expiry tries again.
+                        tracing::error!(task = %id, error = %e, "cannot expire the task's lease");
+                        break;
+                    }
+                };
                 self.leave_running(&mut index, &id);
                 if !record.state.is_final() {
                     index.insert(&record);
                 }
-                changed.push(record);
+                changed.push(*record);
             }
             changed
         };
@@ -832,10 +879,15 @@ impl Backend for EmbeddedBackend {
             let mut index = self.lock();
             if let Some(running) = index.running.get_mut(id) {
                 if !running.cancel_requested {
-                    let mut marked = running.clone();
-                    marked.cancel_requested = true;
-                    self.store.update(&marked, TaskState::Running)?;
+                    let marked = self.change_running(id, running, &mut |record| {
+                        record.cancel_requested = true;
+                    })?;
                     self.wrote();
+                    if marked.is_none() {
+                        return Err(Error::Store(format!(
+                            "task {id} changed in the store behind the queue's back"
+                        )));
+                    }
                     running.cancel_requested = true;
                     self.running_cancels.fetch_add(1, Ordering::SeqCst);
                 }
