@@ -186,6 +186,11 @@ impl Executor {
                 cancel.cancel();
             }
         }
+        let env: Vec<(&str, &str)> = job
+            .env
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
         let report = self
             .run(
                 &job.module,
@@ -193,7 +198,7 @@ impl Executor {
                 &job.limits,
                 cancel,
                 job.on_progress,
-                &job.env,
+                &env,
             )
             .await;
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = None;
@@ -371,7 +376,7 @@ impl Executor {
         limits: &Limits,
         cancel: &CancellationToken,
         on_progress: Option<ProgressFn>,
-        env: &[(String, String)],
+        env: &[(&str, &str)],
     ) -> RunReport {
         if cancel.is_cancelled() {
             return RunReport::without_run(Outcome::Cancelled);

@@ -161,7 +161,7 @@ pub(crate) struct RunContext<'a> {
     /// The guest's environment variables from wpool (`WPOOL_TASK_ID`,
     /// `WPOOL_ATTEMPT`), never the host's; the module's own come from
     /// `settings`.
-    pub(crate) env: &'a [(String, String)],
+    pub(crate) env: &'a [(&'a str, &'a str)],
     /// The module's run settings.
     pub(crate) settings: &'a ModuleSettings,
     /// The host directories granted to this module, read-only: (host path,

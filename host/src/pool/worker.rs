@@ -486,11 +486,14 @@ impl Inner {
                 kind: EventKind::Progress { done, total },
             });
         });
+        // Written on the stack: a run allocates nothing for them.
+        let mut id_text = [0; crate::TaskId::TEXT_LEN];
+        let mut attempt_text = [0; 20];
         let env = [
-            ("WPOOL_TASK_ID".to_string(), id.to_string()),
+            ("WPOOL_TASK_ID", id.write_text(&mut id_text)),
             (
-                "WPOOL_ATTEMPT".to_string(),
-                record.attempts.len().to_string(),
+                "WPOOL_ATTEMPT",
+                decimal(record.attempts.len() as u64, &mut attempt_text),
             ),
         ];
         let input = match &record.input {
@@ -864,6 +867,33 @@ async fn sweeper(inner: std::sync::Weak<Inner>) {
                 outage.failed("removing old results", &e);
             }
             Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
+        }
+    }
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).expect("ASCII digits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_writes_every_u64() {
+        let mut buf = [0; 20];
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(decimal(n, &mut buf), n.to_string());
         }
     }
 }

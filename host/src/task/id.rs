@@ -14,6 +14,15 @@ use crate::{Error, Result};
 pub struct TaskId(ulid::Ulid);
 
 impl TaskId {
+    /// The length of an id in text.
+    pub(crate) const TEXT_LEN: usize = ulid::ULID_LEN;
+
+    /// The id in text (as `Display` writes it), written into `buf`:
+    /// without the allocation of `to_string`.
+    pub(crate) fn write_text<'b>(&self, buf: &'b mut [u8; Self::TEXT_LEN]) -> &'b str {
+        self.0.array_to_str(buf)
+    }
+
     /// A new id, unique and later than every id made before it in this
     /// process.
     pub fn new() -> Self {
