@@ -139,6 +139,10 @@ impl Store for MemoryStore {
     }
 
     fn insert(&self, tasks: &[TaskRecord]) -> Result<Vec<Inserted>> {
+        // Copied before the lock, which the queue's workers wait for (a
+        // copy made for a task whose key is taken is dropped).
+        let copies: Vec<Box<TaskRecord>> = tasks.iter().map(|t| Box::new(t.clone())).collect();
+        let mut copies = copies.into_iter();
         let mut inner = self.lock();
         let inner = &mut *inner;
         for task in tasks {
@@ -154,6 +158,7 @@ impl Store for MemoryStore {
         }
         let mut answers = Vec::with_capacity(tasks.len());
         for task in tasks {
+            let copy = copies.next().expect("one copy per task");
             if let Some(key) = &task.idempotency_key {
                 if let Some(existing) = inner.keys.get(key) {
                     answers.push(Inserted::Existing(*existing));
@@ -161,7 +166,7 @@ impl Store for MemoryStore {
                 }
                 inner.keys.insert(key.clone(), task.id);
             }
-            inner.tasks.insert(task.id, Box::new(task.clone()));
+            inner.tasks.insert(task.id, copy);
             inner.order.insert(task.id);
             inner.counts.moved(None, Some(task.state));
             if let Some(key) = finished_key(task) {

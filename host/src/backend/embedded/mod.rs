@@ -225,6 +225,13 @@ impl EmbeddedBackend {
         let mut index = self.lock();
         let inserted = self.store.insert(tasks)?;
         self.wrote();
+        for (task, inserted) in tasks.iter().zip(&inserted) {
+            if matches!(inserted, Inserted::New) && !task.state.is_final() {
+                index.insert(task);
+            }
+        }
+        // The rest without the lock, which the workers wait for.
+        drop(index);
         let tasks = std::mem::take(tasks);
         // A task not stored (its key was taken) leaves no file behind.
         self.discard_inputs(
@@ -238,12 +245,7 @@ impl EmbeddedBackend {
             .into_iter()
             .zip(inserted)
             .map(|(task, inserted)| match inserted {
-                Inserted::New => {
-                    if !task.state.is_final() {
-                        index.insert(&task);
-                    }
-                    Enqueued::New(Box::new(task))
-                }
+                Inserted::New => Enqueued::New(Box::new(task)),
                 Inserted::Existing(id) => Enqueued::Existing(id),
             })
             .collect())
