@@ -234,6 +234,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// A task by id.
     async fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>>;
+    /// A task by id if it is final; `None` if it is not, or there is no
+    /// such task. The default reads it with [`Backend::get`].
+    async fn get_final(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        Ok(self.get(id).await?.filter(|record| record.state.is_final()))
+    }
     /// Whether the backend knows, without reading anything, that task
     /// `id` is waiting or running (so a caller about to wait for its end
     /// need not read its record). `false` means "read it": the default.

@@ -1042,6 +1042,17 @@ impl Inner {
 
     /// Waits until the task is final; its record then.
     async fn wait(&self, id: TaskId) -> Result<TaskRecord> {
+        // A task already final, whose end this pool has announced (its run
+        // left `running`): its record, with no waiter registered and no
+        // look at the queue. Most waits of a caller that submitted many
+        // tasks first find their task so. Not on a shared backend, where
+        // it would be a second query for every task not yet final.
+        if !self.backend.is_shared()
+            && let Some(record) = self.backend.get_final(&id).await?
+            && !self.lock_running().contains_key(&id)
+        {
+            return Ok(record);
+        }
         let (sender, receiver) = oneshot::channel();
         self.waiters
             .lock()

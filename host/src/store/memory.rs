@@ -201,6 +201,15 @@ impl Store for MemoryStore {
         Ok(self.lock().tasks.get(id).map(|t| TaskRecord::clone(t)))
     }
 
+    fn get_final(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        Ok(self
+            .lock()
+            .tasks
+            .get(id)
+            .filter(|t| t.state.is_final())
+            .map(|t| TaskRecord::clone(t)))
+    }
+
     fn by_key(&self, key: &str) -> Result<Option<TaskId>> {
         Ok(self.lock().keys.get(key).copied())
     }

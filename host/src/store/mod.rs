@@ -162,6 +162,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     }
     /// A task by id.
     fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>>;
+    /// A task by id if it is final (succeeded, failed, cancelled or
+    /// expired); `None` if it is not, or there is no such task. The
+    /// default reads it; a store in memory copies only a final one.
+    fn get_final(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        Ok(self.get(id)?.filter(|record| record.state.is_final()))
+    }
     /// The task holding an idempotency key.
     fn by_key(&self, key: &str) -> Result<Option<TaskId>>;
     /// Tasks matching `filter`, newest first.

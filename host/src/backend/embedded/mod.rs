@@ -935,6 +935,10 @@ impl Backend for EmbeddedBackend {
         self.settled_read(self.store.get(id)).await
     }
 
+    async fn get_final(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        self.settled_read(self.store.get_final(id)).await
+    }
+
     /// From the index: its waiting and running tasks.
     fn known_unfinished(&self, id: &TaskId) -> bool {
         self.lock().holds(id)

@@ -726,6 +726,7 @@ fn update_with_changes_or_leaves_alone(store: &dyn Store, module: ModuleHash) {
     assert!(refused.is_none());
     assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(&task));
     assert_eq!(store.counts().unwrap().get(TaskState::Queued), 1);
+    assert_eq!(store.get_final(&task.id).unwrap(), None, "not final yet");
 
     let done = store
         .update_with(&task.id, &mut |stored| {
@@ -737,17 +738,19 @@ fn update_with_changes_or_leaves_alone(store: &dyn Store, module: ModuleHash) {
         .expect("the change was made");
     assert_eq!(done.state, TaskState::Succeeded);
     assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(&done));
+    assert_eq!(store.get_final(&task.id).unwrap().as_ref(), Some(&done));
     let counts = store.counts().unwrap();
     assert_eq!(counts.get(TaskState::Queued), 0);
     assert_eq!(counts.get(TaskState::Succeeded), 1);
     assert_eq!(store.purge_finished(51, None).unwrap(), 1);
 
+    assert_eq!(store.get_final(&task.id).unwrap(), None, "purged");
     let gone = store.update_with(&task.id, &mut |_| true).unwrap();
     assert!(gone.is_none());
 }
 
 #[test]
-fn update_with_on_the_sled_and_memory_stores() {
+fn update_with_and_get_final_on_the_sled_and_memory_stores() {
     // sled: the trait's default (read, then compare-and-swap).
     let (_dir, store, module) = store_with_module();
     update_with_changes_or_leaves_alone(&store, module);
