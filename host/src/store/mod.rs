@@ -152,11 +152,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         }
         Ok(Some(record))
     }
-    /// Whether [`Store::update_with`] changes the record where it is kept,
-    /// without reading and decoding it: then the embedded backend keeps
-    /// no copy of a running task's record of its own, and writes its end
-    /// through `update_with`. `false` by default (the default
-    /// `update_with` reads the record).
+    /// Whether the store holds its records in memory, as they are, so that
+    /// [`Store::update_with`] changes a record where it is kept and a read
+    /// decodes nothing: then the embedded backend keeps no copy of a
+    /// running task's record of its own (it writes its end through
+    /// `update_with`), and reads a record rather than ask its index
+    /// first. `false` by default (the default `update_with` reads the
+    /// record).
     fn changes_in_place(&self) -> bool {
         false
     }
