@@ -159,7 +159,7 @@ pub(super) async fn forward_remote(
                         | EventKind::Expired
                 );
                 let id = event.id;
-                let _ = pool.events.send(event);
+                pool.send_event(event);
                 if final_kind && pool.has_waiters(id) {
                     let weak = inner.clone();
                     pool.executor.handle().spawn(async move {

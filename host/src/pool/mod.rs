@@ -34,7 +34,7 @@ pub(crate) use submit::new_record;
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,10 @@ pub(crate) struct Inner {
     /// `close`/`stop` wait here for tasks to end.
     quiet: Notify,
     events: broadcast::Sender<Event>,
+    /// Whether anyone subscribed to `events`: until then an event is not
+    /// sent. A send takes the channel's lock, which the submitters and the
+    /// workers would otherwise share for every task's three events.
+    subscribed: AtomicBool,
     waiters: Mutex<IdMap<Waiters>>,
     /// Results of short runs not yet handed to their waiters, with those
     /// waiters: a worker that goes on to another task hands them over in
@@ -160,7 +164,7 @@ pub(crate) struct Inner {
     /// [`PoolConfig::claim_ahead`], its default resolved for the backend.
     claim_ahead: usize,
     /// Paused: no task is claimed until resumed; running tasks go on.
-    paused: std::sync::atomic::AtomicBool,
+    paused: AtomicBool,
     finished: AtomicU64,
     recent: Mutex<rate::RateWindow>,
     started: Instant,
@@ -320,6 +324,7 @@ impl Pool {
             timer: Notify::new(),
             quiet: Notify::new(),
             events: broadcast::channel(16_384).0,
+            subscribed: AtomicBool::new(false),
             waiters: Mutex::new(IdMap::default()),
             deliveries: Mutex::new(Vec::new()),
             phase: AtomicU8::new(Phase::Open as u8),
@@ -331,7 +336,7 @@ impl Pool {
             ahead: Mutex::new(VecDeque::new()),
             mean_run_us: AtomicU64::new(0),
             claim_ahead,
-            paused: std::sync::atomic::AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             finished: AtomicU64::new(0),
             recent: Mutex::new(rate::RateWindow::default()),
             started: Instant::now(),
@@ -746,7 +751,9 @@ impl Pool {
 
     /// The events of every task from now on.
     pub fn subscribe(&self) -> Events {
-        Events(self.inner().events.subscribe())
+        let inner = self.inner();
+        inner.subscribed.store(true, Ordering::SeqCst);
+        Events(inner.events.subscribe())
     }
 
     /// A snapshot of counts, workers and throughput.
@@ -979,8 +986,17 @@ impl Inner {
         let event = Event { id, at, kind };
         // For the other hosts of a shared queue (a no-op otherwise).
         self.backend.publish(&event);
-        // No subscriber is not an error.
-        let _ = self.events.send(event);
+        self.send_event(event);
+    }
+
+    /// Sends `event` to the subscribers, if any ever subscribed (an event
+    /// sent as the first subscribes may reach it or not, as it would
+    /// have, sent a moment earlier or later).
+    fn send_event(&self, event: Event) {
+        if self.subscribed.load(Ordering::SeqCst) {
+            // No subscriber left is not an error.
+            let _ = self.events.send(event);
+        }
     }
 
     /// `n` tasks entered the queue (a retry, a task put back).

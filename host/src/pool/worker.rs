@@ -472,15 +472,13 @@ impl Inner {
             }
             Err(e) => return RunReport::without_run(Outcome::HostError(e.to_string())),
         };
-        let events = self.events.clone();
         let pool = Arc::downgrade(self);
         let on_progress: crate::ProgressFn = Arc::new(move |done, total| {
-            if let Some(pool) = pool.upgrade()
-                && let Some(running) = pool.lock_running().get_mut(&id)
-            {
+            let Some(pool) = pool.upgrade() else { return };
+            if let Some(running) = pool.lock_running().get_mut(&id) {
                 running.progress = Some((done, total));
             }
-            let _ = events.send(super::Event {
+            pool.send_event(super::Event {
                 id,
                 at: now_millis(),
                 kind: EventKind::Progress { done, total },
