@@ -91,8 +91,8 @@ struct Inner {
     stopping: AtomicBool,
     /// The users' handles alive (see [`Executor::user`]).
     users: AtomicUsize,
-    /// The cancel token of the job each worker runs now, so that
-    /// [`Inner::shut_down`] kills it. One uncontended lock per worker: a
+    /// The cancel token of the job each worker runs now (or ran last), so
+    /// that [`Inner::shut_down`] kills it. One uncontended lock per worker: a
     /// job's token is its own, not a child of one shutdown token, whose tree lock
     /// every job's creation and drop would take, from every thread.
     running: Box<[Mutex<Option<CancellationToken>>]>,
@@ -176,6 +176,9 @@ impl Executor {
     /// Runs a job taken from the queue by worker `worker`, where
     /// [`Inner::shut_down`] finds its token.
     async fn run_queued(&self, worker: usize, job: Job, cancel: &CancellationToken) -> RunReport {
+        // The token stays in the slot after the run, until the worker's
+        // next job replaces it (one lock a job, not two): cancelling an
+        // ended run's token at shutdown does nothing.
         let slot = &self.inner.running[worker];
         {
             let mut running = slot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -191,18 +194,15 @@ impl Executor {
             .iter()
             .map(|(key, value)| (key.as_str(), value.as_str()))
             .collect();
-        let report = self
-            .run(
-                &job.module,
-                job.input,
-                &job.limits,
-                cancel,
-                job.on_progress,
-                &env,
-            )
-            .await;
-        *slot.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        report
+        self.run(
+            &job.module,
+            job.input,
+            &job.limits,
+            cancel,
+            job.on_progress,
+            &env,
+        )
+        .await
     }
 
     /// The handle of the runtime the workers run on.
