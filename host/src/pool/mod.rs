@@ -712,13 +712,13 @@ impl Pool {
         if !record.state.is_final() {
             return Ok(None);
         }
-        self.inner().result_of(&record).await.map(Some)
+        self.inner().result_of(record).await.map(Some)
     }
 
     /// Waits for a task's result.
     pub async fn wait(&self, id: TaskId) -> Result<TaskResult> {
         let record = self.inner().wait(id).await?;
-        self.inner().result_of(&record).await
+        self.inner().result_of(record).await
     }
 
     /// Waits at most `timeout` for a task's result; `None` if it has not
@@ -1042,18 +1042,19 @@ impl Inner {
 
     /// A final task's result, its output read from the backend when the
     /// record does not hold it.
-    async fn result_of(&self, record: &TaskRecord) -> Result<TaskResult> {
-        let output = match &record.output {
-            crate::task::Payload::Inline(bytes) => bytes.clone(),
+    async fn result_of(&self, mut record: TaskRecord) -> Result<TaskResult> {
+        let output = match &mut record.output {
+            crate::task::Payload::Inline(bytes) => std::mem::take(bytes),
             stored => {
                 self.backend
                     .read_payload(&record.id, crate::task::Slot::Output, stored)
                     .await?
             }
         };
+        let id = record.id;
         record
-            .result_with(output)
-            .ok_or_else(|| Error::Host(format!("task {} is not final yet", record.id)))
+            .into_result_with(output)
+            .ok_or_else(|| Error::Host(format!("task {id} is not final yet")))
     }
 
     /// Waits until the task is final; its record then.

@@ -392,27 +392,53 @@ impl TaskRecord {
 
     /// The result, once the task is final, with `output` as its output.
     pub fn result_with(&self, output: Vec<u8>) -> Option<TaskResult> {
+        self.state.is_final().then(|| {
+            self.make_result(
+                self.outcome.clone(),
+                output,
+                self.log.clone(),
+                self.attempts.clone(),
+            )
+        })
+    }
+
+    /// [`TaskRecord::result_with`], taking the record: its outcome, log and
+    /// history move into the result instead of being copied.
+    pub fn into_result_with(mut self, output: Vec<u8>) -> Option<TaskResult> {
         if !self.state.is_final() {
             return None;
         }
-        Some(TaskResult {
+        let outcome = self.outcome.take();
+        let log = std::mem::take(&mut self.log);
+        let attempts = std::mem::take(&mut self.attempts);
+        Some(self.make_result(outcome, output, log, attempts))
+    }
+
+    /// The result of this final task, of these parts.
+    fn make_result(
+        &self,
+        outcome: Option<Outcome>,
+        output: Vec<u8>,
+        log: String,
+        attempts: Vec<Attempt>,
+    ) -> TaskResult {
+        TaskResult {
             id: self.id,
             state: self.state,
-            outcome: self.outcome.clone(),
+            outcome,
             output,
-            log: self.log.clone(),
-            attempts: self.attempts.clone(),
+            log,
             interruptions: self.interruptions,
-            duration_us: self.attempts.iter().map(|a| a.duration_us).sum(),
-            fuel_consumed: self
-                .attempts
+            duration_us: attempts.iter().map(|a| a.duration_us).sum(),
+            fuel_consumed: attempts
                 .iter()
                 .filter_map(|a| a.fuel_consumed)
                 .reduce(u64::saturating_add),
             submitted_at: self.submitted_at,
-            started_at: self.attempts.first().map(|a| a.started_at),
+            started_at: attempts.first().map(|a| a.started_at),
             finished_at: self.finished_at.unwrap_or(self.updated_at),
-        })
+            attempts,
+        }
     }
 }
 
@@ -450,5 +476,36 @@ impl TaskResult {
     /// Whether the task succeeded.
     pub fn is_success(&self) -> bool {
         self.state == TaskState::Succeeded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_taken_from_the_record_is_the_result_copied_from_it() {
+        let module = ModuleHash::from_bytes([3; 32]);
+        let spec = crate::TaskSpec::new(module, b"in".to_vec());
+        let mut record = TaskRecord::new(spec, module, Limits::default(), 10);
+        assert_eq!(record.clone().into_result_with(Vec::new()), None, "queued");
+        record.begin(20);
+        record.complete(Completion {
+            outcome: Outcome::Success,
+            output: Payload::Inline(b"out".to_vec()),
+            log: "a log line\n".into(),
+            progress: None,
+            duration_us: 7,
+            fuel_consumed: Some(40),
+            started_at: 20,
+            at: 30,
+        });
+        let copied = record.result_with(b"out".to_vec()).expect("final");
+        assert_eq!(copied.log, "a log line\n");
+        assert_eq!(copied.attempts.len(), 1);
+        assert_eq!(copied.duration_us, 7);
+        assert_eq!(copied.fuel_consumed, Some(40));
+        assert_eq!(copied.started_at, Some(20));
+        assert_eq!(record.into_result_with(b"out".to_vec()), Some(copied));
     }
 }
