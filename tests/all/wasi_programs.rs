@@ -311,6 +311,37 @@ fn standard_exceptions_are_caught_and_an_uncaught_one_is_a_trap() {
     assert_healthy(&ex);
 }
 
+/// `_initialize` (the WASI reactor convention) runs before `_start`, on a
+/// fiber and by a direct call alike; one of another type is not called.
+#[test]
+fn initialize_runs_before_start_if_it_has_the_conventions_type() {
+    let ex = executor(1);
+    for (file, expected) in [
+        ("initialize.wat", &b"initialized"[..]),
+        ("initialize_wrong_type.wat", &b"not initialized"[..]),
+    ] {
+        let module = ex.register(&fixture(file)).expect(file);
+        // The first runs are on a fiber; after a few short ones, the
+        // module's runs are direct calls.
+        let direct_before = ex.direct_calls();
+        for run in 0..12 {
+            let report = spawn(&ex, &module, b"", LimitOverrides::default()).wait_blocking();
+            assert_eq!(
+                report.outcome,
+                Outcome::Success,
+                "{file}, run {run}: {}",
+                report.log
+            );
+            assert_eq!(report.output, expected, "{file}, run {run}");
+        }
+        assert!(
+            ex.direct_calls() > direct_before,
+            "{file}: no run was a direct call"
+        );
+    }
+    assert_healthy(&ex);
+}
+
 #[test]
 fn wasip2_binary_runs_like_a_command() {
     let ex = executor(1);

@@ -471,10 +471,23 @@ pub(crate) fn prepare(
         // the async linker succeeded; if it did, the fiber still works.
         direct_linker.instantiate_pre(module).ok()
     };
+    let start = module
+        .get_export_index("_start")
+        .expect("`_start` was checked above");
+    let initialize = match module.get_export("_initialize") {
+        Some(wasmtime::ExternType::Func(ty))
+            if ty.params().len() == 0 && ty.results().len() == 0 =>
+        {
+            module.get_export_index("_initialize")
+        }
+        _ => None,
+    };
     Ok(CommandPre {
         on_fiber,
         direct,
         short_runs: AtomicU32::new(0),
+        start,
+        initialize,
     })
 }
 
@@ -508,6 +521,13 @@ pub(crate) struct CommandPre {
     direct: Option<InstancePre<CommandState>>,
     /// The module's runs in a row that ended within one epoch tick.
     short_runs: AtomicU32,
+    /// `_start`, found once: a look-up by name hashes the name at every
+    /// run.
+    start: wasmtime::ModuleExport,
+    /// `_initialize` (the WASI reactor convention), if the module exports
+    /// it as a function of no arguments and no results; otherwise it is
+    /// not called, as before.
+    initialize: Option<wasmtime::ModuleExport>,
 }
 
 /// How many runs in a row of a module must end within one epoch tick
@@ -560,11 +580,10 @@ pub(crate) async fn run(
         // of a direct run waits (see `CommandPre`).
         let result = (|| {
             let instance = direct.instantiate(&mut run.store)?;
-            if let Some(init) = initializer(&mut run.store, &instance) {
-                init.call(&mut run.store, ())?;
+            if let Some(init) = &pre.initialize {
+                entry(&mut run.store, &instance, init)?.call(&mut run.store, ())?;
             }
-            let start = instance.get_typed_func::<(), ()>(&mut run.store, "_start")?;
-            start.call(&mut run.store, ())
+            entry(&mut run.store, &instance, &pre.start)?.call(&mut run.store, ())
         })();
         let took = started.elapsed();
         pre.ran(took, cx.epoch_tick);
@@ -586,11 +605,14 @@ pub(crate) async fn run(
     let result = race(
         async {
             let instance = pre.on_fiber.instantiate_async(&mut *store).await?;
-            if let Some(init) = initializer(store, &instance) {
-                init.call_async(&mut *store, ()).await?;
+            if let Some(init) = &pre.initialize {
+                entry(store, &instance, init)?
+                    .call_async(&mut *store, ())
+                    .await?;
             }
-            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
-            start.call_async(&mut *store, ()).await
+            entry(store, &instance, &pre.start)?
+                .call_async(&mut *store, ())
+                .await
         },
         deadline,
         cx.cancel,
@@ -666,17 +688,18 @@ impl Run {
     }
 }
 
-/// The module's `_initialize`, if it exports one (the WASI reactor
-/// convention). Looked up without `get_typed_func`, whose miss (the usual
-/// case) builds an error message.
-fn initializer(
+/// The entry point `export` (`_start` or `_initialize`, of no arguments
+/// and no results: checked when the module was prepared) of `instance`.
+fn entry(
     store: &mut Store<CommandState>,
     instance: &wasmtime::Instance,
-) -> Option<wasmtime::TypedFunc<(), ()>> {
+    export: &wasmtime::ModuleExport,
+) -> wasmtime::Result<wasmtime::TypedFunc<(), ()>> {
     instance
-        .get_func(&mut *store, "_initialize")?
+        .get_module_export(&mut *store, export)
+        .and_then(wasmtime::Extern::into_func)
+        .ok_or_else(|| wasmtime::format_err!("the module's entry point is not a function"))?
         .typed::<(), ()>(&*store)
-        .ok()
 }
 
 /// The task's WASI context: deny by default (no host environment, no
