@@ -43,9 +43,15 @@ impl fmt::Debug for Job {
 
 struct Queued {
     job: Job,
-    cancel: CancellationToken,
+    cancel: SharedToken,
     reply: oneshot::Sender<RunReport>,
 }
+
+/// A job's cancel token, shared by its [`Execution`], its queue entry and
+/// its worker's slot. A `CancellationToken`'s own clone and drop lock its
+/// tree node; an `Arc`'s are one atomic each, and a job's token is cloned
+/// and dropped three times.
+type SharedToken = Arc<CancellationToken>;
 
 /// Runs WASM tasks on a fixed set of workers over one wasmtime engine.
 ///
@@ -95,7 +101,7 @@ struct Inner {
     /// that [`Inner::shut_down`] kills it. One uncontended lock per worker: a
     /// job's token is its own, not a child of one shutdown token, whose tree lock
     /// every job's creation and drop would take, from every thread.
-    running: Box<[Mutex<Option<CancellationToken>>]>,
+    running: Box<[Mutex<Option<SharedToken>>]>,
     /// Runs made by a direct call, not on a fiber.
     direct_calls: AtomicU64,
     /// Direct calls that ran too long and started over on a fiber.
@@ -175,14 +181,14 @@ impl Executor {
 
     /// Runs a job taken from the queue by worker `worker`, where
     /// [`Inner::shut_down`] finds its token.
-    async fn run_queued(&self, worker: usize, job: Job, cancel: &CancellationToken) -> RunReport {
+    async fn run_queued(&self, worker: usize, job: Job, cancel: &SharedToken) -> RunReport {
         // The token stays in the slot after the run, until the worker's
         // next job replaces it (one lock a job, not two): cancelling an
         // ended run's token at shutdown does nothing.
         let slot = &self.inner.running[worker];
         {
             let mut running = slot.lock().unwrap_or_else(PoisonError::into_inner);
-            *running = Some(cancel.clone());
+            *running = Some(Arc::clone(cancel));
             // Under the slot's lock, which `shut_down` takes after it sets
             // `stopping`: either it finds the token, or this sees the flag.
             if self.inner.stopping.load(Ordering::Acquire) {
@@ -350,11 +356,11 @@ impl Executor {
     /// Queues `job` for the next free worker (first in, first out) and
     /// returns a handle to its result.
     pub fn spawn(&self, job: Job) -> Execution {
-        let cancel = CancellationToken::new();
+        let cancel = Arc::new(CancellationToken::new());
         let (reply, receiver) = oneshot::channel();
         let queued = Queued {
             job,
-            cancel: cancel.clone(),
+            cancel: Arc::clone(&cancel),
             reply,
         };
         // The channel is unbounded and open while `self` is alive.
@@ -473,7 +479,7 @@ impl Drop for Inner {
 /// Dropping it does not cancel the task.
 #[derive(Debug)]
 pub struct Execution {
-    cancel: CancellationToken,
+    cancel: SharedToken,
     receiver: oneshot::Receiver<RunReport>,
 }
 
@@ -487,7 +493,7 @@ impl Execution {
 
     /// A token that cancels this task when cancelled.
     pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
+        CancellationToken::clone(&self.cancel)
     }
 
     /// Waits for the task's report.

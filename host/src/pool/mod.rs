@@ -100,13 +100,15 @@ enum Phase {
 struct Ahead {
     record: Box<TaskRecord>,
     lease: Lease,
-    cancel: CancellationToken,
+    cancel: Arc<CancellationToken>,
 }
 
 /// A task this pool runs now (or claimed ahead, or whose end it records).
 struct Running {
     lease: Lease,
-    cancel: CancellationToken,
+    /// Shared with the run's [`Ahead`]: an `Arc`'s clone and drop are an
+    /// atomic each, a `CancellationToken`'s lock its tree node.
+    cancel: Arc<CancellationToken>,
     /// Killed by a pool stop: put it back in the queue rather than record
     /// it cancelled.
     for_stop: bool,

@@ -161,7 +161,7 @@ impl Inner {
     /// A task just claimed: in `running` from now on, with its cancel
     /// token.
     fn claimed(&self, record: Box<TaskRecord>, lease: Lease) -> Ahead {
-        let cancel = CancellationToken::new();
+        let cancel = Arc::new(CancellationToken::new());
         // A cancel asked for before the claim: kill at once.
         if record.cancel_requested {
             cancel.cancel();
@@ -170,7 +170,7 @@ impl Inner {
             record.id,
             Running {
                 lease,
-                cancel: cancel.clone(),
+                cancel: Arc::clone(&cancel),
                 for_stop: false,
                 progress: None,
             },
@@ -288,7 +288,7 @@ impl Inner {
         self: &Arc<Self>,
         record: Box<TaskRecord>,
         lease: Lease,
-        cancel: CancellationToken,
+        cancel: Arc<CancellationToken>,
     ) {
         let mut next = Some(Ahead {
             record,
