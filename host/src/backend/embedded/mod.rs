@@ -30,9 +30,33 @@ use crate::task::{
 };
 use crate::{Error, ModuleSettings, Result};
 
+/// What [`EmbeddedBackend`] asks of its store's nature, once.
+#[derive(Clone, Copy, Debug)]
+struct StoreTraits {
+    /// [`Store::changes_in_place`].
+    changes_in_place: bool,
+    /// Neither durable nor keeping copies ([`Store::is_durable`] false,
+    /// [`Store::changes_in_place`] true): a store in memory, whose writes
+    /// have no fixed cost that several could share.
+    in_memory: bool,
+}
+
+impl StoreTraits {
+    fn of(store: &dyn Store) -> Self {
+        let changes_in_place = store.changes_in_place();
+        StoreTraits {
+            changes_in_place,
+            in_memory: changes_in_place && !store.is_durable(),
+        }
+    }
+}
+
 /// A [`Backend`] over a [`Store`] of this process. See the module docs.
 pub struct EmbeddedBackend {
     store: Arc<dyn Store>,
+    /// What the store said of itself at open, asked once rather than by a
+    /// virtual call on every claim and submission.
+    traits: StoreTraits,
     /// Taken by every submission and by every worker's end and claim:
     /// `parking_lot`'s lock, whose waiters spin and then yield before they
     /// park, hands it between a submitter and a worker on two cores with
@@ -302,6 +326,7 @@ impl EmbeddedBackend {
         }
         Ok((
             EmbeddedBackend {
+                traits: StoreTraits::of(&*store),
                 store,
                 index: parking_lot::Mutex::new(index),
                 tokens: AtomicU64::new(fastrand::u64(1..u64::MAX / 2)),
@@ -455,7 +480,7 @@ impl EmbeddedBackend {
                         if record.cancel_requested {
                             self.running_cancels.fetch_add(1, Ordering::SeqCst);
                         }
-                        let keep = !self.store.changes_in_place();
+                        let keep = !self.traits.changes_in_place;
                         index.running.insert(record.id, Running::new(&record, keep));
                         if claim.claimed.capacity() == 0 {
                             // Records are large: room for what is asked at
@@ -596,6 +621,11 @@ impl Backend for EmbeddedBackend {
             tasks = tokio::task::spawn_blocking(move || keep_inputs(&*store, tasks))
                 .await
                 .map_err(|e| Error::Store(format!("keeping inputs panicked: {e}")))??;
+        }
+        // A store in memory writes as cheaply alone as in company, and
+        // has no flush to share: written at once, with no hand-off.
+        if self.traits.in_memory {
+            return self.store_tasks(tasks);
         }
         // Concurrent submissions share one write (and then one flush):
         // each caller leaves its tasks, and whoever finds no write under
@@ -939,7 +969,7 @@ impl Backend for EmbeddedBackend {
     /// a task it knows unfinished; a read waits for durability only if it
     /// found the task final.
     async fn get_final(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        if !self.store.changes_in_place() && self.known_unfinished(id) {
+        if !self.traits.changes_in_place && self.known_unfinished(id) {
             return Ok(None);
         }
         match self.store.get_final(id)? {
