@@ -51,7 +51,7 @@ struct Queued {
 /// its worker's slot. A `CancellationToken`'s own clone and drop lock its
 /// tree node; an `Arc`'s are one atomic each, and a job's token is cloned
 /// and dropped three times.
-type SharedToken = Arc<CancellationToken>;
+pub(crate) type SharedToken = Arc<CancellationToken>;
 
 /// Runs WASM tasks on a fixed set of workers over one wasmtime engine.
 ///
@@ -200,7 +200,7 @@ impl Executor {
             .iter()
             .map(|(key, value)| (key.as_str(), value.as_str()))
             .collect();
-        self.run(
+        self.run_shared(
             &job.module,
             job.input,
             &job.limits,
@@ -381,6 +381,22 @@ impl Executor {
         input: Vec<u8>,
         limits: &Limits,
         cancel: &CancellationToken,
+        on_progress: Option<ProgressFn>,
+        env: &[(&str, &str)],
+    ) -> RunReport {
+        let cancel = Arc::new(cancel.clone());
+        self.run_shared(module, input, limits, &cancel, on_progress, env)
+            .await
+    }
+
+    /// [`Executor::run`] with the token shared already, as the executor's
+    /// queue and the pool hold it.
+    pub(crate) async fn run_shared(
+        &self,
+        module: &CompiledModule,
+        input: Vec<u8>,
+        limits: &Limits,
+        cancel: &SharedToken,
         on_progress: Option<ProgressFn>,
         env: &[(&str, &str)],
     ) -> RunReport {

@@ -151,7 +151,8 @@ pub(crate) async fn run(
     );
     let mut builder = WasiCtxBuilder::new();
     builder
-        .args(&cx.settings.argv())
+        .arg(cx.settings.program_name())
+        .args(&cx.settings.args)
         .stdin(MemoryInputPipe::new(Vec::new()))
         .stdout(log.clone())
         .stderr(log.clone());
@@ -230,7 +231,8 @@ pub(crate) async fn run_cli(
     );
     let mut builder = WasiCtxBuilder::new();
     builder
-        .args(&cx.settings.argv())
+        .arg(cx.settings.program_name())
+        .args(&cx.settings.args)
         .stdin(MemoryInputPipe::new(input))
         .stdout(output.clone())
         .stderr(log.clone());

@@ -155,7 +155,9 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 /// What the worker needs to set up one run.
 pub(crate) struct RunContext<'a> {
     pub(crate) limits: &'a Limits,
-    pub(crate) cancel: &'a CancellationToken,
+    /// Shared: the epoch callback keeps a handle, and an `Arc`'s clone is
+    /// an atomic where a token's locks its tree node.
+    pub(crate) cancel: &'a std::sync::Arc<CancellationToken>,
     pub(crate) on_progress: Option<ProgressFn>,
     pub(crate) fuel_metering: bool,
     /// The guest's environment variables from wpool (`WPOOL_TASK_ID`,
@@ -192,7 +194,7 @@ impl RunContext<'_> {
         if self.fuel_metering {
             store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX))?;
         }
-        let cancel = self.cancel.clone();
+        let cancel = std::sync::Arc::clone(self.cancel);
         store.set_epoch_deadline(1);
         let mut ticks = 0;
         store.epoch_deadline_callback(move |_| {

@@ -462,7 +462,7 @@ impl Inner {
     async fn execute(
         self: &Arc<Self>,
         record: &TaskRecord,
-        cancel: &CancellationToken,
+        cancel: &Arc<CancellationToken>,
     ) -> RunReport {
         let id = record.id;
         let module = match self.compiled(&record.module).await {
@@ -506,7 +506,7 @@ impl Inner {
             },
         };
         self.executor
-            .run(
+            .run_shared(
                 &module,
                 input,
                 &record.limits,
