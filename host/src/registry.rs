@@ -120,6 +120,9 @@ pub(crate) struct Registry {
     component_linker: wasmtime::component::Linker<ComponentState>,
     modules: RwLock<ModuleMap<CompiledModule>>,
     settings: RwLock<ModuleMap<Arc<ModuleSettings>>>,
+    /// The settings of a module that has none of its own, shared: every
+    /// run looks its module's settings up.
+    default_settings: Arc<ModuleSettings>,
     compilations: AtomicU64,
     loads: AtomicU64,
 }
@@ -145,6 +148,7 @@ impl Registry {
             component_linker: component::linker(engine)?,
             modules: RwLock::new(ModuleMap::default()),
             settings: RwLock::new(ModuleMap::default()),
+            default_settings: Arc::default(),
             compilations: AtomicU64::new(0),
             loads: AtomicU64::new(0),
         })
@@ -198,8 +202,8 @@ impl Registry {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(hash)
-            .cloned()
-            .unwrap_or_default()
+            .unwrap_or(&self.default_settings)
+            .clone()
     }
 
     pub(crate) fn compilations(&self) -> u64 {
