@@ -323,12 +323,16 @@ impl Inner {
     /// waiting for it) until its end is durable.
     async fn run_one(self: &Arc<Self>, task: Ahead) -> Option<Ahead> {
         let Ahead {
-            record,
+            mut record,
             lease,
             cancel,
         } = task;
         let id = record.id;
-        let report = self.execute(&record, &cancel).await;
+        // The run takes the input rather than a copy: nothing after it
+        // reads the worker's copy of the input (the end is written from
+        // the store's record, and a run again reads the store's).
+        let input = std::mem::replace(&mut record.input, Payload::Inline(Vec::new()));
+        let report = self.execute(&record, input, &cancel).await;
         let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
         let put_back = for_stop && report.outcome == Outcome::Cancelled;
         let keep_worker = !put_back
@@ -462,6 +466,7 @@ impl Inner {
     async fn execute(
         self: &Arc<Self>,
         record: &TaskRecord,
+        input: Payload,
         cancel: &Arc<CancellationToken>,
     ) -> RunReport {
         let id = record.id;
@@ -494,9 +499,9 @@ impl Inner {
                 decimal(record.attempts.len() as u64, &mut attempt_text),
             ),
         ];
-        let input = match &record.input {
-            Payload::Inline(bytes) => bytes.clone(),
-            kept => match self.backend.read_payload(&id, Slot::Input, kept).await {
+        let input = match input {
+            Payload::Inline(bytes) => bytes,
+            kept => match self.backend.read_payload(&id, Slot::Input, &kept).await {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     return RunReport::without_run(Outcome::HostError(format!(
