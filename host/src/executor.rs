@@ -47,10 +47,10 @@ struct Queued {
     reply: oneshot::Sender<RunReport>,
 }
 
-/// A job's cancel token, shared by its [`Execution`], its queue entry and
-/// its worker's slot. A `CancellationToken`'s own clone and drop lock its
-/// tree node; an `Arc`'s are one atomic each, and a job's token is cloned
-/// and dropped three times.
+/// A run's cancel token, shared by whoever may cancel it (an
+/// [`Execution`], the executor's queue entry and worker slot, the pool's
+/// running set) and by the run's epoch callback. A `CancellationToken`'s
+/// own clone and drop lock its tree node; an `Arc`'s are one atomic each.
 pub(crate) type SharedToken = Arc<CancellationToken>;
 
 /// Runs WASM tasks on a fixed set of workers over one wasmtime engine.

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use wasmtime::{AsContextMut, Caller, Extern, InstancePre, Linker, Module, Store};
+use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::p1::{WasiP1Ctx, wasi_snapshot_preview1 as p1};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::io::{CappedOutput, LogSink};
 use super::scratch::{self, ENTRY_COST, ScratchDir, ScratchFull};
@@ -711,17 +711,8 @@ fn wasi_ctx(
     output: &CappedOutput,
     log: &LogSink,
 ) -> Result<(WasiP1Ctx, Option<ScratchDir>), String> {
-    let mut builder = WasiCtxBuilder::new();
-    // `settings.argv()`, without building it: two allocations a run fewer.
-    builder
-        .arg(cx.settings.program_name())
-        .args(&cx.settings.args)
-        .stdout(output.clone())
-        .stderr(log.clone());
-    for (key, value) in &cx.settings.env {
-        builder.env(key, value);
-    }
-    builder.envs(cx.env);
+    let mut builder = cx.wasi_builder();
+    builder.stdout(output.clone()).stderr(log.clone());
     for (host, guest) in cx.read_only_dirs {
         builder
             .preopened_dir(host, guest, FsPerms::ReadOnly)

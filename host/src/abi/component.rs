@@ -16,7 +16,7 @@ use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::io::{CappedOutput, LogSink};
 use super::{GuestExit, MemoryLimiter, RunContext, classify, deadline_after, race};
@@ -149,17 +149,11 @@ pub(crate) async fn run(
         usize::try_from(cx.limits.max_log).unwrap_or(usize::MAX),
         cx.on_progress.clone(),
     );
-    let mut builder = WasiCtxBuilder::new();
+    let mut builder = cx.wasi_builder();
     builder
-        .arg(cx.settings.program_name())
-        .args(&cx.settings.args)
         .stdin(MemoryInputPipe::new(Vec::new()))
         .stdout(log.clone())
         .stderr(log.clone());
-    for (key, value) in &cx.settings.env {
-        builder.env(key, value);
-    }
-    builder.envs(cx.env);
     for (host, guest) in cx.read_only_dirs {
         if let Err(e) = builder.preopened_dir(host, guest, FsPerms::ReadOnly) {
             return RunReport::without_run(Outcome::HostError(format!(
@@ -229,17 +223,11 @@ pub(crate) async fn run_cli(
         usize::try_from(cx.limits.max_log).unwrap_or(usize::MAX),
         cx.on_progress.clone(),
     );
-    let mut builder = WasiCtxBuilder::new();
+    let mut builder = cx.wasi_builder();
     builder
-        .arg(cx.settings.program_name())
-        .args(&cx.settings.args)
         .stdin(MemoryInputPipe::new(input))
         .stdout(output.clone())
         .stderr(log.clone());
-    for (key, value) in &cx.settings.env {
-        builder.env(key, value);
-    }
-    builder.envs(cx.env);
     for (host, guest) in cx.read_only_dirs {
         if let Err(e) = builder.preopened_dir(host, guest, FsPerms::ReadOnly) {
             return RunReport::without_run(Outcome::HostError(format!(

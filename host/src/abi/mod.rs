@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use crate::executor::SharedToken;
 use crate::{Limits, ModuleSettings, Outcome, ProgressFn};
 
 /// Why the host stopped a task.
@@ -155,9 +156,8 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 /// What the worker needs to set up one run.
 pub(crate) struct RunContext<'a> {
     pub(crate) limits: &'a Limits,
-    /// Shared: the epoch callback keeps a handle, and an `Arc`'s clone is
-    /// an atomic where a token's locks its tree node.
-    pub(crate) cancel: &'a std::sync::Arc<CancellationToken>,
+    /// Shared: the epoch callback keeps a handle.
+    pub(crate) cancel: &'a SharedToken,
     pub(crate) on_progress: Option<ProgressFn>,
     pub(crate) fuel_metering: bool,
     /// The guest's environment variables from wpool (`WPOOL_TASK_ID`,
@@ -181,6 +181,23 @@ pub(crate) struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
+    /// A WASI context builder with the guest's `argv` (the module's name,
+    /// then its arguments: [`ModuleSettings::argv`], without building it)
+    /// and environment (the module's variables, then wpool's), the same
+    /// for commands and components; stdio and directories are the
+    /// caller's.
+    pub(crate) fn wasi_builder(&self) -> wasmtime_wasi::WasiCtxBuilder {
+        let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+        builder
+            .arg(self.settings.program_name())
+            .args(&self.settings.args);
+        for (key, value) in &self.settings.env {
+            builder.env(key, value);
+        }
+        builder.envs(self.env);
+        builder
+    }
+
     /// Sets fuel, the epoch deadline and its callback on a new store. On a
     /// fiber (`on_fiber`), the callback yields to the runtime at every
     /// tick; in a direct call, which cannot yield, it ends the call at the
@@ -194,7 +211,7 @@ impl RunContext<'_> {
         if self.fuel_metering {
             store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX))?;
         }
-        let cancel = std::sync::Arc::clone(self.cancel);
+        let cancel = SharedToken::clone(self.cancel);
         store.set_epoch_deadline(1);
         let mut ticks = 0;
         store.epoch_deadline_callback(move |_| {

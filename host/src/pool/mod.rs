@@ -45,12 +45,13 @@ pub use self::config::{
 };
 use self::events::{Event, EventKind, Events};
 use crate::backend::{Backend, Cancelled, EmbeddedBackend};
+use crate::executor::SharedToken;
 use crate::store::{MemoryStore, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
     IdMap, Lease, Millis, ModuleHash, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState,
     now_millis,
 };
-use crate::{CancellationToken, Error, Executor, Result};
+use crate::{Error, Executor, Result};
 
 /// What [`Pool::cancel`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,15 +101,14 @@ enum Phase {
 struct Ahead {
     record: Box<TaskRecord>,
     lease: Lease,
-    cancel: Arc<CancellationToken>,
+    cancel: SharedToken,
 }
 
 /// A task this pool runs now (or claimed ahead, or whose end it records).
 struct Running {
     lease: Lease,
-    /// Shared with the run's [`Ahead`]: an `Arc`'s clone and drop are an
-    /// atomic each, a `CancellationToken`'s lock its tree node.
-    cancel: Arc<CancellationToken>,
+    /// Shared with the run's [`Ahead`].
+    cancel: SharedToken,
     /// Killed by a pool stop: put it back in the queue rather than record
     /// it cancelled.
     for_stop: bool,

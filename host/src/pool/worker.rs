@@ -10,6 +10,7 @@ use super::events::EventKind;
 use super::outage::Outage;
 use super::{Ahead, BackgroundGuard, Inner, Phase, Running};
 use crate::backend::{Claim, Completed, LeaseState};
+use crate::executor::SharedToken;
 use crate::task::{Completion, Lease, Payload, Slot, TaskRecord, TaskState, now_millis};
 use crate::{CancellationToken, Error, Outcome, Result, RunReport};
 
@@ -161,7 +162,7 @@ impl Inner {
     /// A task just claimed: in `running` from now on, with its cancel
     /// token.
     fn claimed(&self, record: Box<TaskRecord>, lease: Lease) -> Ahead {
-        let cancel = Arc::new(CancellationToken::new());
+        let cancel = SharedToken::new(CancellationToken::new());
         // A cancel asked for before the claim: kill at once.
         if record.cancel_requested {
             cancel.cancel();
@@ -284,12 +285,7 @@ impl Inner {
 
     /// Runs `record` on the worker taken for it, then each task the
     /// worker claims with a run's end (see [`Inner::run_one`]).
-    async fn run(
-        self: &Arc<Self>,
-        record: Box<TaskRecord>,
-        lease: Lease,
-        cancel: Arc<CancellationToken>,
-    ) {
+    async fn run(self: &Arc<Self>, record: Box<TaskRecord>, lease: Lease, cancel: SharedToken) {
         let mut next = Some(Ahead {
             record,
             lease,
@@ -467,7 +463,7 @@ impl Inner {
         self: &Arc<Self>,
         record: &TaskRecord,
         input: Payload,
-        cancel: &Arc<CancellationToken>,
+        cancel: &SharedToken,
     ) -> RunReport {
         let id = record.id;
         let module = match self.compiled(&record.module).await {
