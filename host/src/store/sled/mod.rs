@@ -310,12 +310,13 @@ impl SledStore {
         };
         // sled is flushed at the log's checkpoints, not on its own timer:
         // its flush stalls every write while it runs.
-        let db = ::sled::Config::new()
-            .path(dir.join(DB_DIR))
-            .cache_capacity(options.cache_capacity)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(&dir, e))?;
+        let db = open_db(
+            &dir,
+            &::sled::Config::new()
+                .path(dir.join(DB_DIR))
+                .cache_capacity(options.cache_capacity)
+                .flush_every_ms(None),
+        )?;
         let open_tree = |name: &str| {
             db.open_tree(name).map_err(|e| {
                 Error::Store(format!(
@@ -720,14 +721,58 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     write().map_err(|e| Error::Store(format!("cannot write {}: {e}", path.display())))
 }
 
+/// How long [`open_db`] waits for a lock that this very process holds.
+const OWN_LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Opens sled's database in `dir`.
+///
+/// sled lets go of its lock when the last handle of its database is
+/// dropped, and its own writer threads hold one for a moment after a
+/// flush they made has returned: a store of this process dropped just
+/// now (a pool closed and opened again on the same directory) may still
+/// hold the lock. A lock that this process holds, per [`PID_FILE`], is
+/// therefore waited for up to [`OWN_LOCK_WAIT`]; one that another process
+/// holds fails at once.
+fn open_db(dir: &Path, config: &::sled::Config) -> Result<::sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e)
+                if is_lock_error(&e)
+                    && lock_holder(dir) == Some(std::process::id())
+                    && started.elapsed() < OWN_LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(open_error(dir, e)),
+        }
+    }
+}
+
+fn is_lock_error(e: &::sled::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
+}
+
+/// The process that recorded itself as the directory's last opener.
+fn lock_holder(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join(PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+}
+
 /// sled's error on open, in words: a held lock names the directory and the
 /// process that recorded itself there.
 fn open_error(dir: &Path, e: ::sled::Error) -> Error {
-    let text = e.to_string();
-    if text.contains("could not acquire lock") {
-        let holder = std::fs::read_to_string(dir.join(PID_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
+    if is_lock_error(&e) {
+        let holder = lock_holder(dir);
+        if holder == Some(std::process::id()) {
+            return Error::Store(format!(
+                "the data directory {} is in use by this very process: a store (or a pool)                  opened on it earlier is still open. Drop it before opening the directory                  again, or use another data directory",
+                dir.display()
+            ));
+        }
+        let holder = holder
             .map(|pid| format!(" (process {pid} opened it last, per {PID_FILE})"))
             .unwrap_or_default();
         return Error::Store(format!(
@@ -737,10 +782,7 @@ fn open_error(dir: &Path, e: ::sled::Error) -> Error {
             dir.join(DB_DIR).join("db").display()
         ));
     }
-    Error::Store(format!(
-        "cannot open the store in {}: {text}",
-        dir.display()
-    ))
+    Error::Store(format!("cannot open the store in {}: {e}", dir.display()))
 }
 
 #[cfg(test)]

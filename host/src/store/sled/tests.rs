@@ -759,3 +759,26 @@ fn update_with_and_get_final_on_the_sled_and_memory_stores() {
     memory.put_module(&module, b"m").unwrap();
     update_with_changes_or_leaves_alone(&memory, module);
 }
+
+#[test]
+fn a_store_of_this_process_closing_is_waited_for_and_one_kept_open_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // Dropped by another thread while this one opens the directory: the
+    // open waits for the lock instead of failing.
+    let first = open(dir.path());
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(first);
+    });
+    let second = SledStore::open(dir.path(), &SledOptions::default())
+        .expect("a store of this process that is being dropped is waited for");
+    closer.join().unwrap();
+
+    // Kept open: the second open fails after the wait, saying so.
+    let err = SledStore::open(dir.path(), &SledOptions::default())
+        .expect_err("a directory this process holds open is refused")
+        .to_string();
+    assert!(err.contains("in use by this very process"), "{err}");
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    drop(second);
+}
