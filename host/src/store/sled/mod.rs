@@ -768,7 +768,9 @@ fn open_error(dir: &Path, e: ::sled::Error) -> Error {
         let holder = lock_holder(dir);
         if holder == Some(std::process::id()) {
             return Error::Store(format!(
-                "the data directory {} is in use by this very process: a store (or a pool)                  opened on it earlier is still open. Drop it before opening the directory                  again, or use another data directory",
+                "the data directory {} is in use by this very process: a store (or a pool) \
+                 opened on it earlier is still open. Drop it before opening the directory \
+                 again, or use another data directory",
                 dir.display()
             ));
         }
