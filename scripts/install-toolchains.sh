@@ -28,7 +28,8 @@ BROWSER_DIR="$ROOT/tests/browser"
 
 # Pinned versions.
 RUST_TARGETS=(wasm32-wasip1 wasm32-wasip2)
-APT_PACKAGES=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32)
+# gdb: the crash tests print a hung process's stacks with it.
+APT_PACKAGES=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 gdb)
 PIP_PACKAGES=(ziglang==0.14.1 componentize-py==0.25.1)
 
 export DEBIAN_FRONTEND=noninteractive
@@ -86,7 +87,7 @@ else
 fi
 
 # --- apt: C for WASI, and python3/node if the machine has none --------------
-step "apt packages (C toolchain for WASI)"
+step "apt packages (C toolchain for WASI, gdb)"
 missing_apt=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg_installed "$p" || missing_apt+=("$p")

@@ -27,12 +27,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wpool::store::{SledOptions, SledStore, Store, SyncMode};
+use wpool::store::{SledOptions, SledStore, Store, SyncMode, TaskFilter};
 use wpool::{Outcome, Pool, PoolConfig, TaskId, TaskSpec, TaskState};
 
 const DIR_ENV: &str = "WPOOL_CRASH_DIR";
@@ -227,11 +227,132 @@ fn round(dir: &Path, submit: usize, phase: &'static str, relaxed: bool) -> Round
             child.kill().unwrap(); // SIGKILL
         }
     }
-    let status = child.wait().unwrap();
+    let Some(status) = wait_bounded(&mut child, CHILD_LIMIT) else {
+        panic!(
+            "the child ({phase} round, {submit} tasks) did not end in {CHILD_LIMIT:?}: it was \
+             killed, and its store holds {}",
+            describe_unfinished(dir)
+        );
+    };
     if !killed {
         assert!(status.success(), "the child failed: {status}");
     }
     Round { phase, killed }
+}
+
+/// How long a child may take: a round that is not killed ends in seconds
+/// (every task sleeps 3 ms), so a child past this hangs. A hang fails the
+/// test with what the store holds, rather than running until the test
+/// runner's own limit.
+const CHILD_LIMIT: Duration = Duration::from_secs(180);
+
+/// How long a whole crash test may take in its own process.
+const TEST_LIMIT: Duration = Duration::from_secs(900);
+
+/// Waits for `child` to end, for up to `limit`; past that, prints the
+/// stacks of its threads, kills it and returns `None`.
+fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "the child {} hangs; its threads:\n{}",
+                child.id(),
+                stacks(child.id())
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The stacks of every thread of process `pid`, by gdb if it is
+/// installed: what a hang is waiting for.
+fn stacks(pid: u32) -> String {
+    match Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-nx"])
+        .args(["-ex", "set pagination off", "-ex", "thread apply all bt 40"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("(no stacks: gdb could not be run: {e})"),
+    }
+}
+
+/// Guards a test against hanging in its own process (a child's hang is
+/// bounded by [`wait_bounded`]): past `limit`, prints this process's
+/// stacks and aborts it, so that a hang fails at once with where it
+/// hangs. Disarmed when dropped.
+struct Watchdog {
+    done: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Watchdog {
+    fn arm(what: &'static str, limit: Duration) -> Self {
+        let done = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let watched = done.clone();
+        std::thread::spawn(move || {
+            let (lock, ended) = &*watched;
+            let guard = lock.lock().unwrap();
+            let (guard, _) = ended
+                .wait_timeout_while(guard, limit, |done| !*done)
+                .unwrap();
+            if !*guard {
+                eprintln!(
+                    "{what} did not end in {limit:?}; its threads:\n{}",
+                    stacks(std::process::id())
+                );
+                std::process::abort();
+            }
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (lock, ended) = &*self.done;
+        *lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        ended.notify_all();
+    }
+}
+
+/// What the store of `dir` holds unfinished, in words: its counts and the
+/// first unfinished tasks.
+fn describe_unfinished(dir: &Path) -> String {
+    let store = match SledStore::open(data_dir(dir), &SledOptions::new()) {
+        Ok(store) => store,
+        Err(e) => return format!("nothing readable ({e})"),
+    };
+    let mut text = format!("counts {:?}", store.counts());
+    for state in [TaskState::Queued, TaskState::Scheduled, TaskState::Running] {
+        let filter = TaskFilter {
+            state: Some(state),
+            limit: 5,
+            ..TaskFilter::default()
+        };
+        for task in store.list(&filter).unwrap_or_default() {
+            text.push_str(&format!(
+                "\n  {} {}: attempts {:?}, interruptions {}, run at {}, lease {:?}",
+                task.id, task.state, task.attempts, task.interruptions, task.run_at, task.lease
+            ));
+        }
+    }
+    if let Ok(report) = store.check() {
+        text.push_str(&format!(
+            "\n  check: {} unfinished indexed, problems {:?}",
+            report.unfinished, report.problems
+        ));
+    }
+    text
 }
 
 /// What the store says of the acknowledged tasks and the results seen.
@@ -378,6 +499,8 @@ fn acknowledged_tasks_survive_sigkill() {
     if std::env::var_os(DIR_ENV).is_some() {
         return;
     }
+    // About 30 s here; each child is bounded on its own.
+    let _watchdog = Watchdog::arm("acknowledged_tasks_survive_sigkill", TEST_LIMIT);
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (rounds, checks) = run_rounds(dir.path(), KILLED_ROUNDS, false);
@@ -424,6 +547,7 @@ fn relaxed_mode_loses_acknowledged_work() {
     if std::env::var_os(DIR_ENV).is_some() {
         return;
     }
+    let _watchdog = Watchdog::arm("relaxed_mode_loses_acknowledged_work", TEST_LIMIT);
     // What a kill loses in relaxed mode is what the store's log still held
     // in memory (what it wrote is in the kernel's cache and survives the
     // process): often a few tasks, sometimes none in a round. Series of 8
@@ -520,10 +644,14 @@ fn a_task_that_kills_its_host_ends_at_max_interruptions() {
     if std::env::var_os(POISON_ENV).is_some() {
         return;
     }
+    let _watchdog = Watchdog::arm(
+        "a_task_that_kills_its_host_ends_at_max_interruptions",
+        TEST_LIMIT,
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut aborted = 0;
     for _ in 0..10 {
-        let status = Command::new(std::env::current_exe().unwrap())
+        let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "poison_child",
                 "--exact",
@@ -535,8 +663,26 @@ fn a_task_that_kills_its_host_ends_at_max_interruptions() {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
+            .spawn()
             .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let said = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stderr, &mut text);
+            text
+        });
+        let Some(status) = wait_bounded(&mut child, CHILD_LIMIT) else {
+            panic!(
+                "the poison child did not end in {CHILD_LIMIT:?}: it was killed, and its store \
+                 holds {}",
+                describe_unfinished(dir.path())
+            );
+        };
+        let status = std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr: said.join().unwrap(),
+        };
         if status.status.success() {
             break;
         }
