@@ -62,6 +62,16 @@ fn seen_file(dir: &Path) -> PathBuf {
     dir.join("seen")
 }
 
+/// A child's warnings and errors go to its standard error, which the
+/// test's own output shows: a hang or a loss then comes with what the pool
+/// said of it.
+fn log_to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .try_init();
+}
+
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -86,6 +96,7 @@ async fn child() {
     let Some(dir) = std::env::var_os(DIR_ENV).map(PathBuf::from) else {
         return;
     };
+    log_to_stderr();
     let submit: usize = std::env::var(SUBMIT_ENV).unwrap().parse().unwrap();
     let mut options = SledOptions::new();
     if std::env::var_os(RELAXED_ENV).is_some() {
@@ -587,6 +598,7 @@ async fn poison_child() {
     let Some(dir) = std::env::var_os(POISON_ENV).map(PathBuf::from) else {
         return;
     };
+    log_to_stderr();
     let store = Arc::new(SledStore::open(data_dir(&dir), &SledOptions::new()).unwrap());
     let mut config = PoolConfig::new();
     config.workers(1);
