@@ -229,7 +229,7 @@ fn round(dir: &Path, submit: usize, phase: &'static str, relaxed: bool) -> Round
     if relaxed {
         command.env(RELAXED_ENV, "1");
     }
-    let mut child = command.spawn().unwrap();
+    let mut child = spawn(&mut command);
     let stdout = child.stdout.take().unwrap();
     let (lines, said) = mpsc::channel();
     std::thread::spawn(move || {
@@ -298,9 +298,32 @@ const CHILD_LIMIT: Duration = Duration::from_secs(180);
 /// How long a whole crash test may take in its own process.
 const TEST_LIMIT: Duration = Duration::from_secs(900);
 
+/// The children alive, which [`Watchdog`] kills before it aborts: a
+/// child left behind would hold the test's output open.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Starts a child, known to [`Watchdog`] until [`wait_bounded`] returns.
+fn spawn(command: &mut Command) -> std::process::Child {
+    let child = command.spawn().unwrap();
+    CHILDREN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(child.id());
+    child
+}
+
 /// Waits for `child` to end, for up to `limit`; past that, prints the
 /// stacks of its threads, kills it and returns `None`.
 fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Option<ExitStatus> {
+    let status = wait_or_kill(child, limit);
+    CHILDREN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|&pid| pid != child.id());
+    status
+}
+
+fn wait_or_kill(child: &mut std::process::Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -323,15 +346,36 @@ fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Option<Exit
 /// The stacks of every thread of process `pid`, by gdb if it is
 /// installed: what a hang is waiting for.
 fn stacks(pid: u32) -> String {
-    match Command::new("gdb")
+    let Ok(out) = tempfile::tempfile() else {
+        return "(no stacks: no temporary file for gdb's output)".into();
+    };
+    let mut gdb = match Command::new("gdb")
         .args(["-p", &pid.to_string(), "-batch", "-nx"])
         .args(["-ex", "set pagination off", "-ex", "thread apply all bt 40"])
         .stdin(Stdio::null())
-        .output()
+        .stdout(out.try_clone().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
     {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
-        Err(e) => format!("(no stacks: gdb could not be run: {e})"),
+        Ok(gdb) => gdb,
+        Err(e) => return format!("(no stacks: gdb could not be run: {e})"),
+    };
+    // gdb itself is bounded: a hang must end in a failure, not in a wait.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while gdb.try_wait().ok().flatten().is_none() {
+        if Instant::now() >= deadline {
+            let _ = gdb.kill();
+            let _ = gdb.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let mut out = out;
+    let mut text = String::new();
+    use std::io::{Read, Seek, SeekFrom};
+    let _ = out.seek(SeekFrom::Start(0));
+    let _ = out.read_to_string(&mut text);
+    text
 }
 
 /// Guards a test against hanging in its own process (a child's hang is
@@ -353,10 +397,22 @@ impl Watchdog {
                 .wait_timeout_while(guard, limit, |done| !*done)
                 .unwrap();
             if !*guard {
-                eprintln!(
-                    "{what} did not end in {limit:?}; its threads:\n{}",
+                // Straight to the standard error: the test runner's capture
+                // of `eprintln!` dies with the abort.
+                let text = format!(
+                    "{what} did not end in {limit:?}; its threads:\n{}\n",
                     stacks(std::process::id())
                 );
+                let _ = std::io::stderr().lock().write_all(text.as_bytes());
+                let children = CHILDREN
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                for pid in children {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
                 std::process::abort();
             }
         });
@@ -707,7 +763,8 @@ fn a_task_that_kills_its_host_ends_at_max_interruptions() {
     let dir = tempfile::tempdir().unwrap();
     let mut aborted = 0;
     for _ in 0..10 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
             .args([
                 "poison_child",
                 "--exact",
@@ -718,9 +775,8 @@ fn a_task_that_kills_its_host_ends_at_max_interruptions() {
             .env(POISON_ENV, dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        let mut child = spawn(&mut command);
         let mut stderr = child.stderr.take().unwrap();
         let said = std::thread::spawn(move || {
             let mut text = Vec::new();
