@@ -524,10 +524,11 @@ impl Execution {
     ///
     /// It looks for the report for up to 20 µs before it parks the thread,
     /// yielding the core meanwhile, as the standard library's channels spin
-    /// before they block: a short task's report then needs no wake-up. Waking a parked thread costs the worker a
-    /// `futex` call and the waiter a context switch; measured here, with
-    /// one worker running trivial tasks for a caller that waits for each in
-    /// turn, that was a third of the process's CPU time.
+    /// before they block: a short task's report then needs no wake-up.
+    /// Waking a parked thread costs the worker a `futex` call and the
+    /// waiter a context switch; measured here, with one worker running
+    /// trivial tasks for a caller that waits for each in turn, that was a
+    /// third of the process's CPU time.
     pub fn wait_blocking(mut self) -> RunReport {
         let started = Instant::now();
         let report = loop {
