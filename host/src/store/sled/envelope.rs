@@ -118,22 +118,57 @@ pub(super) fn bincode_config() -> bincode::config::Configuration {
 }
 
 pub(super) fn encode<T: serde::Serialize>(tree: &str, key: &[u8], value: &T) -> Result<Vec<u8>> {
-    encode_versioned(RECORD_VERSION, tree, key, value)
+    encode_versioned(RECORD_VERSION, tree, key, value, 64)
 }
 
+/// Encodes `value` into its envelope in one buffer of `size` bytes (a
+/// guess: the buffer grows past it if it must): the header is written in
+/// place after the payload, so the payload is neither copied nor grown
+/// from empty (bincode's own `encode_to_vec` starts from an empty vector,
+/// and its growth was a quarter of a task record's encoding).
 fn encode_versioned<T: serde::Serialize>(
     version: u8,
     tree: &str,
     key: &[u8],
     value: &T,
+    size: usize,
 ) -> Result<Vec<u8>> {
-    let payload = bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| {
-        Error::Store(format!(
-            "cannot encode record {} for tree `{tree}`: {e}",
-            describe_key(tree, key)
-        ))
-    })?;
-    Ok(versioned_envelope(version, key, &payload))
+    let mut out = Vec::with_capacity(HEADER + size);
+    out.extend_from_slice(&[version, 0, 0, 0, 0]);
+    bincode::serde::encode_into_writer(value, Appender(&mut out), bincode_config()).map_err(
+        |e| {
+            Error::Store(format!(
+                "cannot encode record {} for tree `{tree}`: {e}",
+                describe_key(tree, key)
+            ))
+        },
+    )?;
+    let crc = checksum(key, &out[HEADER..]);
+    out[1..HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// bincode's writer onto the end of a vector.
+struct Appender<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for Appender<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Room for a task record's encoding: its variable parts' lengths, plus
+/// room for its fixed fields and a few attempts (more grow the buffer).
+fn task_size(task: &TaskRecord) -> usize {
+    let inline = |payload: &crate::task::Payload| payload.inline().map_or(0, <[u8]>::len);
+    let labels: usize = task.labels.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    192 + inline(&task.input)
+        + inline(&task.output)
+        + task.log.len()
+        + task.idempotency_key.as_ref().map_or(0, String::len)
+        + labels
+        + 48 * task.attempts.len()
 }
 
 pub(super) fn encode_task(task: &TaskRecord) -> Result<Vec<u8>> {
@@ -142,6 +177,7 @@ pub(super) fn encode_task(task: &TaskRecord) -> Result<Vec<u8>> {
         "tasks",
         &task.id.to_bytes(),
         &schema::StoredTask::from(task),
+        task_size(task),
     )
 }
 

@@ -91,6 +91,39 @@ fn records_round_trip_through_the_envelope() {
     );
 }
 
+/// The envelope written in place holds the very bytes of the payload
+/// encoded alone behind its header, whether the record fits the buffer
+/// sized for it or outgrows it (attempts past the room made for them).
+#[test]
+fn an_envelope_written_in_place_is_the_header_then_the_payload() {
+    let mut task = record(ModuleHash::of(b"m"), TaskState::Failed, 1);
+    for grown in [false, true] {
+        if grown {
+            task.attempts = (1..=40)
+                .map(|number| Attempt {
+                    number,
+                    outcome: Some(Outcome::Failed("no".repeat(number as usize))),
+                    started_at: u64::MAX - u64::from(number),
+                    duration_us: 1 << 40,
+                    fuel_consumed: Some(u64::MAX),
+                })
+                .collect();
+        }
+        let key = task.id.to_bytes();
+        let payload = bincode::serde::encode_to_vec(
+            schema::StoredTask::from(&task),
+            envelope::bincode_config(),
+        )
+        .unwrap();
+        let mut expected = vec![envelope::TASK_RECORD_VERSION];
+        expected.extend_from_slice(&envelope::checksum(&key, &payload).to_le_bytes());
+        expected.extend_from_slice(&payload);
+        let bytes = encode_task(&task).unwrap();
+        assert_eq!(bytes, expected, "grown: {grown}");
+        assert_eq!(decode_task(&key, &bytes).unwrap(), task);
+    }
+}
+
 #[test]
 fn transitions_keep_one_index_entry_and_counts() {
     let dir = tempfile::tempdir().unwrap();
