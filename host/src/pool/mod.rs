@@ -1167,9 +1167,8 @@ impl Inner {
     }
 
     /// Gives the final `record` of a run that just ended to those who wait
-    /// for it; `more`: its worker goes on to another task at once, or
-    /// other runs of the pool are under way; `short`: the run took less
-    /// than an epoch tick.
+    /// for it; `more`: its worker goes on to another task at once;
+    /// `short`: the run took less than an epoch tick.
     ///
     /// Handing a result to a waiter on another thread wakes that thread
     /// (on a tokio runtime with I/O, an `eventfd` write), and the wake
@@ -1179,8 +1178,11 @@ impl Inner {
     /// somebody waits are held and handed over together, which a waiter
     /// woken once finds all there:
     /// - at the [`DELIVERY_BATCH`]th result held;
-    /// - when a run ends with no other run under way and no next task
-    ///   (nothing is held while the pool is idle);
+    /// - when a run ends and its worker has no next task: its async task
+    ///   ends there, so nothing would hand them over sooner, and a task
+    ///   spawned to do it (which, with a durable store's claims ahead,
+    ///   freed workers and one async task per run, came at every run and
+    ///   found one result to hand over) would only cost its spawn;
     /// - otherwise at the first chance the workers' runtime gets to run
     ///   something else: a task spawned with the first result held, which
     ///   runs when the worker's loop yields (its cooperative budget, or a

@@ -277,10 +277,14 @@ impl Inner {
         } = task;
         self.begin(&mut record);
         let guard = BackgroundGuard::new(self);
-        self.executor.handle().spawn(async move {
+        // Boxed: a run's future is a few KiB, which tokio would otherwise
+        // copy into its task and again when the task ends (a spawn per
+        // run when workers are freed, as with a durable store's claims
+        // ahead); boxed, it is copied once.
+        self.executor.handle().spawn(Box::pin(async move {
             let inner = guard.inner();
             inner.run(record, lease, cancel).await;
-        });
+        }));
     }
 
     /// Runs `record` on the worker taken for it, then each task the
@@ -411,7 +415,7 @@ impl Inner {
             self.emit(id, EventKind::Requeued);
         }
         if let Some(record) = done {
-            self.hand_over(record, next.is_some() || !idle, short);
+            self.hand_over(record, next.is_some(), short);
         } else if let Some(record) = &recorded {
             self.recorded(record);
         }
