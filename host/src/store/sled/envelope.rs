@@ -160,7 +160,7 @@ impl bincode::enc::write::Writer for Appender<'_> {
 
 /// Room for a task record's encoding: its variable parts' lengths, plus
 /// room for its fixed fields and a few attempts (more grow the buffer).
-fn task_size(task: &TaskRecord) -> usize {
+pub(super) fn task_size(task: &TaskRecord) -> usize {
     let inline = |payload: &crate::task::Payload| payload.inline().map_or(0, <[u8]>::len);
     let labels: usize = task.labels.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     192 + inline(&task.input)

@@ -65,6 +65,7 @@ mod flusher;
 mod overlay;
 mod payloads;
 mod schema;
+mod submitted;
 mod tasks;
 mod wal;
 
@@ -186,6 +187,9 @@ pub struct SledStore {
     replayed: u64,
     /// Inputs and outputs too large for a record.
     payloads: PayloadFiles,
+    /// The newest records submitted, until their first change (see
+    /// [`submitted`]).
+    submitted: submitted::Submitted,
 }
 
 /// What the write lock guards beside the order of writes.
@@ -450,6 +454,7 @@ impl SledStore {
             sync: options.sync,
             replayed,
             payloads,
+            submitted: submitted::Submitted::default(),
         };
         let counts = match counts {
             Some(counts) => counts,
@@ -606,6 +611,9 @@ impl SledStore {
     }
 
     fn task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        if let Some(record) = self.submitted.get(id) {
+            return Ok(Some(record));
+        }
         let key = id.to_bytes();
         match self.read(TreeId::Tasks, &key)? {
             Some(bytes) => Ok(Some(decode_task(&key, &bytes)?)),

@@ -9,6 +9,7 @@ use super::envelope::{
     HEADER, corrupted, decode_task, encode_counts, encode_task, envelope, input_range, module_hash,
     open_envelope, task_id,
 };
+use super::submitted::Submitted;
 use super::wal::{Change, Kept, TreeId};
 use super::{META_COUNTS, PURGE_BATCH, SledStore, SyncMode};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
@@ -169,6 +170,7 @@ impl Store for SledStore {
 
     fn insert(&self, batch: &[TaskRecord]) -> Result<Vec<Inserted>> {
         let encoded = batch.iter().map(encode_task).collect::<Result<Vec<_>>>()?;
+        let copies = Submitted::copies(batch);
         let mut writes = self.lock_writes();
         let mut new_counts = writes.counts.clone();
         let mut change = Change::default();
@@ -221,6 +223,13 @@ impl Store for SledStore {
                     writes.wrote(task, true);
                 }
             }
+            self.submitted.keep(
+                copies
+                    .into_iter()
+                    .zip(&answers)
+                    .filter(|(_, answer)| matches!(answer, Inserted::New))
+                    .filter_map(|(copy, _)| copy),
+            );
         }
         Ok(answers)
     }
@@ -265,6 +274,8 @@ impl Store for SledStore {
             Some(kept) => change.set_keeping(&id[..], value, kept),
             None => change.set(TreeId::Tasks, &id[..], value),
         }
+        // The kept copy goes before the record changes (see `submitted`).
+        self.submitted.forget(&task.id);
         let mut new_counts = None;
         if state != task.state {
             let mut moved = writes.counts.clone();
@@ -421,6 +432,7 @@ impl Store for SledStore {
                 };
                 change.remove(TreeId::Tasks, id_bytes);
                 writes.heads.remove(&id);
+                self.submitted.forget(&id);
                 new_counts.moved(Some(task.state), None);
                 files.extend(super::payloads::files_of(&task));
                 self.remove_key(&mut change, &task)?;
@@ -455,6 +467,7 @@ impl Store for SledStore {
             };
             change.remove(TreeId::Tasks, &id.to_bytes()[..]);
             writes.heads.remove(id);
+            self.submitted.forget(id);
             change.remove(TreeId::Finished, index);
             self.remove_key(&mut change, &task)?;
             new_counts.moved(Some(task.state), None);

@@ -815,3 +815,62 @@ fn a_store_of_this_process_closing_is_waited_for_and_one_kept_open_is_named() {
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
     drop(second);
 }
+
+/// Records kept as submitted read as the store holds them; every change
+/// drops the copy first, so a read never answers an older record; large
+/// records are not kept, and only the newest `MAX_RECORDS` are.
+#[test]
+fn records_kept_as_submitted_read_as_stored_until_they_change() {
+    let (_dir, store, module) = store_with_module();
+    let key = |task: &TaskRecord| task.id.to_bytes();
+    let stored = |task: &TaskRecord| {
+        let bytes = store.read(TreeId::Tasks, &key(task)).unwrap().unwrap();
+        decode_task(&key(task), &bytes).unwrap()
+    };
+    let mut task = record(module, TaskState::Queued, store.next_seq().unwrap());
+    task.lease = None;
+    task.finished_at = None;
+    let mut large = record(module, TaskState::Queued, store.next_seq().unwrap());
+    large.lease = None;
+    large.log = "x".repeat(submitted::MAX_RECORD_BYTES);
+    store.insert(&[task.clone(), large.clone()]).unwrap();
+    assert_eq!(store.submitted.len(), 1, "the large record is not kept");
+    assert_eq!(store.get(&task.id).unwrap().unwrap(), stored(&task));
+    assert_eq!(store.get(&task.id).unwrap().unwrap(), task);
+    assert_eq!(store.get(&large.id).unwrap().unwrap(), large);
+
+    // A change (here a claim) drops the copy before it is applied.
+    let mut claimed = task.clone();
+    claimed.state = TaskState::Running;
+    claimed.updated_at = 77;
+    assert!(store.update(&claimed, TaskState::Queued).unwrap());
+    assert_eq!(store.submitted.len(), 0);
+    assert_eq!(store.get(&task.id).unwrap().unwrap(), claimed);
+    // A failed compare-and-set changes nothing, and keeps nothing.
+    assert!(!store.update(&task, TaskState::Queued).unwrap());
+    assert_eq!(store.get(&task.id).unwrap().unwrap(), claimed);
+
+    // Only the newest are kept, and each reads as stored.
+    let many: Vec<TaskRecord> = (0..submitted::MAX_RECORDS + 10)
+        .map(|_| {
+            let mut task = record(module, TaskState::Queued, store.next_seq().unwrap());
+            task.lease = None;
+            task
+        })
+        .collect();
+    store.insert(&many).unwrap();
+    assert_eq!(store.submitted.len(), submitted::MAX_RECORDS);
+    for task in [&many[0], &many[many.len() - 1]] {
+        assert_eq!(store.get(&task.id).unwrap().unwrap(), stored(task));
+        assert_eq!(&store.get(&task.id).unwrap().unwrap(), task);
+    }
+
+    // A record inserted final, then removed, is gone from the copies too.
+    let mut done = record(module, TaskState::Succeeded, store.next_seq().unwrap());
+    done.lease = None;
+    done.finished_at = Some(5);
+    store.insert(std::slice::from_ref(&done)).unwrap();
+    assert_eq!(store.get(&done.id).unwrap().unwrap(), done);
+    assert_eq!(store.remove_finished(&[done.id]).unwrap(), vec![done.id]);
+    assert_eq!(store.get(&done.id).unwrap(), None);
+}
