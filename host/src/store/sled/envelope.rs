@@ -44,14 +44,24 @@ pub(super) fn checksum(key: &[u8], payload: &[u8]) -> u32 {
 }
 
 pub(super) fn envelope(key: &[u8], payload: &[u8]) -> Vec<u8> {
-    versioned_envelope(RECORD_VERSION, key, payload)
+    let mut out = open_buffer(RECORD_VERSION, payload.len());
+    out.extend_from_slice(payload);
+    seal(out, key)
 }
 
-fn versioned_envelope(version: u8, key: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.push(version);
-    out.extend_from_slice(&checksum(key, payload).to_le_bytes());
-    out.extend_from_slice(payload);
+/// A buffer for an envelope of `version` with room for `size` bytes of
+/// payload: its header, the checksum left blank for [`seal`].
+fn open_buffer(version: u8, size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + size);
+    out.extend_from_slice(&[version, 0, 0, 0, 0]);
+    out
+}
+
+/// Writes the checksum of `key` and the payload behind the header of
+/// `out` (from [`open_buffer`]) into the header.
+fn seal(mut out: Vec<u8>, key: &[u8]) -> Vec<u8> {
+    let crc = checksum(key, &out[HEADER..]);
+    out[1..HEADER].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
@@ -122,8 +132,8 @@ pub(super) fn encode<T: serde::Serialize>(tree: &str, key: &[u8], value: &T) -> 
 }
 
 /// Encodes `value` into its envelope in one buffer of `size` bytes (a
-/// guess: the buffer grows past it if it must): the header is written in
-/// place after the payload, so the payload is neither copied nor grown
+/// guess: the buffer grows past it if it must): the header's checksum is
+/// written in place after the payload, so the payload is neither copied nor grown
 /// from empty (bincode's own `encode_to_vec` starts from an empty vector,
 /// and its growth was a quarter of a task record's encoding).
 fn encode_versioned<T: serde::Serialize>(
@@ -133,8 +143,7 @@ fn encode_versioned<T: serde::Serialize>(
     value: &T,
     size: usize,
 ) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(HEADER + size);
-    out.extend_from_slice(&[version, 0, 0, 0, 0]);
+    let mut out = open_buffer(version, size);
     bincode::serde::encode_into_writer(value, Appender(&mut out), bincode_config()).map_err(
         |e| {
             Error::Store(format!(
@@ -143,9 +152,7 @@ fn encode_versioned<T: serde::Serialize>(
             ))
         },
     )?;
-    let crc = checksum(key, &out[HEADER..]);
-    out[1..HEADER].copy_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    Ok(seal(out, key))
 }
 
 /// bincode's writer onto the end of a vector.
