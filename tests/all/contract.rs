@@ -561,6 +561,48 @@ async fn idempotency_keys_store_a_task_once(h: &dyn Harness) {
     counts_add_up(&backend, 3).await;
 }
 
+/// A single task enqueued alone is stored as in a batch: its `seq`
+/// assigned, its key honoured, its module checked, and it is claimed.
+async fn one_task_enqueued_alone_is_stored_as_in_a_batch(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let first = enqueue(&backend, vec![task(m, |s| s)]).await[0].clone();
+    let Enqueued::New(alone) = backend
+        .enqueue_one(Box::new(task(m, |s| s.idempotency_key("k1").priority(3))))
+        .await
+        .unwrap()
+    else {
+        panic!("a new task was not stored");
+    };
+    assert!(alone.seq > first.seq, "{} after {}", alone.seq, first.seq);
+    assert_eq!(alone.state, TaskState::Queued);
+    assert_eq!(
+        backend.get(&alone.id).await.unwrap().as_ref(),
+        Some(&*alone)
+    );
+    assert_eq!(
+        backend
+            .enqueue_one(Box::new(task(m, |s| s.idempotency_key("k1"))))
+            .await
+            .unwrap(),
+        Enqueued::Existing(alone.id)
+    );
+    let unknown = ModuleHash::of(b"no such module");
+    let error = backend
+        .enqueue_one(Box::new(task(unknown, |s| s)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::UnknownModule(h) if h == unknown),
+        "{error}"
+    );
+    // Indexed: claimed first, by its priority.
+    let claim = backend.claim(1, TTL).await.unwrap();
+    assert_eq!(claim.claimed.len(), 1);
+    assert_eq!(claim.claimed[0].0.id, alone.id);
+    counts_add_up(&backend, 2).await;
+}
+
 async fn a_task_naming_an_unknown_module_is_refused(h: &dyn Harness) {
     let backend = h.open();
     let m = module(&backend).await;
@@ -930,6 +972,7 @@ every_backend!(
     a_release_puts_the_task_back_uncounted,
     a_retryable_failure_is_scheduled_until_attempts_run_out,
     idempotency_keys_store_a_task_once,
+    one_task_enqueued_alone_is_stored_as_in_a_batch,
     a_task_naming_an_unknown_module_is_refused,
     cancel_works_in_every_state,
     retention_purges_finished_tasks,

@@ -67,7 +67,7 @@ use crate::store::{StateCounts, StoredModule, TaskFilter};
 use crate::task::{
     Completion, Lease, Millis, ModuleHash, Payload, Slot, TaskId, TaskRecord, TaskState,
 };
-use crate::{Event, ModuleSettings, Result};
+use crate::{Error, Event, ModuleSettings, Result};
 
 #[cfg(doc)]
 use crate::store::MemoryStore;
@@ -169,6 +169,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// assigned) or the task already holding its idempotency key. Refuses
     /// the whole batch if a task names a module that is not stored.
     async fn enqueue(&self, tasks: Vec<TaskRecord>) -> Result<Vec<Enqueued>>;
+    /// [`Backend::enqueue`] of a single task: the answer for it. A single
+    /// submission is the common case, and a backend may store one task
+    /// without the batch's vectors (the embedded backend on a store in
+    /// memory does, giving the record back in the box it came in). The
+    /// default enqueues a batch of one.
+    async fn enqueue_one(&self, task: Box<TaskRecord>) -> Result<Enqueued> {
+        self.enqueue(vec![*task])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Store("the backend gave no answer for the task enqueued".into()))
+    }
     /// Claims up to `max` ready tasks, by priority then submission order,
     /// each under a new lease lasting `ttl`.
     async fn claim(&self, max: usize, ttl: Duration) -> Result<Claim>;

@@ -490,8 +490,7 @@ impl Pool {
     }
 
     async fn submit_reserved(&self, spec: TaskSpec) -> Result<TaskHandle> {
-        let mut handles = self.inner().store_new_tasks(vec![spec]).await?;
-        let (id, _) = handles.pop().expect("one answer per task")?;
+        let (id, _) = self.inner().store_new_task(spec).await?;
         Ok(self.handle(id))
     }
 

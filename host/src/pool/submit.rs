@@ -176,6 +176,45 @@ impl Inner {
         Ok(answers)
     }
 
+    /// [`Inner::store_new_tasks`] of a single spec, whose room is already
+    /// taken: the same answers, without a batch's vectors (a submission
+    /// of one is the usual case, and on a store in memory the vectors
+    /// were a good part of its cost).
+    pub(super) async fn store_new_task(&self, spec: TaskSpec) -> Result<(TaskId, bool)> {
+        let record = match self.new_record(spec, now_millis()).await {
+            Ok(New::Record(record)) => record,
+            Ok(New::Existing(id)) => {
+                self.left_queue(1);
+                return Ok((id, false));
+            }
+            Err(e) => {
+                self.left_queue(1);
+                return Err(e);
+            }
+        };
+        match self.backend.enqueue_one(record).await {
+            Ok(Enqueued::New(record)) => {
+                self.emit(record.id, EventKind::Submitted);
+                if self.dispatcher_needed() {
+                    self.work.notify_one();
+                }
+                // The timer only moves delayed tasks and expires waiting ones.
+                if record.state == TaskState::Scheduled || record.expires_at.is_some() {
+                    self.timer.notify_one();
+                }
+                Ok((record.id, true))
+            }
+            Ok(Enqueued::Existing(id)) => {
+                self.left_queue(1);
+                Ok((id, false))
+            }
+            Err(e) => {
+                self.left_queue(1);
+                Err(e)
+            }
+        }
+    }
+
     /// Whether new tasks need the dispatcher to be woken: not while every
     /// worker is busy on a backend where a worker claims its next task
     /// with its run's end ([`Inner::run_one`](super::Inner)), unless the
@@ -198,7 +237,8 @@ impl Inner {
             return Ok(New::Existing(existing));
         }
         let module = self.module_for(&spec.module).await?.hash();
-        Ok(New::Record(Box::new(new_record(
+        // Validated above: not again.
+        Ok(New::Record(Box::new(validated_record(
             &self.executor,
             spec,
             module,
@@ -299,6 +339,16 @@ pub(crate) fn new_record(
     now: Millis,
 ) -> Result<TaskRecord> {
     spec.validate()?;
+    validated_record(executor, spec, module, now)
+}
+
+/// [`new_record`] of a spec already validated.
+fn validated_record(
+    executor: &Executor,
+    spec: TaskSpec,
+    module: ModuleHash,
+    now: Millis,
+) -> Result<TaskRecord> {
     let limits = executor.limits(&spec.limits)?;
     Ok(TaskRecord::new(spec, module, limits, now))
 }

@@ -643,6 +643,38 @@ impl Backend for EmbeddedBackend {
         Ok(answers)
     }
 
+    async fn enqueue_one(&self, mut task: Box<TaskRecord>) -> Result<Enqueued> {
+        // Only a store in memory with an inline input skips the batch: a
+        // durable store shares its write with concurrent submissions, and
+        // a large input goes to a file first (`enqueue` does both).
+        let small = task
+            .input
+            .inline()
+            .is_some_and(|b| b.len() <= INLINE_PAYLOAD);
+        if !self.traits.in_memory || !small {
+            let mut answers = self.enqueue(vec![*task]).await?;
+            return answers.pop().ok_or_else(|| {
+                Error::Store("the backend gave no answer for the task enqueued".into())
+            });
+        }
+        task.seq = self.store.next_seq()?;
+        let mut index = self.lock();
+        let inserted = self.store.insert(std::slice::from_ref(&*task))?;
+        self.wrote();
+        match inserted.first() {
+            Some(Inserted::New) => {
+                if !task.state.is_final() {
+                    index.insert(&task);
+                }
+                Ok(Enqueued::New(task))
+            }
+            Some(Inserted::Existing(id)) => Ok(Enqueued::Existing(*id)),
+            None => Err(Error::Store(
+                "the store gave no answer for the task inserted".into(),
+            )),
+        }
+    }
+
     async fn claim(&self, max: usize, ttl: Duration) -> Result<Claim> {
         self.claim_ahead(max, 0, ttl).await
     }
