@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use self::envelope::{decode, decode_counts, decode_task, encode, module_hash};
+use self::envelope::{decode, decode_counts, decode_task, encode, module_hash, task_id};
 use self::flusher::Flusher;
 use self::overlay::{Layer, Merged, Overlay, write_layer};
 use self::payloads::PayloadFiles;
@@ -207,6 +207,13 @@ struct Writes {
     /// Modules known to be stored, so that `insert` does not look each
     /// one up again. Dropped by every removal of a module.
     modules: HashSet<ModuleHash>,
+    /// No stored task has an id above this one (the key of the newest
+    /// task when the store was opened, raised by every insert since;
+    /// removals leave it): `insert` looks up a new task's id only when
+    /// it is not above it. The ids a process makes only grow (they start
+    /// with the time, and [`TaskId::new`] keeps them increasing), so a
+    /// submission does not look up its id in sled, under the write lock.
+    newest_id: Option<[u8; 16]>,
 }
 
 /// What `update` needs of a stored, unfinished task record: its state
@@ -460,7 +467,16 @@ impl SledStore {
             Some(counts) => counts,
             None => store.recount()?,
         };
-        store.lock_writes().counts = counts;
+        // The newest task, with what the log's replay left in the overlay.
+        let newest_id = match store.scan(TreeId::Tasks, Bound::Unbounded, true).next() {
+            Some(Ok((key, _))) => Some(task_id("tasks", &key)?.to_bytes()),
+            Some(Err(e)) => return Err(store.storage("reading the newest task", e)),
+            None => None,
+        };
+        let mut writes = store.lock_writes();
+        writes.counts = counts;
+        writes.newest_id = newest_id;
+        drop(writes);
         Ok(store)
     }
 

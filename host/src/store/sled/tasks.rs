@@ -190,7 +190,9 @@ impl Store for SledStore {
                 }
             }
             let id = task.id.to_bytes();
-            if batch_ids.contains(&task.id) || self.contains(TreeId::Tasks, &id)? {
+            // Above every stored id, it is stored nowhere (`newest_id`).
+            let unseen = writes.newest_id.is_none_or(|newest| id > newest);
+            if batch_ids.contains(&task.id) || (!unseen && self.contains(TreeId::Tasks, &id)?) {
                 return Err(Error::Store(format!("task {} already exists", task.id)));
             }
             // Known from then on, whether or not this batch is stored: a
@@ -221,6 +223,10 @@ impl Store for SledStore {
             for (task, answer) in batch.iter().zip(&answers) {
                 if matches!(answer, Inserted::New) {
                     writes.wrote(task, true);
+                    let id = task.id.to_bytes();
+                    if writes.newest_id.is_none_or(|newest| id > newest) {
+                        writes.newest_id = Some(id);
+                    }
                 }
             }
             self.submitted.keep(

@@ -874,3 +874,55 @@ fn records_kept_as_submitted_read_as_stored_until_they_change() {
     assert_eq!(store.remove_finished(&[done.id]).unwrap(), vec![done.id]);
     assert_eq!(store.get(&done.id).unwrap(), None);
 }
+
+/// A new task's id is looked up only when it is not above every stored
+/// id: a task stored again under an id not above the newest is refused,
+/// before and after a reopen (which finds the newest in sled after a
+/// clean close, and in the log's replay after a kill), and an id below
+/// the newest that is free is stored.
+#[test]
+fn an_id_not_above_the_newest_is_looked_up() {
+    let refused = |store: &SledStore, task: &TaskRecord| {
+        let error = store.insert(std::slice::from_ref(task)).unwrap_err();
+        assert!(error.to_string().contains("already exists"), "{error}");
+    };
+    let (dir, store, module) = store_with_module();
+    let newest = record(module, TaskState::Queued, store.next_seq().unwrap());
+    let mut older = record(module, TaskState::Queued, store.next_seq().unwrap());
+    older.id = TaskId::from_bytes([0; 16]);
+    older.lease.as_mut().unwrap().task = older.id;
+    assert!(older.id < newest.id);
+    assert_eq!(
+        store.insert(std::slice::from_ref(&newest)).unwrap(),
+        [Inserted::New]
+    );
+    refused(&store, &newest);
+    // Below the newest and free: looked up, and stored.
+    assert_eq!(
+        store.insert(std::slice::from_ref(&older)).unwrap(),
+        [Inserted::New]
+    );
+    refused(&store, &older);
+    store.flush_blocking().unwrap();
+    let killed = tempfile::tempdir().unwrap();
+    copy_live(dir.path(), killed.path());
+    drop(store);
+
+    let store = open(killed.path());
+    assert!(store.replayed() > 0);
+    refused(&store, &newest);
+    refused(&store, &older);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.replayed(), 0);
+    refused(&store, &newest);
+    refused(&store, &older);
+    let next = record(module, TaskState::Queued, store.next_seq().unwrap());
+    assert!(next.id > newest.id);
+    assert_eq!(
+        store.insert(std::slice::from_ref(&next)).unwrap(),
+        [Inserted::New]
+    );
+    refused(&store, &next);
+    assert_eq!(store.counts().unwrap().total(), 3);
+}
