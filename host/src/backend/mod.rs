@@ -72,6 +72,13 @@ use crate::{Error, Event, ModuleSettings, Result};
 #[cfg(doc)]
 use crate::store::MemoryStore;
 
+/// The answer of [`Backend::enqueue`] to a batch of one task.
+pub(crate) fn only_answer(mut answers: Vec<Enqueued>) -> Result<Enqueued> {
+    answers
+        .pop()
+        .ok_or_else(|| Error::Store("the backend gave no answer for the task enqueued".into()))
+}
+
 /// What [`Backend::enqueue`] did with one task.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Enqueued {
@@ -175,10 +182,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// memory does, giving the record back in the box it came in). The
     /// default enqueues a batch of one.
     async fn enqueue_one(&self, task: Box<TaskRecord>) -> Result<Enqueued> {
-        self.enqueue(vec![*task])
-            .await?
-            .pop()
-            .ok_or_else(|| Error::Store("the backend gave no answer for the task enqueued".into()))
+        only_answer(self.enqueue(vec![*task]).await?)
     }
     /// Claims up to `max` ready tasks, by priority then submission order,
     /// each under a new lease lasting `ttl`.

@@ -156,8 +156,7 @@ impl Inner {
                 None => match enqueued.next().expect("one answer per record") {
                     Enqueued::New(record) => {
                         stored += 1;
-                        timed |=
-                            record.state == TaskState::Scheduled || record.expires_at.is_some();
+                        timed |= is_timed(&record);
                         self.emit(record.id, EventKind::Submitted);
                         Ok((record.id, true))
                     }
@@ -166,12 +165,8 @@ impl Inner {
             })
             .collect();
         self.left_queue(reserved - stored);
-        if stored > 0 && self.dispatcher_needed() {
-            self.work.notify_one();
-        }
-        // The timer only moves delayed tasks and expires waiting ones.
-        if timed {
-            self.timer.notify_one();
+        if stored > 0 {
+            self.wake_for_stored(timed);
         }
         Ok(answers)
     }
@@ -195,13 +190,7 @@ impl Inner {
         match self.backend.enqueue_one(record).await {
             Ok(Enqueued::New(record)) => {
                 self.emit(record.id, EventKind::Submitted);
-                if self.dispatcher_needed() {
-                    self.work.notify_one();
-                }
-                // The timer only moves delayed tasks and expires waiting ones.
-                if record.state == TaskState::Scheduled || record.expires_at.is_some() {
-                    self.timer.notify_one();
-                }
+                self.wake_for_stored(is_timed(&record));
                 Ok((record.id, true))
             }
             Ok(Enqueued::Existing(id)) => {
@@ -212,6 +201,18 @@ impl Inner {
                 self.left_queue(1);
                 Err(e)
             }
+        }
+    }
+
+    /// Wakes who must hear of tasks just stored: the dispatcher, if
+    /// needed, and the timer if one of them is `timed`.
+    fn wake_for_stored(&self, timed: bool) {
+        if self.dispatcher_needed() {
+            self.work.notify_one();
+        }
+        // The timer only moves delayed tasks and expires waiting ones.
+        if timed {
+            self.timer.notify_one();
         }
     }
 
@@ -351,6 +352,11 @@ fn validated_record(
 ) -> Result<TaskRecord> {
     let limits = executor.limits(&spec.limits)?;
     Ok(TaskRecord::new(spec, module, limits, now))
+}
+
+/// Whether the timer has to do with `record`: delayed, or expiring.
+fn is_timed(record: &TaskRecord) -> bool {
+    record.state == TaskState::Scheduled || record.expires_at.is_some()
 }
 
 /// Whether `error` is a spec's own fault, answered for that spec alone in

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use self::index::{Index, Running};
-use super::{Backend, Cancelled, Claim, Completed, Enqueued, LeaseState, Tick};
+use super::{Backend, Cancelled, Claim, Completed, Enqueued, LeaseState, Tick, only_answer};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
     Completion, INLINE_PAYLOAD, Lease, Millis, ModuleHash, Payload, Slot, TaskId, TaskRecord,
@@ -125,6 +125,14 @@ pub struct Recovered {
 
 /// Writes the large inputs of `tasks` to the store's files; on a failure,
 /// removes those written and fails.
+/// Whether `task`'s input is too large for its record: it goes to the
+/// store's files first.
+fn input_goes_to_file(task: &TaskRecord) -> bool {
+    task.input
+        .inline()
+        .is_some_and(|b| b.len() > INLINE_PAYLOAD)
+}
+
 fn keep_inputs(store: &dyn Store, mut tasks: Vec<TaskRecord>) -> Result<Vec<TaskRecord>> {
     for i in 0..tasks.len() {
         let task = &mut tasks[i];
@@ -247,13 +255,7 @@ impl EmbeddedBackend {
     /// given.
     fn try_store_tasks(&self, tasks: &mut Vec<TaskRecord>) -> Result<Vec<Enqueued>> {
         let mut index = self.lock();
-        let inserted = self.store.insert(tasks)?;
-        self.wrote();
-        for (task, inserted) in tasks.iter().zip(&inserted) {
-            if matches!(inserted, Inserted::New) && !task.state.is_final() {
-                index.insert(task);
-            }
-        }
+        let inserted = self.insert_locked(&mut index, tasks)?;
         // The rest without the lock, which the workers wait for.
         drop(index);
         let tasks = std::mem::take(tasks);
@@ -273,6 +275,19 @@ impl EmbeddedBackend {
                 Inserted::Existing(id) => Enqueued::Existing(id),
             })
             .collect())
+    }
+
+    /// Stores `tasks` in one write, with the index locked, and indexes
+    /// those stored that wait; the store's answer for each.
+    fn insert_locked(&self, index: &mut Index, tasks: &[TaskRecord]) -> Result<Vec<Inserted>> {
+        let inserted = self.store.insert(tasks)?;
+        self.wrote();
+        for (task, inserted) in tasks.iter().zip(&inserted) {
+            if matches!(inserted, Inserted::New) && !task.state.is_final() {
+                index.insert(task);
+            }
+        }
+        Ok(inserted)
     }
 
     /// Opens the backend over `store`: takes up its waiting tasks, and
@@ -613,10 +628,7 @@ impl Backend for EmbeddedBackend {
         }
         // Large inputs go to the store's files first, outside the lock; the
         // records, and so the index, hold only their size.
-        if tasks
-            .iter()
-            .any(|t| t.input.inline().is_some_and(|b| b.len() > INLINE_PAYLOAD))
-        {
+        if tasks.iter().any(input_goes_to_file) {
             let store = self.store.clone();
             tasks = tokio::task::spawn_blocking(move || keep_inputs(&*store, tasks))
                 .await
@@ -647,27 +659,13 @@ impl Backend for EmbeddedBackend {
         // Only a store in memory with an inline input skips the batch: a
         // durable store shares its write with concurrent submissions, and
         // a large input goes to a file first (`enqueue` does both).
-        let small = task
-            .input
-            .inline()
-            .is_some_and(|b| b.len() <= INLINE_PAYLOAD);
-        if !self.traits.in_memory || !small {
-            let mut answers = self.enqueue(vec![*task]).await?;
-            return answers.pop().ok_or_else(|| {
-                Error::Store("the backend gave no answer for the task enqueued".into())
-            });
+        if !self.traits.in_memory || input_goes_to_file(&task) {
+            return only_answer(self.enqueue(vec![*task]).await?);
         }
         task.seq = self.store.next_seq()?;
-        let mut index = self.lock();
-        let inserted = self.store.insert(std::slice::from_ref(&*task))?;
-        self.wrote();
+        let inserted = self.insert_locked(&mut self.lock(), std::slice::from_ref(&*task))?;
         match inserted.first() {
-            Some(Inserted::New) => {
-                if !task.state.is_final() {
-                    index.insert(&task);
-                }
-                Ok(Enqueued::New(task))
-            }
+            Some(Inserted::New) => Ok(Enqueued::New(task)),
             Some(Inserted::Existing(id)) => Ok(Enqueued::Existing(*id)),
             None => Err(Error::Store(
                 "the store gave no answer for the task inserted".into(),
