@@ -9,7 +9,9 @@
 //!     valgrind --tool=callgrind target/release/wpool-bench --only overhead
 //! ```
 //!
-//! (`raw`, `executor`, `pool` or `pool-close`, then workers, then tasks, and optionally
+//! (`raw`, `executor`, `pool`, `pool-close` or `pool-each` (each task
+//! submitted once the one before it has ended, so that its result always
+//! goes to a waiter), then workers, then tasks, and optionally
 //! the epoch tick in milliseconds: under callgrind a task takes some 50
 //! times longer, and a 1 ms tick would interrupt most of them, which it
 //! does not outside); the difference of two such runs with different task
@@ -180,6 +182,9 @@ enum Finish {
     AwaitEach,
     /// [`Pool::close`], then the results read.
     Close,
+    /// Each task submitted once the one before it has ended and its
+    /// result was awaited: a waiter is always there at a task's end.
+    EachInTurn,
 }
 
 /// Submits `count` tasks from a caller on a runtime of its own, then
@@ -192,6 +197,17 @@ fn submit_and_finish(pool: &Pool, wasm: &[u8], count: usize, input: &[u8], finis
         .unwrap();
     runtime.block_on(async {
         let started = Instant::now();
+        if finish == Finish::EachInTurn {
+            for _ in 0..count {
+                let handle = pool
+                    .submit(TaskSpec::new(hash, input.to_vec()))
+                    .await
+                    .unwrap();
+                let result = handle.wait().await.unwrap();
+                assert!(result.is_success(), "{:?}", result.outcome);
+            }
+            return count as f64 / started.elapsed().as_secs_f64();
+        }
         let mut handles = Vec::with_capacity(count);
         for _ in 0..count {
             handles.push(
@@ -264,10 +280,18 @@ fn alone(spec: &str, wasm: &[u8]) -> Result<Vec<Row>, Box<dyn std::error::Error>
         "executor" => executor_rate(wasm, workers, tasks, tick),
         "pool" => pool_rate(&new_pool(workers, tick)?, wasm, tasks, b""),
         "pool-close" => pool_close_rate(&new_pool(workers, tick)?, wasm, tasks),
+        "pool-each" => submit_and_finish(
+            &new_pool(workers, tick)?,
+            wasm,
+            tasks,
+            b"",
+            Finish::EachInTurn,
+        ),
         other => {
-            return Err(
-                format!("{ALONE}: raw, executor, pool or pool-close, not `{other}`").into(),
-            );
+            return Err(format!(
+                "{ALONE}: raw, executor, pool, pool-close or pool-each, not `{other}`"
+            )
+            .into());
         }
     };
     Ok(vec![Row::new(
