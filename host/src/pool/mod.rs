@@ -237,13 +237,21 @@ impl Background {
 const DELIVERY_BATCH: usize = 8;
 
 /// Those who wait for one task's result.
-type Waiters = Vec<oneshot::Sender<TaskRecord>>;
+/// Those who wait for a task's end. A record goes to each boxed: the
+/// channel then holds a pointer, not a record.
+type Waiters = Vec<oneshot::Sender<Box<TaskRecord>>>;
 
-/// Gives `record` to each of `waiters`.
-fn send_result(waiters: Waiters, record: &TaskRecord) {
+/// Gives `record` to each of `waiters`: the last one gets `record` itself
+/// and the others a copy, so that the usual single waiter costs the
+/// worker no copy of the record.
+fn send_result(mut waiters: Waiters, record: Box<TaskRecord>) {
+    let Some(last) = waiters.pop() else {
+        return;
+    };
     for waiter in waiters {
         let _ = waiter.send(record.clone());
     }
+    let _ = last.send(record);
 }
 
 /// A background task's hold on the pool; marks the task's end, however it
@@ -1083,7 +1091,7 @@ impl Inner {
         if !self.backend.is_shared() && self.backend.known_unfinished(&id) {
             // Waiting or running here: its end comes to the waiter, with no
             // record read now.
-            return receiver.await.map_err(|_| Error::ShutDown);
+            return receiver.await.map(|r| *r).map_err(|_| Error::ShutDown);
         }
         let record = match self.backend.get(&id).await {
             Ok(Some(record)) => record,
@@ -1104,7 +1112,7 @@ impl Inner {
             while self.lock_running().contains_key(&id) {
                 tokio::select! {
                     delivered = &mut receiver => {
-                        return delivered.map_err(|_| Error::ShutDown);
+                        return delivered.map(|r| *r).map_err(|_| Error::ShutDown);
                     }
                     () = tokio::time::sleep(Duration::from_millis(1)) => {}
                 }
@@ -1113,14 +1121,14 @@ impl Inner {
             return Ok(record);
         }
         if !self.backend.is_shared() {
-            return receiver.await.map_err(|_| Error::ShutDown);
+            return receiver.await.map(|r| *r).map_err(|_| Error::ShutDown);
         }
         // Another host may run it, and this pool would not hear of its
         // end: look again every poll interval.
         let mut receiver = receiver;
         let found = loop {
             tokio::select! {
-                result = &mut receiver => break result.map_err(|_| Error::ShutDown),
+                result = &mut receiver => break result.map(|r| *r).map_err(|_| Error::ShutDown),
                 () = tokio::time::sleep(self.config.poll_interval) => {
                     match self.backend.get(&id).await {
                         Ok(Some(record)) => {
@@ -1153,7 +1161,7 @@ impl Inner {
     /// Gives the final `record` to those who wait for it.
     fn wake_waiters(&self, record: &TaskRecord) {
         if let Some(waiters) = self.take_waiters(&record.id) {
-            send_result(waiters, record);
+            send_result(waiters, Box::new(record.clone()));
         }
     }
 
@@ -1203,7 +1211,7 @@ impl Inner {
         };
         if !more || !short {
             self.deliver_held();
-            send_result(waiters, &record);
+            send_result(waiters, record);
             return;
         }
         let held = {
@@ -1233,7 +1241,7 @@ impl Inner {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         for (record, waiters) in held {
-            send_result(waiters, &record);
+            send_result(waiters, record);
         }
     }
 
