@@ -46,8 +46,10 @@ pub(super) struct Running {
     /// The record as stored, for a store that does not change records in
     /// place ([`Store::changes_in_place`](crate::store::Store::changes_in_place)):
     /// its end is written from this copy, without reading the record back.
-    /// `None` on a store that changes them in place.
-    pub(super) record: Option<TaskRecord>,
+    /// `None` on a store that changes them in place. Boxed, so that the
+    /// running set's entries are a few words, not a record each, moved
+    /// in and out at every claim and end.
+    pub(super) record: Option<Box<TaskRecord>>,
 }
 
 impl Running {
@@ -57,7 +59,7 @@ impl Running {
         Running {
             lease: record.lease.expect("a claimed task holds a lease"),
             cancel_requested: record.cancel_requested,
-            record: keep.then(|| record.clone()),
+            record: keep.then(|| Box::new(record.clone())),
         }
     }
 

@@ -552,7 +552,7 @@ impl EmbeddedBackend {
         };
         match &running.record {
             Some(kept) => {
-                let mut record = Box::new(kept.clone());
+                let mut record = kept.clone();
                 current(&mut record);
                 change(&mut record);
                 let written = self.store.update(&record, TaskState::Running)?;
