@@ -1117,6 +1117,40 @@ async fn a_result_recorded_before_its_answer_was_lost_reaches_the_waiter() {
     pool.close().await.unwrap();
 }
 
+/// Several waiters of one task each get its whole result: the last one
+/// is handed the record itself, the others copies of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_waiter_of_a_task_gets_its_whole_result() {
+    let pool = Arc::new(pool(1));
+    let echo = module(&pool, programs::P1_ECHO).await;
+    pool.pause();
+    let handle = pool
+        .submit(TaskSpec::new(echo, b"for everyone".to_vec()))
+        .await
+        .unwrap();
+    let id = handle.id();
+    let mut waits = vec![tokio::spawn(async move { handle.wait().await })];
+    for _ in 0..3 {
+        let pool = Arc::clone(&pool);
+        waits.push(tokio::spawn(async move { pool.wait(id).await }));
+    }
+    // The waiters are registered (their first poll) before the run ends.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    pool.resume();
+    for wait in waits {
+        let result = tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("a waiter was never given the result")
+            .unwrap()
+            .unwrap();
+        assert_eq!(result.id, id);
+        assert_eq!(result.state, TaskState::Succeeded);
+        assert_eq!(result.output, b"for everyone");
+        assert_eq!(result.attempts.len(), 1);
+    }
+    pool.close().await.unwrap();
+}
+
 /// One worker, and an epoch tick long enough that every run is short,
 /// even in a debug build: the pool holds results for a batch.
 fn batching_pool() -> Pool {

@@ -236,9 +236,8 @@ impl Background {
 /// The most results [`Inner::hand_over`] holds before handing them over.
 const DELIVERY_BATCH: usize = 8;
 
-/// Those who wait for one task's result.
-/// Those who wait for a task's end. A record goes to each boxed: the
-/// channel then holds a pointer, not a record.
+/// Those who wait for one task's result. A record goes to each boxed:
+/// the channel then holds a pointer, not a record.
 type Waiters = Vec<oneshot::Sender<Box<TaskRecord>>>;
 
 /// Gives `record` to each of `waiters`: the last one gets `record` itself
