@@ -102,6 +102,17 @@ struct Inner {
     /// job's token is its own, not a child of one shutdown token, whose tree lock
     /// every job's creation and drop would take, from every thread.
     running: Box<[Mutex<Option<SharedToken>>]>,
+    /// Counted at every run: on cache lines of their own.
+    counters: RunCounters,
+}
+
+/// The counters every run writes, aligned to a cache line pair of their
+/// own: sharing a line with fields the callers read at every `spawn`
+/// (the queue's sender) had each run's count take that line from the
+/// caller's core.
+#[derive(Default)]
+#[repr(align(128))]
+struct RunCounters {
     /// Runs made by a direct call, not on a fiber.
     direct_calls: AtomicU64,
     /// Direct calls that ran too long and started over on a fiber.
@@ -157,8 +168,7 @@ impl Executor {
             stopping: AtomicBool::new(false),
             users: AtomicUsize::new(1),
             running: (0..config.workers).map(|_| Mutex::new(None)).collect(),
-            direct_calls: AtomicU64::new(0),
-            direct_restarts: AtomicU64::new(0),
+            counters: RunCounters::default(),
         });
         let executor = Executor { inner, user: true };
         for worker in 0..config.workers {
@@ -315,14 +325,14 @@ impl Executor {
     /// a fiber: runs of command modules that cannot wait in a host call and
     /// whose recent runs were short (see the README's *How a task runs*).
     pub fn direct_calls(&self) -> u64 {
-        self.inner.direct_calls.load(Ordering::Relaxed)
+        self.inner.counters.direct_calls.load(Ordering::Relaxed)
     }
 
     /// How many of the [direct calls](Executor::direct_calls) ran past two
     /// epoch ticks, and were ended and started over on a fiber (their
     /// work is lost, and at most two ticks of it).
     pub fn direct_call_restarts(&self) -> u64 {
-        self.inner.direct_restarts.load(Ordering::Relaxed)
+        self.inner.counters.direct_restarts.load(Ordering::Relaxed)
     }
 
     /// How many modules were loaded from the on-disk artifact cache
@@ -404,11 +414,15 @@ impl Executor {
             return RunReport::without_run(Outcome::Cancelled);
         }
         let config = &self.inner.config;
-        let settings = self.inner.registry.settings(&module.hash());
+        let registry = &self.inner.registry;
+        let own = registry.own_settings(&module.hash());
+        let settings = own
+            .as_deref()
+            .unwrap_or_else(|| registry.default_settings());
         let read_only_dirs: Vec<(std::path::PathBuf, String)> = config
             .read_only_dirs
             .iter()
-            .filter(|dir| dir.applies_to(&module.hash(), &settings))
+            .filter(|dir| dir.applies_to(&module.hash(), settings))
             .map(|dir| (dir.host.clone(), dir.guest.clone()))
             .collect();
         let cx = RunContext {
@@ -417,12 +431,12 @@ impl Executor {
             on_progress,
             fuel_metering: self.inner.engine.fuel_metering,
             env,
-            settings: &settings,
+            settings,
             read_only_dirs: &read_only_dirs,
             scratch_root: self.inner.scratch_root.as_deref(),
             epoch_tick: config.epoch_tick,
-            direct_calls: &self.inner.direct_calls,
-            direct_restarts: &self.inner.direct_restarts,
+            direct_calls: &self.inner.counters.direct_calls,
+            direct_restarts: &self.inner.counters.direct_restarts,
         };
         let engine = &self.inner.engine.engine;
         let mut report = match module.prepared() {

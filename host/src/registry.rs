@@ -2,7 +2,7 @@
 //! instantiate.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -123,6 +123,11 @@ pub(crate) struct Registry {
     /// The settings of a module that has none of its own, shared: every
     /// run looks its module's settings up.
     default_settings: Arc<ModuleSettings>,
+    /// How many modules have settings of their own (`settings`'s length,
+    /// written under its lock). While none has, a run takes the default
+    /// without the lock and the reference count, whose cache lines every
+    /// worker would otherwise write at every run.
+    own_settings: AtomicUsize,
     compilations: AtomicU64,
     loads: AtomicU64,
 }
@@ -149,6 +154,7 @@ impl Registry {
             modules: RwLock::new(ModuleMap::default()),
             settings: RwLock::new(ModuleMap::default()),
             default_settings: Arc::default(),
+            own_settings: AtomicUsize::new(0),
             compilations: AtomicU64::new(0),
             loads: AtomicU64::new(0),
         })
@@ -177,10 +183,12 @@ impl Registry {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(hash);
-        self.settings
+        let mut settings = self
+            .settings
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(hash);
+            .unwrap_or_else(PoisonError::into_inner);
+        settings.remove(hash);
+        self.own_settings.store(settings.len(), Ordering::Release);
     }
 
     /// Sets a module's run settings (default settings remove them).
@@ -194,6 +202,26 @@ impl Registry {
         } else {
             map.insert(*hash, Arc::new(settings));
         }
+        self.own_settings.store(map.len(), Ordering::Release);
+    }
+
+    /// A module's own run settings; `None` if it has none (it runs with
+    /// [`Registry::default_settings`]). No lock is taken while no module
+    /// has settings of its own.
+    pub(crate) fn own_settings(&self, hash: &ModuleHash) -> Option<Arc<ModuleSettings>> {
+        if self.own_settings.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hash)
+            .cloned()
+    }
+
+    /// The settings of a module that has none of its own.
+    pub(crate) fn default_settings(&self) -> &ModuleSettings {
+        &self.default_settings
     }
 
     /// A module's run settings (the default if none were set).
