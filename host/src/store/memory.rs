@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
+use super::{Inserted, StateCounts, Store, StoredModule, Tally, TaskFilter};
 use crate::task::{IdMap, Millis, ModuleMap, TaskId, TaskRecord, TaskState};
 use crate::{ModuleHash, ModuleSettings, Result};
 
@@ -32,7 +32,7 @@ struct Inner {
     modules: ModuleMap<Arc<[u8]>>,
     /// Module run settings.
     module_settings: ModuleMap<ModuleSettings>,
-    counts: StateCounts,
+    counts: Tally,
     seq: u64,
 }
 
@@ -252,7 +252,7 @@ impl Store for MemoryStore {
     }
 
     fn counts(&self) -> Result<StateCounts> {
-        Ok(self.lock().counts.clone())
+        Ok(self.lock().counts.counts())
     }
 
     fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64> {

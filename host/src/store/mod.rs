@@ -79,15 +79,48 @@ impl StateCounts {
     pub fn total(&self) -> u64 {
         self.0.values().sum()
     }
+}
 
+/// The number of tasks in each state, as a store keeps it up to date: one
+/// counter per state, moved at every transition without the map's
+/// look-ups and allocations ([`StateCounts`] is the public form, made
+/// when asked for).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tally([u64; TaskState::ALL.len()]);
+
+impl Tally {
+    /// Tasks in `state`.
+    pub(crate) fn get(&self, state: TaskState) -> u64 {
+        self.0[state as usize]
+    }
+
+    /// One task left `from` (if any) for `to` (if any).
     pub(crate) fn moved(&mut self, from: Option<TaskState>, to: Option<TaskState>) {
         if let Some(from) = from {
-            let n = self.0.entry(from).or_insert(0);
+            let n = &mut self.0[from as usize];
             *n = n.saturating_sub(1);
         }
         if let Some(to) = to {
-            *self.0.entry(to).or_insert(0) += 1;
+            self.0[to as usize] += 1;
         }
+    }
+
+    /// The states that hold tasks, with how many.
+    pub(crate) fn nonzero(&self) -> impl Iterator<Item = (TaskState, u64)> + '_ {
+        TaskState::ALL
+            .iter()
+            .map(|state| (*state, self.get(*state)))
+            .filter(|(_, n)| *n > 0)
+    }
+
+    /// Sets the tasks in `state` to `n`.
+    pub(crate) fn set(&mut self, state: TaskState, n: u64) {
+        self.0[state as usize] = n;
+    }
+
+    /// The public form: an entry for each state that holds tasks.
+    pub(crate) fn counts(&self) -> StateCounts {
+        StateCounts(self.nonzero().collect())
     }
 }
 

@@ -8,7 +8,7 @@ use super::envelope::{decode_task, open_envelope};
 use super::tasks::{Index, index_key};
 use super::wal::TreeId;
 use crate::Result;
-use crate::store::StateCounts;
+use crate::store::Tally;
 
 /// What [`SledStore::check`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,7 +37,7 @@ impl SledStore {
     pub fn check(&self) -> Result<CheckReport> {
         let writes = self.lock_writes();
         let mut report = CheckReport::default();
-        let mut counts = StateCounts::default();
+        let mut counts = Tally::default();
         let mut expected_unfinished = HashSet::new();
         let mut expected_finished = HashSet::new();
         // Ids of unreadable records: their index entries cannot be checked.
@@ -123,23 +123,13 @@ impl SledStore {
                 report.problems.push(e.to_string());
             }
         }
-        if unreadable.is_empty() && strip_zeros(&writes.counts) != strip_zeros(&counts) {
+        if unreadable.is_empty() && writes.counts != counts {
             report.problems.push(format!(
                 "the counts say {:?} but the records say {:?}",
-                writes.counts.0, counts.0
+                writes.counts.counts().0,
+                counts.counts().0
             ));
         }
         Ok(report)
     }
-}
-
-fn strip_zeros(counts: &StateCounts) -> StateCounts {
-    StateCounts(
-        counts
-            .0
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(s, n)| (*s, *n))
-            .collect(),
-    )
 }

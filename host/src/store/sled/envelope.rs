@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::{META_COUNTS, schema};
-use crate::store::StateCounts;
+use crate::store::Tally;
 use crate::task::{ModuleHash, TaskId, TaskRecord};
 use crate::{Error, Result};
 
@@ -236,11 +236,11 @@ pub(super) fn decode_task(key: &[u8], bytes: &[u8]) -> Result<TaskRecord> {
     task.map_err(|e| corrupted("tasks", key, e))
 }
 
-pub(super) fn encode_counts(counts: &StateCounts) -> Result<Vec<u8>> {
-    encode("meta", META_COUNTS, &schema::counts(counts))
+pub(super) fn encode_counts(counts: &Tally) -> Result<Vec<u8>> {
+    encode("meta", META_COUNTS, &schema::StoredCounts(counts))
 }
 
-pub(super) fn decode_counts(bytes: &[u8]) -> Result<StateCounts> {
+pub(super) fn decode_counts(bytes: &[u8]) -> Result<Tally> {
     schema::counts_from(decode("meta", META_COUNTS, bytes)?)
         .map_err(|e| corrupted("meta", META_COUNTS, e))
 }

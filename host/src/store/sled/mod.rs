@@ -55,7 +55,7 @@ use self::flusher::Flusher;
 use self::overlay::{Layer, Merged, Overlay, write_layer};
 use self::payloads::PayloadFiles;
 use self::wal::{Change, Checkpoint, TreeId, Wal};
-use super::StateCounts;
+use super::Tally;
 use crate::task::{ModuleHash, Payload, TaskId, TaskRecord, TaskState};
 use crate::{Error, Result};
 
@@ -196,7 +196,7 @@ pub struct SledStore {
 #[derive(Debug, Default)]
 struct Writes {
     /// The number of tasks in each state, as the `counts` record says.
-    counts: StateCounts,
+    counts: Tally,
     /// What `update` needs of the stored record of an unfinished task this
     /// process wrote (see [`Head`]), so that a claim or an end does not read
     /// and decode the record it replaces. Every write of a task record
@@ -617,8 +617,8 @@ impl SledStore {
     }
 
     /// Counts the tasks in each state by reading them all.
-    fn recount(&self) -> Result<StateCounts> {
-        let mut counts = StateCounts::default();
+    fn recount(&self) -> Result<Tally> {
+        let mut counts = Tally::default();
         for entry in self.scan(TreeId::Tasks, Bound::Unbounded, false) {
             let (key, value) = entry.map_err(|e| self.storage("counting tasks", e))?;
             counts.moved(None, Some(decode_task(&key, &value)?.state));

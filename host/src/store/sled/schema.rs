@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::Tally;
 use crate::task::{
     Attempt, Backoff, DEFAULT_MAX_INTERRUPTIONS, Lease, Payload, TaskId, TaskRecord, TaskState,
 };
@@ -368,20 +369,27 @@ impl TryFrom<StoredTaskV1> for TaskRecord {
     }
 }
 
-/// The counts as stored: `(state code, tasks)`.
-pub(super) fn counts(counts: &crate::store::StateCounts) -> Vec<(u8, u64)> {
-    counts
-        .0
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(s, n)| (state_code(*s), *n))
-        .collect()
+/// The counts as stored: a sequence of `(state code, tasks)` for the
+/// states that hold tasks, encoded as a `Vec<(u8, u64)>` of them is,
+/// without making one (every transition writes the counts).
+pub(super) struct StoredCounts<'a>(pub(super) &'a Tally);
+
+impl Serialize for StoredCounts<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let len = self.0.nonzero().count();
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for (state, n) in self.0.nonzero() {
+            seq.serialize_element(&(state_code(state), n))?;
+        }
+        seq.end()
+    }
 }
 
-pub(super) fn counts_from(stored: Vec<(u8, u64)>) -> Result<crate::store::StateCounts, String> {
-    let mut counts = crate::store::StateCounts::default();
+pub(super) fn counts_from(stored: Vec<(u8, u64)>) -> Result<Tally, String> {
+    let mut counts = Tally::default();
     for (code, n) in stored {
-        counts.0.insert(state_from(code)?, n);
+        counts.set(state_from(code)?, n);
     }
     Ok(counts)
 }

@@ -172,7 +172,7 @@ impl Store for SledStore {
         let encoded = batch.iter().map(encode_task).collect::<Result<Vec<_>>>()?;
         let copies = Submitted::copies(batch);
         let mut writes = self.lock_writes();
-        let mut new_counts = writes.counts.clone();
+        let mut new_counts = writes.counts;
         let mut change = Change::default();
         let mut answers = Vec::with_capacity(batch.len());
         // What this batch stores, as a later task of it must see it.
@@ -284,7 +284,7 @@ impl Store for SledStore {
         self.submitted.forget(&task.id);
         let mut new_counts = None;
         if state != task.state {
-            let mut moved = writes.counts.clone();
+            let mut moved = writes.counts;
             moved.moved(Some(state), Some(task.state));
             change.set(TreeId::Meta, META_COUNTS, encode_counts(&moved)?);
             new_counts = Some(moved);
@@ -393,7 +393,7 @@ impl Store for SledStore {
     }
 
     fn counts(&self) -> Result<StateCounts> {
-        Ok(self.lock_writes().counts.clone())
+        Ok(self.lock_writes().counts.counts())
     }
 
     fn purge_finished(&self, before: Millis, keep: Option<u64>) -> Result<u64> {
@@ -426,7 +426,7 @@ impl Store for SledStore {
             if doomed.is_empty() {
                 break;
             }
-            let mut new_counts = writes.counts.clone();
+            let mut new_counts = writes.counts;
             let mut files = Vec::new();
             let mut change = Change::default();
             for key in &doomed {
@@ -457,7 +457,7 @@ impl Store for SledStore {
 
     fn remove_finished(&self, ids: &[TaskId]) -> Result<Vec<TaskId>> {
         let mut writes = self.lock_writes();
-        let mut new_counts = writes.counts.clone();
+        let mut new_counts = writes.counts;
         let mut files = Vec::new();
         let mut removed = Vec::new();
         let mut change = Change::default();
