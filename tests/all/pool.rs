@@ -1225,3 +1225,41 @@ async fn a_held_result_does_not_wait_for_the_next_run() {
     assert_eq!(long.cancel().await.unwrap(), CancelResult::Killed);
     pool.stop().await.unwrap();
 }
+
+/// A worker keeps the module of its last run for the next task of the same
+/// module: tasks of two modules, alternating and in runs of one module,
+/// each run the module they name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_each_task_with_its_own_module() {
+    let pool = pool(1);
+    let echo = module(&pool, programs::P1_ECHO).await;
+    let whoami = module(&pool, programs::P1_WHOAMI).await;
+    // Queued while paused, so that the one worker takes them one after
+    // another, each with the end of the one before.
+    pool.pause();
+    let order = [echo, whoami, echo, echo, whoami, whoami, echo, whoami];
+    let mut handles = Vec::new();
+    for (i, module) in order.iter().enumerate() {
+        let input = if *module == echo {
+            format!("echo {i}").into_bytes()
+        } else {
+            b"0".to_vec()
+        };
+        handles.push((
+            *module,
+            pool.submit(TaskSpec::new(*module, input)).await.unwrap(),
+        ));
+    }
+    pool.resume();
+    for (i, (module, handle)) in handles.into_iter().enumerate() {
+        let id = handle.id();
+        let result = handle.wait().await.unwrap();
+        assert_eq!(result.state, TaskState::Succeeded, "task {i}");
+        let output = String::from_utf8(result.output).unwrap();
+        if module == echo {
+            assert_eq!(output, format!("echo {i}"));
+        } else {
+            assert_eq!(output, format!("task {id} attempt 1 slept 0 ms"));
+        }
+    }
+}

@@ -160,6 +160,10 @@ pub(crate) struct Inner {
     /// ([`PoolConfig::claim_ahead`]), in the order claimed: each is in
     /// `running` too (its lease renewed, a cancel reaching its token).
     ahead: Mutex<VecDeque<Ahead>>,
+    /// How many tasks `ahead` holds, set under its lock: a run's end
+    /// reads it without taking the lock, which every worker's end would
+    /// otherwise take.
+    ahead_len: AtomicUsize,
     /// Mean run time of recent runs, in µs (an exponential average): how
     /// far ahead to claim.
     mean_run_us: AtomicU64,
@@ -343,6 +347,7 @@ impl Pool {
             active_workers: AtomicUsize::new(workers),
             executing: AtomicUsize::new(0),
             ahead: Mutex::new(VecDeque::new()),
+            ahead_len: AtomicUsize::new(0),
             mean_run_us: AtomicU64::new(0),
             claim_ahead,
             paused: AtomicBool::new(false),

@@ -70,7 +70,7 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
                 .active_workers
                 .load(Ordering::Relaxed)
                 .saturating_sub(inner.executing.load(Ordering::Relaxed));
-            let want = (free + inner.ahead_depth()).saturating_sub(inner.lock_ahead().len());
+            let want = (free + inner.ahead_depth()).saturating_sub(inner.ahead_len());
             if want > 0 {
                 // Those beyond the free workers are claimed ahead: no
                 // attempt is stored for them until they run.
@@ -118,6 +118,23 @@ async fn dispatcher(guard: BackgroundGuard, count_waiting: bool) {
     inner.quiet.notify_waiters();
 }
 
+/// What a worker's chain of runs ([`Inner::run`]) keeps from one run to
+/// the next, so that a run writes fewer of the cache lines that the other
+/// workers' runs write too.
+struct Chain {
+    /// The module of the last run: the next task of the same module runs
+    /// it without the registry's lock and reference count, which every
+    /// worker would otherwise write at every run. The registry may drop a
+    /// module meanwhile (it is no longer stored); a task naming it by its
+    /// hash still names these very bytes, and the module's settings are
+    /// read at each run.
+    module: Option<crate::registry::CompiledModule>,
+    /// This chain's mean run time, in µs (an exponential average), and
+    /// the mean last published to [`Inner::mean_run_us`].
+    mean_us: u64,
+    published_us: u64,
+}
+
 /// How far ahead of its runs a pool claims: about what its workers finish
 /// in this time ([`crate::PoolConfig::claim_ahead`]); so also about the
 /// longest a task claimed ahead waits for a worker.
@@ -128,6 +145,23 @@ impl Inner {
         self.ahead
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many tasks wait claimed ahead, read without their lock.
+    fn ahead_len(&self) -> usize {
+        self.ahead_len.load(Ordering::Acquire)
+    }
+
+    /// Changes the tasks claimed ahead with `change`, under their lock,
+    /// and keeps their count.
+    fn change_ahead<T>(
+        &self,
+        change: impl FnOnce(&mut std::collections::VecDeque<Ahead>) -> T,
+    ) -> T {
+        let mut ahead = self.lock_ahead();
+        let answer = change(&mut ahead);
+        self.ahead_len.store(ahead.len(), Ordering::Release);
+        answer
     }
 
     /// How many tasks to hold claimed ahead now: what the workers finish
@@ -147,6 +181,23 @@ impl Inner {
             .saturating_mul(workers)
             / mean;
         usize::try_from(depth).unwrap_or(usize::MAX).min(max)
+    }
+
+    /// Counts a run of `us` in `chain`'s mean, and publishes that mean for
+    /// [`Inner::ahead_depth`] when it moved by more than a sixteenth since
+    /// it last did (not at every run: every worker's run would write the
+    /// one line all of them read).
+    fn timed(&self, chain: &mut Chain, us: u64) {
+        chain.mean_us = if chain.mean_us == 0 {
+            us
+        } else {
+            (chain.mean_us * 7 + us) / 8
+        };
+        let moved = chain.mean_us.abs_diff(chain.published_us);
+        if chain.published_us == 0 || moved > chain.published_us / 16 {
+            chain.published_us = chain.mean_us;
+            self.mean_run_us.store(chain.mean_us, Ordering::Relaxed);
+        }
     }
 
     /// Takes a worker for a run, if one is free.
@@ -204,7 +255,7 @@ impl Inner {
         if self.take_worker() {
             self.start_run(task);
         } else {
-            self.lock_ahead().push_back(task);
+            self.change_ahead(|ahead| ahead.push_back(task));
         }
     }
 
@@ -214,10 +265,10 @@ impl Inner {
             if self.paused.load(Ordering::SeqCst) || self.phase() >= Phase::Stopping {
                 return;
             }
-            if self.lock_ahead().is_empty() || !self.take_worker() {
+            if self.ahead_len() == 0 || !self.take_worker() {
                 return;
             }
-            let Some(task) = self.lock_ahead().pop_front() else {
+            let Some(task) = self.change_ahead(std::collections::VecDeque::pop_front) else {
                 // Taken by another run's end meanwhile.
                 self.executing.fetch_sub(1, Ordering::Relaxed);
                 return;
@@ -230,7 +281,7 @@ impl Inner {
     /// they never started, so no attempt or interruption is counted, and no
     /// event is sent (none said they started).
     async fn release_ahead(&self) {
-        let ahead: Vec<Ahead> = self.lock_ahead().drain(..).collect();
+        let ahead: Vec<Ahead> = self.change_ahead(|ahead| ahead.drain(..).collect());
         if ahead.is_empty() {
             return;
         }
@@ -295,8 +346,15 @@ impl Inner {
             lease,
             cancel,
         });
+        // Goes on from the pool's mean, as published.
+        let mean_us = self.mean_run_us.load(Ordering::Relaxed);
+        let mut chain = Chain {
+            module: None,
+            mean_us,
+            published_us: mean_us,
+        };
         while let Some(task) = next.take() {
-            next = self.run_one(task).await;
+            next = self.run_one(task, &mut chain).await;
             // A worker that keeps finding work would otherwise never
             // yield when nothing it awaits has to wait (trivial tasks on
             // the memory store): the runtime's other tasks (heartbeats,
@@ -321,7 +379,7 @@ impl Inner {
     /// is claimed by the dispatcher while this one's end is written. The
     /// run stays in `running` (its lease renewed, `close` and `stop`
     /// waiting for it) until its end is durable.
-    async fn run_one(self: &Arc<Self>, task: Ahead) -> Option<Ahead> {
+    async fn run_one(self: &Arc<Self>, task: Ahead, chain: &mut Chain) -> Option<Ahead> {
         let Ahead {
             mut record,
             lease,
@@ -332,7 +390,7 @@ impl Inner {
         // reads the worker's copy of the input (the end is written from
         // the store's record, and a run again reads the store's).
         let input = std::mem::replace(&mut record.input, Payload::Inline(Vec::new()));
-        let report = self.execute(&record, input, &cancel).await;
+        let report = self.execute(&record, input, &cancel, chain).await;
         let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
         let put_back = for_stop && report.outcome == Outcome::Cancelled;
         let keep_worker = !put_back
@@ -340,7 +398,7 @@ impl Inner {
             && self.may_start()
             && self.executing.load(Ordering::Relaxed)
                 <= self.active_workers.load(Ordering::Relaxed)
-            && self.lock_ahead().is_empty();
+            && self.ahead_len() == 0;
         if !keep_worker {
             self.executing.fetch_sub(1, Ordering::Relaxed);
         }
@@ -351,9 +409,7 @@ impl Inner {
             let us = u64::try_from(report.duration.as_micros())
                 .unwrap_or(u64::MAX)
                 .max(1);
-            let mean = self.mean_run_us.load(Ordering::Relaxed);
-            let mean = if mean == 0 { us } else { (mean * 7 + us) / 8 };
-            self.mean_run_us.store(mean, Ordering::Relaxed);
+            self.timed(chain, us);
         }
         if !keep_worker {
             self.start_ahead();
@@ -468,14 +524,18 @@ impl Inner {
         record: &TaskRecord,
         input: Payload,
         cancel: &SharedToken,
+        chain: &mut Chain,
     ) -> RunReport {
         let id = record.id;
-        let module = match self.compiled(&record.module).await {
-            Ok(module) => module,
-            Err(Error::InvalidModule(message)) => {
-                return RunReport::without_run(Outcome::InvalidModule(message));
-            }
-            Err(e) => return RunReport::without_run(Outcome::HostError(e.to_string())),
+        let module = match &chain.module {
+            Some(module) if module.hash() == record.module => module,
+            _ => match self.compiled(&record.module).await {
+                Ok(module) => chain.module.insert(module),
+                Err(Error::InvalidModule(message)) => {
+                    return RunReport::without_run(Outcome::InvalidModule(message));
+                }
+                Err(e) => return RunReport::without_run(Outcome::HostError(e.to_string())),
+            },
         };
         let pool = Arc::downgrade(self);
         let on_progress: crate::ProgressFn = Arc::new(move |done, total| {
@@ -512,7 +572,7 @@ impl Inner {
         };
         self.executor
             .run_shared(
-                &module,
+                module,
                 input,
                 &record.limits,
                 cancel,
