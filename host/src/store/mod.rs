@@ -65,7 +65,8 @@ impl TaskFilter {
     }
 }
 
-/// The number of tasks in each state.
+/// The number of tasks in each state. The backends list the states that
+/// hold tasks; [`StateCounts::get`] answers 0 for any other.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateCounts(pub BTreeMap<TaskState, u64>);
 
