@@ -47,6 +47,11 @@ struct State {
     /// `(first ticket, last ticket, error)` of recent failed flushes.
     failures: VecDeque<(u64, u64, String)>,
     stop: bool,
+    /// The thread waits on [`Shared::requested`]: a new ticket must wake
+    /// it. While it flushes, it looks for tickets when it is done, so a
+    /// ticket taken meanwhile wakes nobody (a wake is a system call, and
+    /// most tickets are taken while a flush is under way).
+    sleeping: bool,
 }
 
 impl State {
@@ -164,8 +169,11 @@ impl Shared {
         let mut state = self.lock();
         state.tickets += 1;
         let ticket = state.tickets;
+        let wake = state.sleeping;
         drop(state);
-        self.requested.notify_one();
+        if wake {
+            self.requested.notify_one();
+        }
         ticket
     }
 
@@ -178,11 +186,13 @@ impl Shared {
                 if wait.is_zero() {
                     break;
                 }
+                state.sleeping = true;
                 state = self
                     .requested
                     .wait_timeout(state, wait)
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
+                state.sleeping = false;
             }
             if state.covered == state.tickets {
                 if state.stop {
@@ -288,5 +298,89 @@ impl FlushStats {
         class.flushes += 1;
         class.bytes += bytes;
         class.busy += took;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A flusher that flushes on its own only once an hour: every flush
+    /// seen within the test was asked for.
+    fn hourly(flushes: Arc<AtomicU64>) -> Flusher {
+        Flusher::start(
+            Box::new(move || {
+                flushes.fetch_add(1, Ordering::SeqCst);
+                Ok(1)
+            }),
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    }
+
+    /// Runs `f` on a thread and waits at most 20 s for it: a ticket that
+    /// did not wake the sleeping thread would leave it waiting an hour.
+    fn within_20s(f: impl FnOnce() + Send + 'static) {
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the flush never came: the ticket did not wake the flushing thread");
+    }
+
+    #[test]
+    fn a_ticket_wakes_the_sleeping_thread() {
+        let flushes = Arc::new(AtomicU64::new(0));
+        let flusher = Arc::new(hourly(flushes.clone()));
+        for round in 1..=3 {
+            // Long enough for the thread to be asleep again.
+            std::thread::sleep(Duration::from_millis(50));
+            let waiting = flusher.clone();
+            within_20s(move || waiting.flush().unwrap());
+            assert_eq!(flushes.load(Ordering::SeqCst), round);
+        }
+    }
+
+    #[test]
+    fn tickets_taken_during_a_flush_get_a_flush_of_their_own() {
+        // Each flush takes 20 ms: the callers below take their tickets
+        // while the first one's flush is under way, when the thread is not
+        // asleep and nobody wakes it.
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counted = flushes.clone();
+        let flusher = Arc::new(
+            Flusher::start(
+                Box::new(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    Ok(1)
+                }),
+                Duration::from_secs(3600),
+            )
+            .unwrap(),
+        );
+        let callers: Vec<_> = (0..8)
+            .map(|i| {
+                let flusher = flusher.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(5 * i));
+                    flusher.flush().unwrap();
+                })
+            })
+            .collect();
+        within_20s(move || {
+            for caller in callers {
+                caller.join().unwrap();
+            }
+        });
+        let stats = flusher.stats();
+        assert_eq!(stats.waiters, 8);
+        assert_eq!(stats.flushes, flushes.load(Ordering::SeqCst));
     }
 }
