@@ -11,6 +11,7 @@ use wpool::{ModuleHash, Pool, PoolConfig, TaskSpec};
 use wpool_test_artifacts as programs;
 
 use crate::rows::{read, register, submitters, submitters_of, tempfile_dir};
+use crate::threads::Threads;
 use crate::{Row, Scale};
 
 /// Single submitters, each with one task at a time.
@@ -107,9 +108,13 @@ fn alone(spec: &str, cores: usize) -> Result<Vec<Row>, Box<dyn std::error::Error
     };
     let hash = register(&pool, &wasm)?;
     let before = sled.as_ref().map(|s| s.flush_stats());
+    let threads = Threads::now();
     let rate = submission.rate_of(&pool, hash, &input, tasks, true);
     if let (Some(store), Some(before)) = (&sled, before) {
         print_flushes(spec, true, tasks, &before, &store.flush_stats());
+    }
+    if let Some(threads) = threads {
+        threads.print_since(spec, tasks, cores);
     }
     drop(pool);
     drop(sled);
@@ -220,7 +225,12 @@ fn sled_next_to_memory(
         let memory = {
             let pool = Pool::new(config.clone())?;
             let hash = register(&pool, &wasm)?;
-            submission.rate(&pool, hash, count, wait)
+            let threads = Threads::now();
+            let rate = submission.rate(&pool, hash, count, wait);
+            if let (Some(threads), true) = (threads, wait) {
+                threads.print_since(&format!("memory store, {}", submission.who()), count, cores);
+            }
+            rate
         };
         for (name, sync) in [
             ("durable (group commit)", SyncMode::Durable),
@@ -236,8 +246,12 @@ fn sled_next_to_memory(
             let pool = Pool::with_store(config.clone(), store.clone())?;
             let hash = register(&pool, &wasm)?;
             let before = store.flush_stats();
+            let threads = Threads::now();
             let rate = submission.rate(&pool, hash, count, wait);
             let stats = store.flush_stats();
+            if let (Some(threads), true) = (threads, wait) {
+                threads.print_since(&format!("sled, {name}, {}", submission.who()), count, cores);
+            }
             drop(pool);
             drop(store);
             let _ = std::fs::remove_dir_all(&dir);

@@ -25,6 +25,7 @@ mod overhead;
 mod postgres;
 mod queued;
 mod rows;
+mod threads;
 
 use std::time::Duration;
 
