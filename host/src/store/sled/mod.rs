@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | `tasks` | task id (16 bytes) | the [`TaskRecord`] |
 //! | `unfinished` | seq (8 bytes BE) + id | empty: queued, scheduled and running tasks in submission order |
-//! | `finished` | finished-at millis (8 bytes BE) + id | empty: final tasks, oldest first, for retention |
+//! | `finished` | finished-at millis (8 bytes BE) | the ids of the final tasks that ended in that millisecond, for retention, oldest first (see [`finished`]) |
 //! | `keys` | idempotency key | task id |
 //! | `modules` | module hash (32 bytes) | the module's bytes |
 //! | `meta` | `schema`, `counts` | the schema version; the number of tasks in each state |
@@ -61,6 +61,7 @@ use crate::{Error, Result};
 
 mod check;
 mod envelope;
+mod finished;
 mod flusher;
 mod overlay;
 mod payloads;
@@ -84,8 +85,17 @@ pub use flusher::{FlushStats, SizeClass};
 /// submission logged (a set keeping bytes, see the log's format in `wal.rs`): a wpool that knows
 /// schema 4 at most could not replay such a record. Upgrading a schema 4
 /// store changes nothing but the version, and its log replays as it is.
-pub const SCHEMA_VERSION: u32 = 5;
+///
+/// Schema 6 keeps the `finished` index in sled as one value per
+/// millisecond of end time (see [`finished`]); the log and the task
+/// records are unchanged. Opening an older store groups its index first,
+/// in batches, before the version changes: a crash meanwhile leaves an
+/// older store, partly grouped, which the next open finishes grouping.
+pub const SCHEMA_VERSION: u32 = 6;
 
+/// Entries of the `finished` index grouped per batch when a store
+/// before schema 6 is opened.
+const GROUPING_PASS: usize = 10_000;
 /// The file beside the database that names the schema version.
 const VERSION_FILE: &str = "wpool-store";
 /// The file that names the process holding the directory.
@@ -378,6 +388,21 @@ impl SledStore {
             // now on.
             Some(version) if version < SCHEMA_VERSION => {
                 check_version(&dir, version)?;
+                if version < 6 {
+                    // Before the log is replayed onto it: the replay
+                    // writes the index grouped.
+                    let moved = finished::group_entries(&trees.finished, GROUPING_PASS)
+                        .and_then(|moved| db.flush().map(|_| moved))
+                        .map_err(|e| {
+                            Error::Store(format!(
+                                "grouping the finished index by millisecond in {} (schema \
+                                 {version} to {SCHEMA_VERSION}): {e}; nothing was lost, and the \
+                                 next open goes on from where this one stopped",
+                                dir.display()
+                            ))
+                        })?;
+                    tracing::info!(entries = moved, "grouped the finished index by millisecond");
+                }
                 write_schema()?;
                 tracing::info!(
                     dir = %dir.display(),
@@ -605,6 +630,10 @@ impl SledStore {
         rev: bool,
     ) -> Box<dyn Iterator<Item = ::sled::Result<(::sled::IVec, ::sled::IVec)>> + '_> {
         let overlay = self.overlay.range(tree, Bound::Unbounded, below);
+        if tree == TreeId::Finished {
+            let groups = finished::entries(self.trees.get(tree), below, rev);
+            return Box::new(Merged::new(overlay, groups, rev));
+        }
         let range = self
             .trees
             .get(tree)

@@ -211,6 +211,15 @@ pub(super) fn write_layer<'a>(
 ) -> std::result::Result<(), ::sled::Error> {
     for id in TreeId::ALL {
         let tree = tree(id);
+        if id == TreeId::Finished {
+            super::finished::write(
+                tree,
+                layer[id as usize]
+                    .iter()
+                    .map(|(key, value)| (&key.bytes[..], value.is_some())),
+            )?;
+            continue;
+        }
         for (key, value) in &layer[id as usize] {
             match value {
                 Some(value) => {

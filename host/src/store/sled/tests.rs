@@ -566,7 +566,7 @@ fn a_schema_3_store_is_upgraded_to_the_log_s_schema_with_its_tasks() {
         envelope::decode::<u32>("meta", META_SCHEMA, &stored).unwrap(),
         SCHEMA_VERSION
     );
-    assert_eq!(SCHEMA_VERSION, 5);
+    assert_eq!(SCHEMA_VERSION, 6);
 }
 
 /// Inputs and outputs are written as byte strings, read and written in
@@ -750,8 +750,95 @@ fn a_schema_4_store_killed_while_open_is_replayed_and_upgraded() {
     }
     assert_eq!(
         std::fs::read_to_string(copy.path().join(VERSION_FILE)).unwrap(),
-        "wpool store schema 5\n"
+        format!("wpool store schema {SCHEMA_VERSION}\n")
     );
+}
+
+/// Ends `task` (queued) at `at` milliseconds.
+fn end_at(store: &SledStore, task: &mut TaskRecord, at: u64) {
+    task.state = TaskState::Succeeded;
+    task.finished_at = Some(at);
+    assert!(store.update(task, TaskState::Queued).unwrap());
+}
+
+#[test]
+fn a_schema_5_store_killed_while_open_has_its_finished_index_grouped() {
+    let (dir, store, module) = store_with_module();
+    let mut tasks: Vec<_> = (0..12)
+        .map(|_| record(module, TaskState::Queued, store.next_seq().unwrap()))
+        .collect();
+    store.insert(&tasks).unwrap();
+    // Ended in milliseconds 100 (four of them), 101 (four), 102 (two);
+    // two still queued.
+    for (i, task) in tasks.iter_mut().take(10).enumerate() {
+        end_at(&store, task, 100 + i as u64 / 4);
+    }
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.trees.finished.len(), 3, "one value per millisecond");
+    // As a schema 5 wpool leaves it: one key per entry, empty values...
+    let entries: Vec<_> = store
+        .scan(TreeId::Finished, Bound::Unbounded, false)
+        .map(|e| e.unwrap().0)
+        .collect();
+    assert_eq!(entries.len(), 10);
+    store.trees.finished.clear().unwrap();
+    for entry in &entries {
+        store.trees.finished.insert(entry, &[][..]).unwrap();
+    }
+    store
+        .trees
+        .meta
+        .insert(
+            META_SCHEMA,
+            envelope::encode("meta", META_SCHEMA, &5u32).unwrap(),
+        )
+        .unwrap();
+    store.db.flush().unwrap();
+    // ...and ends in its log only, one in a millisecond sled has (101),
+    // one in a new one (103), when it was killed.
+    end_at(&store, &mut tasks[10], 101);
+    end_at(&store, &mut tasks[11], 103);
+    store.flush_blocking().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_live(dir.path(), copy.path());
+    drop(store);
+    std::fs::write(copy.path().join(VERSION_FILE), "wpool store schema 5\n").unwrap();
+
+    let store = open(copy.path());
+    assert!(store.replayed() > 0);
+    assert_eq!(
+        std::fs::read_to_string(copy.path().join(VERSION_FILE)).unwrap(),
+        format!("wpool store schema {SCHEMA_VERSION}\n")
+    );
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!((report.tasks, report.finished), (12, 12));
+    for task in &tasks {
+        assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(task));
+    }
+    // Retention reads the grouped index oldest first: the 9 tasks that
+    // ended before 102 (4 in sled's 100, 4 in sled's 101 and the one the
+    // log added to it).
+    assert_eq!(store.purge_finished(102, None).unwrap(), 9);
+    drop(store);
+    let store = open(copy.path());
+    assert_eq!(store.trees.finished.len(), 2, "102 and 103 left");
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!((report.tasks, report.finished), (3, 3));
+    // Keep 1 of the 3: the oldest two go, and their group with them.
+    assert_eq!(store.purge_finished(0, Some(1)).unwrap(), 2);
+    drop(store);
+    let store = open(copy.path());
+    assert_eq!(store.trees.finished.len(), 1);
+    let left: Vec<_> = store
+        .scan(TreeId::Finished, Bound::Unbounded, false)
+        .map(|e| e.unwrap().0)
+        .collect();
+    let mut expected = 103u64.to_be_bytes().to_vec();
+    expected.extend_from_slice(&tasks[11].id.to_bytes());
+    assert_eq!(left, vec![sled::IVec::from(expected)]);
 }
 
 /// [`Store::update_with`] on `store`: a change refused leaves the record

@@ -297,6 +297,11 @@ impl Change {
     ) -> std::result::Result<(), Apply> {
         for mut op in self.ops {
             let tree = tree(op.tree);
+            if op.tree == TreeId::Finished {
+                super::finished::write_one(tree, &op.key, op.value.is_some())
+                    .map_err(Apply::Sled)?;
+                continue;
+            }
             if op.kept.is_some() {
                 match tree.get(&op.key[..]).map_err(Apply::Sled)? {
                     Some(previous) => op.restore(&previous).map_err(Apply::Bad)?,
