@@ -84,6 +84,14 @@ pub enum Error {
     #[error("store: {0}")]
     Store(String),
 
+    /// The data directory is in use: another process holds it (a running
+    /// `wpool serve`, say), or a store this process opened on it earlier
+    /// is still open. The message names the directory and, when known,
+    /// the process. Stop that process or close that store, or use another
+    /// directory.
+    #[error("store: {0}")]
+    InUse(String),
+
     /// The store is out of reach for now (a PostgreSQL server that is
     /// down, restarting or cut off): nothing was changed that the caller
     /// was told of. Retry later; the pool itself waits for the store and
@@ -112,6 +120,12 @@ impl Error {
     /// ([`Error::Unavailable`]).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Unavailable(_))
+    }
+
+    /// Whether a data directory could not be opened because it is in use
+    /// ([`Error::InUse`]).
+    pub fn is_in_use(&self) -> bool {
+        matches!(self, Error::InUse(_))
     }
 }
 

@@ -199,7 +199,7 @@ fn cancel_kills_a_running_task_and_failures_have_their_exit_codes() {
     );
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     let out = wpool(&server.url, &["status", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
-    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let out = wpool(&server.url, &["status", "nope"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let out = wpool(
@@ -366,4 +366,33 @@ fn submit_with_no_server_uses_the_data_directory() {
     let out = wpool(&server.url, &["result", &queued, "--wait"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "hello");
+}
+
+/// `--data-dir` on a directory that cannot be opened says why: a daemon
+/// is named only when the directory is held, not for a store a newer
+/// wpool wrote.
+#[test]
+fn a_data_dir_that_cannot_be_opened_names_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let newer = dir.path().join("newer");
+    std::fs::create_dir(&newer).unwrap();
+    std::fs::write(newer.join("wpool-store"), "wpool store schema 99\n").unwrap();
+    let out = wpool_unnamed(&["list", "--data-dir", newer.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(message.contains("schema version 99"), "{message}");
+    assert!(message.contains("written by a newer wpool"), "{message}");
+    assert!(!message.contains("wpool serve"), "{message}");
+
+    let held = dir.path().join("held");
+    let store = wpool::store::SledStore::open(&held, &wpool::store::SledOptions::new()).unwrap();
+    let out = wpool_unnamed(&["list", "--data-dir", held.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(message.contains("is in use"), "{message}");
+    assert!(
+        message.contains("ask that daemon with --server"),
+        "{message}"
+    );
+    drop(store);
 }

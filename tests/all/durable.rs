@@ -446,7 +446,7 @@ async fn a_held_data_directory_gives_a_clear_error() {
 
     let error = SledStore::open(dir.path(), &SledOptions::new()).unwrap_err();
     let message = error.to_string();
-    assert!(matches!(error, wpool::Error::Store(_)), "{error:?}");
+    assert!(matches!(error, wpool::Error::InUse(_)), "{error:?}");
     assert!(
         message.contains(&dir.path().display().to_string()),
         "{message}"

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 
 use super::server::types::{ResultView, TaskAnswer, TaskList, TaskView};
 use super::{Failure, exit};
@@ -21,12 +21,18 @@ fn open(dir: &Path) -> Result<SledStore, Failure> {
         ));
     }
     SledStore::open(dir, &SledOptions::new())
-        .with_context(|| {
-            format!(
-                "cannot open the data directory {} (a running `wpool serve` holds it: ask that \
-                 daemon with --server instead)",
+        .map_err(|e| {
+            // The daemon is named only when the directory is held: a store
+            // of a newer schema, or a damaged one, has its own reason.
+            let hint = if e.is_in_use() {
+                " (a running `wpool serve` holds it: ask that daemon with --server instead)"
+            } else {
+                ""
+            };
+            anyhow::Error::new(e).context(format!(
+                "cannot open the data directory {}{hint}",
                 dir.display()
-            )
+            ))
         })
         .map_err(|e| Failure::new(exit::REFUSED, e))
 }

@@ -820,7 +820,7 @@ fn open_error(dir: &Path, e: ::sled::Error) -> Error {
     if is_lock_error(&e) {
         let holder = lock_holder(dir);
         if holder == Some(std::process::id()) {
-            return Error::Store(format!(
+            return Error::InUse(format!(
                 "the data directory {} is in use by this very process: a store (or a pool) \
                  opened on it earlier is still open. Drop it before opening the directory \
                  again, or use another data directory",
@@ -830,7 +830,7 @@ fn open_error(dir: &Path, e: ::sled::Error) -> Error {
         let holder = holder
             .map(|pid| format!(" (process {pid} opened it last, per {PID_FILE})"))
             .unwrap_or_default();
-        return Error::Store(format!(
+        return Error::InUse(format!(
             "the data directory {} is in use: another wpool process holds the lock on {}{holder}. \
              Stop that process, or use another data directory",
             dir.display(),
