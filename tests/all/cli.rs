@@ -199,7 +199,7 @@ fn cancel_kills_a_running_task_and_failures_have_their_exit_codes() {
     );
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     let out = wpool(&server.url, &["status", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
-    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     let out = wpool(&server.url, &["status", "nope"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let out = wpool(
