@@ -78,6 +78,20 @@ fn ids(at: &[u8], value: &[u8]) -> ::sled::Result<Vec<Id>> {
         .collect())
 }
 
+/// The ids sled holds in the group of `at` (none if it holds no group).
+fn read_group(tree: &::sled::Tree, at: &[u8; AT]) -> ::sled::Result<BTreeSet<Id>> {
+    Ok(match tree.get(at)? {
+        Some(value) => ids(at, &value)?.into_iter().collect(),
+        None => BTreeSet::new(),
+    })
+}
+
+/// The value of the group of `at`: the envelope of its ids, in order.
+fn encode_group(at: &[u8; AT], group: &BTreeSet<Id>) -> Vec<u8> {
+    let payload: Vec<u8> = group.iter().flatten().copied().collect();
+    envelope(at, &payload)
+}
+
 /// Sets (`true`) and removes (`false`) `changes` in the group of `at`,
 /// reading it and writing it back once.
 fn change_group(
@@ -85,10 +99,7 @@ fn change_group(
     at: [u8; AT],
     changes: impl IntoIterator<Item = (Id, bool)>,
 ) -> ::sled::Result<()> {
-    let mut group: BTreeSet<Id> = match tree.get(at)? {
-        Some(value) => ids(&at, &value)?.into_iter().collect(),
-        None => BTreeSet::new(),
-    };
+    let mut group = read_group(tree, &at)?;
     for (id, set) in changes {
         if set {
             group.insert(id);
@@ -99,8 +110,7 @@ fn change_group(
     if group.is_empty() {
         tree.remove(at)?;
     } else {
-        let payload: Vec<u8> = group.iter().flatten().copied().collect();
-        tree.insert(at, envelope(&at, &payload))?;
+        tree.insert(at, encode_group(&at, &group))?;
     }
     Ok(())
 }
@@ -229,16 +239,12 @@ pub(super) fn group_entries(tree: &::sled::Tree, pass: usize) -> ::sled::Result<
         }
         let mut batch = ::sled::Batch::default();
         for (at, keys) in &groups {
-            let mut group: BTreeSet<Id> = match tree.get(at)? {
-                Some(value) => ids(at, &value)?.into_iter().collect(),
-                None => BTreeSet::new(),
-            };
+            let mut group = read_group(tree, at)?;
             for key in keys {
                 group.insert(split(key)?.1);
                 batch.remove(key.clone());
             }
-            let payload: Vec<u8> = group.iter().flatten().copied().collect();
-            batch.insert(&at[..], envelope(at, &payload));
+            batch.insert(&at[..], encode_group(at, &group));
             moved += keys.len() as u64;
         }
         tree.apply_batch(batch)?;

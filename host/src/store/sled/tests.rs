@@ -537,20 +537,26 @@ fn reads_see_every_change_before_during_and_after_checkpoints() {
     verify(&store, &expected);
 }
 
+/// Marks `store`'s database with schema `version`, as an older wpool
+/// left it (the file beside it is the caller's to write).
+fn mark_schema(store: &SledStore, version: u32) {
+    store
+        .trees
+        .meta
+        .insert(
+            META_SCHEMA,
+            envelope::encode("meta", META_SCHEMA, &version).unwrap(),
+        )
+        .unwrap();
+}
+
 #[test]
 fn a_schema_3_store_is_upgraded_to_the_log_s_schema_with_its_tasks() {
     let (dir, store, module) = store_with_module();
     let task = record(module, TaskState::Queued, store.next_seq().unwrap());
     store.insert(std::slice::from_ref(&task)).unwrap();
     // As the last wpool without a log left it: schema 3 in both places.
-    store
-        .trees
-        .meta
-        .insert(
-            META_SCHEMA,
-            envelope::encode("meta", META_SCHEMA, &3u32).unwrap(),
-        )
-        .unwrap();
+    mark_schema(&store, 3);
     drop(store);
     std::fs::write(dir.path().join(VERSION_FILE), "wpool store schema 3\n").unwrap();
     std::fs::remove_dir_all(dir.path().join(wal::WAL_DIR)).unwrap();
@@ -727,14 +733,7 @@ fn a_schema_4_store_killed_while_open_is_replayed_and_upgraded() {
         .collect();
     // As a schema 4 wpool leaves it: records of plain sets in the log, and
     // schema 4 in sled and beside it.
-    store
-        .trees
-        .meta
-        .insert(
-            META_SCHEMA,
-            envelope::encode("meta", META_SCHEMA, &4u32).unwrap(),
-        )
-        .unwrap();
+    mark_schema(&store, 4);
     store.db.flush().unwrap();
     store.insert(&tasks).unwrap();
     store.flush_blocking().unwrap();
@@ -786,14 +785,7 @@ fn a_schema_5_store_killed_while_open_has_its_finished_index_grouped() {
     for entry in &entries {
         store.trees.finished.insert(entry, &[][..]).unwrap();
     }
-    store
-        .trees
-        .meta
-        .insert(
-            META_SCHEMA,
-            envelope::encode("meta", META_SCHEMA, &5u32).unwrap(),
-        )
-        .unwrap();
+    mark_schema(&store, 5);
     store.db.flush().unwrap();
     // ...and ends in its log only, one in a millisecond sled has (101),
     // one in a new one (103), when it was killed.
