@@ -15,7 +15,9 @@ use wpool::{
 };
 use wpool_test_artifacts as programs;
 
-use crate::util::read;
+use wpool::backend::{Backend as _, Completed, EmbeddedBackend};
+
+use crate::util::{Hooked, Hooks, read};
 
 fn open(dir: &Path) -> Arc<SledStore> {
     Arc::new(SledStore::open(dir, &SledOptions::new()).unwrap())
@@ -417,4 +419,110 @@ fn the_daemon_claims_ahead_when_told_to() {
         stderr.contains("`claim_ahead` must be at most 1024 (it is 5000)"),
         "{stderr}"
     );
+}
+
+/// What [`Hooked`] notes of an embedded backend over a durable sled
+/// store, on one clock: when each run's end was written without its flush
+/// (`complete_unflushed`), and when each flush the pool asked for began
+/// and ended. Its flushes start 20 ms late, so that an end shown before
+/// its flush would be seen well before that flush ends.
+#[derive(Debug, Default)]
+struct FlushWatched {
+    clock: std::sync::atomic::AtomicU64,
+    written: std::sync::Mutex<std::collections::HashMap<TaskId, u64>>,
+    flushes: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl FlushWatched {
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+}
+
+#[async_trait::async_trait]
+impl Hooks for FlushWatched {
+    fn completed_unflushed(&self, lease: &wpool::Lease, answer: &wpool::Result<Completed>) {
+        if let Ok(Completed::Recorded(_)) = answer {
+            let at = self.tick();
+            self.written.lock().unwrap().insert(lease.task, at);
+        }
+    }
+
+    async fn flush(&self, inner: &EmbeddedBackend) -> wpool::Result<()> {
+        let began = self.tick();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        inner.flush().await?;
+        let ended = self.tick();
+        self.flushes.lock().unwrap().push((began, ended));
+        Ok(())
+    }
+}
+
+/// While tasks claimed ahead wait, a worker goes on to the next without
+/// waiting for the flush of its last run's end, and that end is shown
+/// later: no waiter gets a result before a flush that began after the end
+/// was written has ended. Most runs of a burst take that way; every
+/// result is there after the store is opened again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_left_to_a_later_flush_is_shown_only_once_that_flush_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(Hooked {
+        inner: EmbeddedBackend::open(open(dir.path())).unwrap(),
+        hooks: FlushWatched::default(),
+    });
+    let pool = Pool::with_backend(config(1), backend.clone()).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    warm_up(&pool, echo).await;
+    let specs = (0..300).map(|i| TaskSpec::new(echo, i.to_string().into_bytes()));
+    let handles = pool.submit_many(specs).await.unwrap();
+    let waits: Vec<_> = handles
+        .into_iter()
+        .map(|handle| {
+            let backend = backend.clone();
+            let handle = handle.unwrap();
+            tokio::spawn(async move {
+                let result = handle.wait().await.unwrap();
+                (handle.id(), result, backend.hooks.tick())
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut deferred = 0;
+    for (i, waiting) in waits.into_iter().enumerate() {
+        let (id, result, seen) = waiting.await.unwrap();
+        assert_eq!(result.state, TaskState::Succeeded);
+        assert_eq!(result.output, i.to_string().as_bytes());
+        ids.push(id);
+        let Some(&written) = backend.hooks.written.lock().unwrap().get(&id) else {
+            continue;
+        };
+        deferred += 1;
+        let flushes = backend.hooks.flushes.lock().unwrap();
+        assert!(
+            flushes
+                .iter()
+                .any(|&(began, ended)| began > written && ended < seen),
+            "task {i}'s end, written at {written}, was seen at {seen}, and no flush \
+             between them covers it: {:?}",
+            flushes.iter().rev().take(4).collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        deferred >= 100,
+        "only {deferred} of 300 runs left their end to a later flush"
+    );
+    pool.close().await.unwrap();
+    drop(pool);
+    drop(backend);
+
+    let pool = Pool::with_store(config(1), open(dir.path())).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let result = pool
+            .result(*id)
+            .await
+            .unwrap()
+            .expect("a result shown is kept");
+        assert_eq!(result.output, i.to_string().as_bytes());
+    }
+    pool.close().await.unwrap();
 }

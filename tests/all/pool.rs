@@ -12,7 +12,7 @@ use wpool::{
 };
 use wpool_test_artifacts as programs;
 
-use crate::util::read;
+use crate::util::{Hooked, Hooks, read};
 
 fn config(workers: usize) -> PoolConfig {
     let mut config = PoolConfig::new();
@@ -975,63 +975,20 @@ fn many_threads_submit_and_cancel_and_nothing_is_lost() {
     );
 }
 
-/// An embedded backend whose next completion commits and then fails as if
-/// the connection broke before its answer came back.
+/// Makes the next completion of a [`Hooked`] backend commit and then fail
+/// as if the connection broke before its answer came back.
 #[derive(Debug)]
 struct AnswerLost {
-    inner: wpool::backend::EmbeddedBackend,
     lose_next: std::sync::atomic::AtomicBool,
 }
 
-#[async_trait::async_trait]
-impl wpool::backend::Backend for AnswerLost {
-    async fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> wpool::Result<()> {
-        self.inner.put_module(hash, bytes).await
-    }
-    async fn module(&self, hash: &ModuleHash) -> wpool::Result<Option<Vec<u8>>> {
-        self.inner.module(hash).await
-    }
-    async fn modules(&self) -> wpool::Result<Vec<wpool::store::StoredModule>> {
-        self.inner.modules().await
-    }
-    async fn delete_module(&self, hash: &ModuleHash) -> wpool::Result<bool> {
-        self.inner.delete_module(hash).await
-    }
-    async fn put_module_settings(
+impl Hooks for AnswerLost {
+    fn completed(
         &self,
-        hash: &ModuleHash,
-        settings: &wpool::ModuleSettings,
-    ) -> wpool::Result<()> {
-        self.inner.put_module_settings(hash, settings).await
-    }
-    async fn module_settings(
-        &self,
-        hash: &ModuleHash,
-    ) -> wpool::Result<Option<wpool::ModuleSettings>> {
-        self.inner.module_settings(hash).await
-    }
-    async fn enqueue(
-        &self,
-        tasks: Vec<wpool::TaskRecord>,
-    ) -> wpool::Result<Vec<wpool::backend::Enqueued>> {
-        self.inner.enqueue(tasks).await
-    }
-    async fn claim(&self, max: usize, ttl: Duration) -> wpool::Result<wpool::backend::Claim> {
-        self.inner.claim(max, ttl).await
-    }
-    async fn renew(
-        &self,
-        leases: &[wpool::Lease],
-        ttl: Duration,
-    ) -> wpool::Result<Vec<wpool::backend::LeaseState>> {
-        self.inner.renew(leases, ttl).await
-    }
-    async fn complete(
-        &self,
-        lease: &wpool::Lease,
-        run: wpool::Completion,
-    ) -> wpool::Result<wpool::backend::Completed> {
-        let done = self.inner.complete(lease, run).await?;
+        _lease: &wpool::Lease,
+        answer: wpool::Result<(wpool::backend::Completed, wpool::backend::Claim)>,
+    ) -> wpool::Result<(wpool::backend::Completed, wpool::backend::Claim)> {
+        let answer = answer?;
         if self
             .lose_next
             .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -1040,46 +997,7 @@ impl wpool::backend::Backend for AnswerLost {
                 "the connection broke before the commit's answer came back".into(),
             ));
         }
-        Ok(done)
-    }
-    async fn release(&self, lease: &wpool::Lease) -> wpool::Result<bool> {
-        self.inner.release(lease).await
-    }
-    async fn expire_leases(&self) -> wpool::Result<Vec<wpool::TaskRecord>> {
-        self.inner.expire_leases().await
-    }
-    async fn tick(&self) -> wpool::Result<wpool::backend::Tick> {
-        self.inner.tick().await
-    }
-    async fn cancel(&self, id: &wpool::TaskId) -> wpool::Result<wpool::backend::Cancelled> {
-        self.inner.cancel(id).await
-    }
-    async fn get(&self, id: &wpool::TaskId) -> wpool::Result<Option<wpool::TaskRecord>> {
-        self.inner.get(id).await
-    }
-    async fn by_key(&self, key: &str) -> wpool::Result<Option<wpool::TaskId>> {
-        self.inner.by_key(key).await
-    }
-    async fn list(&self, filter: &TaskFilter) -> wpool::Result<Vec<wpool::TaskRecord>> {
-        self.inner.list(filter).await
-    }
-    async fn counts(&self) -> wpool::Result<wpool::store::StateCounts> {
-        self.inner.counts().await
-    }
-    async fn purge_finished(&self, before: u64, keep: Option<u64>) -> wpool::Result<u64> {
-        self.inner.purge_finished(before, keep).await
-    }
-    async fn delete_finished(&self, ids: &[wpool::TaskId]) -> wpool::Result<Vec<wpool::TaskId>> {
-        self.inner.delete_finished(ids).await
-    }
-    async fn gc_modules(&self) -> wpool::Result<u64> {
-        self.inner.gc_modules().await
-    }
-    async fn flush(&self) -> wpool::Result<()> {
-        self.inner.flush().await
-    }
-    fn is_durable(&self) -> bool {
-        self.inner.is_durable()
+        Ok(answer)
     }
 }
 
@@ -1090,9 +1008,11 @@ impl wpool::backend::Backend for AnswerLost {
 /// lost lease and never telling anyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_recorded_before_its_answer_was_lost_reaches_the_waiter() {
-    let backend = AnswerLost {
+    let backend = Hooked {
         inner: wpool::backend::EmbeddedBackend::open(Arc::new(MemoryStore::new())).unwrap(),
-        lose_next: std::sync::atomic::AtomicBool::new(true),
+        hooks: AnswerLost {
+            lose_next: std::sync::atomic::AtomicBool::new(true),
+        },
     };
     let pool = Pool::with_backend(config(1), Arc::new(backend)).unwrap();
     let echo = module(&pool, programs::P1_ECHO).await;

@@ -116,7 +116,9 @@ pub enum LeaseState {
 /// What [`Backend::complete`] did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Completed {
-    /// The run's end is recorded (durably); this is the task now.
+    /// The run's end is recorded (durably, but from
+    /// [`Backend::complete_unflushed`] only once flushed); this is the
+    /// task now.
     Recorded(Box<TaskRecord>),
     /// The lease was lost: nothing was written.
     LeaseLost,
@@ -233,6 +235,23 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// together (then a pool's worker claims its next task with the end
     /// of its run, instead of the dispatcher claiming it).
     fn completes_with_claim(&self) -> bool {
+        false
+    }
+    /// [`Backend::complete`] without waiting for the end to be durable:
+    /// the caller calls [`Backend::flush`] before it shows the end to
+    /// anyone (its result, its event, the run leaving the running ones).
+    /// A worker then goes on to a task claimed ahead while its last end
+    /// waits for a flush, and one flush, awaited once, covers the ends of
+    /// many runs. Only worth it where [`Backend::completes_unflushed`]
+    /// says so; the default is [`Backend::complete`], durable when it
+    /// returns.
+    async fn complete_unflushed(&self, lease: &Lease, run: Completion) -> Result<Completed> {
+        self.complete(lease, run).await
+    }
+    /// Whether [`Backend::complete_unflushed`] returns before the end is
+    /// durable (a store with group commit), so that deferring the flush
+    /// saves a wait. Default: `false`.
+    fn completes_unflushed(&self) -> bool {
         false
     }
     /// Puts a task back in the queue without counting an attempt or an

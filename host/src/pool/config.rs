@@ -157,7 +157,12 @@ impl PoolConfig {
     /// flush) before each task, which bounds a durable store's throughput
     /// to about one task per flush per worker, whatever the tasks cost.
     /// With claiming ahead, one flush carries the claims of many tasks,
-    /// held under lease (and renewed) until a worker takes them.
+    /// held under lease (and renewed) until a worker takes them. A worker
+    /// whose run ends while such tasks wait goes on to the next at once,
+    /// and its end is shown (result, event, counters) once a flush that
+    /// began after it was written has ended, a flush the pool awaits once
+    /// for the ends of all runs meanwhile
+    /// ([`Backend::complete_unflushed`](crate::backend::Backend::complete_unflushed)).
     ///
     /// The pool claims ahead only as much as its workers finish in the
     /// 50 ms after their current runs, judged by the recent runs' mean

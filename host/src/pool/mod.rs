@@ -117,6 +117,15 @@ struct Running {
     progress: Option<(u64, u64)>,
 }
 
+/// Ends of runs written and not yet durable ([`Inner::show_after_flush`]).
+#[derive(Default)]
+struct Unflushed {
+    /// The run's task, its record as written, whether the run was short.
+    ends: Vec<(TaskId, Box<TaskRecord>, bool)>,
+    /// Whether an async task shows them (it looks again before it ends).
+    showing: bool,
+}
+
 pub(crate) struct Inner {
     executor: Executor,
     backend: Arc<dyn Backend>,
@@ -138,6 +147,9 @@ pub(crate) struct Inner {
     /// waiters: a worker that goes on to another task hands them over in
     /// batches (see [`Inner::hand_over`]).
     deliveries: Mutex<Vec<(Box<TaskRecord>, Waiters)>>,
+    /// Ends of runs written and not yet durable, to be shown once a flush
+    /// covers them (see [`Inner::show_after_flush`]).
+    unflushed: Mutex<Unflushed>,
     phase: AtomicU8,
     /// Tasks waiting in the queue (queued or scheduled), as far as this
     /// pool knows: it counts its own submissions and every task it sees
@@ -340,6 +352,7 @@ impl Pool {
             subscribed: AtomicBool::new(false),
             waiters: Mutex::new(IdMap::default()),
             deliveries: Mutex::new(Vec::new()),
+            unflushed: Mutex::default(),
             phase: AtomicU8::new(Phase::Open as u8),
             waiting: AtomicUsize::new(waiting.unwrap_or(0)),
             room: Notify::new(),

@@ -393,15 +393,11 @@ impl Inner {
         let report = self.execute(&record, input, &cancel, chain).await;
         let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
         let put_back = for_stop && report.outcome == Outcome::Cancelled;
-        let keep_worker = !put_back
-            && self.backend.completes_with_claim()
+        let may_go_on = !put_back
             && self.may_start()
             && self.executing.load(Ordering::Relaxed)
-                <= self.active_workers.load(Ordering::Relaxed)
-            && self.ahead_len() == 0;
-        if !keep_worker {
-            self.executing.fetch_sub(1, Ordering::Relaxed);
-        }
+                <= self.active_workers.load(Ordering::Relaxed);
+        let keep_worker = may_go_on && self.backend.completes_with_claim() && self.ahead_len() == 0;
         // A short run's result may be held for a moment with others
         // (`Inner::hand_over`).
         let short = report.duration < self.executor.config().epoch_tick;
@@ -411,7 +407,36 @@ impl Inner {
                 .max(1);
             self.timed(chain, us);
         }
+        // Tasks claimed ahead wait, on a store that commits in groups: the
+        // worker goes on to the first of them at once (its claim is
+        // durable: the dispatcher flushed it before handing it out), and
+        // this run's end is shown once a flush covers it, by one async
+        // task for the ends of all runs meanwhile (`Inner::show_after_flush`).
+        // Otherwise the worker would wait for that flush, or be freed and
+        // the next task spawned as a new async task, whose wait for its
+        // own end's flush is one more wake per run.
+        if may_go_on
+            && !keep_worker
+            && self.backend.completes_unflushed()
+            && let Some(mut next) = self.change_ahead(std::collections::VecDeque::pop_front)
+        {
+            // The dispatcher claims again what this took.
+            self.work.notify_one();
+            let run = completion(&record, report);
+            match self.backend.complete_unflushed(&lease, run.clone()).await {
+                Ok(Completed::Recorded(ended)) => self.show_after_flush(id, ended, short),
+                // Not recorded at once: as any other end, tried again or
+                // found lost, and shown when it is.
+                _ => {
+                    let (recorded, _) = self.record_completion(&record, lease, run, None).await;
+                    self.end_shown(id, recorded, false, true, short);
+                }
+            }
+            self.begin(&mut next.record);
+            return Some(next);
+        }
         if !keep_worker {
+            self.executing.fetch_sub(1, Ordering::Relaxed);
             self.start_ahead();
             // On a durable store the next claim may share the flush of
             // this run's end; on another the end is recorded at once, and
@@ -449,11 +474,32 @@ impl Inner {
                 self.start_ahead();
             }
         }
-        // A final end is announced (event, counters) while the run is
-        // still in `running`, and delivered to waiters after it left: a
-        // waiter given the result finds the run gone and the event sent,
-        // and one that reads the stored end meanwhile sees the run still
-        // there and waits for the delivery (`Inner::wait`).
+        self.end_shown(id, recorded, released, next.is_some(), short);
+        match &mut next {
+            Some(task) => self.begin(&mut task.record),
+            None => self.work.notify_one(),
+        }
+        next
+    }
+
+    /// Shows the end of the run of `id`, durable by now: `recorded` (the
+    /// task as recorded, or `None` if it was not), `released` (put back in
+    /// the queue); `more`: its worker goes on to another task; `short`:
+    /// the run took less than an epoch tick ([`Inner::hand_over`]).
+    ///
+    /// A final end is announced (event, counters) while the run is still
+    /// in `running`, and delivered to waiters after it left: a waiter
+    /// given the result finds the run gone and the event sent, and one
+    /// that reads the stored end meanwhile sees the run still there and
+    /// waits for the delivery (`Inner::wait`).
+    fn end_shown(
+        self: &Arc<Self>,
+        id: crate::TaskId,
+        recorded: Option<Box<TaskRecord>>,
+        released: bool,
+        more: bool,
+        short: bool,
+    ) {
         let (done, recorded) = match recorded {
             Some(record) if record.state.is_final() => (Some(record), None),
             other => (None, other),
@@ -471,24 +517,79 @@ impl Inner {
             self.emit(id, EventKind::Requeued);
         }
         if let Some(record) = done {
-            self.hand_over(record, next.is_some(), short);
+            self.hand_over(record, more, short);
         } else if let Some(record) = &recorded {
             self.recorded(record);
-        }
-        match &mut next {
-            Some(task) => self.begin(&mut task.record),
-            None => self.work.notify_one(),
         }
         // Whoever waits for the pool to be quiet (`Inner::until_idle`,
         // `Inner::until_drained`) looks for an empty `running` first: a
         // wake while runs remain would only send it back to sleep, and
         // costs a system call into its runtime per task when `close`
         // waits on another thread. `idle` was read under the lock of the
-        // removal: the last run to leave always wakes it.
+        // removal: the last run to leave always wakes it. (A worker that
+        // goes on has its next task in `running` already.)
         if idle {
             self.quiet.notify_waiters();
         }
-        next
+    }
+
+    /// Shows the end of the run of `id`, written as `record` and not yet
+    /// durable, once a flush covers it. The ends that come meanwhile wait
+    /// together: one async task takes them all, waits for one flush (woken
+    /// once for all of them), and shows each ([`Inner::end_shown`]); then
+    /// takes those that came during that flush, until none are left.
+    fn show_after_flush(self: &Arc<Self>, id: crate::TaskId, record: Box<TaskRecord>, short: bool) {
+        let start = {
+            let mut unflushed = self.lock_unflushed();
+            unflushed.ends.push((id, record, short));
+            !std::mem::replace(&mut unflushed.showing, true)
+        };
+        if start {
+            let guard = BackgroundGuard::new(self);
+            self.executor.handle().spawn(async move {
+                guard.inner().show_flushed().await;
+            });
+        }
+    }
+
+    fn lock_unflushed(&self) -> std::sync::MutexGuard<'_, super::Unflushed> {
+        self.unflushed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The async task of [`Inner::show_after_flush`].
+    async fn show_flushed(self: &Arc<Self>) {
+        let mut ends = Vec::new();
+        loop {
+            {
+                let mut unflushed = self.lock_unflushed();
+                if unflushed.ends.is_empty() {
+                    unflushed.showing = false;
+                    return;
+                }
+                std::mem::swap(&mut unflushed.ends, &mut ends);
+            }
+            // Every end taken was written before this flush was asked for.
+            let durable = match self.backend.flush().await {
+                Ok(()) => true,
+                Err(e) => {
+                    // As when a run's end and its flush fail together: the
+                    // results are not shown (they may not be on disk), and
+                    // what the store's log holds decides what runs again
+                    // when it is next opened.
+                    tracing::error!(
+                        error = %e,
+                        tasks = ends.len(),
+                        "cannot make the ends of runs durable; their results are not shown"
+                    );
+                    false
+                }
+            };
+            for (id, record, short) in ends.drain(..) {
+                self.end_shown(id, durable.then_some(record), false, false, short);
+            }
+        }
     }
 
     /// What a run's end claimed for its worker ([`Inner::run_one`]): the
@@ -600,20 +701,19 @@ impl Inner {
         report: RunReport,
         claim_next: Option<Duration>,
     ) -> (Option<Box<TaskRecord>>, Claim) {
+        let run = completion(record, report);
+        self.record_completion(record, lease, run, claim_next).await
+    }
+
+    /// [`Inner::record_run`] of the run's end as made by [`completion`].
+    async fn record_completion(
+        &self,
+        record: &TaskRecord,
+        lease: Lease,
+        run: Completion,
+        claim_next: Option<Duration>,
+    ) -> (Option<Box<TaskRecord>>, Claim) {
         let id = lease.task;
-        let run = Completion {
-            outcome: report.outcome,
-            output: report.output.into(),
-            log: report.log,
-            progress: report.progress,
-            duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
-            fuel_consumed: report.fuel_consumed,
-            started_at: record
-                .attempts
-                .last()
-                .map_or_else(now_millis, |a| a.started_at),
-            at: now_millis(),
-        };
         let mut outage = Outage::default();
         // A call cut off by the outage may have committed before its
         // answer was lost.
@@ -822,6 +922,23 @@ impl Inner {
                 Some(now_millis() + 1000)
             }
         }
+    }
+}
+
+/// The end of a run of `record`, as `report` tells it, to be recorded.
+fn completion(record: &TaskRecord, report: RunReport) -> Completion {
+    Completion {
+        outcome: report.outcome,
+        output: report.output.into(),
+        log: report.log,
+        progress: report.progress,
+        duration_us: u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX),
+        fuel_consumed: report.fuel_consumed,
+        started_at: record
+            .attempts
+            .last()
+            .map_or_else(now_millis, |a| a.started_at),
+        at: now_millis(),
     }
 }
 

@@ -572,6 +572,99 @@ impl EmbeddedBackend {
         }
     }
 
+    /// Writes the end of the run under `lease` and claims up to `max`
+    /// ready tasks, under one lock of the index, without flushing:
+    /// [`Backend::complete_and_claim`] flushes after it,
+    /// [`Backend::complete_unflushed`] leaves that to its caller.
+    async fn end_and_claim(
+        &self,
+        lease: &Lease,
+        mut run: Completion,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<(Completed, Claim)> {
+        // A large output goes to the store's file first, outside the lock
+        // (it is written and synced), and is named by the record after.
+        if let Payload::Inline(bytes) = &mut run.output
+            && bytes.len() > INLINE_PAYLOAD
+        {
+            let bytes = std::mem::take(bytes);
+            let store = self.store.clone();
+            let (task, token) = (lease.task, lease.token);
+            run.output = tokio::task::spawn_blocking(move || {
+                store.keep_payload(&task, Slot::Output, token, bytes)
+            })
+            .await
+            .map_err(|e| Error::Store(format!("keeping an output panicked: {e}")))??;
+        }
+        let discard = |output: &Payload| {
+            if let Err(e) = self
+                .store
+                .discard_payload(&lease.task, Slot::Output, output)
+            {
+                tracing::warn!(task = %lease.task, error = %e, "cannot remove an output no record names");
+            }
+        };
+        let (record, claim) = {
+            let mut index = self.lock();
+            let held = index
+                .running
+                .get(&lease.task)
+                .filter(|running| running.is_held_by(lease));
+            let Some(running) = held else {
+                drop(index);
+                discard(&run.output);
+                return Ok((Completed::LeaseLost, Claim::default()));
+            };
+            // What to remove if the end is not recorded after all: a file
+            // of the store's (an inline output goes with the record, and
+            // is not copied for this).
+            let output = match &run.output {
+                Payload::File { .. } => run.output.clone(),
+                Payload::Inline(_) => Payload::Inline(Vec::new()),
+            };
+            let at = run.at;
+            let mut run = Some(run);
+            let written = self.change_running(&lease.task, running, &mut |record| {
+                record.complete(run.take().expect("a run ends once"));
+            });
+            let record = match written {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    drop(index);
+                    discard(&output);
+                    return Err(Error::Store(format!(
+                        "task {} changed in the store behind the queue's back",
+                        lease.task
+                    )));
+                }
+                Err(e) => {
+                    drop(index);
+                    discard(&output);
+                    return Err(e);
+                }
+            };
+            self.wrote();
+            self.leave_running(&mut index, &lease.task);
+            if !record.state.is_final() {
+                index.insert(&record);
+            }
+            // The end is written: a failed claim leaves the tasks queued,
+            // for the dispatcher.
+            let claim = match max {
+                0 => Claim::default(),
+                _ => self
+                    .claim_locked(&mut index, max, 0, ttl, at)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot claim the next task after a run; the dispatcher will");
+                        Claim::default()
+                    }),
+            };
+            (record, claim)
+        };
+        Ok((Completed::Recorded(record), claim))
+    }
+
     fn lease(&self, task: TaskId, now: Millis, ttl: Duration) -> Lease {
         Lease {
             task,
@@ -716,95 +809,29 @@ impl Backend for EmbeddedBackend {
     async fn complete_and_claim(
         &self,
         lease: &Lease,
-        mut run: Completion,
+        run: Completion,
         max: usize,
         ttl: Duration,
     ) -> Result<(Completed, Claim)> {
-        // A large output goes to the store's file first, outside the lock
-        // (it is written and synced), and is named by the record after.
-        if let Payload::Inline(bytes) = &mut run.output
-            && bytes.len() > INLINE_PAYLOAD
-        {
-            let bytes = std::mem::take(bytes);
-            let store = self.store.clone();
-            let (task, token) = (lease.task, lease.token);
-            run.output = tokio::task::spawn_blocking(move || {
-                store.keep_payload(&task, Slot::Output, token, bytes)
-            })
-            .await
-            .map_err(|e| Error::Store(format!("keeping an output panicked: {e}")))??;
+        let (completed, claim) = self.end_and_claim(lease, run, max, ttl).await?;
+        if matches!(completed, Completed::Recorded(_)) {
+            self.flush_writes().await?;
         }
-        let discard = |output: &Payload| {
-            if let Err(e) = self
-                .store
-                .discard_payload(&lease.task, Slot::Output, output)
-            {
-                tracing::warn!(task = %lease.task, error = %e, "cannot remove an output no record names");
-            }
-        };
-        let (record, claim) = {
-            let mut index = self.lock();
-            let held = index
-                .running
-                .get(&lease.task)
-                .filter(|running| running.is_held_by(lease));
-            let Some(running) = held else {
-                drop(index);
-                discard(&run.output);
-                return Ok((Completed::LeaseLost, Claim::default()));
-            };
-            // What to remove if the end is not recorded after all: a file
-            // of the store's (an inline output goes with the record, and
-            // is not copied for this).
-            let output = match &run.output {
-                Payload::File { .. } => run.output.clone(),
-                Payload::Inline(_) => Payload::Inline(Vec::new()),
-            };
-            let at = run.at;
-            let mut run = Some(run);
-            let written = self.change_running(&lease.task, running, &mut |record| {
-                record.complete(run.take().expect("a run ends once"));
-            });
-            let record = match written {
-                Ok(Some(record)) => record,
-                Ok(None) => {
-                    drop(index);
-                    discard(&output);
-                    return Err(Error::Store(format!(
-                        "task {} changed in the store behind the queue's back",
-                        lease.task
-                    )));
-                }
-                Err(e) => {
-                    drop(index);
-                    discard(&output);
-                    return Err(e);
-                }
-            };
-            self.wrote();
-            self.leave_running(&mut index, &lease.task);
-            if !record.state.is_final() {
-                index.insert(&record);
-            }
-            // The end is written: a failed claim leaves the tasks queued,
-            // for the dispatcher.
-            let claim = match max {
-                0 => Claim::default(),
-                _ => self
-                    .claim_locked(&mut index, max, 0, ttl, at)
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot claim the next task after a run; the dispatcher will");
-                        Claim::default()
-                    }),
-            };
-            (record, claim)
-        };
-        self.flush_writes().await?;
-        Ok((Completed::Recorded(record), claim))
+        Ok((completed, claim))
     }
 
     fn completes_with_claim(&self) -> bool {
         true
+    }
+
+    async fn complete_unflushed(&self, lease: &Lease, run: Completion) -> Result<Completed> {
+        Ok(self.end_and_claim(lease, run, 0, Duration::ZERO).await?.0)
+    }
+
+    /// Where the store commits in groups: a flush awaited for many ends
+    /// saves a wait per end.
+    fn completes_unflushed(&self) -> bool {
+        self.store.is_durable()
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
