@@ -47,7 +47,7 @@
 //!   holder of the key is returned instead, in the same write as the
 //!   other tasks of the batch.
 //! - **Modules.** A task naming a module the backend does not hold is
-//!   refused ([`Error::UnknownModule`](crate::Error::UnknownModule)); a
+//!   refused ([`crate::Error::UnknownModule`]); a
 //!   module an unfinished task names cannot be deleted.
 //! - **Counts** add up: every task is in exactly one state, always.
 
@@ -163,7 +163,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Every stored module.
     async fn modules(&self) -> Result<Vec<StoredModule>>;
     /// Removes a module unless an unfinished task names it
-    /// ([`Error::ModuleInUse`](crate::Error::ModuleInUse)); `false` if there
+    /// ([`crate::Error::ModuleInUse`]); `false` if there
     /// was none.
     async fn delete_module(&self, hash: &ModuleHash) -> Result<bool>;
     /// Stores a module's run settings, replacing any (default settings

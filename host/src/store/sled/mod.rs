@@ -87,7 +87,7 @@ pub use flusher::{FlushStats, SizeClass};
 /// store changes nothing but the version, and its log replays as it is.
 ///
 /// Schema 6 keeps the `finished` index in sled as one value per
-/// millisecond of end time (see [`finished`]); the log and the task
+/// millisecond of end time (module `finished`); the log and the task
 /// records are unchanged. Opening an older store groups its index first,
 /// in batches, before the version changes: a crash meanwhile leaves an
 /// older store, partly grouped, which the next open finishes grouping.
