@@ -159,7 +159,7 @@ pub(crate) struct ServeArgs {
     /// tasks share their durable claims; 0 claims a task only when a
     /// worker is free for it. When the host dies, a task claimed ahead
     /// counts an interruption that never ends it (its run may not have
-    /// started). Default: 256 on the sled store, 0 on PostgreSQL (where
+    /// started). Default: 512 on the sled store, 0 on PostgreSQL (where
     /// another host's free worker could run what this one holds).
     #[arg(long, env = "WPOOL_CLAIM_AHEAD")]
     claim_ahead: Option<usize>,
