@@ -441,11 +441,16 @@ impl FlushWatched {
 
 #[async_trait::async_trait]
 impl Hooks for FlushWatched {
-    fn completed_unflushed(&self, lease: &wpool::Lease, answer: &wpool::Result<Completed>) {
-        if let Ok(Completed::Recorded(_)) = answer {
+    fn completed_unflushed(
+        &self,
+        lease: &wpool::Lease,
+        answer: wpool::Result<Completed>,
+    ) -> wpool::Result<Completed> {
+        if let Ok(Completed::Recorded(_)) = &answer {
             let at = self.tick();
             self.written.lock().unwrap().insert(lease.task, at);
         }
+        answer
     }
 
     async fn flush(&self, inner: &EmbeddedBackend) -> wpool::Result<()> {
@@ -524,5 +529,76 @@ async fn an_end_left_to_a_later_flush_is_shown_only_once_that_flush_ended() {
             .expect("a result shown is kept");
         assert_eq!(result.output, i.to_string().as_bytes());
     }
+    pool.close().await.unwrap();
+}
+
+/// Makes a [`Hooked`] backend lose the answer of the next run's end
+/// written without its flush, once it is written, as a connection cut off
+/// after its commit would.
+#[derive(Debug, Default)]
+struct UnflushedAnswerLost {
+    armed: std::sync::atomic::AtomicBool,
+    lost: std::sync::Mutex<Option<TaskId>>,
+}
+
+impl Hooks for UnflushedAnswerLost {
+    fn completed_unflushed(
+        &self,
+        lease: &wpool::Lease,
+        answer: wpool::Result<Completed>,
+    ) -> wpool::Result<Completed> {
+        let answer = answer?;
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            *self.lost.lock().unwrap() = Some(lease.task);
+            return Err(wpool::Error::Unavailable(
+                "the connection broke before the answer came back".into(),
+            ));
+        }
+        Ok(answer)
+    }
+}
+
+/// A run's end written without its flush, whose answer was lost after it
+/// was written, is tried again the usual way, refused (the run no longer
+/// holds its lease), and recognised in the task's history as this run's:
+/// its waiter gets the result and the pool counts the task, rather than
+/// dropping the result as a lost lease's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_written_without_its_flush_whose_answer_was_lost_is_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(Hooked {
+        inner: EmbeddedBackend::open(open(dir.path())).unwrap(),
+        hooks: UnflushedAnswerLost::default(),
+    });
+    let pool = Pool::with_backend(config(1), backend.clone()).unwrap();
+    let echo = module(&pool, programs::P1_ECHO).await;
+    warm_up(&pool, echo).await;
+    let before = pool.stats().await.unwrap().finished;
+    backend
+        .hooks
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let specs = (0..200).map(|i| TaskSpec::new(echo, i.to_string().into_bytes()));
+    let handles = pool.submit_many(specs).await.unwrap();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let result = tokio::time::timeout(Duration::from_secs(20), handle.unwrap().wait())
+            .await
+            .expect("a waiter was never told of its result")
+            .unwrap();
+        assert_eq!(result.state, TaskState::Succeeded);
+        assert_eq!(result.output, i.to_string().as_bytes());
+        assert_eq!((result.attempts.len(), result.interruptions), (1, 0));
+    }
+    assert!(
+        backend.hooks.lost.lock().unwrap().is_some(),
+        "no run's end was written without its flush"
+    );
+    // A waiter may read a final record from the store before the pool is
+    // through with the lost answer and counts the task: wait for that.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool.stats().await.unwrap().finished < before + 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pool.stats().await.unwrap().finished, before + 200);
     pool.close().await.unwrap();
 }

@@ -97,8 +97,15 @@ pub(crate) trait Hooks: Send + Sync + std::fmt::Debug + 'static {
         answer
     }
 
-    /// Sees the answer of a run's end written without its flush.
-    fn completed_unflushed(&self, _lease: &wpool::Lease, _answer: &wpool::Result<Completed>) {}
+    /// The answer of a run's end written without its flush: the
+    /// backend's, or another.
+    fn completed_unflushed(
+        &self,
+        _lease: &wpool::Lease,
+        answer: wpool::Result<Completed>,
+    ) -> wpool::Result<Completed> {
+        answer
+    }
 
     /// A flush the pool asked for.
     async fn flush(&self, inner: &EmbeddedBackend) -> wpool::Result<()> {
@@ -190,8 +197,7 @@ impl<H: Hooks> Backend for Hooked<H> {
         run: wpool::Completion,
     ) -> wpool::Result<Completed> {
         let answer = self.inner.complete_unflushed(lease, run).await;
-        self.hooks.completed_unflushed(lease, &answer);
-        answer
+        self.hooks.completed_unflushed(lease, answer)
     }
     fn completes_unflushed(&self) -> bool {
         self.inner.completes_unflushed()

@@ -425,10 +425,14 @@ impl Inner {
             let run = completion(&record, report);
             match self.backend.complete_unflushed(&lease, run.clone()).await {
                 Ok(Completed::Recorded(ended)) => self.show_after_flush(id, ended, short),
-                // Not recorded at once: as any other end, tried again or
-                // found lost, and shown when it is.
-                _ => {
-                    let (recorded, _) = self.record_completion(&record, lease, run, None).await;
+                // Not recorded at once: as any other end, tried again (and
+                // found in the task's history if the call was cut off after
+                // it committed) or found lost, and shown when it is.
+                answer => {
+                    let uncertain = matches!(&answer, Err(e) if e.is_unavailable());
+                    let (recorded, _) = self
+                        .record_completion(&record, lease, run, None, uncertain)
+                        .await;
                     self.end_shown(id, recorded, false, true, short);
                 }
             }
@@ -702,22 +706,25 @@ impl Inner {
         claim_next: Option<Duration>,
     ) -> (Option<Box<TaskRecord>>, Claim) {
         let run = completion(record, report);
-        self.record_completion(record, lease, run, claim_next).await
+        self.record_completion(record, lease, run, claim_next, false)
+            .await
     }
 
-    /// [`Inner::record_run`] of the run's end as made by [`completion`].
+    /// [`Inner::record_run`] of the run's end as made by [`completion`];
+    /// `uncertain`: an earlier call to record it was cut off, and may
+    /// have committed.
     async fn record_completion(
         &self,
         record: &TaskRecord,
         lease: Lease,
         run: Completion,
         claim_next: Option<Duration>,
+        mut uncertain: bool,
     ) -> (Option<Box<TaskRecord>>, Claim) {
         let id = lease.task;
         let mut outage = Outage::default();
         // A call cut off by the outage may have committed before its
         // answer was lost.
-        let mut uncertain = false;
         let mut failures = 0;
         let mut wait = Duration::from_millis(50);
         let (max, ttl) = match claim_next {
