@@ -20,7 +20,11 @@
 //!   [`Backend::expire_leases`]) returns once that state is durable, and
 //!   so does [`Backend::claim`] (a task that takes its host down at once
 //!   must still count that interruption). Nothing is shown to anyone
-//!   before it is durable.
+//!   before it is durable. The one exception is asked for by name:
+//!   [`Backend::complete_unflushed`] returns before the end it wrote is
+//!   durable, and its caller flushes ([`Backend::flush`]) before it shows
+//!   that end. A read meanwhile must not show it either (the embedded
+//!   backend's reads wait for the flush).
 //! - **Order.** [`Backend::claim`] hands out ready tasks by priority
 //!   (highest first), then submission order. A scheduled task becomes
 //!   ready at its `run_at` ([`Backend::tick`]); a waiting task past its
