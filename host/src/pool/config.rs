@@ -16,7 +16,9 @@ pub const MAX_CLAIM_AHEAD: usize = 1024;
 /// flush, and on 2 busy cores the flushing thread waits its turn for a
 /// core too: about 0.6 ms a flush under load, in which two workers run
 /// some 250 trivial tasks. With fewer claimed ahead they ran out before
-/// the next claim came, and each waited for a flush of its own.
+/// the next claim came, and each waited for a flush of its own. A task
+/// claimed ahead is held in memory with its input (at most 64 KiB inline;
+/// larger inputs stay in the store's files), so 512 hold at most 32 MiB.
 pub const DEFAULT_CLAIM_AHEAD: usize = 512;
 
 /// How a [`Pool`](crate::Pool) is set up.
