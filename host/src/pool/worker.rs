@@ -430,9 +430,7 @@ impl Inner {
                 // it committed) or found lost, and shown when it is.
                 answer => {
                     let uncertain = matches!(&answer, Err(e) if e.is_unavailable());
-                    let (recorded, _) = self
-                        .record_completion(&record, lease, run, None, uncertain)
-                        .await;
+                    let (recorded, _) = self.record_run(&record, lease, run, None, uncertain).await;
                     self.end_shown(id, recorded, false, true, short);
                 }
             }
@@ -462,7 +460,10 @@ impl Inner {
             }
         } else {
             let claim_next = keep_worker.then_some(self.config.lease_ttl);
-            (recorded, claim) = self.record_run(&record, lease, report, claim_next).await;
+            let run = completion(&record, report);
+            (recorded, claim) = self
+                .record_run(&record, lease, run, claim_next, false)
+                .await;
         }
         // Before the end is delivered: whoever learns of it sees the worker
         // free, unless it runs another task.
@@ -687,10 +688,12 @@ impl Inner {
             .await
     }
 
-    /// Records the end of a run of `record` under its lease; the task as
-    /// recorded, or `None` if the lease was lost or the backend kept
-    /// failing. With `claim_next` (a lease's time to live), the same write
-    /// claims a task for the worker ([`Backend::complete_and_claim`]).
+    /// Records `run`, the end of a run of `record` ([`completion`]), under
+    /// its lease; the task as recorded, or `None` if the lease was lost or
+    /// the backend kept failing. With `claim_next` (a lease's time to
+    /// live), the same write claims a task for the worker
+    /// ([`Backend::complete_and_claim`]). `uncertain`: an earlier call to
+    /// record it was cut off, and may have committed.
     ///
     /// While the store is out of reach the end is tried again, with
     /// growing pauses, until it is recorded or refused: a result is never
@@ -702,29 +705,12 @@ impl Inner {
         &self,
         record: &TaskRecord,
         lease: Lease,
-        report: RunReport,
-        claim_next: Option<Duration>,
-    ) -> (Option<Box<TaskRecord>>, Claim) {
-        let run = completion(record, report);
-        self.record_completion(record, lease, run, claim_next, false)
-            .await
-    }
-
-    /// [`Inner::record_run`] of the run's end as made by [`completion`];
-    /// `uncertain`: an earlier call to record it was cut off, and may
-    /// have committed.
-    async fn record_completion(
-        &self,
-        record: &TaskRecord,
-        lease: Lease,
         run: Completion,
         claim_next: Option<Duration>,
         mut uncertain: bool,
     ) -> (Option<Box<TaskRecord>>, Claim) {
         let id = lease.task;
         let mut outage = Outage::default();
-        // A call cut off by the outage may have committed before its
-        // answer was lost.
         let mut failures = 0;
         let mut wait = Duration::from_millis(50);
         let (max, ttl) = match claim_next {
@@ -754,6 +740,8 @@ impl Inner {
                     return (None, Claim::default());
                 }
                 Err(e) if e.is_unavailable() => {
+                    // A call cut off by the outage may have committed
+                    // before its answer was lost.
                     uncertain = true;
                     if self.phase() >= Phase::Stopping && outage.lasted() > self.config.lease_ttl {
                         tracing::error!(
@@ -933,6 +921,7 @@ impl Inner {
 }
 
 /// The end of a run of `record`, as `report` tells it, to be recorded.
+#[inline]
 fn completion(record: &TaskRecord, report: RunReport) -> Completion {
     Completion {
         outcome: report.outcome,
