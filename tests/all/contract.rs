@@ -940,6 +940,69 @@ async fn connecting_leaves_the_leases_of_other_hosts_alone(h: &dyn Harness) {
     counts_add_up(&backend, 2).await;
 }
 
+/// `complete_unflushed` is `complete` but for when the end is durable:
+/// fenced by the lease like it, and, once the caller has flushed, the
+/// task is as `complete` leaves it, and outlives a restart where the
+/// backend is durable.
+async fn an_end_written_without_its_flush_is_fenced_and_kept_once_flushed(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    enqueue(&backend, vec![task(m, |s| s), task(m, |s| s)]).await;
+    // A lease that ran out: refused, nothing written.
+    let (_, lost) = backend
+        .claim(1, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .claimed
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(backend.expire_leases().await.unwrap().len(), 1);
+    let refused = backend
+        .complete_unflushed(&lost, ran(Outcome::Success))
+        .await
+        .unwrap();
+    assert_eq!(refused, Completed::LeaseLost);
+    assert_eq!(
+        backend.get(&lost.task).await.unwrap().unwrap().state,
+        TaskState::Queued
+    );
+
+    let (_, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    let done = match backend
+        .complete_unflushed(&lease, ran(Outcome::Success))
+        .await
+        .unwrap()
+    {
+        Completed::Recorded(record) => *record,
+        Completed::LeaseLost => panic!("the holder's end was refused"),
+    };
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.attempts.len(), 1);
+    // The lease ended with the run, as with `complete`.
+    assert_eq!(
+        backend
+            .complete_unflushed(&lease, ran(Outcome::Success))
+            .await
+            .unwrap(),
+        Completed::LeaseLost
+    );
+    assert_eq!(
+        backend.renew(&[lease], TTL).await.unwrap(),
+        [LeaseState::Lost]
+    );
+    backend.flush().await.unwrap();
+    let backend = if backend.is_durable() {
+        h.reopen(backend)
+    } else {
+        backend
+    };
+    let stored = backend.get(&lease.task).await.unwrap().unwrap();
+    assert_eq!(stored.state, TaskState::Succeeded);
+    assert_eq!(stored.output, wpool::Payload::Inline(b"out".to_vec()));
+    assert_eq!(stored.attempts.len(), 1);
+    counts_add_up(&backend, 2).await;
+}
+
 macro_rules! contract {
     ($harness:ident: $make:expr; $($name:ident),* $(,)?) => {
         mod $harness {
@@ -980,4 +1043,5 @@ every_backend!(
     concurrent_claimers_never_share_a_task,
     a_run_s_end_claims_the_next_task,
     what_is_known_unfinished_without_a_read,
+    an_end_written_without_its_flush_is_fenced_and_kept_once_flushed,
 );
