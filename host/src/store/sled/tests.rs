@@ -297,6 +297,17 @@ fn concurrent_flushes_share_fsyncs() {
     assert_eq!(store.unfinished().unwrap().len(), 400);
 }
 
+/// What a kill leaves of `store`, open on `dir`, once its writes are
+/// flushed: sled's files and the log, copied while it is open, in a new
+/// directory. `store` is closed after.
+fn killed(store: SledStore, dir: &Path) -> tempfile::TempDir {
+    store.flush_blocking().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_live(dir, copy.path());
+    drop(store);
+    copy
+}
+
 /// Copies a live data directory as a crash would leave it: the log first,
 /// so that a checkpoint meanwhile can only leave more in sled, never less.
 fn copy_live(from: &Path, to: &Path) {
@@ -341,10 +352,7 @@ fn written_then_copied() -> (tempfile::TempDir, tempfile::TempDir, Vec<TaskRecor
     tasks[4].state = TaskState::Succeeded;
     tasks[4].finished_at = Some(60);
     assert!(store.update(&tasks[4], TaskState::Queued).unwrap());
-    store.flush_blocking().unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    copy_live(dir.path(), copy.path());
-    drop(store);
+    let copy = killed(store, dir.path());
     (dir, copy, tasks)
 }
 
@@ -655,10 +663,7 @@ fn a_task_s_input_is_logged_with_its_submission_only() {
     for task in &mut tasks {
         claim_and_end(&store, task);
     }
-    store.flush_blocking().unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    copy_live(dir.path(), copy.path());
-    drop(store);
+    let copy = killed(store, dir.path());
     for n in 0..5 {
         assert_eq!(times_logged(copy.path(), &big_input(n)), 1, "task {n}");
     }
@@ -687,10 +692,7 @@ fn a_claim_logged_after_its_submission_s_checkpoint_takes_the_input_from_sled() 
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     claim_and_end(&store, &mut task);
-    store.flush_blocking().unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    copy_live(dir.path(), copy.path());
-    drop(store);
+    let copy = killed(store, dir.path());
     assert_eq!(times_logged(copy.path(), &big_input(1)), 0);
     let damaged = tempfile::tempdir().unwrap();
     copy_live(copy.path(), damaged.path());
@@ -736,10 +738,7 @@ fn a_schema_4_store_killed_while_open_is_replayed_and_upgraded() {
     mark_schema(&store, 4);
     store.db.flush().unwrap();
     store.insert(&tasks).unwrap();
-    store.flush_blocking().unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    copy_live(dir.path(), copy.path());
-    drop(store);
+    let copy = killed(store, dir.path());
     std::fs::write(copy.path().join(VERSION_FILE), "wpool store schema 4\n").unwrap();
 
     let store = open(copy.path());
@@ -791,10 +790,7 @@ fn a_schema_5_store_killed_while_open_has_its_finished_index_grouped() {
     // one in a new one (103), when it was killed.
     end_at(&store, &mut tasks[10], 101);
     end_at(&store, &mut tasks[11], 103);
-    store.flush_blocking().unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    copy_live(dir.path(), copy.path());
-    drop(store);
+    let copy = killed(store, dir.path());
     std::fs::write(copy.path().join(VERSION_FILE), "wpool store schema 5\n").unwrap();
 
     let store = open(copy.path());
