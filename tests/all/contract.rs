@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use wpool::backend::{Backend, Cancelled, Completed, EmbeddedBackend, Enqueued, LeaseState};
 use wpool::store::{MemoryStore, SledOptions, SledStore, TaskFilter};
-use wpool::{
-    Completion, Error, Limits, ModuleHash, Outcome, TaskRecord, TaskSpec, TaskState, now_millis,
-};
+use wpool::{Error, ModuleHash, Outcome, TaskRecord, TaskState, now_millis};
 use wpool_test_artifacts as programs;
+
+use crate::util::{ran, task};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -102,11 +102,6 @@ async fn module(backend: &Arc<dyn Backend>) -> ModuleHash {
     hash
 }
 
-fn task(module: ModuleHash, spec: impl FnOnce(TaskSpec) -> TaskSpec) -> TaskRecord {
-    let spec = spec(TaskSpec::new(module, b"{}".to_vec()));
-    TaskRecord::new(spec, module, Limits::default(), now_millis())
-}
-
 async fn enqueue(backend: &Arc<dyn Backend>, tasks: Vec<TaskRecord>) -> Vec<TaskRecord> {
     backend
         .enqueue(tasks)
@@ -118,19 +113,6 @@ async fn enqueue(backend: &Arc<dyn Backend>, tasks: Vec<TaskRecord>) -> Vec<Task
             Enqueued::Existing(id) => panic!("{id} already existed"),
         })
         .collect()
-}
-
-fn ran(outcome: Outcome) -> Completion {
-    Completion {
-        outcome,
-        output: b"out".to_vec().into(),
-        log: String::new(),
-        progress: None,
-        duration_us: 10,
-        fuel_consumed: Some(1),
-        started_at: now_millis(),
-        at: now_millis(),
-    }
 }
 
 /// Completes the run under `lease`, which must still hold.
@@ -559,6 +541,28 @@ async fn idempotency_keys_store_a_task_once(h: &dyn Harness) {
     assert_eq!(backend.by_key("k2").await.unwrap(), Some(k2.id));
     assert_eq!(backend.by_key("k3").await.unwrap(), None);
     counts_add_up(&backend, 3).await;
+}
+
+/// A batch that names one task twice is refused whole, with an error
+/// that says so: nothing of it is stored or queued.
+async fn a_batch_naming_a_task_twice_is_refused_whole(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let twice = task(m, |s| s);
+    let other = task(m, |s| s);
+    let error = backend
+        .enqueue(vec![twice.clone(), other.clone(), twice.clone()])
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("twice in one batch"), "{error}");
+    assert_eq!(backend.get(&twice.id).await.unwrap(), None);
+    assert_eq!(backend.get(&other.id).await.unwrap(), None);
+    counts_add_up(&backend, 0).await;
+    assert!(backend.claim(2, TTL).await.unwrap().claimed.is_empty());
+    // The same tasks, each once, are stored.
+    let stored = enqueue(&backend, vec![twice, other]).await;
+    assert_eq!(stored.len(), 2);
+    counts_add_up(&backend, 2).await;
 }
 
 /// A single task enqueued alone is stored as in a batch: its `seq`
@@ -1035,6 +1039,7 @@ every_backend!(
     a_release_puts_the_task_back_uncounted,
     a_retryable_failure_is_scheduled_until_attempts_run_out,
     idempotency_keys_store_a_task_once,
+    a_batch_naming_a_task_twice_is_refused_whole,
     one_task_enqueued_alone_is_stored_as_in_a_batch,
     a_task_naming_an_unknown_module_is_refused,
     cancel_works_in_every_state,

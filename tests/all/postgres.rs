@@ -14,15 +14,7 @@ use wpool_test_artifacts as programs;
 
 use crate::pg::TestDatabase;
 use crate::server::Server;
-
-fn task(module: ModuleHash) -> TaskRecord {
-    TaskRecord::new(
-        TaskSpec::new(module, b"{}".to_vec()),
-        module,
-        Limits::default(),
-        now_millis(),
-    )
-}
+use crate::util::task;
 
 /// A database migrated by a newer wpool is refused, naming both versions
 /// and what to do, rather than misread.
@@ -123,7 +115,7 @@ async fn a_submission_wakes_the_other_hosts() {
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let stored = submitter.enqueue(vec![task(module)]).await.unwrap();
+    let stored = submitter.enqueue(vec![task(module, |s| s)]).await.unwrap();
     assert!(matches!(stored[0], Enqueued::New(_)));
     let waited = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
@@ -149,7 +141,7 @@ async fn with_notifications_off_a_host_finds_work_by_polling() {
     let wasm = std::fs::read(programs::P1_TRIVIAL).unwrap();
     let module = ModuleHash::of(&wasm);
     submitter.put_module(&module, &wasm).await.unwrap();
-    submitter.enqueue(vec![task(module)]).await.unwrap();
+    submitter.enqueue(vec![task(module, |s| s)]).await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(500), quiet.wait_for_work())
             .await
@@ -160,7 +152,7 @@ async fn with_notifications_off_a_host_finds_work_by_polling() {
     let mut config = wpool::PoolConfig::new();
     config.workers(1).poll_interval(Duration::from_millis(200));
     let pool = wpool::Pool::with_backend(config, quiet).unwrap();
-    let record = task(module);
+    let record = task(module, |s| s);
     let id = record.id;
     submitter.enqueue(vec![record]).await.unwrap();
     let result = tokio::time::timeout(Duration::from_secs(20), pool.wait(id))
@@ -184,7 +176,7 @@ async fn hosts_expire_each_lease_once_and_fence_the_loser() {
     hosts[0].put_module(&module, &wasm).await.unwrap();
     let n = 60;
     hosts[0]
-        .enqueue((0..n).map(|_| task(module)).collect())
+        .enqueue((0..n).map(|_| task(module, |s| s)).collect())
         .await
         .unwrap();
     let claim = hosts[0].claim(n, Duration::from_millis(50)).await.unwrap();

@@ -7,12 +7,33 @@ use wpool::backend::{
     Backend, Cancelled, Claim, Completed, EmbeddedBackend, Enqueued, LeaseState, Tick,
 };
 use wpool::{
-    CompiledModule, EngineConfig, Execution, Executor, Job, LimitOverrides, ModuleHash, Outcome,
-    RunReport, TaskId, TaskRecord,
+    CompiledModule, Completion, EngineConfig, Execution, Executor, Job, LimitOverrides, Limits,
+    ModuleHash, Outcome, RunReport, TaskId, TaskRecord, TaskSpec, now_millis,
 };
 
 pub(crate) fn read(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A task of `module` (input `{}`) as submitted now, its spec as `spec`
+/// makes it: for tests that call a backend directly.
+pub(crate) fn task(module: ModuleHash, spec: impl FnOnce(TaskSpec) -> TaskSpec) -> TaskRecord {
+    let spec = spec(TaskSpec::new(module, b"{}".to_vec()));
+    TaskRecord::new(spec, module, Limits::default(), now_millis())
+}
+
+/// The end of a run with `outcome` (output `out`), as a backend records it.
+pub(crate) fn ran(outcome: Outcome) -> Completion {
+    Completion {
+        outcome,
+        output: b"out".to_vec().into(),
+        log: String::new(),
+        progress: None,
+        duration_us: 10,
+        fuel_consumed: Some(1),
+        started_at: now_millis(),
+        at: now_millis(),
+    }
 }
 
 pub(crate) fn fixture(name: &str) -> Vec<u8> {

@@ -143,6 +143,12 @@ impl Store for MemoryStore {
         // copy made for a task whose key is taken is dropped).
         let copies: Vec<Box<TaskRecord>> = tasks.iter().map(|t| Box::new(t.clone())).collect();
         let mut copies = copies.into_iter();
+        let mut named: IdMap<()> = IdMap::default();
+        for task in tasks {
+            if tasks.len() > 1 && named.insert(task.id, ()).is_some() {
+                return Err(super::named_twice(&task.id));
+            }
+        }
         let mut inner = self.lock();
         let inner = &mut *inner;
         for task in tasks {

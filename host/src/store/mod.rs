@@ -82,6 +82,14 @@ impl StateCounts {
     }
 }
 
+/// The error for a batch of tasks that names one task twice: refused
+/// whole, as every store refuses it.
+pub(crate) fn named_twice(id: &crate::TaskId) -> crate::Error {
+    crate::Error::Store(format!(
+        "task {id} is given twice in one batch: each task of a batch needs an id of its own"
+    ))
+}
+
 /// The number of tasks in each state, as a store keeps it up to date: one
 /// counter per state, moved at every transition without the map's
 /// look-ups and allocations ([`StateCounts`] is the public form, made

@@ -15,7 +15,7 @@ mod state;
 
 pub use hash::ModuleHash;
 pub use id::TaskId;
-pub(crate) use id::{IdMap, ModuleMap};
+pub(crate) use id::{IdHashing, IdMap, ModuleMap};
 pub use payload::{INLINE_PAYLOAD, Payload, Slot, TOO_LARGE_TAIL};
 pub use record::{Attempt, Completion, Lease, Millis, TaskRecord, TaskResult, now_millis};
 pub use spec::{

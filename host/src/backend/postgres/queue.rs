@@ -237,6 +237,12 @@ impl Shared {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
+        if tasks.len() > 1 {
+            let mut named = HashSet::with_capacity(tasks.len());
+            if let Some(task) = tasks.iter().find(|t| !named.insert(t.id)) {
+                return Err(crate::store::named_twice(&task.id));
+            }
+        }
         let mut client = self.client().await?;
         let tx = client
             .transaction()

@@ -2,7 +2,7 @@
 //! task, its index entry, its idempotency key and the counts, made under
 //! the write lock, logged, then applied (see [`wal`](super::wal)).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 
 use super::envelope::{
@@ -13,7 +13,7 @@ use super::submitted::Submitted;
 use super::wal::{Change, Kept, TreeId};
 use super::{META_COUNTS, PURGE_BATCH, SledStore, SyncMode};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
-use crate::task::{Millis, Payload, Slot, TaskId, TaskRecord, TaskState};
+use crate::task::{IdHashing, Millis, Payload, Slot, TaskId, TaskRecord, TaskState};
 use crate::{Error, ModuleHash, ModuleSettings, Result};
 
 /// Where a task belongs: one index entry per task, always.
@@ -177,7 +177,11 @@ impl Store for SledStore {
         let mut answers = Vec::with_capacity(batch.len());
         // What this batch stores, as a later task of it must see it.
         let mut batch_keys: HashMap<&str, TaskId> = HashMap::new();
-        let mut batch_ids: Vec<TaskId> = Vec::new();
+        // The ids this batch stores, to refuse one given twice (a set: a
+        // linear search of the batch for each task cost a merged batch of
+        // a few thousand tasks milliseconds, under the lock that every
+        // claim and end waits for).
+        let mut batch_ids: HashSet<TaskId, IdHashing> = HashSet::default();
         for (task, value) in batch.iter().zip(encoded) {
             if let Some(key) = &task.idempotency_key {
                 if let Some(existing) = batch_keys.get(key.as_str()) {
@@ -192,7 +196,10 @@ impl Store for SledStore {
             let id = task.id.to_bytes();
             // Above every stored id, it is stored nowhere (`newest_id`).
             let unseen = writes.newest_id.is_none_or(|newest| id > newest);
-            if batch_ids.contains(&task.id) || (!unseen && self.contains(TreeId::Tasks, &id)?) {
+            if batch.len() > 1 && !batch_ids.insert(task.id) {
+                return Err(crate::store::named_twice(&task.id));
+            }
+            if !unseen && self.contains(TreeId::Tasks, &id)? {
                 return Err(Error::Store(format!("task {} already exists", task.id)));
             }
             // Known from then on, whether or not this batch is stored: a
@@ -209,9 +216,6 @@ impl Store for SledStore {
             if let Some(key) = &task.idempotency_key {
                 change.set(TreeId::Keys, key.as_bytes(), id.to_vec());
                 batch_keys.insert(key, task.id);
-            }
-            if batch.len() > 1 {
-                batch_ids.push(task.id);
             }
             new_counts.moved(None, Some(task.state));
             answers.push(Inserted::New);
