@@ -20,5 +20,6 @@ mod server;
 mod server_actions;
 mod server_batch;
 mod server_limits;
+mod submissions;
 mod util;
 mod wasi_programs;
