@@ -143,9 +143,10 @@ impl Store for MemoryStore {
         // copy made for a task whose key is taken is dropped).
         let copies: Vec<Box<TaskRecord>> = tasks.iter().map(|t| Box::new(t.clone())).collect();
         let mut copies = copies.into_iter();
-        let mut named: IdMap<()> = IdMap::default();
-        for task in tasks {
-            if tasks.len() > 1 && named.insert(task.id, ()).is_some() {
+        if tasks.len() > 1 {
+            let mut named: IdMap<()> =
+                IdMap::with_capacity_and_hasher(tasks.len(), Default::default());
+            if let Some(task) = tasks.iter().find(|t| named.insert(t.id, ()).is_some()) {
                 return Err(super::named_twice(&task.id));
             }
         }

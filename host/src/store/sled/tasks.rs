@@ -181,7 +181,10 @@ impl Store for SledStore {
         // linear search of the batch for each task cost a merged batch of
         // a few thousand tasks milliseconds, under the lock that every
         // claim and end waits for).
-        let mut batch_ids: HashSet<TaskId, IdHashing> = HashSet::default();
+        let mut batch_ids: HashSet<TaskId, IdHashing> = match batch.len() {
+            1 => HashSet::default(),
+            n => HashSet::with_capacity_and_hasher(n, IdHashing::default()),
+        };
         for (task, value) in batch.iter().zip(encoded) {
             if let Some(key) = &task.idempotency_key {
                 if let Some(existing) = batch_keys.get(key.as_str()) {
