@@ -310,21 +310,48 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
         return alone(&spec, &wasm);
     }
     let count = scale.n(5_000, 50_000);
-    let window = scale.time(Duration::from_secs(2), Duration::from_secs(5));
+    // The machine's speed swings between runs a few seconds apart (the
+    // raw loop on two threads has made 250k and 430k tasks/s within one
+    // hour), so a baseline measured once, then each subject once after
+    // it, can compare two different machines. Instead the four are
+    // measured in turn, round after round, and each row gives the
+    // median of its rounds against the median of the raw loop's.
+    let rounds = scale.n(1, 5);
+    let window = scale.time(Duration::from_secs(2), Duration::from_millis(1500));
     let mut rows = Vec::new();
     for workers in [1, cores] {
         let tick = Duration::from_millis(1);
-        let raw = raw_wasmtime(&wasm, workers, Until::Elapsed(window), tick);
-        let executor = executor_rate(&wasm, workers, count, tick);
-        let pooled = pool_rate(&new_pool(workers, tick)?, &wasm, count, b"");
-        let closed = pool_close_rate(&new_pool(workers, tick)?, &wasm, count);
+        let mut measured = Rounds::default();
+        for _ in 0..rounds {
+            measured
+                .raw
+                .push(raw_wasmtime(&wasm, workers, Until::Elapsed(window), tick));
+            measured
+                .executor
+                .push(executor_rate(&wasm, workers, count, tick));
+            measured
+                .pooled
+                .push(pool_rate(&new_pool(workers, tick)?, &wasm, count, b""));
+            measured
+                .closed
+                .push(pool_close_rate(&new_pool(workers, tick)?, &wasm, count));
+        }
+        let raw = median(&measured.raw);
+        let executor = median(&measured.executor);
+        let pooled = median(&measured.pooled);
+        let closed = median(&measured.closed);
         rows.push(Row::new(
             &format!("trivial task, executor, {workers} worker(s)"),
             "tasks/s",
             executor,
             "raw wasmtime loop",
             raw,
-            &format!("{:.1} µs/task vs {:.1}", 1e6 / executor, 1e6 / raw),
+            &format!(
+                "{:.1} µs/task vs {:.1}; {}",
+                1e6 / executor,
+                1e6 / raw,
+                measured.spread(&measured.executor)
+            ),
         ));
         rows.push(Row::new(
             &format!("trivial task, Pool (memory store), {workers} worker(s)"),
@@ -332,7 +359,12 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
             pooled,
             "raw wasmtime loop",
             raw,
-            &format!("{:.1} µs/task vs {:.1}", 1e6 / pooled, 1e6 / raw),
+            &format!(
+                "{:.1} µs/task vs {:.1}; {}",
+                1e6 / pooled,
+                1e6 / raw,
+                measured.spread(&measured.pooled)
+            ),
         ));
         rows.push(Row::new(
             &format!("trivial task, Pool, results not awaited one by one, {workers} worker(s)"),
@@ -340,8 +372,54 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
             closed,
             "raw wasmtime loop",
             raw,
-            &format!("submit all, then close; {:.1} µs/task", 1e6 / closed),
+            &format!(
+                "submit all, then close; {:.1} µs/task; {}",
+                1e6 / closed,
+                measured.spread(&measured.closed)
+            ),
         ));
     }
     Ok(rows)
+}
+
+/// The rates of each round of [`section`], in tasks per second.
+#[derive(Default)]
+struct Rounds {
+    raw: Vec<f64>,
+    executor: Vec<f64>,
+    pooled: Vec<f64>,
+    closed: Vec<f64>,
+}
+
+impl Rounds {
+    /// How many rounds, and the range of `rates`' ratio to the raw loop of
+    /// the same round.
+    fn spread(&self, rates: &[f64]) -> String {
+        if rates.len() < 2 {
+            return "1 round".into();
+        }
+        let ratios: Vec<f64> = rates
+            .iter()
+            .zip(&self.raw)
+            .map(|(r, raw)| r / raw)
+            .collect();
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!(
+            "median of {} interleaved rounds; each round's ratio {low:.2}–{high:.2}×",
+            rates.len()
+        )
+    }
+}
+
+/// The median of `values` (the mean of the middle two if even).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    }
 }
