@@ -23,8 +23,14 @@ struct Inner {
     /// The records by id: a hash map, since a task's claim, end and
     /// waiters look it up by id (a B-tree of a deep queue took some
     /// thousand instructions a look-up, most of them cache misses).
-    /// Boxed, so that the table's free slots cost a pointer, not a record.
-    tasks: IdMap<Box<TaskRecord>>,
+    /// Shared (`Arc`), so that the table's free slots cost a pointer, not
+    /// a record, and so that a read copies the record after the lock is
+    /// let go: the lock is held for the look-up alone, not for the copy
+    /// and its allocations, which the queue's workers, changing records
+    /// under it at every claim and end, would otherwise wait for. A change
+    /// writes in place ([`Arc::make_mut`]) unless a read holds the record
+    /// at that moment, which then keeps the version it read.
+    tasks: IdMap<Arc<TaskRecord>>,
     /// The ids in order, for [`Store::list`]'s pages.
     order: BTreeSet<TaskId>,
     keys: HashMap<String, TaskId>,
@@ -55,8 +61,9 @@ impl Inner {
         &mut self,
         id: &TaskId,
         change: &mut dyn FnMut(&mut TaskRecord) -> bool,
-    ) -> Option<&TaskRecord> {
-        let stored = self.tasks.get_mut(id)?;
+    ) -> Option<&Arc<TaskRecord>> {
+        let entry = self.tasks.get_mut(id)?;
+        let stored = Arc::make_mut(entry);
         let (from, before) = (stored.state, finished_key(stored));
         if !change(stored) {
             return None;
@@ -68,7 +75,7 @@ impl Inner {
         if let Some(key) = finished_key(stored) {
             self.finished.insert(key);
         }
-        Some(stored)
+        Some(entry)
     }
 }
 
@@ -141,7 +148,7 @@ impl Store for MemoryStore {
     fn insert(&self, tasks: &[TaskRecord]) -> Result<Vec<Inserted>> {
         // Copied before the lock, which the queue's workers wait for (a
         // copy made for a task whose key is taken is dropped).
-        let copies: Vec<Box<TaskRecord>> = tasks.iter().map(|t| Box::new(t.clone())).collect();
+        let copies: Vec<Arc<TaskRecord>> = tasks.iter().map(|t| Arc::new(t.clone())).collect();
         let mut copies = copies.into_iter();
         if tasks.len() > 1 {
             let mut named: IdMap<()> =
@@ -201,20 +208,23 @@ impl Store for MemoryStore {
         id: &TaskId,
         change: &mut dyn FnMut(&mut TaskRecord) -> bool,
     ) -> Result<Option<TaskRecord>> {
-        Ok(self.lock().change(id, change).cloned())
+        let changed = self.lock().change(id, change).map(Arc::clone);
+        Ok(changed.map(|record| TaskRecord::clone(&record)))
     }
 
     fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        Ok(self.lock().tasks.get(id).map(|t| TaskRecord::clone(t)))
+        let found = self.lock().tasks.get(id).map(Arc::clone);
+        Ok(found.map(|record| TaskRecord::clone(&record)))
     }
 
     fn get_final(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        Ok(self
+        let found = self
             .lock()
             .tasks
             .get(id)
             .filter(|t| t.state.is_final())
-            .map(|t| TaskRecord::clone(t)))
+            .map(Arc::clone);
+        Ok(found.map(|record| TaskRecord::clone(&record)))
     }
 
     fn by_key(&self, key: &str) -> Result<Option<TaskId>> {
