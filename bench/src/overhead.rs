@@ -314,8 +314,8 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
     // raw loop on two threads has made 250k and 430k tasks/s within one
     // hour), so a baseline measured once, then each subject once after
     // it, can compare two different machines. Instead the four are
-    // measured in turn, round after round, and each row gives the
-    // median of its rounds against the median of the raw loop's.
+    // measured in turn, round after round, and each row gives the round
+    // whose ratio to its own raw loop is the median of the five.
     let rounds = scale.n(1, 5);
     let window = scale.time(Duration::from_secs(2), Duration::from_millis(1500));
     let mut rows = Vec::new();
@@ -336,48 +336,37 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
                 .closed
                 .push(pool_close_rate(&new_pool(workers, tick)?, &wasm, count));
         }
-        let raw = median(&measured.raw);
-        let executor = median(&measured.executor);
-        let pooled = median(&measured.pooled);
-        let closed = median(&measured.closed);
-        rows.push(Row::new(
-            &format!("trivial task, executor, {workers} worker(s)"),
-            "tasks/s",
-            executor,
-            "raw wasmtime loop",
-            raw,
-            &format!(
-                "{:.1} µs/task vs {:.1}; {}",
-                1e6 / executor,
-                1e6 / raw,
-                measured.spread(&measured.executor)
+        for (subject, rates, note) in [
+            (
+                format!("trivial task, executor, {workers} worker(s)"),
+                &measured.executor,
+                "",
             ),
-        ));
-        rows.push(Row::new(
-            &format!("trivial task, Pool (memory store), {workers} worker(s)"),
-            "tasks/s",
-            pooled,
-            "raw wasmtime loop",
-            raw,
-            &format!(
-                "{:.1} µs/task vs {:.1}; {}",
-                1e6 / pooled,
-                1e6 / raw,
-                measured.spread(&measured.pooled)
+            (
+                format!("trivial task, Pool (memory store), {workers} worker(s)"),
+                &measured.pooled,
+                "",
             ),
-        ));
-        rows.push(Row::new(
-            &format!("trivial task, Pool, results not awaited one by one, {workers} worker(s)"),
-            "tasks/s",
-            closed,
-            "raw wasmtime loop",
-            raw,
-            &format!(
-                "submit all, then close; {:.1} µs/task; {}",
-                1e6 / closed,
-                measured.spread(&measured.closed)
+            (
+                format!("trivial task, Pool, results not awaited one by one, {workers} worker(s)"),
+                &measured.closed,
+                "submit all, then close; ",
             ),
-        ));
+        ] {
+            let (rate, raw, rounds) = measured.median_round(rates);
+            rows.push(Row::new(
+                &subject,
+                "tasks/s",
+                rate,
+                "raw wasmtime loop",
+                raw,
+                &format!(
+                    "{note}{:.1} µs/task vs {:.1}; {rounds}",
+                    1e6 / rate,
+                    1e6 / raw
+                ),
+            ));
+        }
     }
     Ok(rows)
 }
@@ -392,34 +381,28 @@ struct Rounds {
 }
 
 impl Rounds {
-    /// How many rounds, and the range of `rates`' ratio to the raw loop of
-    /// the same round.
-    fn spread(&self, rates: &[f64]) -> String {
-        if rates.len() < 2 {
-            return "1 round".into();
-        }
-        let ratios: Vec<f64> = rates
-            .iter()
-            .zip(&self.raw)
-            .map(|(r, raw)| r / raw)
+    /// Of the rounds of `rates`, the one whose ratio to the raw loop of the
+    /// same round is the median: its rate, its raw loop's, and every
+    /// round's ratio. Both figures of a row thus come from the same
+    /// minutes; a median of each list on its own could pair a raw loop
+    /// measured while the machine ran fast with a subject measured while
+    /// it ran slow.
+    fn median_round(&self, rates: &[f64]) -> (f64, f64, String) {
+        let mut order: Vec<usize> = (0..rates.len()).collect();
+        order.sort_by(|&a, &b| (rates[a] / self.raw[a]).total_cmp(&(rates[b] / self.raw[b])));
+        let median = order[order.len() / 2];
+        let ratios: Vec<String> = (0..rates.len())
+            .map(|i| format!("{:.2}", rates[i] / self.raw[i]))
             .collect();
-        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!(
-            "median of {} interleaved rounds; each round's ratio {low:.2}–{high:.2}×",
-            rates.len()
-        )
-    }
-}
-
-/// The median of `values` (the mean of the middle two if even).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
+        let rounds = if rates.len() == 1 {
+            "1 round".to_string()
+        } else {
+            format!(
+                "the round of median ratio of {} interleaved, whose ratios were {}×",
+                rates.len(),
+                ratios.join(", ")
+            )
+        };
+        (rates[median], self.raw[median], rounds)
     }
 }
