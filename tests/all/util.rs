@@ -238,7 +238,7 @@ impl<H: Hooks> Backend for Hooked<H> {
     async fn get(&self, id: &TaskId) -> wpool::Result<Option<TaskRecord>> {
         self.inner.get(id).await
     }
-    async fn get_final(&self, id: &TaskId) -> wpool::Result<Option<TaskRecord>> {
+    async fn get_final(&self, id: &TaskId) -> wpool::Result<Option<Box<TaskRecord>>> {
         self.inner.get_final(id).await
     }
     fn known_unfinished(&self, id: &TaskId) -> bool {

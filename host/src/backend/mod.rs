@@ -273,9 +273,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// A task by id.
     async fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>>;
     /// A task by id if it is final; `None` if it is not, or there is no
-    /// such task. The default reads it with [`Backend::get`].
-    async fn get_final(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        Ok(self.get(id).await?.filter(|record| record.state.is_final()))
+    /// such task. The default reads it with [`Backend::get`]. Boxed: a
+    /// waiter reads one per task, and a record moved by value through
+    /// the async calls is copied at each step.
+    async fn get_final(&self, id: &TaskId) -> Result<Option<Box<TaskRecord>>> {
+        Ok(self
+            .get(id)
+            .await?
+            .filter(|record| record.state.is_final())
+            .map(Box::new))
     }
     /// Whether the backend knows, without reading anything, that task
     /// `id` is waiting or running (so a caller about to wait for its end

@@ -738,7 +738,7 @@ impl Pool {
         if !record.state.is_final() {
             return Ok(None);
         }
-        self.inner().result_of(record).await.map(Some)
+        self.inner().result_of(Box::new(record)).await.map(Some)
     }
 
     /// Waits for a task's result.
@@ -762,7 +762,7 @@ impl Pool {
         &self,
         id: TaskId,
         timeout: Duration,
-    ) -> Result<Option<TaskRecord>> {
+    ) -> Result<Option<Box<TaskRecord>>> {
         match tokio::time::timeout(timeout, self.inner().wait(id)).await {
             Ok(record) => record.map(Some),
             Err(_) => Ok(None),
@@ -1068,7 +1068,7 @@ impl Inner {
 
     /// A final task's result, its output read from the backend when the
     /// record does not hold it.
-    async fn result_of(&self, mut record: TaskRecord) -> Result<TaskResult> {
+    async fn result_of(&self, mut record: Box<TaskRecord>) -> Result<TaskResult> {
         let output = match &mut record.output {
             crate::task::Payload::Inline(bytes) => std::mem::take(bytes),
             stored => {
@@ -1077,14 +1077,21 @@ impl Inner {
                     .await?
             }
         };
-        let id = record.id;
         record
-            .into_result_with(output)
-            .ok_or_else(|| Error::Host(format!("task {id} is not final yet")))
+            .take_result_with(output)
+            .ok_or_else(|| Error::Host(format!("task {} is not final yet", record.id)))
     }
 
     /// Waits until the task is final; its record then.
-    async fn wait(&self, id: TaskId) -> Result<TaskRecord> {
+    ///
+    /// Boxed, and the waits that take long (a result stored but not yet
+    /// delivered, a task that another host may run) in futures of their
+    /// own: the usual wait, on a task that is final already or whose end
+    /// this pool delivers, is a small future that moves no record by
+    /// value. A caller that spawns a wait per task (as `join_all` or
+    /// `tokio::spawn` of [`TaskHandle::wait`] do) copies the whole future
+    /// into its task, and a record is some 400 bytes.
+    async fn wait(&self, id: TaskId) -> Result<Box<TaskRecord>> {
         // A task already final, whose end this pool has announced (its run
         // left `running`): its record, with no waiter registered and no
         // look at the queue. Most waits of a caller that submitted many
@@ -1108,10 +1115,10 @@ impl Inner {
         if !self.backend.is_shared() && self.backend.known_unfinished(&id) {
             // Waiting or running here: its end comes to the waiter, with no
             // record read now.
-            return receiver.await.map(|r| *r).map_err(|_| Error::ShutDown);
+            return receiver.await.map_err(|_| Error::ShutDown);
         }
         let record = match self.backend.get(&id).await {
-            Ok(Some(record)) => record,
+            Ok(Some(record)) => Box::new(record),
             Ok(None) => {
                 self.forget_waiter(id);
                 return Err(Error::NotFound(id));
@@ -1122,35 +1129,52 @@ impl Inner {
             }
         };
         if record.state.is_final() {
-            // A run of this pool whose end is stored but not yet announced
-            // (its event not yet sent): the run leaves `running` only once
-            // it is, so wait for that, or for the result it then delivers.
-            let mut receiver = receiver;
-            while self.lock_running().contains_key(&id) {
-                tokio::select! {
-                    delivered = &mut receiver => {
-                        return delivered.map(|r| *r).map_err(|_| Error::ShutDown);
-                    }
-                    () = tokio::time::sleep(Duration::from_millis(1)) => {}
-                }
-            }
-            self.forget_waiter(id);
-            return Ok(record);
+            return Box::pin(self.wait_for_delivery(id, record, receiver)).await;
         }
         if !self.backend.is_shared() {
-            return receiver.await.map(|r| *r).map_err(|_| Error::ShutDown);
+            return receiver.await.map_err(|_| Error::ShutDown);
         }
-        // Another host may run it, and this pool would not hear of its
-        // end: look again every poll interval.
-        let mut receiver = receiver;
+        Box::pin(self.wait_polling(id, receiver)).await
+    }
+
+    /// [`Inner::wait`] for a task whose end is stored as `record` and may
+    /// not be announced yet (its event not yet sent) by a run of this
+    /// pool: the run leaves `running` only once it is, so this waits for
+    /// that, or for the result the run then delivers to `receiver`.
+    async fn wait_for_delivery(
+        &self,
+        id: TaskId,
+        record: Box<TaskRecord>,
+        mut receiver: oneshot::Receiver<Box<TaskRecord>>,
+    ) -> Result<Box<TaskRecord>> {
+        while self.lock_running().contains_key(&id) {
+            tokio::select! {
+                delivered = &mut receiver => {
+                    return delivered.map_err(|_| Error::ShutDown);
+                }
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+        self.forget_waiter(id);
+        Ok(record)
+    }
+
+    /// [`Inner::wait`] on a shared backend, for a task not final yet:
+    /// another host may run it, and this pool would not hear of its end,
+    /// so it looks again every poll interval.
+    async fn wait_polling(
+        &self,
+        id: TaskId,
+        mut receiver: oneshot::Receiver<Box<TaskRecord>>,
+    ) -> Result<Box<TaskRecord>> {
         let found = loop {
             tokio::select! {
-                result = &mut receiver => break result.map(|r| *r).map_err(|_| Error::ShutDown),
+                result = &mut receiver => break result.map_err(|_| Error::ShutDown),
                 () = tokio::time::sleep(self.config.poll_interval) => {
                     match self.backend.get(&id).await {
                         Ok(Some(record)) => {
                             if record.state.is_final() {
-                                break Ok(record);
+                                break Ok(Box::new(record));
                             }
                         }
                         Ok(None) => break Err(Error::NotFound(id)),

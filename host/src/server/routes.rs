@@ -173,9 +173,9 @@ async fn wait_for(
 ) -> Result<Option<ResultView>, ApiError> {
     let record = tokio::select! {
         record = state.pool.wait_record_timeout(id, wait) => record?,
-        () = state.shutdown.cancelled() => Some(state.pool.status(id).await?),
+        () = state.shutdown.cancelled() => Some(Box::new(state.pool.status(id).await?)),
     };
-    Ok(record.as_ref().and_then(ResultView::of_record))
+    Ok(record.as_deref().and_then(ResultView::of_record))
 }
 
 /// Upload a module (raw wasm bytes); answers with its hash.

@@ -405,6 +405,13 @@ impl TaskRecord {
     /// [`TaskRecord::result_with`], taking the record: its outcome, log and
     /// history move into the result instead of being copied.
     pub fn into_result_with(mut self, output: Vec<u8>) -> Option<TaskResult> {
+        self.take_result_with(output)
+    }
+
+    /// [`TaskRecord::into_result_with`] on a record the caller keeps (a
+    /// boxed one, not moved out of its box): its outcome, log and history
+    /// are taken out of it.
+    pub(crate) fn take_result_with(&mut self, output: Vec<u8>) -> Option<TaskResult> {
         if !self.state.is_final() {
             return None;
         }

@@ -1064,12 +1064,12 @@ impl Backend for EmbeddedBackend {
     /// On a store that decodes what it reads, the index answers first for
     /// a task it knows unfinished; a read waits for durability only if it
     /// found the task final.
-    async fn get_final(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+    async fn get_final(&self, id: &TaskId) -> Result<Option<Box<TaskRecord>>> {
         if !self.traits.changes_in_place && self.known_unfinished(id) {
             return Ok(None);
         }
         match self.store.get_final(id)? {
-            Some(record) => self.settled_read(Ok(Some(record))).await,
+            Some(record) => self.settled_read(Ok(Some(Box::new(record)))).await,
             None => Ok(None),
         }
     }
