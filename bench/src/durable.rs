@@ -10,7 +10,7 @@ use wpool::store::{FlushStats, SledOptions, SledStore, SyncMode};
 use wpool::{ModuleHash, Pool, PoolConfig, TaskSpec};
 use wpool_test_artifacts as programs;
 
-use crate::rows::{read, register, submitters, submitters_of, tempfile_dir};
+use crate::rows::{median_round, read, register, submitters, submitters_of, tempfile_dir};
 use crate::threads::Threads;
 use crate::{Row, Scale};
 
@@ -20,6 +20,18 @@ const SUBMITTERS: usize = 64;
 const BATCH: usize = 500;
 /// Batch submitters at once in the batch rows.
 const BATCH_SUBMITTERS: usize = 4;
+/// Rounds of the sled rows next to the memory store, in a full run.
+const ROUNDS: usize = 3;
+
+/// Tasks of each measurement of [`sled_next_to_memory`].
+struct Counts {
+    /// By the single submitters.
+    single: usize,
+    /// By batches.
+    batch: usize,
+    /// On PostgreSQL, by the single submitters.
+    postgres: usize,
+}
 
 pub(crate) fn durable_submit(
     scale: Scale,
@@ -27,13 +39,12 @@ pub(crate) fn durable_submit(
 ) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
     // Fewer on PostgreSQL: every task is a commit, and the quick run
     // stays short.
-    sled_next_to_memory(
-        scale.n(4_000, 40_000),
-        scale.n(20_000, 200_000),
-        scale.n(1_000, 10_000),
-        cores,
-        false,
-    )
+    let counts = Counts {
+        single: scale.n(4_000, 40_000),
+        batch: scale.n(20_000, 200_000),
+        postgres: scale.n(1_000, 10_000),
+    };
+    sled_next_to_memory(counts, scale.n(1, ROUNDS), cores, false)
 }
 
 pub(crate) fn durable_end_to_end(
@@ -43,13 +54,12 @@ pub(crate) fn durable_end_to_end(
     if let Ok(spec) = std::env::var(ALONE) {
         return alone(&spec, cores);
     }
-    sled_next_to_memory(
-        scale.n(2_000, 20_000),
-        scale.n(10_000, 100_000),
-        scale.n(500, 4_000),
-        cores,
-        true,
-    )
+    let counts = Counts {
+        single: scale.n(2_000, 20_000),
+        batch: scale.n(10_000, 100_000),
+        postgres: scale.n(500, 4_000),
+    };
+    sled_next_to_memory(counts, scale.n(1, ROUNDS), cores, true)
 }
 
 /// The environment variable that runs one end-to-end measurement alone,
@@ -206,10 +216,16 @@ fn batches(pool: &Pool, hash: ModuleHash, input: &[u8], count: usize, wait: bool
 /// a waiter was given; by single submitters (`count` tasks), then by
 /// batches (`batch_count`). Then single submitters on PostgreSQL, next to
 /// sled's durable figure.
+///
+/// The memory store, the durable and the relaxed sled store are measured
+/// in turn, `rounds` times, and each sled row gives the round whose ratio
+/// to the memory store of the same round is the median (as the
+/// trivial-task rows do, and for the same reason: this machine's speed
+/// swings within minutes, and one run of each could compare a fast
+/// minute with a slow one).
 fn sled_next_to_memory(
-    count: usize,
-    batch_count: usize,
-    postgres_count: usize,
+    counts: Counts,
+    rounds: usize,
     cores: usize,
     wait: bool,
 ) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
@@ -218,48 +234,61 @@ fn sled_next_to_memory(
     config.workers(cores);
     let mut rows = Vec::new();
     let mut durable = f64::NAN;
+    let modes = [
+        ("durable (group commit)", SyncMode::Durable),
+        (
+            "relaxed (log written every 100 ms)",
+            SyncMode::Relaxed {
+                interval: Duration::from_millis(100),
+            },
+        ),
+    ];
     for (submission, count) in [
-        (Submission::Single, count),
-        (Submission::Batch, batch_count),
+        (Submission::Single, counts.single),
+        (Submission::Batch, counts.batch),
     ] {
-        let memory = {
-            let pool = Pool::new(config.clone())?;
-            let hash = register(&pool, &wasm)?;
-            let threads = Threads::now();
-            let rate = submission.rate(&pool, hash, count, wait);
-            if let (Some(threads), true) = (threads, wait) {
-                threads.print_since(&format!("memory store, {}", submission.who()), count, cores);
-            }
-            rate
-        };
-        for (name, sync) in [
-            ("durable (group commit)", SyncMode::Durable),
-            (
-                "relaxed (log written every 100 ms)",
-                SyncMode::Relaxed {
-                    interval: Duration::from_millis(100),
-                },
-            ),
-        ] {
-            let dir = tempfile_dir("durable");
-            let store = Arc::new(SledStore::open(&dir, SledOptions::new().sync(sync))?);
-            let pool = Pool::with_store(config.clone(), store.clone())?;
-            let hash = register(&pool, &wasm)?;
-            let before = store.flush_stats();
-            let threads = Threads::now();
-            let rate = submission.rate(&pool, hash, count, wait);
-            let stats = store.flush_stats();
-            if let (Some(threads), true) = (threads, wait) {
-                threads.print_since(&format!("sled, {name}, {}", submission.who()), count, cores);
-            }
-            drop(pool);
-            drop(store);
-            let _ = std::fs::remove_dir_all(&dir);
-            if sync == SyncMode::Durable {
-                if matches!(submission, Submission::Single) {
-                    durable = rate;
+        let mut memory = Vec::with_capacity(rounds);
+        let mut sled: [Vec<f64>; 2] = Default::default();
+        for round in 1..=rounds {
+            let who = match rounds {
+                1 => submission.who(),
+                _ => format!("{}, round {round}", submission.who()),
+            };
+            memory.push({
+                let pool = Pool::new(config.clone())?;
+                let hash = register(&pool, &wasm)?;
+                let threads = Threads::now();
+                let rate = submission.rate(&pool, hash, count, wait);
+                if let (Some(threads), true) = (threads, wait) {
+                    threads.print_since(&format!("memory store, {who}"), count, cores);
                 }
-                print_flushes(&submission.who(), wait, count, &before, &stats);
+                rate
+            });
+            for ((name, sync), rates) in modes.iter().zip(&mut sled) {
+                let dir = tempfile_dir("durable");
+                let store = Arc::new(SledStore::open(&dir, SledOptions::new().sync(*sync))?);
+                let pool = Pool::with_store(config.clone(), store.clone())?;
+                let hash = register(&pool, &wasm)?;
+                let before = store.flush_stats();
+                let threads = Threads::now();
+                let rate = submission.rate(&pool, hash, count, wait);
+                let stats = store.flush_stats();
+                if let (Some(threads), true) = (threads, wait) {
+                    threads.print_since(&format!("sled, {name}, {who}"), count, cores);
+                }
+                drop(pool);
+                drop(store);
+                let _ = std::fs::remove_dir_all(&dir);
+                if *sync == SyncMode::Durable {
+                    print_flushes(&who, wait, count, &before, &stats);
+                }
+                rates.push(rate);
+            }
+        }
+        for ((name, sync), rates) in modes.iter().zip(&sled) {
+            let (rate, baseline, rounds) = median_round(rates, &memory);
+            if *sync == SyncMode::Durable && matches!(submission, Submission::Single) {
+                durable = rate;
             }
             let (what, note) = if wait {
                 (
@@ -274,11 +303,12 @@ fn sled_next_to_memory(
                 "tasks/s",
                 rate,
                 "memory store, same submitters",
-                memory,
-                note,
+                baseline,
+                &format!("{note}; {rounds}"),
             ));
         }
     }
+    let (count, batch_count, postgres_count) = (counts.single, counts.batch, counts.postgres);
     if wait {
         rows.push(more_workers(count, &wasm)?);
         for (submission, count) in [

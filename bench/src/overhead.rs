@@ -31,7 +31,7 @@ use wpool::{
 };
 use wpool_test_artifacts as programs;
 
-use crate::rows::read;
+use crate::rows::{median_round, read};
 use crate::{Row, Scale};
 
 /// The environment variable that runs one measurement alone (see the
@@ -381,28 +381,8 @@ struct Rounds {
 }
 
 impl Rounds {
-    /// Of the rounds of `rates`, the one whose ratio to the raw loop of the
-    /// same round is the median: its rate, its raw loop's, and every
-    /// round's ratio. Both figures of a row thus come from the same
-    /// minutes; a median of each list on its own could pair a raw loop
-    /// measured while the machine ran fast with a subject measured while
-    /// it ran slow.
+    /// [`median_round`] of `rates` against the raw loop's rounds.
     fn median_round(&self, rates: &[f64]) -> (f64, f64, String) {
-        let mut order: Vec<usize> = (0..rates.len()).collect();
-        order.sort_by(|&a, &b| (rates[a] / self.raw[a]).total_cmp(&(rates[b] / self.raw[b])));
-        let median = order[order.len() / 2];
-        let ratios: Vec<String> = (0..rates.len())
-            .map(|i| format!("{:.2}", rates[i] / self.raw[i]))
-            .collect();
-        let rounds = if rates.len() == 1 {
-            "1 round".to_string()
-        } else {
-            format!(
-                "the round of median ratio of {} interleaved, whose ratios were {}×",
-                rates.len(),
-                ratios.join(", ")
-            )
-        };
-        (rates[median], self.raw[median], rounds)
+        median_round(rates, &self.raw)
     }
 }

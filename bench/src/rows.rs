@@ -80,6 +80,37 @@ fn spawn_per_task(scale: Scale, _cores: usize) -> Result<Vec<Row>, Box<dyn std::
     )])
 }
 
+/// Of the rounds of `rates`, the one whose ratio to `baselines` of the
+/// same round is the median: its rate, its baseline's, and a note with
+/// every round's ratio. Both figures of a row thus come from the same
+/// minutes; a median of each list on its own could pair a baseline
+/// measured while the machine ran fast with a subject measured while it
+/// ran slow.
+pub(crate) fn median_round(rates: &[f64], baselines: &[f64]) -> (f64, f64, String) {
+    let mut order: Vec<usize> = (0..rates.len()).collect();
+    order.sort_by(|&a, &b| (rates[a] / baselines[a]).total_cmp(&(rates[b] / baselines[b])));
+    let median = order[order.len() / 2];
+    let ratios: Vec<String> = (0..rates.len())
+        .map(|i| format!("{:.2}", rates[i] / baselines[i]))
+        .collect();
+    let rounds = if rates.len() == 1 {
+        "1 round".to_string()
+    } else {
+        format!(
+            "the round of median ratio of {} interleaved, whose ratios were {}× \
+             (rates {})",
+            rates.len(),
+            ratios.join(", "),
+            rates
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    (rates[median], baselines[median], rounds)
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
