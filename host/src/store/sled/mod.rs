@@ -41,7 +41,7 @@
 //! tasks therefore does not read them all, and the counts add up after any
 //! crash.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::io::Write as _;
 use std::ops::Bound;
@@ -56,7 +56,7 @@ use self::overlay::{Layer, Merged, Overlay, write_layer};
 use self::payloads::PayloadFiles;
 use self::wal::{Change, Checkpoint, TreeId, Wal};
 use super::Tally;
-use crate::task::{ModuleHash, Payload, TaskId, TaskRecord, TaskState};
+use crate::task::{IdHashing, IdMap, ModuleHash, Payload, TaskId, TaskRecord, TaskState};
 use crate::{Error, Result};
 
 mod check;
@@ -213,10 +213,13 @@ struct Writes {
     /// goes through the write lock and sets or drops its head; a task
     /// without one (written before the store was opened, or past
     /// [`MAX_HEADS`]) is read from the store as before.
-    heads: HashMap<TaskId, Head>,
+    /// Hashed as the pool's maps of ids are ([`IdHashing`]): a claim and
+    /// an end each look their task up here and write it back, under the
+    /// write lock, and SipHash was some 800 instructions a task.
+    heads: IdMap<Head>,
     /// Modules known to be stored, so that `insert` does not look each
     /// one up again. Dropped by every removal of a module.
-    modules: HashSet<ModuleHash>,
+    modules: HashSet<ModuleHash, IdHashing>,
     /// No stored task has an id above this one (the key of the newest
     /// task when the store was opened, raised by every insert since;
     /// removals leave it): `insert` looks up a new task's id only when
