@@ -1088,9 +1088,9 @@ impl Inner {
     /// delivered, a task that another host may run) in futures of their
     /// own: the usual wait, on a task that is final already or whose end
     /// this pool delivers, is a small future that moves no record by
-    /// value. A caller that spawns a wait per task (as `join_all` or
-    /// `tokio::spawn` of [`TaskHandle::wait`] do) copies the whole future
-    /// into its task, and a record is some 400 bytes.
+    /// value. A caller that keeps a wait per task (a task spawned for
+    /// each [`TaskHandle::wait`], or `join_all`) copies the whole future
+    /// into place, and a record is some 400 bytes.
     async fn wait(&self, id: TaskId) -> Result<Box<TaskRecord>> {
         // A task already final, whose end this pool has announced (its run
         // left `running`): its record, with no waiter registered and no
