@@ -308,19 +308,18 @@ fn sled_next_to_memory(
             ));
         }
     }
-    let (count, batch_count, postgres_count) = (counts.single, counts.batch, counts.postgres);
     if wait {
-        rows.push(more_workers(count, &wasm)?);
+        rows.push(more_workers(counts.single, &wasm)?);
         for (submission, count) in [
-            (Submission::Single, count),
-            (Submission::Batch, batch_count),
+            (Submission::Single, counts.single),
+            (Submission::Batch, counts.batch),
         ] {
             rows.push(claiming_ahead(submission, count, cores, &wasm, &[], 0)?);
         }
         let echo = read(programs::P1_ECHO);
         rows.push(claiming_ahead(
             Submission::Single,
-            count,
+            counts.single,
             cores,
             &echo,
             &payload(PAYLOAD),
@@ -328,7 +327,7 @@ fn sled_next_to_memory(
         )?);
     }
     rows.push(crate::postgres::next_to_sled(
-        postgres_count,
+        counts.postgres,
         cores,
         SUBMITTERS,
         wait,

@@ -353,7 +353,7 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
                 "submit all, then close; ",
             ),
         ] {
-            let (rate, raw, rounds) = measured.median_round(rates);
+            let (rate, raw, rounds) = median_round(rates, &measured.raw);
             rows.push(Row::new(
                 &subject,
                 "tasks/s",
@@ -378,11 +378,4 @@ struct Rounds {
     executor: Vec<f64>,
     pooled: Vec<f64>,
     closed: Vec<f64>,
-}
-
-impl Rounds {
-    /// [`median_round`] of `rates` against the raw loop's rounds.
-    fn median_round(&self, rates: &[f64]) -> (f64, f64, String) {
-        median_round(rates, &self.raw)
-    }
 }
