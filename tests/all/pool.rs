@@ -766,6 +766,38 @@ async fn progress_reaches_subscribers() {
     assert_eq!(seen, [(1, 4), (2, 4), (3, 4), (4, 4)]);
 }
 
+/// A worker runs the tasks it claims one after another, with one
+/// progress callback for all of them: each report is its own task's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_of_tasks_run_in_a_row_is_each_tasks_own() {
+    let pool = pool(1);
+    let progress = module(&pool, programs::P1_PROGRESS).await;
+    let mut events = pool.subscribe();
+    let specs = (0..4).map(|_| TaskSpec::new(progress, Vec::new()));
+    let handles: Vec<_> = (pool.submit_many(specs).await.unwrap())
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for handle in &handles {
+        handle.wait().await.unwrap();
+    }
+    let mut seen: BTreeMap<wpool::TaskId, Vec<(u64, u64)>> = BTreeMap::new();
+    while let Ok(Some(event)) = events.try_recv() {
+        if let EventKind::Progress { done, total } = event.kind {
+            seen.entry(event.id).or_default().push((done, total));
+        }
+    }
+    assert_eq!(seen.len(), handles.len(), "{seen:?}");
+    for handle in &handles {
+        assert_eq!(
+            seen.get(&handle.id()).map(Vec::as_slice),
+            Some(&[(1, 4), (2, 4), (3, 4), (4, 4)][..]),
+            "{}",
+            handle.id()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_and_pages_newest_first() {
     let pool = pool(2);

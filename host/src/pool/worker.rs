@@ -133,6 +133,38 @@ struct Chain {
     /// the mean last published to [`Inner::mean_run_us`].
     mean_us: u64,
     published_us: u64,
+    /// Where this chain's runs report progress, and the callback that
+    /// reports there ([`ProgressTarget`]).
+    progress: Arc<ProgressTarget>,
+    on_progress: crate::ProgressFn,
+}
+
+/// Where the runs of a chain report their progress: the task that runs
+/// now. One callback serves all the runs of a chain, rather than one made
+/// for each run, which cost an allocation and a weak reference to the
+/// pool taken and let go, on a line every worker writes.
+struct ProgressTarget {
+    pool: std::sync::Weak<Inner>,
+    /// Set before each run; read only by that run's reports.
+    task: parking_lot::Mutex<crate::TaskId>,
+}
+
+impl ProgressTarget {
+    /// A report of the task that runs now.
+    fn report(&self, done: u64, total: u64) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let id = *self.task.lock();
+        if let Some(running) = pool.lock_running().get_mut(&id) {
+            running.progress = Some((done, total));
+        }
+        pool.send_event(super::Event {
+            id,
+            at: now_millis(),
+            kind: EventKind::Progress { done, total },
+        });
+    }
 }
 
 /// How far ahead of its runs a pool claims: about what its workers finish
@@ -341,6 +373,7 @@ impl Inner {
     /// Runs `record` on the worker taken for it, then each task the
     /// worker claims with a run's end (see [`Inner::run_one`]).
     async fn run(self: &Arc<Self>, record: Box<TaskRecord>, lease: Lease, cancel: SharedToken) {
+        let first = record.id;
         let mut next = Some(Ahead {
             record,
             lease,
@@ -348,10 +381,20 @@ impl Inner {
         });
         // Goes on from the pool's mean, as published.
         let mean_us = self.mean_run_us.load(Ordering::Relaxed);
+        let progress = Arc::new(ProgressTarget {
+            pool: Arc::downgrade(self),
+            task: parking_lot::Mutex::new(first),
+        });
+        let on_progress: crate::ProgressFn = {
+            let progress = Arc::clone(&progress);
+            Arc::new(move |done, total| progress.report(done, total))
+        };
         let mut chain = Chain {
             module: None,
             mean_us,
             published_us: mean_us,
+            progress,
+            on_progress,
         };
         while let Some(task) = next.take() {
             next = self.run_one(task, &mut chain).await;
@@ -643,18 +686,7 @@ impl Inner {
                 Err(e) => return RunReport::without_run(Outcome::HostError(e.to_string())),
             },
         };
-        let pool = Arc::downgrade(self);
-        let on_progress: crate::ProgressFn = Arc::new(move |done, total| {
-            let Some(pool) = pool.upgrade() else { return };
-            if let Some(running) = pool.lock_running().get_mut(&id) {
-                running.progress = Some((done, total));
-            }
-            pool.send_event(super::Event {
-                id,
-                at: now_millis(),
-                kind: EventKind::Progress { done, total },
-            });
-        });
+        *chain.progress.task.lock() = id;
         // Written on the stack: a run allocates nothing for them.
         let mut id_text = [0; crate::TaskId::TEXT_LEN];
         let mut attempt_text = [0; 20];
@@ -682,7 +714,7 @@ impl Inner {
                 input,
                 &record.limits,
                 cancel,
-                Some(on_progress),
+                Some(Arc::clone(&chain.on_progress)),
                 &env,
             )
             .await
