@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::abi::{RunContext, command, component};
+use crate::cancel::CancelFlag;
 use crate::engine::{EngineConfig, WasmEngine};
 use crate::registry::{CompiledModule, Prepared, Registry};
 use crate::{LimitOverrides, Limits, ModuleHash, ModuleSettings, Outcome, Result, RunReport};
@@ -47,11 +48,10 @@ struct Queued {
     reply: oneshot::Sender<RunReport>,
 }
 
-/// A run's cancel token, shared by whoever may cancel it (an
+/// A run's cancel flag, shared by whoever may cancel it (an
 /// [`Execution`], the executor's queue entry and worker slot, the pool's
-/// running set) and by the run's epoch callback. A `CancellationToken`'s
-/// own clone and drop lock its tree node; an `Arc`'s are one atomic each.
-pub(crate) type SharedToken = Arc<CancellationToken>;
+/// running set) and by the run's epoch callback.
+pub(crate) type SharedToken = Arc<CancelFlag>;
 
 /// Runs WASM tasks on a fixed set of workers over one wasmtime engine.
 ///
@@ -366,7 +366,7 @@ impl Executor {
     /// Queues `job` for the next free worker (first in, first out) and
     /// returns a handle to its result.
     pub fn spawn(&self, job: Job) -> Execution {
-        let cancel = Arc::new(CancellationToken::new());
+        let cancel = Arc::new(CancelFlag::new());
         let (reply, receiver) = oneshot::channel();
         let queued = Queued {
             job,
@@ -394,7 +394,7 @@ impl Executor {
         on_progress: Option<ProgressFn>,
         env: &[(&str, &str)],
     ) -> RunReport {
-        let cancel = Arc::new(cancel.clone());
+        let cancel = Arc::new(CancelFlag::linked(cancel.clone()));
         self.run_shared(module, input, limits, &cancel, on_progress, env)
             .await
     }
@@ -521,9 +521,11 @@ impl Execution {
         self.cancel.cancel();
     }
 
-    /// A token that cancels this task when cancelled.
+    /// A token that cancels this task when cancelled, and is cancelled
+    /// when the task is (by [`Execution::cancel`] or the executor's
+    /// shutdown). Made on the first call; later calls return clones.
     pub fn cancel_token(&self) -> CancellationToken {
-        CancellationToken::clone(&self.cancel)
+        self.cancel.token()
     }
 
     /// Waits for the task's report.

@@ -94,6 +94,7 @@
 mod abi;
 pub mod backend;
 mod cache;
+mod cancel;
 mod engine;
 mod error;
 mod executor;

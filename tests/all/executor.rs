@@ -92,6 +92,38 @@ fn cancel_kills_running_guests() {
     assert_healthy(&ex);
 }
 
+/// A token taken from an `Execution` while its run already waits in a
+/// host call or spins in wasm kills it when cancelled; and cancelling the
+/// `Execution` cancels a token taken before.
+#[test]
+fn a_cancel_token_taken_while_the_task_runs_kills_it_and_follows_its_cancel() {
+    let ex = executor(2);
+    for (program, input) in [
+        (programs::P1_SLEEP, &b""[..]),
+        (programs::P1_SPIN, &b""[..]),
+    ] {
+        let module = ex.register(&read(program)).unwrap();
+        let execution = spawn(&ex, &module, input, timeout(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(200));
+        let token = execution.cancel_token();
+        assert!(!token.is_cancelled(), "{program}");
+        let cancelled_at = Instant::now();
+        token.cancel();
+        let report = execution.wait_blocking();
+        assert_eq!(report.outcome, Outcome::Cancelled, "{program}");
+        assert!(report.duration >= Duration::from_millis(150), "{program}");
+        assert!(cancelled_at.elapsed() < KILL_BOUND, "{program}");
+
+        let execution = spawn(&ex, &module, input, timeout(Duration::from_secs(60)));
+        let token = execution.cancel_token();
+        std::thread::sleep(Duration::from_millis(100));
+        execution.cancel();
+        assert!(token.is_cancelled(), "{program}");
+        assert_eq!(execution.wait_blocking().outcome, Outcome::Cancelled);
+    }
+    assert_healthy(&ex);
+}
+
 #[test]
 fn cancel_before_start_means_never_run() {
     let ex = executor(1);

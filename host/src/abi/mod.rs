@@ -30,9 +30,9 @@ pub(crate) mod scratch;
 
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use crate::cancel::CancelFlag;
 use crate::executor::SharedToken;
 use crate::{Limits, ModuleSettings, Outcome, ProgressFn};
 
@@ -278,11 +278,7 @@ pub(crate) fn report<T>(
 /// does not finish at its first poll: most short tasks never wait, and a
 /// guest spinning in wasm is stopped by the epoch callback, which checks
 /// the same deadline and token.
-pub(crate) async fn race<F, T>(
-    fut: F,
-    deadline: Instant,
-    cancel: &CancellationToken,
-) -> Result<T, Killed>
+pub(crate) async fn race<F, T>(fut: F, deadline: Instant, cancel: &CancelFlag) -> Result<T, Killed>
 where
     F: std::future::Future<Output = T>,
 {

@@ -10,9 +10,10 @@ use super::events::EventKind;
 use super::outage::Outage;
 use super::{Ahead, BackgroundGuard, Inner, Phase, Running};
 use crate::backend::{Claim, Completed, LeaseState};
+use crate::cancel::CancelFlag;
 use crate::executor::SharedToken;
 use crate::task::{Completion, Lease, Payload, Slot, TaskRecord, TaskState, now_millis};
-use crate::{CancellationToken, Error, Outcome, Result, RunReport};
+use crate::{Error, Outcome, Result, RunReport};
 
 /// How many times recording a run's end is tried, when the store fails
 /// otherwise than by being out of reach, before the pool gives up on it
@@ -245,7 +246,7 @@ impl Inner {
     /// A task just claimed: in `running` from now on, with its cancel
     /// token.
     fn claimed(&self, record: Box<TaskRecord>, lease: Lease) -> Ahead {
-        let cancel = SharedToken::new(CancellationToken::new());
+        let cancel = SharedToken::new(CancelFlag::new());
         // A cancel asked for before the claim: kill at once.
         if record.cancel_requested {
             cancel.cancel();
