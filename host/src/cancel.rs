@@ -10,7 +10,7 @@
 //! asks for one ([`CancelFlag::token`]) or brings one ([`CancelFlag::linked`]).
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,9 @@ impl CancelFlag {
         if !self.cancelled.swap(true, Ordering::AcqRel) {
             self.changed.notify_waiters();
         }
+        // With the fence in `token`: a token made meanwhile is seen here,
+        // or sees the flag there, and is cancelled either way.
+        fence(Ordering::SeqCst);
         if let Some(token) = self.linked.get() {
             token.cancel();
         }
@@ -76,6 +79,7 @@ impl CancelFlag {
         if made {
             // A run waiting in `cancelled` waits for this token from now on.
             self.changed.notify_waiters();
+            fence(Ordering::SeqCst);
             if self.cancelled.load(Ordering::Acquire) {
                 token.cancel();
             }
