@@ -44,14 +44,14 @@ impl fmt::Debug for Job {
 
 struct Queued {
     job: Job,
-    cancel: SharedToken,
+    cancel: SharedCancel,
     reply: oneshot::Sender<RunReport>,
 }
 
 /// A run's cancel flag, shared by whoever may cancel it (an
 /// [`Execution`], the executor's queue entry and worker slot, the pool's
 /// running set) and by the run's epoch callback.
-pub(crate) type SharedToken = Arc<CancelFlag>;
+pub(crate) type SharedCancel = Arc<CancelFlag>;
 
 /// Runs WASM tasks on a fixed set of workers over one wasmtime engine.
 ///
@@ -101,7 +101,7 @@ struct Inner {
     /// that [`Inner::shut_down`] kills it. One uncontended lock per worker: a
     /// job's token is its own, not a child of one shutdown token, whose tree lock
     /// every job's creation and drop would take, from every thread.
-    running: Box<[Mutex<Option<SharedToken>>]>,
+    running: Box<[Mutex<Option<SharedCancel>>]>,
     /// Counted at every run: on cache lines of their own.
     counters: RunCounters,
 }
@@ -191,7 +191,7 @@ impl Executor {
 
     /// Runs a job taken from the queue by worker `worker`, where
     /// [`Inner::shut_down`] finds its token.
-    async fn run_queued(&self, worker: usize, job: Job, cancel: &SharedToken) -> RunReport {
+    async fn run_queued(&self, worker: usize, job: Job, cancel: &SharedCancel) -> RunReport {
         // The token stays in the slot after the run, until the worker's
         // next job replaces it (one lock a job, not two): cancelling an
         // ended run's token at shutdown does nothing.
@@ -406,7 +406,7 @@ impl Executor {
         module: &CompiledModule,
         input: Vec<u8>,
         limits: &Limits,
-        cancel: &SharedToken,
+        cancel: &SharedCancel,
         on_progress: Option<ProgressFn>,
         env: &[(&str, &str)],
     ) -> RunReport {
@@ -509,7 +509,7 @@ impl Drop for Inner {
 /// Dropping it does not cancel the task.
 #[derive(Debug)]
 pub struct Execution {
-    cancel: SharedToken,
+    cancel: SharedCancel,
     receiver: oneshot::Receiver<RunReport>,
 }
 

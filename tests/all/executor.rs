@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wpool::{Job, LimitOverrides, ModuleKind, Outcome};
+use wpool::{Execution, Job, LimitOverrides, ModuleKind, Outcome};
 use wpool_test_artifacts as programs;
 
 use crate::util::{assert_healthy, executor, fixture, read, run, run_wasm, spawn, timeout};
@@ -65,29 +65,33 @@ fn sleeping_guest_is_killed_at_its_timeout() {
     assert_healthy(&ex);
 }
 
+/// Runs `program` (on no input, with a long timeout) for 200 ms, then
+/// cancels it with `cancel`: the run ends cancelled, having run, within
+/// [`KILL_BOUND`] of the cancel.
+fn killed_while_running(ex: &wpool::Executor, program: &str, cancel: impl FnOnce(&Execution)) {
+    let module = ex.register(&read(program)).unwrap();
+    let execution = spawn(ex, &module, b"", timeout(Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(200));
+    let cancelled_at = Instant::now();
+    cancel(&execution);
+    let report = execution.wait_blocking();
+    assert_eq!(report.outcome, Outcome::Cancelled, "{program}");
+    assert!(
+        report.duration >= Duration::from_millis(150),
+        "{program}: it did run"
+    );
+    assert!(
+        cancelled_at.elapsed() < KILL_BOUND,
+        "{program}: slow cancel {:?}",
+        cancelled_at.elapsed()
+    );
+}
+
 #[test]
 fn cancel_kills_running_guests() {
     let ex = executor(2);
-    for (program, input) in [
-        (programs::P1_SPIN, &b""[..]),
-        (programs::P1_SLEEP, &b""[..]),
-    ] {
-        let module = ex.register(&read(program)).unwrap();
-        let execution = spawn(&ex, &module, input, timeout(Duration::from_secs(60)));
-        std::thread::sleep(Duration::from_millis(200));
-        let cancelled_at = Instant::now();
-        execution.cancel();
-        let report = execution.wait_blocking();
-        assert_eq!(report.outcome, Outcome::Cancelled, "{program}");
-        assert!(
-            report.duration >= Duration::from_millis(150),
-            "{program}: it did run"
-        );
-        assert!(
-            cancelled_at.elapsed() < KILL_BOUND,
-            "{program}: slow cancel {:?}",
-            cancelled_at.elapsed()
-        );
+    for program in [programs::P1_SPIN, programs::P1_SLEEP] {
+        killed_while_running(&ex, program, Execution::cancel);
     }
     assert_healthy(&ex);
 }
@@ -98,23 +102,15 @@ fn cancel_kills_running_guests() {
 #[test]
 fn a_cancel_token_taken_while_the_task_runs_kills_it_and_follows_its_cancel() {
     let ex = executor(2);
-    for (program, input) in [
-        (programs::P1_SLEEP, &b""[..]),
-        (programs::P1_SPIN, &b""[..]),
-    ] {
-        let module = ex.register(&read(program)).unwrap();
-        let execution = spawn(&ex, &module, input, timeout(Duration::from_secs(60)));
-        std::thread::sleep(Duration::from_millis(200));
-        let token = execution.cancel_token();
-        assert!(!token.is_cancelled(), "{program}");
-        let cancelled_at = Instant::now();
-        token.cancel();
-        let report = execution.wait_blocking();
-        assert_eq!(report.outcome, Outcome::Cancelled, "{program}");
-        assert!(report.duration >= Duration::from_millis(150), "{program}");
-        assert!(cancelled_at.elapsed() < KILL_BOUND, "{program}");
+    for program in [programs::P1_SLEEP, programs::P1_SPIN] {
+        killed_while_running(&ex, program, |execution| {
+            let token = execution.cancel_token();
+            assert!(!token.is_cancelled(), "{program}");
+            token.cancel();
+        });
 
-        let execution = spawn(&ex, &module, input, timeout(Duration::from_secs(60)));
+        let module = ex.register(&read(program)).unwrap();
+        let execution = spawn(&ex, &module, b"", timeout(Duration::from_secs(60)));
         let token = execution.cancel_token();
         std::thread::sleep(Duration::from_millis(100));
         execution.cancel();

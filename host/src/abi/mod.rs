@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::cancel::CancelFlag;
-use crate::executor::SharedToken;
+use crate::executor::SharedCancel;
 use crate::{Limits, ModuleSettings, Outcome, ProgressFn};
 
 /// Why the host stopped a task.
@@ -157,7 +157,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 pub(crate) struct RunContext<'a> {
     pub(crate) limits: &'a Limits,
     /// Shared: the epoch callback keeps a handle.
-    pub(crate) cancel: &'a SharedToken,
+    pub(crate) cancel: &'a SharedCancel,
     pub(crate) on_progress: Option<ProgressFn>,
     pub(crate) fuel_metering: bool,
     /// The guest's environment variables from wpool (`WPOOL_TASK_ID`,
@@ -211,7 +211,7 @@ impl RunContext<'_> {
         if self.fuel_metering {
             store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX))?;
         }
-        let cancel = SharedToken::clone(self.cancel);
+        let cancel = SharedCancel::clone(self.cancel);
         store.set_epoch_deadline(1);
         let mut ticks = 0;
         store.epoch_deadline_callback(move |_| {

@@ -45,7 +45,7 @@ pub use self::config::{
 };
 use self::events::{Event, EventKind, Events};
 use crate::backend::{Backend, Cancelled, EmbeddedBackend};
-use crate::executor::SharedToken;
+use crate::executor::SharedCancel;
 use crate::store::{MemoryStore, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
     IdMap, Lease, Millis, ModuleHash, TaskId, TaskRecord, TaskResult, TaskSpec, TaskState,
@@ -101,14 +101,14 @@ enum Phase {
 struct Ahead {
     record: Box<TaskRecord>,
     lease: Lease,
-    cancel: SharedToken,
+    cancel: SharedCancel,
 }
 
 /// A task this pool runs now (or claimed ahead, or whose end it records).
 struct Running {
     lease: Lease,
     /// Shared with the run's [`Ahead`].
-    cancel: SharedToken,
+    cancel: SharedCancel,
     /// Killed by a pool stop: put it back in the queue rather than record
     /// it cancelled.
     for_stop: bool,

@@ -11,7 +11,7 @@ use super::outage::Outage;
 use super::{Ahead, BackgroundGuard, Inner, Phase, Running};
 use crate::backend::{Claim, Completed, LeaseState};
 use crate::cancel::CancelFlag;
-use crate::executor::SharedToken;
+use crate::executor::SharedCancel;
 use crate::task::{Completion, Lease, Payload, Slot, TaskRecord, TaskState, now_millis};
 use crate::{Error, Outcome, Result, RunReport};
 
@@ -246,7 +246,7 @@ impl Inner {
     /// A task just claimed: in `running` from now on, with its cancel
     /// token.
     fn claimed(&self, record: Box<TaskRecord>, lease: Lease) -> Ahead {
-        let cancel = SharedToken::new(CancelFlag::new());
+        let cancel = SharedCancel::new(CancelFlag::new());
         // A cancel asked for before the claim: kill at once.
         if record.cancel_requested {
             cancel.cancel();
@@ -373,7 +373,7 @@ impl Inner {
 
     /// Runs `record` on the worker taken for it, then each task the
     /// worker claims with a run's end (see [`Inner::run_one`]).
-    async fn run(self: &Arc<Self>, record: Box<TaskRecord>, lease: Lease, cancel: SharedToken) {
+    async fn run(self: &Arc<Self>, record: Box<TaskRecord>, lease: Lease, cancel: SharedCancel) {
         let first = record.id;
         let mut next = Some(Ahead {
             record,
@@ -673,7 +673,7 @@ impl Inner {
         self: &Arc<Self>,
         record: &TaskRecord,
         input: Payload,
-        cancel: &SharedToken,
+        cancel: &SharedCancel,
         chain: &mut Chain,
     ) -> RunReport {
         let id = record.id;
