@@ -31,7 +31,7 @@ use wpool::{
 };
 use wpool_test_artifacts as programs;
 
-use crate::rows::{median_round, read};
+use crate::rows::{median_bracketed, read};
 use crate::{Row, Scale};
 
 /// The environment variable that runs one measurement alone (see the
@@ -313,47 +313,63 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
     // The machine's speed swings between runs a few seconds apart (the
     // raw loop on two threads has made 250k and 430k tasks/s within one
     // hour), so a baseline measured once, then each subject once after
-    // it, can compare two different machines. Instead the four are
-    // measured in turn, round after round, and each row gives the round
-    // whose ratio to its own raw loop is the median of the five.
+    // it, can compare two different machines. Instead the subjects are
+    // measured in turn, round after round, with the raw loop before and
+    // after each of them; each row gives the round whose ratio to its
+    // own raw loop is the median of the five, among the rounds in which
+    // the raw loop held still around the subject (`median_bracketed`).
     let rounds = scale.n(1, 5);
     let window = scale.time(Duration::from_secs(2), Duration::from_millis(1500));
     let mut rows = Vec::new();
     for workers in [1, cores] {
         let tick = Duration::from_millis(1);
         let mut measured = Rounds::default();
+        let raw = || raw_wasmtime(&wasm, workers, Until::Elapsed(window), tick);
         for _ in 0..rounds {
-            measured
-                .raw
-                .push(raw_wasmtime(&wasm, workers, Until::Elapsed(window), tick));
+            // raw, executor, raw, Pool, raw, Pool with `close`, raw: each
+            // subject between two measurements of the raw loop.
+            let mut before = raw();
             measured
                 .executor
                 .push(executor_rate(&wasm, workers, count, tick));
+            let mut after = raw();
+            measured.raw.push((before, after));
+            before = after;
             measured
                 .pooled
                 .push(pool_rate(&new_pool(workers, tick)?, &wasm, count, b""));
+            after = raw();
+            measured.raw_pooled.push((before, after));
+            before = after;
             measured
                 .closed
                 .push(pool_close_rate(&new_pool(workers, tick)?, &wasm, count));
+            after = raw();
+            measured.raw_closed.push((before, after));
         }
-        for (subject, rates, note) in [
+        for (subject, rates, raws, note) in [
             (
                 format!("trivial task, executor, {workers} worker(s)"),
                 &measured.executor,
+                &measured.raw,
                 "",
             ),
             (
                 format!("trivial task, Pool (memory store), {workers} worker(s)"),
                 &measured.pooled,
+                &measured.raw_pooled,
                 "",
             ),
             (
                 format!("trivial task, Pool, results not awaited one by one, {workers} worker(s)"),
                 &measured.closed,
+                &measured.raw_closed,
                 "submit all, then close; ",
             ),
         ] {
-            let (rate, raw, rounds) = median_round(rates, &measured.raw);
+            let before: Vec<f64> = raws.iter().map(|(b, _)| *b).collect();
+            let after: Vec<f64> = raws.iter().map(|(_, a)| *a).collect();
+            let (rate, raw, rounds) = median_bracketed(rates, &before, &after);
             rows.push(Row::new(
                 &subject,
                 "tasks/s",
@@ -374,8 +390,13 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
 /// The rates of each round of [`section`], in tasks per second.
 #[derive(Default)]
 struct Rounds {
-    raw: Vec<f64>,
+    /// The raw loop just before and just after the executor.
+    raw: Vec<(f64, f64)>,
     executor: Vec<f64>,
+    /// The raw loop just before and just after the Pool.
+    raw_pooled: Vec<(f64, f64)>,
     pooled: Vec<f64>,
+    /// The raw loop just before and just after the Pool with `close`.
+    raw_closed: Vec<(f64, f64)>,
     closed: Vec<f64>,
 }

@@ -111,6 +111,86 @@ pub(crate) fn median_round(rates: &[f64], baselines: &[f64]) -> (f64, f64, Strin
     (rates[median], baselines[median], rounds)
 }
 
+/// How far apart the raw loop's two measurements around a subject may be,
+/// relative to the larger, for the round to count as steady in
+/// [`median_bracketed`].
+pub(crate) const STEADY: f64 = 0.10;
+
+/// Like [`median_round`], for rounds whose baseline was measured just
+/// before (`before`) and just after (`after`) the subject: each round's
+/// baseline is the mean of the two, and the round is *steady* when they
+/// agree within [`STEADY`]. The median is taken over the steady rounds
+/// when they are a majority, else over all of them (and the note says
+/// so): a round in which the machine changed speed sets the subject
+/// against a baseline of another moment, and its ratio says nothing
+/// about either. The note marks each unsteady round's ratio with `*`.
+pub(crate) fn median_bracketed(rates: &[f64], before: &[f64], after: &[f64]) -> (f64, f64, String) {
+    assert!(
+        rates.len() == before.len() && rates.len() == after.len() && !rates.is_empty(),
+        "one rate and two baselines a round"
+    );
+    let baselines: Vec<f64> = before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| (b + a) / 2.0)
+        .collect();
+    let steady: Vec<bool> = before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| (b - a).abs() <= STEADY * b.max(*a))
+        .collect();
+    let steady_count = steady.iter().filter(|s| **s).count();
+    let mut order: Vec<usize> = if steady_count * 2 > rates.len() {
+        (0..rates.len()).filter(|&i| steady[i]).collect()
+    } else {
+        (0..rates.len()).collect()
+    };
+    order.sort_by(|&a, &b| (rates[a] / baselines[a]).total_cmp(&(rates[b] / baselines[b])));
+    let median = order[order.len() / 2];
+    let ratios: Vec<String> = (0..rates.len())
+        .map(|i| {
+            let mark = if steady[i] { "" } else { "*" };
+            format!("{:.2}{mark}", rates[i] / baselines[i])
+        })
+        .collect();
+    let rounds = if rates.len() == 1 {
+        "1 round".to_string()
+    } else if steady_count * 2 > rates.len() {
+        format!(
+            "the round of median ratio of the {steady_count} steady of {} interleaved",
+            rates.len()
+        )
+    } else {
+        format!(
+            "the round of median ratio of all {} interleaved (only {steady_count} steady)",
+            rates.len()
+        )
+    };
+    let legend = if steady_count < rates.len() {
+        "* unsteady; "
+    } else {
+        ""
+    };
+    let note = format!(
+        "{rounds}, the raw loop measured just before and after the subject (steady: the \
+         two within {:.0}%); ratios {}× ({legend}rates {}; raw loop {})",
+        STEADY * 100.0,
+        ratios.join(", "),
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| format!("{b:.0}/{a:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    (rates[median], baselines[median], note)
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -578,4 +658,37 @@ fn cold_start(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn std::error
             "instantiate + run, the module registered",
         ),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_bracketed;
+
+    #[test]
+    fn a_round_whose_baseline_moved_is_left_out_of_the_median() {
+        // Round 1 is unsteady (the raw loop went from 200 to 400 around
+        // the subject): with it, the median of the five would be 0.82.
+        let rates = [80.0, 150.0, 84.0, 86.0, 82.0];
+        let before = [100.0, 200.0, 100.0, 100.0, 100.0];
+        let after = [100.0, 400.0, 100.0, 100.0, 100.0];
+        let (rate, baseline, note) = median_bracketed(&rates, &before, &after);
+        assert_eq!((rate, baseline), (84.0, 100.0), "{note}");
+        assert!(note.contains("of the 4 steady"), "{note}");
+        assert!(note.contains("0.80, 0.50*, 0.84"), "{note}");
+        assert!(note.contains("200/400"), "{note}");
+    }
+
+    #[test]
+    fn with_too_few_steady_rounds_every_round_counts() {
+        let rates = [80.0, 90.0, 100.0];
+        let before = [100.0, 100.0, 100.0];
+        let after = [100.0, 150.0, 150.0];
+        let (rate, baseline, note) = median_bracketed(&rates, &before, &after);
+        // Ratios 0.80, 0.72, 0.80: the median of all three is a 0.80.
+        assert_eq!(rate / baseline, 0.8, "{note}");
+        assert!(
+            note.contains("of all 3 interleaved (only 1 steady)"),
+            "{note}"
+        );
+    }
 }
