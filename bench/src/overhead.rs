@@ -328,47 +328,44 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
         for _ in 0..rounds {
             // raw, executor, raw, Pool, raw, Pool with `close`, raw: each
             // subject between two measurements of the raw loop.
-            let mut before = raw();
+            let first = raw();
             measured
                 .executor
                 .push(executor_rate(&wasm, workers, count, tick));
-            let mut after = raw();
-            measured.raw.push((before, after));
-            before = after;
+            let second = raw();
             measured
                 .pooled
                 .push(pool_rate(&new_pool(workers, tick)?, &wasm, count, b""));
-            after = raw();
-            measured.raw_pooled.push((before, after));
-            before = after;
+            let third = raw();
             measured
                 .closed
                 .push(pool_close_rate(&new_pool(workers, tick)?, &wasm, count));
-            after = raw();
-            measured.raw_closed.push((before, after));
+            measured.raw.push([first, second, third, raw()]);
         }
-        for (subject, rates, raws, note) in [
+        // Subject `i` ran between the raw loop's measurements `i` and
+        // `i + 1` of each round.
+        for (i, subject, rates, note) in [
             (
+                0,
                 format!("trivial task, executor, {workers} worker(s)"),
                 &measured.executor,
-                &measured.raw,
                 "",
             ),
             (
+                1,
                 format!("trivial task, Pool (memory store), {workers} worker(s)"),
                 &measured.pooled,
-                &measured.raw_pooled,
                 "",
             ),
             (
+                2,
                 format!("trivial task, Pool, results not awaited one by one, {workers} worker(s)"),
                 &measured.closed,
-                &measured.raw_closed,
                 "submit all, then close; ",
             ),
         ] {
-            let before: Vec<f64> = raws.iter().map(|(b, _)| *b).collect();
-            let after: Vec<f64> = raws.iter().map(|(_, a)| *a).collect();
+            let before: Vec<f64> = measured.raw.iter().map(|r| r[i]).collect();
+            let after: Vec<f64> = measured.raw.iter().map(|r| r[i + 1]).collect();
             let (rate, raw, rounds) = median_bracketed(rates, &before, &after);
             rows.push(Row::new(
                 &subject,
@@ -390,13 +387,11 @@ pub(crate) fn section(scale: Scale, cores: usize) -> Result<Vec<Row>, Box<dyn st
 /// The rates of each round of [`section`], in tasks per second.
 #[derive(Default)]
 struct Rounds {
-    /// The raw loop just before and just after the executor.
-    raw: Vec<(f64, f64)>,
+    /// The raw loop's four measurements of each round: before the
+    /// executor, between it and the Pool, between the Pool and the Pool
+    /// with `close`, and after that.
+    raw: Vec<[f64; 4]>,
     executor: Vec<f64>,
-    /// The raw loop just before and just after the Pool.
-    raw_pooled: Vec<(f64, f64)>,
     pooled: Vec<f64>,
-    /// The raw loop just before and just after the Pool with `close`.
-    raw_closed: Vec<(f64, f64)>,
     closed: Vec<f64>,
 }

@@ -87,9 +87,7 @@ fn spawn_per_task(scale: Scale, _cores: usize) -> Result<Vec<Row>, Box<dyn std::
 /// measured while the machine ran fast with a subject measured while it
 /// ran slow.
 pub(crate) fn median_round(rates: &[f64], baselines: &[f64]) -> (f64, f64, String) {
-    let mut order: Vec<usize> = (0..rates.len()).collect();
-    order.sort_by(|&a, &b| (rates[a] / baselines[a]).total_cmp(&(rates[b] / baselines[b])));
-    let median = order[order.len() / 2];
+    let median = median_of((0..rates.len()).collect(), rates, baselines);
     let ratios: Vec<String> = (0..rates.len())
         .map(|i| format!("{:.2}", rates[i] / baselines[i]))
         .collect();
@@ -101,20 +99,32 @@ pub(crate) fn median_round(rates: &[f64], baselines: &[f64]) -> (f64, f64, Strin
              (rates {})",
             rates.len(),
             ratios.join(", "),
-            rates
-                .iter()
-                .map(|r| format!("{r:.0}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            whole_numbers(rates)
         )
     };
     (rates[median], baselines[median], rounds)
 }
 
+/// Of the rounds `indices`, the one whose ratio of `rates` to
+/// `baselines` is the median.
+fn median_of(mut indices: Vec<usize>, rates: &[f64], baselines: &[f64]) -> usize {
+    indices.sort_by(|&a, &b| (rates[a] / baselines[a]).total_cmp(&(rates[b] / baselines[b])));
+    indices[indices.len() / 2]
+}
+
+/// `values` rounded to whole numbers, separated by commas.
+fn whole_numbers(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How far apart the raw loop's two measurements around a subject may be,
 /// relative to the larger, for the round to count as steady in
 /// [`median_bracketed`].
-pub(crate) const STEADY: f64 = 0.10;
+const STEADY: f64 = 0.10;
 
 /// Like [`median_round`], for rounds whose baseline was measured just
 /// before (`before`) and just after (`after`) the subject: each round's
@@ -140,13 +150,11 @@ pub(crate) fn median_bracketed(rates: &[f64], before: &[f64], after: &[f64]) -> 
         .map(|(b, a)| (b - a).abs() <= STEADY * b.max(*a))
         .collect();
     let steady_count = steady.iter().filter(|s| **s).count();
-    let mut order: Vec<usize> = if steady_count * 2 > rates.len() {
-        (0..rates.len()).filter(|&i| steady[i]).collect()
-    } else {
-        (0..rates.len()).collect()
-    };
-    order.sort_by(|&a, &b| (rates[a] / baselines[a]).total_cmp(&(rates[b] / baselines[b])));
-    let median = order[order.len() / 2];
+    let majority = steady_count * 2 > rates.len();
+    let counted = (0..rates.len())
+        .filter(|&i| steady[i] || !majority)
+        .collect();
+    let median = median_of(counted, rates, &baselines);
     let ratios: Vec<String> = (0..rates.len())
         .map(|i| {
             let mark = if steady[i] { "" } else { "*" };
@@ -155,7 +163,7 @@ pub(crate) fn median_bracketed(rates: &[f64], before: &[f64], after: &[f64]) -> 
         .collect();
     let rounds = if rates.len() == 1 {
         "1 round".to_string()
-    } else if steady_count * 2 > rates.len() {
+    } else if majority {
         format!(
             "the round of median ratio of the {steady_count} steady of {} interleaved",
             rates.len()
@@ -176,11 +184,7 @@ pub(crate) fn median_bracketed(rates: &[f64], before: &[f64], after: &[f64]) -> 
          two within {:.0}%); ratios {}× ({legend}rates {}; raw loop {})",
         STEADY * 100.0,
         ratios.join(", "),
-        rates
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        whole_numbers(rates),
         before
             .iter()
             .zip(after)
