@@ -109,6 +109,39 @@ mod tests {
         }
     }
 
+    /// The ids of one block hash side by side: the same middle bits, the
+    /// id's own low bits, and top 7 bits (what a probe compares) that
+    /// differ between neighbours. Blocks spread over the table.
+    #[test]
+    fn consecutive_ids_hash_side_by_side_in_blocks_that_spread() {
+        use std::hash::BuildHasher;
+        let hashing = IdHashing::default();
+        let block = ID_BLOCK as u128;
+        let low = ID_BLOCK as u64 - 1;
+        let middle = |h: u64| h & !(low | (0x7F << 57));
+        let base = TaskId::new().0.0 & !(block - 1);
+        let mut middles = std::collections::HashSet::new();
+        let mut regions = std::collections::HashSet::new();
+        for b in 0..1_000 {
+            let first = base + b * block;
+            let hashes: Vec<u64> = (0..block)
+                .map(|i| hashing.hash_one(TaskId(ulid::Ulid(first + i))))
+                .collect();
+            for (i, h) in hashes.iter().enumerate() {
+                assert_eq!(h & low, i as u64);
+                assert_eq!(middle(*h), middle(hashes[0]));
+            }
+            let tops: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+            assert_eq!(tops.len(), ID_BLOCK, "{hashes:x?}");
+            middles.insert(middle(hashes[0]));
+            // The block's place in a table of 2^14 slots (1,024 blocks).
+            regions.insert((hashes[0] >> ID_BLOCK.trailing_zeros()) & 1023);
+        }
+        assert_eq!(middles.len(), 1_000);
+        // 1,000 blocks thrown at random into 1,024 places take about 640.
+        assert!(regions.len() >= 560, "{} places of 1,024", regions.len());
+    }
+
     #[test]
     fn ids_sort_by_creation_and_round_trip() {
         let ids: Vec<TaskId> = (0..1000).map(|_| TaskId::new()).collect();
@@ -132,12 +165,18 @@ pub(crate) type ModuleMap<V> = std::collections::HashMap<crate::ModuleHash, V, I
 pub(crate) type IdHashing = std::hash::BuildHasherDefault<IdHasher>;
 
 /// Hashes task ids for the maps on the hot path (the pool's running set
-/// and waiters, the queue's index), and module hashes (the compiled
-/// modules and their settings): one folded multiply per 8 bytes, instead
-/// of SipHash's rounds. Ids are made by this process (or by
-/// another host sharing the queue), never chosen by clients; the
-/// per-process seed still keeps their order, which is nearly sequential,
-/// from shaping the table.
+/// and waiters, the queue's index, the memory store), and module hashes
+/// (the compiled modules and their settings): one folded multiply per 8
+/// bytes, instead of SipHash's rounds. Ids are made by this process (or
+/// by another host sharing the queue), never chosen by clients.
+///
+/// A task id is hashed in blocks of [`ID_BLOCK`] consecutive ids (see
+/// [`IdHasher::write_u128`]): the ids a process makes within a
+/// millisecond are consecutive, and a queue is worked through in about
+/// the order its ids were made, so a block's tasks are looked up one
+/// after the other (claimed, ended, waited for) and find their entries
+/// in the same few cache lines. Where the block goes is the seeded mix
+/// of the rest of the id, as for any other key.
 #[derive(Clone, Copy)]
 pub(crate) struct IdHasher(u64);
 
@@ -151,10 +190,16 @@ impl Default for IdHasher {
     }
 }
 
+/// How many consecutive task ids [`IdHasher`] places side by side: a
+/// power of two, and a hash table's probe group (16 control bytes).
+const ID_BLOCK: usize = 16;
+
+/// The odd constant of [`IdHasher`]'s multiplies (2^64 / φ).
+const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
 impl IdHasher {
     fn mix(&mut self, word: u64) {
-        const K: u64 = 0x9E37_79B9_7F4A_7C15;
-        let product = u128::from(self.0 ^ word) * u128::from(K);
+        let product = u128::from(self.0 ^ word) * u128::from(MIX);
         self.0 = (product as u64) ^ ((product >> 64) as u64);
     }
 }
@@ -168,9 +213,35 @@ impl std::hash::Hasher for IdHasher {
         }
     }
 
+    /// A task id: the block (the id without its low [`ID_BLOCK`] bits)
+    /// mixed with the seed gives the hash's middle bits, which place the
+    /// block in the table; the id's low bits are the hash's low bits, so
+    /// the block's ids take neighbouring slots, whose control bytes share
+    /// one cache line and whose entries are contiguous; the top 7 bits,
+    /// which a probe compares before it reads an entry, come from a
+    /// multiply of the whole low word, so they differ between neighbours.
+    ///
+    /// Measured (a queue of 300,000 trivial tasks through a `Pool`, one
+    /// worker): each claim's look-ups in the index and the store missed
+    /// the cache about twice each, and about 4.5% more tasks a second ran
+    /// with blocks of 16 than with every id mixed whole.
+    ///
+    /// Blocks, not one run: with the id's low 32 bits as the hash's,
+    /// the ids of one millisecond filled a run of slots, and a run that
+    /// began inside another's pushed every one of its keys to the probes
+    /// after it (a FIFO of 1,000,000 ids all made in one millisecond,
+    /// each step an insert and a removal: 8× slower than mixing them
+    /// whole; with blocks of 16, as fast). A look-up of an id taken at
+    /// random, its lines cold, was about a quarter slower in that test:
+    /// a block's shared lines pay only when its ids are looked up
+    /// together, as a queue's are.
     fn write_u128(&mut self, n: u128) {
-        self.mix(n as u64);
+        const LOW: u64 = ID_BLOCK as u64 - 1;
+        const TAG: u64 = 0x7F << 57;
+        let low = n as u64;
+        self.mix((n >> ID_BLOCK.trailing_zeros()) as u64);
         self.mix((n >> 64) as u64);
+        self.0 = (self.0 & !(LOW | TAG)) | (low & LOW) | (low.wrapping_mul(MIX) & TAG);
     }
 
     fn finish(&self) -> u64 {
