@@ -221,20 +221,22 @@ impl std::hash::Hasher for IdHasher {
     /// which a probe compares before it reads an entry, come from a
     /// multiply of the whole low word, so they differ between neighbours.
     ///
-    /// Measured (a queue of 300,000 trivial tasks through a `Pool`, one
-    /// worker): each claim's look-ups in the index and the store missed
-    /// the cache about twice each, and about 4.5% more tasks a second ran
-    /// with blocks of 16 than with every id mixed whole.
+    /// Measured (a queue of 300,000 trivial tasks through a `Pool`):
+    /// each claim's look-ups in the index and the store missed the cache
+    /// about twice each, and 8% more tasks a second ran with one worker,
+    /// 5% more with two, than with every id mixed whole (2% and none
+    /// with 50,000 tasks, whose tables nearly fit in the cache).
     ///
     /// Blocks, not one run: with the id's low 32 bits as the hash's,
     /// the ids of one millisecond filled a run of slots, and a run that
-    /// began inside another's pushed every one of its keys to the probes
-    /// after it (a FIFO of 1,000,000 ids all made in one millisecond,
-    /// each step an insert and a removal: 8× slower than mixing them
-    /// whole; with blocks of 16, as fast). A look-up of an id taken at
-    /// random, its lines cold, was about a quarter slower in that test:
-    /// a block's shared lines pay only when its ids are looked up
-    /// together, as a queue's are.
+    /// began inside another's pushed its keys down the probes after it (a
+    /// FIFO of 1,000,000 ids all made in one millisecond, each step an
+    /// insert and a removal: 2 to 6 times slower than with ids mixed
+    /// whole; with blocks of 16, 1.0 to 1.4 times). Where ids are not
+    /// looked up in the order they were made, blocks cost a little: in
+    /// the same test, a cold look-up of an id taken at random was 15–40%
+    /// slower than with ids mixed whole. (The performance log has the
+    /// test.)
     fn write_u128(&mut self, n: u128) {
         const LOW: u64 = ID_BLOCK as u64 - 1;
         const TAG: u64 = 0x7F << 57;
