@@ -84,11 +84,11 @@ impl FromStr for TaskId {
 mod tests {
     use super::*;
 
-    /// Ids made one after another (nearly sequential) spread over the
-    /// table: distinct hashes, and the top 7 bits (which the table's
-    /// probes compare) take nearly every value.
+    /// Ids made one after another (nearly sequential) get distinct
+    /// hashes, and the top 7 bits (which the table's probes compare) take
+    /// nearly every value.
     #[test]
-    fn sequential_ids_spread_over_the_id_hash() {
+    fn sequential_ids_get_distinct_hashes_and_tags() {
         use std::hash::BuildHasher;
         let hashing = IdHashing::default();
         let hashes: Vec<u64> = (0..10_000)
@@ -213,13 +213,14 @@ impl std::hash::Hasher for IdHasher {
         }
     }
 
-    /// A task id: the block (the id without its low [`ID_BLOCK`] bits)
-    /// mixed with the seed gives the hash's middle bits, which place the
-    /// block in the table; the id's low bits are the hash's low bits, so
-    /// the block's ids take neighbouring slots, whose control bytes share
-    /// one cache line and whose entries are contiguous; the top 7 bits,
-    /// which a probe compares before it reads an entry, come from a
-    /// multiply of the whole low word, so they differ between neighbours.
+    /// A task id: its block (the id without its low 4 bits, for blocks
+    /// of [`ID_BLOCK`]) mixed with the seed gives the hash's middle
+    /// bits, which place the block in the table; the id's low bits are
+    /// the hash's low bits, so the block's ids take neighbouring slots,
+    /// whose control bytes share one cache line and whose entries are
+    /// contiguous; the top 7 bits, which a probe compares before it
+    /// reads an entry, come from a multiply of the whole low word, so
+    /// they differ between neighbours.
     ///
     /// Measured (a queue of 300,000 trivial tasks through a `Pool`):
     /// each claim's look-ups in the index and the store missed the cache
