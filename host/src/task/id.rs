@@ -117,8 +117,7 @@ mod tests {
         use std::hash::BuildHasher;
         let hashing = IdHashing::default();
         let block = ID_BLOCK as u128;
-        let low = ID_BLOCK as u64 - 1;
-        let middle = |h: u64| h & !(low | (0x7F << 57));
+        let middle = |h: u64| h & !(ID_LOW | ID_TAG);
         let base = TaskId::new().0.0 & !(block - 1);
         let mut middles = std::collections::HashSet::new();
         let mut regions = std::collections::HashSet::new();
@@ -128,7 +127,7 @@ mod tests {
                 .map(|i| hashing.hash_one(TaskId(ulid::Ulid(first + i))))
                 .collect();
             for (i, h) in hashes.iter().enumerate() {
-                assert_eq!(h & low, i as u64);
+                assert_eq!(h & ID_LOW, i as u64);
                 assert_eq!(middle(*h), middle(hashes[0]));
             }
             let tops: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
@@ -194,6 +193,13 @@ impl Default for IdHasher {
 /// power of two, and a hash table's probe group (16 control bytes).
 const ID_BLOCK: usize = 16;
 
+/// The bits of a task id's hash that say its place within its block:
+/// the id's own low bits.
+const ID_LOW: u64 = ID_BLOCK as u64 - 1;
+
+/// The bits of a hash that a table's probe compares (its top 7).
+const ID_TAG: u64 = 0x7F << 57;
+
 /// The odd constant of [`IdHasher`]'s multiplies (2^64 / φ).
 const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -239,12 +245,10 @@ impl std::hash::Hasher for IdHasher {
     /// slower than with ids mixed whole. (The performance log has the
     /// test.)
     fn write_u128(&mut self, n: u128) {
-        const LOW: u64 = ID_BLOCK as u64 - 1;
-        const TAG: u64 = 0x7F << 57;
         let low = n as u64;
         self.mix((n >> ID_BLOCK.trailing_zeros()) as u64);
         self.mix((n >> 64) as u64);
-        self.0 = (self.0 & !(LOW | TAG)) | (low & LOW) | (low.wrapping_mul(MIX) & TAG);
+        self.0 = (self.0 & !(ID_LOW | ID_TAG)) | (low & ID_LOW) | (low.wrapping_mul(MIX) & ID_TAG);
     }
 
     fn finish(&self) -> u64 {
