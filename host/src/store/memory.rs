@@ -1,12 +1,12 @@
 //! A store in memory: fast, and gone when the process ends. For tests,
 //! benchmarks and embedders that do not need durability.
 
-use std::collections::{BTreeSet, HashMap};
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
+use super::ordered::Ordered;
 use super::{Inserted, StateCounts, Store, StoredModule, Tally, TaskFilter};
 use crate::task::{IdMap, Millis, ModuleMap, TaskId, TaskRecord, TaskState};
 use crate::{ModuleHash, ModuleSettings, Result};
@@ -32,9 +32,12 @@ struct Inner {
     /// at that moment, which then keeps the version it read.
     tasks: IdMap<Arc<TaskRecord>>,
     /// The ids in order, for [`Store::list`]'s pages.
-    order: BTreeSet<TaskId>,
+    order: Ordered<TaskId>,
     keys: HashMap<String, TaskId>,
-    finished: BTreeSet<(Millis, TaskId)>,
+    /// The finished tasks by the time they ended, for
+    /// [`Store::purge_finished`]. Both sets mostly grow at their end
+    /// (see [`Ordered`]).
+    finished: Ordered<(Millis, TaskId)>,
     modules: ModuleMap<Arc<[u8]>>,
     /// Module run settings.
     module_settings: ModuleMap<ModuleSettings>,
@@ -233,15 +236,10 @@ impl Store for MemoryStore {
 
     fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
         let inner = self.lock();
-        let upper = match filter.before {
-            Some(id) => Bound::Excluded(id),
-            None => Bound::Unbounded,
-        };
         Ok(inner
             .order
-            .range((Bound::Unbounded, upper))
-            .rev()
-            .filter_map(|id| inner.tasks.get(id))
+            .before(filter.before)
+            .filter_map(|id| inner.tasks.get(&id))
             .filter(|t| filter.matches(t))
             .take(filter.page_size())
             .map(|t| TaskRecord::clone(t))
@@ -277,16 +275,17 @@ impl Store for MemoryStore {
         let inner = &mut *inner;
         let excess = keep.map_or(0, |keep| (inner.finished.len() as u64).saturating_sub(keep));
         let mut doomed = Vec::new();
-        for (i, &(finished_at, id)) in inner.finished.iter().enumerate() {
+        for (i, (finished_at, id)) in inner.finished.iter().enumerate() {
             if finished_at < before || (i as u64) < excess {
                 doomed.push((finished_at, id));
             } else {
                 break;
             }
         }
+        inner.finished.remove_all(&doomed);
+        let ids: Vec<TaskId> = doomed.iter().map(|&(_, id)| id).collect();
+        inner.order.remove_all(&ids);
         for key in &doomed {
-            inner.finished.remove(key);
-            inner.order.remove(&key.1);
             if let Some(task) = inner.tasks.remove(&key.1) {
                 inner.counts.moved(Some(task.state), None);
                 if let Some(k) = &task.idempotency_key {
@@ -301,12 +300,12 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let mut removed = Vec::new();
+        let mut keys = Vec::new();
         for id in ids {
             let Some(key) = inner.tasks.get(id).and_then(|t| finished_key(t)) else {
                 continue;
             };
-            inner.finished.remove(&key);
-            inner.order.remove(id);
+            keys.push(key);
             if let Some(task) = inner.tasks.remove(id) {
                 inner.counts.moved(Some(task.state), None);
                 if let Some(k) = &task.idempotency_key
@@ -317,6 +316,8 @@ impl Store for MemoryStore {
                 removed.push(*id);
             }
         }
+        inner.finished.remove_all(&keys);
+        inner.order.remove_all(&removed);
         Ok(removed)
     }
 

@@ -10,6 +10,7 @@
 //! always add up to the number of tasks.
 
 mod memory;
+mod ordered;
 mod sled;
 
 use std::collections::BTreeMap;
