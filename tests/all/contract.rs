@@ -805,6 +805,62 @@ async fn concurrent_claimers_never_share_a_task(h: &dyn Harness) {
 
 /// A worker records its run's end and claims its next task in one call;
 /// a lost lease claims nothing.
+/// `complete_and_claim_now`: the backends that make the call at once (a
+/// store in memory, whose writes need no flush) answer as
+/// `complete_and_claim` does; the others leave everything as it was,
+/// for the async call.
+async fn an_end_made_at_once_answers_as_the_async_call(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(&backend, vec![task(m, |s| s), task(m, |s| s)]).await;
+    let (first, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    assert_eq!(first.id, tasks[0].id);
+    let stale = wpool::Lease {
+        token: lease.token.wrapping_add(1),
+        ..lease
+    };
+    let refused = backend.complete_and_claim_now(&stale, &ran(Outcome::Success), 1, TTL);
+    let at_once = !backend.is_durable();
+    assert_eq!(
+        refused.is_some(),
+        at_once,
+        "made at once on a store in memory only"
+    );
+    if let Some(refused) = refused {
+        let (refused, claim) = refused.unwrap();
+        assert_eq!(refused, Completed::LeaseLost);
+        assert!(claim.claimed.is_empty());
+    }
+    assert_eq!(
+        backend.get(&first.id).await.unwrap().unwrap().state,
+        TaskState::Running,
+        "a refused or unmade end writes nothing"
+    );
+    let ended = backend.complete_and_claim_now(&lease, &ran(Outcome::Success), 1, TTL);
+    let (done, mut claim) = match ended {
+        Some(ended) => ended.unwrap(),
+        None => backend
+            .complete_and_claim(&lease, ran(Outcome::Success), 1, TTL)
+            .await
+            .unwrap(),
+    };
+    let Completed::Recorded(done) = done else {
+        panic!("the holder's completion was refused")
+    };
+    assert_eq!((done.id, done.state), (first.id, TaskState::Succeeded));
+    let (next, _) = claim.claimed.remove(0);
+    assert_eq!((next.id, next.state), (tasks[1].id, TaskState::Running));
+    assert_eq!(
+        backend.get(&first.id).await.unwrap().unwrap().state,
+        TaskState::Succeeded
+    );
+    assert_eq!(
+        backend.get(&next.id).await.unwrap().unwrap().state,
+        TaskState::Running
+    );
+    counts_add_up(&backend, 2).await;
+}
+
 async fn a_run_s_end_claims_the_next_task(h: &dyn Harness) {
     let backend = h.open();
     let m = module(&backend).await;
@@ -1047,6 +1103,7 @@ every_backend!(
     delete_removes_final_tasks_only,
     concurrent_claimers_never_share_a_task,
     a_run_s_end_claims_the_next_task,
+    an_end_made_at_once_answers_as_the_async_call,
     what_is_known_unfinished_without_a_read,
     an_end_written_without_its_flush_is_fenced_and_kept_once_flushed,
 );

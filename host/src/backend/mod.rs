@@ -241,6 +241,22 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn completes_with_claim(&self) -> bool {
         false
     }
+    /// [`Backend::complete_and_claim`] made at once, where the backend
+    /// can make it without waiting for anything (a store in memory): a
+    /// pool's worker then ends its run and takes its next task without an
+    /// async call. `None` where it cannot (the default): the caller makes
+    /// the async call instead, with the same `run`, which is why it is
+    /// lent here, not given.
+    fn complete_and_claim_now(
+        &self,
+        lease: &Lease,
+        run: &Completion,
+        max: usize,
+        ttl: Duration,
+    ) -> Option<Result<(Completed, Claim)>> {
+        let _ = (lease, run, max, ttl);
+        None
+    }
     /// [`Backend::complete`] without waiting for the end to be durable:
     /// the caller calls [`Backend::flush`] before it shows the end to
     /// anyone (its result, its event, the run leaving the running ones).

@@ -505,9 +505,13 @@ impl Inner {
         } else {
             let claim_next = keep_worker.then_some(self.config.lease_ttl);
             let run = completion(&record, report);
-            (recorded, claim) = self
-                .record_run(&record, lease, run, claim_next, false)
-                .await;
+            (recorded, claim) = match self.record_run_now(&lease, &run, claim_next) {
+                Some(ended) => ended,
+                None => {
+                    self.record_run(&record, lease, run, claim_next, false)
+                        .await
+                }
+            };
         }
         // Before the end is delivered: whoever learns of it sees the worker
         // free, unless it runs another task.
@@ -746,10 +750,7 @@ impl Inner {
         let mut outage = Outage::default();
         let mut failures = 0;
         let mut wait = Duration::from_millis(50);
-        let (max, ttl) = match claim_next {
-            Some(ttl) => (1, ttl),
-            None => (0, Duration::ZERO),
-        };
+        let (max, ttl) = claim_limits(claim_next);
         loop {
             match self
                 .backend
@@ -765,11 +766,7 @@ impl Inner {
                     if uncertain && let Some(ours) = self.recorded_before(record, &run).await {
                         return (ours.map(Box::new), Claim::default());
                     }
-                    tracing::warn!(
-                        task = %id,
-                        "the task's lease was lost while it ran (its host stalled or was cut \
-                         off): this run's result is dropped, and the run that replaced it counts"
-                    );
+                    lease_lost(id);
                     return (None, Claim::default());
                 }
                 Err(e) if e.is_unavailable() => {
@@ -802,6 +799,30 @@ impl Inner {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
+            }
+        }
+    }
+
+    /// [`Inner::record_run`] made at once, where the backend can
+    /// ([`Backend::complete_and_claim_now`]); `None` where it cannot, or
+    /// where that write failed: the async call then makes it (and tries
+    /// it again as it does any other).
+    fn record_run_now(
+        &self,
+        lease: &Lease,
+        run: &Completion,
+        claim_next: Option<Duration>,
+    ) -> Option<(Option<Box<TaskRecord>>, Claim)> {
+        let (max, ttl) = claim_limits(claim_next);
+        match self.backend.complete_and_claim_now(lease, run, max, ttl)? {
+            Ok((Completed::Recorded(record), claim)) => Some((Some(record), claim)),
+            Ok((Completed::LeaseLost, _)) => {
+                lease_lost(lease.task);
+                Some((None, Claim::default()))
+            }
+            Err(e) => {
+                tracing::warn!(task = %lease.task, error = %e, "cannot record the task's result at once; trying again");
+                None
             }
         }
     }
@@ -951,6 +972,24 @@ impl Inner {
             }
         }
     }
+}
+
+/// How many tasks a run's end claims (one, with `claim_next`, a lease's
+/// time to live), and under what lease time.
+fn claim_limits(claim_next: Option<Duration>) -> (usize, Duration) {
+    match claim_next {
+        Some(ttl) => (1, ttl),
+        None => (0, Duration::ZERO),
+    }
+}
+
+/// Says that a run's end was refused: its lease was lost.
+fn lease_lost(task: crate::TaskId) {
+    tracing::warn!(
+        task = %task,
+        "the task's lease was lost while it ran (its host stalled or was cut \
+         off): this run's result is dropped, and the run that replaced it counts"
+    );
 }
 
 /// The end of a run of `record`, as `report` tells it, to be recorded.

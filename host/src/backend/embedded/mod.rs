@@ -628,6 +628,18 @@ impl EmbeddedBackend {
             .await
             .map_err(|e| Error::Store(format!("keeping an output panicked: {e}")))??;
         }
+        self.end_and_claim_kept(lease, run, max, ttl)
+    }
+
+    /// [`EmbeddedBackend::end_and_claim`] once a large output is in the
+    /// store's files (`run` holds it inline only if it is small).
+    fn end_and_claim_kept(
+        &self,
+        lease: &Lease,
+        run: Completion,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<(Completed, Claim)> {
         let discard = |output: &Payload| {
             if let Err(e) = self
                 .store
@@ -850,6 +862,25 @@ impl Backend for EmbeddedBackend {
 
     fn completes_with_claim(&self) -> bool {
         true
+    }
+
+    /// On a store in memory, whose writes need no flush: at once, unless
+    /// the output goes to the store's files.
+    fn complete_and_claim_now(
+        &self,
+        lease: &Lease,
+        run: &Completion,
+        max: usize,
+        ttl: Duration,
+    ) -> Option<Result<(Completed, Claim)>> {
+        let small = run
+            .output
+            .inline()
+            .is_some_and(|bytes| bytes.len() <= INLINE_PAYLOAD);
+        if !self.traits.in_memory || !small {
+            return None;
+        }
+        Some(self.end_and_claim_kept(lease, run.clone(), max, ttl))
     }
 
     async fn complete_unflushed(&self, lease: &Lease, run: Completion) -> Result<Completed> {
