@@ -803,8 +803,6 @@ async fn concurrent_claimers_never_share_a_task(h: &dyn Harness) {
     );
 }
 
-/// A worker records its run's end and claims its next task in one call;
-/// a lost lease claims nothing.
 /// `complete_and_claim_now`: the backends that make the call at once (a
 /// store in memory, whose writes need no flush) answer as
 /// `complete_and_claim` does; the others leave everything as it was,
@@ -861,6 +859,8 @@ async fn an_end_made_at_once_answers_as_the_async_call(h: &dyn Harness) {
     counts_add_up(&backend, 2).await;
 }
 
+/// A worker records its run's end and claims its next task in one call;
+/// a lost lease claims nothing.
 async fn a_run_s_end_claims_the_next_task(h: &dyn Harness) {
     let backend = h.open();
     let m = module(&backend).await;

@@ -139,8 +139,6 @@ pub struct Recovered {
     pub ended: usize,
 }
 
-/// Writes the large inputs of `tasks` to the store's files; on a failure,
-/// removes those written and fails.
 /// Whether `task`'s input is too large for its record: it goes to the
 /// store's files first.
 fn input_goes_to_file(task: &TaskRecord) -> bool {
@@ -149,6 +147,16 @@ fn input_goes_to_file(task: &TaskRecord) -> bool {
         .is_some_and(|b| b.len() > INLINE_PAYLOAD)
 }
 
+/// Whether `run`'s output is too large for its record: it goes to the
+/// store's files first.
+fn output_goes_to_file(run: &Completion) -> bool {
+    run.output
+        .inline()
+        .is_some_and(|b| b.len() > INLINE_PAYLOAD)
+}
+
+/// Writes the large inputs of `tasks` to the store's files; on a failure,
+/// removes those written and fails.
 fn keep_inputs(store: &dyn Store, mut tasks: Vec<TaskRecord>) -> Result<Vec<TaskRecord>> {
     for i in 0..tasks.len() {
         let task = &mut tasks[i];
@@ -616,8 +624,8 @@ impl EmbeddedBackend {
     ) -> Result<(Completed, Claim)> {
         // A large output goes to the store's file first, outside the lock
         // (it is written and synced), and is named by the record after.
-        if let Payload::Inline(bytes) = &mut run.output
-            && bytes.len() > INLINE_PAYLOAD
+        if output_goes_to_file(&run)
+            && let Payload::Inline(bytes) = &mut run.output
         {
             let bytes = std::mem::take(bytes);
             let store = self.store.clone();
@@ -873,11 +881,7 @@ impl Backend for EmbeddedBackend {
         max: usize,
         ttl: Duration,
     ) -> Option<Result<(Completed, Claim)>> {
-        let small = run
-            .output
-            .inline()
-            .is_some_and(|bytes| bytes.len() <= INLINE_PAYLOAD);
-        if !self.traits.in_memory || !small {
+        if !self.traits.in_memory || output_goes_to_file(run) {
             return None;
         }
         Some(self.end_and_claim_kept(lease, run.clone(), max, ttl))
