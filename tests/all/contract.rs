@@ -8,8 +8,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wpool::backend::{Backend, Cancelled, Completed, EmbeddedBackend, Enqueued, LeaseState};
-use wpool::store::{MemoryStore, SledOptions, SledStore, TaskFilter};
+use wpool::backend::{
+    Backend, Cancelled, Completed, EmbeddedBackend, Enqueued, EnqueuedNow, LeaseState,
+};
+use wpool::store::{Inserted, MemoryStore, SledOptions, SledStore, TaskFilter};
 use wpool::{Error, ModuleHash, Outcome, TaskRecord, TaskState, now_millis};
 use wpool_test_artifacts as programs;
 
@@ -859,6 +861,114 @@ async fn an_end_made_at_once_answers_as_the_async_call(h: &dyn Harness) {
     counts_add_up(&backend, 2).await;
 }
 
+/// Enqueues `task` with `enqueue_one_now` where the backend stores it at
+/// once, else with `enqueue_one`; the answer as `Inserted` gives it.
+async fn enqueue_one_either(
+    backend: &Arc<dyn Backend>,
+    task: TaskRecord,
+) -> Result<Inserted, Error> {
+    let id = task.id;
+    match backend.enqueue_one_now(Box::new(task.clone())) {
+        EnqueuedNow::Done(inserted) => {
+            assert!(!backend.is_durable(), "a durable store stores at once");
+            inserted
+        }
+        EnqueuedNow::Later(given) => {
+            assert!(
+                backend.is_durable() || backend.is_shared(),
+                "a store in memory gives the task back"
+            );
+            assert_eq!(*given, task, "the task comes back as it was given");
+            match backend.enqueue_one(given).await? {
+                Enqueued::New(stored) => {
+                    assert_eq!(stored.id, id);
+                    Ok(Inserted::New)
+                }
+                Enqueued::Existing(holder) => Ok(Inserted::Existing(holder)),
+            }
+        }
+    }
+}
+
+/// `enqueue_one_now`: the backends that store a task at once (a store in
+/// memory) answer as `enqueue_one` does, idempotency keys and unknown
+/// modules included; the others give the task back untouched.
+async fn a_task_stored_at_once_answers_as_the_async_call(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let first = task(m, |s| s.idempotency_key("k-now").priority(3));
+    assert_eq!(
+        enqueue_one_either(&backend, first.clone()).await.unwrap(),
+        Inserted::New
+    );
+    let stored = backend.get(&first.id).await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.priority), (TaskState::Queued, 3));
+    assert!(stored.seq > 0, "its submission order assigned");
+    let again = task(m, |s| s.idempotency_key("k-now"));
+    assert_eq!(
+        enqueue_one_either(&backend, again.clone()).await.unwrap(),
+        Inserted::Existing(first.id),
+        "the key's holder answers"
+    );
+    assert_eq!(
+        backend.get(&again.id).await.unwrap(),
+        None,
+        "nothing stored"
+    );
+    let unknown = task(ModuleHash::of(b"not stored"), |s| s);
+    assert!(matches!(
+        enqueue_one_either(&backend, unknown.clone()).await,
+        Err(Error::UnknownModule(_))
+    ));
+    assert_eq!(backend.get(&unknown.id).await.unwrap(), None);
+    let second = task(m, |s| s);
+    assert_eq!(
+        enqueue_one_either(&backend, second.clone()).await.unwrap(),
+        Inserted::New
+    );
+    // Indexed as stored: claimed by priority, then in submission order,
+    // the refused ones nowhere.
+    let claim = backend.claim(4, TTL).await.unwrap();
+    let ids: Vec<_> = claim.claimed.iter().map(|(r, _)| r.id).collect();
+    assert_eq!(ids, vec![first.id, second.id]);
+    counts_add_up(&backend, 2).await;
+}
+
+/// `read_final_now`: a backend that reads at once lends the record of a
+/// final task as `get_final` reads it, and nothing for a task not final
+/// or not there; the others leave it to `get_final`.
+async fn a_final_record_read_at_once_is_the_stored_one(h: &dyn Harness) {
+    let backend = h.open();
+    let m = module(&backend).await;
+    let tasks = enqueue(&backend, vec![task(m, |s| s), task(m, |s| s)]).await;
+    let (_, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    let done = complete(&backend, &lease, Outcome::Success).await;
+    let read = |id| {
+        let mut lent = None;
+        let answer = backend.read_final_now(&id, &mut |r| lent = Some(r.clone()));
+        answer.map(|found| (found.unwrap(), lent))
+    };
+    let at_once = !backend.is_durable() && !backend.is_shared();
+    match read(done.id) {
+        Some((found, lent)) => {
+            assert!(at_once, "read at once on a store in memory only");
+            assert!(found);
+            assert_eq!(lent.as_ref(), Some(&done));
+            assert_eq!(
+                backend.get_final(&done.id).await.unwrap().as_deref(),
+                lent.as_ref()
+            );
+        }
+        None => assert!(!at_once, "a store in memory reads at once"),
+    }
+    for id in [tasks[1].id, wpool::TaskId::new()] {
+        if let Some((found, lent)) = read(id) {
+            assert!(!found, "not final, or not there");
+            assert_eq!(lent, None, "nothing lent");
+        }
+    }
+}
+
 /// A worker records its run's end and claims its next task in one call;
 /// a lost lease claims nothing.
 async fn a_run_s_end_claims_the_next_task(h: &dyn Harness) {
@@ -1104,6 +1214,8 @@ every_backend!(
     concurrent_claimers_never_share_a_task,
     a_run_s_end_claims_the_next_task,
     an_end_made_at_once_answers_as_the_async_call,
+    a_task_stored_at_once_answers_as_the_async_call,
+    a_final_record_read_at_once_is_the_stored_one,
     what_is_known_unfinished_without_a_read,
     an_end_written_without_its_flush_is_fenced_and_kept_once_flushed,
 );

@@ -67,7 +67,7 @@ pub use embedded::{EmbeddedBackend, Recovered};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresBackend, PostgresOptions, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
-use crate::store::{StateCounts, StoredModule, TaskFilter};
+use crate::store::{Inserted, StateCounts, StoredModule, TaskFilter};
 use crate::task::{
     Completion, Lease, Millis, ModuleHash, Payload, Slot, TaskId, TaskRecord, TaskState,
 };
@@ -90,6 +90,18 @@ pub enum Enqueued {
     New(Box<TaskRecord>),
     /// Its idempotency key belongs to this task; nothing was stored.
     Existing(TaskId),
+}
+
+/// What [`Backend::enqueue_one_now`] did with a task.
+#[derive(Debug)]
+pub enum EnqueuedNow {
+    /// Stored, or not for the reason given: a new task, or the task that
+    /// holds its idempotency key, as [`Store::insert`](crate::store::Store::insert)
+    /// answers.
+    Done(Result<Inserted>),
+    /// Not stored: the backend cannot store it at once. The task, given
+    /// back as it came, for [`Backend::enqueue_one`].
+    Later(Box<TaskRecord>),
 }
 
 /// What [`Backend::claim`] gave.
@@ -189,6 +201,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// default enqueues a batch of one.
     async fn enqueue_one(&self, task: Box<TaskRecord>) -> Result<Enqueued> {
         only_answer(self.enqueue(vec![*task]).await?)
+    }
+    /// [`Backend::enqueue_one`] made at once, where the backend can store
+    /// the task without waiting for anything (a store in memory): a
+    /// submission then costs no async call, and the store keeps the record
+    /// given rather than a copy of it. [`EnqueuedNow::Later`] gives the
+    /// task back where it cannot (the default); the caller then calls
+    /// [`Backend::enqueue_one`].
+    fn enqueue_one_now(&self, task: Box<TaskRecord>) -> EnqueuedNow {
+        EnqueuedNow::Later(task)
     }
     /// Claims up to `max` ready tasks, by priority then submission order,
     /// each under a new lease lasting `ttl`.
@@ -298,6 +319,20 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
             .await?
             .filter(|record| record.state.is_final())
             .map(Box::new))
+    }
+    /// [`Backend::get_final`] made at once, where the backend can read the
+    /// record without waiting for anything (a store in memory): it lends
+    /// the record to `read` if the task is final, and says whether it was.
+    /// A waiter then builds a result from it, copying only what the result
+    /// holds. `None` where it cannot (the default): the caller uses
+    /// [`Backend::get_final`].
+    fn read_final_now(
+        &self,
+        id: &TaskId,
+        read: &mut dyn FnMut(&TaskRecord),
+    ) -> Option<Result<bool>> {
+        let _ = (id, read);
+        None
     }
     /// Whether the backend knows, without reading anything, that task
     /// `id` is waiting or running (so a caller about to wait for its end

@@ -500,7 +500,13 @@ impl Pool {
         self.inner().check_open()?;
         self.inner().check_storage()?;
         self.inner().reserve_room(1).await?;
-        self.submit_reserved(spec).await
+        // Not through a shared async function: the spec would be copied
+        // into its state (see `Inner::store_new_task_now`).
+        let id = match self.inner().store_new_task_now(spec) {
+            submit::Now::Done(answer) => answer?.0,
+            submit::Now::Later(later) => self.inner().store_new_task_later(later).await?.0,
+        };
+        Ok(self.handle(id))
     }
 
     /// Submits a task, or fails at once with [`Error::QueueFull`] if the
@@ -511,11 +517,10 @@ impl Pool {
         if !self.inner().try_reserve_room(1) && !self.inner().recounted_room(1).await {
             return Err(Error::QueueFull(self.inner().config.max_queued));
         }
-        self.submit_reserved(spec).await
-    }
-
-    async fn submit_reserved(&self, spec: TaskSpec) -> Result<TaskHandle> {
-        let (id, _) = self.inner().store_new_task(spec).await?;
+        let id = match self.inner().store_new_task_now(spec) {
+            submit::Now::Done(answer) => answer?.0,
+            submit::Now::Later(later) => self.inner().store_new_task_later(later).await?.0,
+        };
         Ok(self.handle(id))
     }
 
@@ -743,8 +748,12 @@ impl Pool {
 
     /// Waits for a task's result.
     pub async fn wait(&self, id: TaskId) -> Result<TaskResult> {
-        let record = self.inner().wait(id).await?;
-        self.inner().result_of(record).await
+        let inner = self.inner();
+        if let Some(result) = inner.final_result_now(&id) {
+            return result;
+        }
+        let record = inner.wait(id).await?;
+        inner.result_of(record).await
     }
 
     /// Waits at most `timeout` for a task's result; `None` if it has not
@@ -1064,6 +1073,33 @@ impl Inner {
             Cancelled::AlreadyFinished(state) => Ok(CancelResult::AlreadyFinished(state)),
             Cancelled::NotFound => Err(Error::NotFound(id)),
         }
+    }
+
+    /// The result of task `id` at once if it is final and its end was
+    /// announced, where the backend lends its record without waiting
+    /// ([`Backend::read_final_now`]: a store in memory) and the output is
+    /// in it; `None`: wait as [`Inner::wait`] does. The usual wait of a
+    /// caller that submitted many tasks first, answered with a copy of
+    /// what the result holds, not of the whole record.
+    fn final_result_now(&self, id: &TaskId) -> Option<Result<TaskResult>> {
+        if self.backend.is_shared() {
+            return None;
+        }
+        let mut result = None;
+        match self
+            .backend
+            .read_final_now(id, &mut |record| result = record.result_copy())?
+        {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => return Some(Err(e)),
+        }
+        // As in `Inner::wait`: a run that has not left `running` may not be
+        // announced yet (its event not sent).
+        if self.lock_running().contains_key(id) {
+            return None;
+        }
+        result.map(Ok)
     }
 
     /// A final task's result, its output read from the backend when the

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 
 use super::Inner;
 use super::events::EventKind;
-use crate::backend::Enqueued;
+use crate::backend::{Enqueued, EnqueuedNow};
+use crate::store::Inserted;
 use crate::task::{
     Millis, ModuleHash, ModuleRef, TaskId, TaskRecord, TaskSpec, TaskState, now_millis,
 };
@@ -175,27 +176,102 @@ impl Inner {
     /// taken: the same answers, without a batch's vectors (a submission
     /// of one is the usual case, and on a store in memory the vectors
     /// were a good part of its cost).
-    pub(super) async fn store_new_task(&self, spec: TaskSpec) -> Result<(TaskId, bool)> {
-        let record = match self.new_record(spec, now_millis()).await {
-            Ok(New::Record(record)) => record,
-            Ok(New::Existing(id)) => {
-                self.left_queue(1);
-                return Ok((id, false));
+    ///
+    /// Made without an async call where none is needed: a spec without an
+    /// idempotency key (whose holder the backend would be asked for),
+    /// naming a module compiled here, on a backend that stores a task at
+    /// once ([`Backend::enqueue_one_now`](crate::backend::Backend::enqueue_one_now):
+    /// a store in memory). The spec then moves once, into its record,
+    /// rather than into the state of each async call on its way; and
+    /// [`Now::Later`] is what is left for [`Inner::store_new_task_later`]
+    /// otherwise.
+    pub(super) fn store_new_task_now(&self, spec: TaskSpec) -> Now {
+        let known = match &spec.module {
+            ModuleRef::Hash(hash) if spec.idempotency_key.is_none() => {
+                self.executor.module(hash).map(|m| m.hash())
             }
+            _ => None,
+        };
+        let Some(module) = known else {
+            return Now::Later(Later::Spec(Box::new(spec)));
+        };
+        let record = spec
+            .validate()
+            .and_then(|()| validated_record(&self.executor, spec, module, now_millis()));
+        let record = match record {
+            Ok(record) => Box::new(record),
             Err(e) => {
                 self.left_queue(1);
-                return Err(e);
+                return Now::Done(Err(e));
             }
         };
-        match self.backend.enqueue_one(record).await {
-            Ok(Enqueued::New(record)) => {
-                self.emit(record.id, EventKind::Submitted);
-                self.wake_for_stored(is_timed(&record));
-                Ok((record.id, true))
+        let (id, timed) = (record.id, is_timed(&record));
+        match self.backend.enqueue_one_now(record) {
+            EnqueuedNow::Done(inserted) => {
+                Now::Done(self.stored_one(id, timed, inserted.map(holder)))
             }
-            Ok(Enqueued::Existing(id)) => {
+            EnqueuedNow::Later(record) => Now::Later(Later::Record(record)),
+        }
+    }
+
+    /// [`Inner::store_new_task_now`] finished with async calls: the record
+    /// made of the spec (its key's holder and its module looked up), then
+    /// stored.
+    pub(super) async fn store_new_task_later(&self, later: Later) -> Result<(TaskId, bool)> {
+        let record = match later {
+            Later::Record(record) => record,
+            Later::Spec(spec) => {
+                let record = match self.new_record(*spec, now_millis()).await {
+                    Ok(New::Record(record)) => record,
+                    Ok(New::Existing(id)) => {
+                        self.left_queue(1);
+                        return Ok((id, false));
+                    }
+                    Err(e) => {
+                        self.left_queue(1);
+                        return Err(e);
+                    }
+                };
+                let (id, timed) = (record.id, is_timed(&record));
+                match self.backend.enqueue_one_now(record) {
+                    EnqueuedNow::Done(inserted) => {
+                        return self.stored_one(id, timed, inserted.map(holder));
+                    }
+                    EnqueuedNow::Later(record) => record,
+                }
+            }
+        };
+        let (id, timed) = (record.id, is_timed(&record));
+        let stored = self
+            .backend
+            .enqueue_one(record)
+            .await
+            .map(|enqueued| match enqueued {
+                Enqueued::New(_) => None,
+                Enqueued::Existing(holder) => Some(holder),
+            });
+        self.stored_one(id, timed, stored)
+    }
+
+    /// The answer of a single submission of task `id` (`timed`: delayed
+    /// or expiring), from what the backend said: `None` if it stored it,
+    /// the holder of its idempotency key otherwise, or why it failed. The
+    /// room taken for it is given back unless it was stored.
+    fn stored_one(
+        &self,
+        id: TaskId,
+        timed: bool,
+        stored: Result<Option<TaskId>>,
+    ) -> Result<(TaskId, bool)> {
+        match stored {
+            Ok(None) => {
+                self.emit(id, EventKind::Submitted);
+                self.wake_for_stored(timed);
+                Ok((id, true))
+            }
+            Ok(Some(holder)) => {
                 self.left_queue(1);
-                Ok((id, false))
+                Ok((holder, false))
             }
             Err(e) => {
                 self.left_queue(1);
@@ -370,6 +446,33 @@ fn is_the_specs_fault(error: &Error) -> bool {
             | Error::InvalidModule(_)
             | Error::InvalidSettings(_)
     )
+}
+
+/// The holder of a task's idempotency key, if the store found one
+/// rather than storing the task.
+fn holder(inserted: Inserted) -> Option<TaskId> {
+    match inserted {
+        Inserted::New => None,
+        Inserted::Existing(holder) => Some(holder),
+    }
+}
+
+/// What [`Inner::store_new_task_now`] did.
+pub(super) enum Now {
+    /// The answer, as [`Inner::store_new_tasks`] gives it for one spec.
+    Done(Result<(TaskId, bool)>),
+    /// Left for [`Inner::store_new_task_later`].
+    Later(Later),
+}
+
+/// What is left of a single submission for async calls.
+pub(super) enum Later {
+    /// The spec: its idempotency key's holder, or its module, is to be
+    /// looked up in the backend. (Boxed, as the record: the answer made
+    /// at once is the usual one, and is not made as large as a spec.)
+    Spec(Box<TaskSpec>),
+    /// Its record: the backend stores it with an async call.
+    Record(Box<TaskRecord>),
 }
 
 enum New {

@@ -54,6 +54,16 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock()
     }
+
+    /// The record of `id` if it is final, shared: read after the lock is
+    /// let go.
+    fn final_one(&self, id: &TaskId) -> Option<Arc<TaskRecord>> {
+        self.lock()
+            .tasks
+            .get(id)
+            .filter(|t| t.state.is_final())
+            .map(Arc::clone)
+    }
 }
 
 impl Inner {
@@ -79,6 +89,41 @@ impl Inner {
             self.finished.insert(key);
         }
         Some(entry)
+    }
+}
+
+impl Inner {
+    /// Refuses a new task that names a module not stored, or whose id is
+    /// taken.
+    fn may_insert(&self, task: &TaskRecord) -> Result<()> {
+        if !self.modules.contains_key(&task.module) {
+            return Err(crate::Error::UnknownModule(task.module));
+        }
+        if self.tasks.contains_key(&task.id) {
+            return Err(crate::Error::Store(format!(
+                "task {} already exists",
+                task.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores a new task ([`Inner::may_insert`] said it may be) unless its
+    /// idempotency key is taken.
+    fn insert(&mut self, task: Arc<TaskRecord>) -> Inserted {
+        if let Some(key) = &task.idempotency_key {
+            if let Some(existing) = self.keys.get(key) {
+                return Inserted::Existing(*existing);
+            }
+            self.keys.insert(key.clone(), task.id);
+        }
+        self.order.insert(task.id);
+        self.counts.moved(None, Some(task.state));
+        if let Some(key) = finished_key(&task) {
+            self.finished.insert(key);
+        }
+        self.tasks.insert(task.id, task);
+        Inserted::New
     }
 }
 
@@ -152,7 +197,6 @@ impl Store for MemoryStore {
         // Copied before the lock, which the queue's workers wait for (a
         // copy made for a task whose key is taken is dropped).
         let copies: Vec<Arc<TaskRecord>> = tasks.iter().map(|t| Arc::new(t.clone())).collect();
-        let mut copies = copies.into_iter();
         if tasks.len() > 1 {
             let mut named: IdMap<()> =
                 IdMap::with_capacity_and_hasher(tasks.len(), Default::default());
@@ -163,35 +207,18 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let inner = &mut *inner;
         for task in tasks {
-            if !inner.modules.contains_key(&task.module) {
-                return Err(crate::Error::UnknownModule(task.module));
-            }
-            if inner.tasks.contains_key(&task.id) {
-                return Err(crate::Error::Store(format!(
-                    "task {} already exists",
-                    task.id
-                )));
-            }
+            inner.may_insert(task)?;
         }
-        let mut answers = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            let copy = copies.next().expect("one copy per task");
-            if let Some(key) = &task.idempotency_key {
-                if let Some(existing) = inner.keys.get(key) {
-                    answers.push(Inserted::Existing(*existing));
-                    continue;
-                }
-                inner.keys.insert(key.clone(), task.id);
-            }
-            inner.tasks.insert(task.id, copy);
-            inner.order.insert(task.id);
-            inner.counts.moved(None, Some(task.state));
-            if let Some(key) = finished_key(task) {
-                inner.finished.insert(key);
-            }
-            answers.push(Inserted::New);
-        }
-        Ok(answers)
+        Ok(copies.into_iter().map(|copy| inner.insert(copy)).collect())
+    }
+
+    /// Keeps the record given: no copy, and its allocation made before the
+    /// lock.
+    fn insert_owned(&self, task: TaskRecord) -> Result<Inserted> {
+        let task = Arc::new(task);
+        let mut inner = self.lock();
+        inner.may_insert(&task)?;
+        Ok(inner.insert(task))
     }
 
     fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool> {
@@ -221,13 +248,13 @@ impl Store for MemoryStore {
     }
 
     fn get_final(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        let found = self
-            .lock()
-            .tasks
-            .get(id)
-            .filter(|t| t.state.is_final())
-            .map(Arc::clone);
-        Ok(found.map(|record| TaskRecord::clone(&record)))
+        Ok(self.final_one(id).map(|record| TaskRecord::clone(&record)))
+    }
+
+    /// Lends the record outside the lock: a change made meanwhile writes a
+    /// copy ([`Arc::make_mut`]), and the record lent stays as it was read.
+    fn read_final(&self, id: &TaskId, read: &mut dyn FnMut(&TaskRecord)) -> Result<bool> {
+        Ok(self.final_one(id).map(|record| read(&record)).is_some())
     }
 
     fn by_key(&self, key: &str) -> Result<Option<TaskId>> {

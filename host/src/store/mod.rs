@@ -171,6 +171,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Refuses the whole batch, writing nothing, if a task names a module
     /// that is not stored ([`Error::UnknownModule`](crate::Error::UnknownModule)).
     fn insert(&self, tasks: &[TaskRecord]) -> Result<Vec<Inserted>>;
+    /// [`Store::insert`] of one task, given rather than lent: a store that
+    /// keeps its records in memory keeps this one, without a copy. The
+    /// default inserts a batch of one.
+    fn insert_owned(&self, task: TaskRecord) -> Result<Inserted> {
+        self.insert(std::slice::from_ref(&task))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                crate::Error::Store("the store gave no answer for the task inserted".into())
+            })
+    }
     /// Replaces a task's record if its stored state is `expected`
     /// (compare-and-swap); `false` if it was not.
     fn update(&self, task: &TaskRecord, expected: TaskState) -> Result<bool>;
@@ -212,6 +223,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// default reads it; a store in memory copies only a final one.
     fn get_final(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
         Ok(self.get(id)?.filter(|record| record.state.is_final()))
+    }
+    /// Lends the record of `id` to `read` if it is final; whether it was.
+    /// The default reads it with [`Store::get_final`]; a store in memory
+    /// lends its own, so that nothing is copied but what `read` takes.
+    fn read_final(&self, id: &TaskId, read: &mut dyn FnMut(&TaskRecord)) -> Result<bool> {
+        Ok(self.get_final(id)?.map(|record| read(&record)).is_some())
     }
     /// The task holding an idempotency key.
     fn by_key(&self, key: &str) -> Result<Option<TaskId>>;

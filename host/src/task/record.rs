@@ -421,6 +421,22 @@ impl TaskRecord {
         Some(self.make_result(outcome, output, log, attempts))
     }
 
+    /// The result of this task if it is final and its output is in the
+    /// record: what the result holds (the output, the log, the attempts)
+    /// copied, the record left as it is.
+    pub(crate) fn result_copy(&self) -> Option<TaskResult> {
+        if !self.state.is_final() {
+            return None;
+        }
+        let output = self.output.inline()?.to_vec();
+        Some(self.make_result(
+            self.outcome.clone(),
+            output,
+            self.log.clone(),
+            self.attempts.clone(),
+        ))
+    }
+
     /// The result of this final task, of these parts.
     fn make_result(
         &self,

@@ -36,6 +36,31 @@ impl Waiting {
     }
 }
 
+/// What [`Index::insert`] reads of a waiting task's record.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Entry {
+    id: TaskId,
+    state: TaskState,
+    priority: i32,
+    seq: u64,
+    run_at: Millis,
+    expires_at: Option<Millis>,
+}
+
+impl Entry {
+    /// The entry of `record`.
+    pub(super) fn of(record: &TaskRecord) -> Self {
+        Self {
+            id: record.id,
+            state: record.state,
+            priority: record.priority,
+            seq: record.seq,
+            run_at: record.run_at,
+            expires_at: record.expires_at,
+        }
+    }
+}
+
 /// A running task in the index.
 pub(super) struct Running {
     /// Its lease: renewed here, not in the store (a heartbeat writes
@@ -86,29 +111,35 @@ impl Index {
     /// Indexes a waiting task. Returns whether the timer must look again
     /// (it brings a delay or an expiry earlier than any before).
     pub(super) fn insert(&mut self, record: &TaskRecord) -> bool {
+        self.insert_entry(Entry::of(record))
+    }
+
+    /// [`Index::insert`] of what the index needs of a record, taken before
+    /// the record was given to the store.
+    pub(super) fn insert_entry(&mut self, entry: Entry) -> bool {
         let next = self.next_wake();
         let mut earliest = None;
-        match record.state {
+        match entry.state {
             TaskState::Queued => {
-                self.ready.push(record.priority, record.seq, record.id);
+                self.ready.push(entry.priority, entry.seq, entry.id);
             }
             _ => {
                 self.delayed
-                    .push(Reverse((record.run_at, record.seq, record.id)));
-                earliest = Some(record.run_at);
+                    .push(Reverse((entry.run_at, entry.seq, entry.id)));
+                earliest = Some(entry.run_at);
             }
         }
-        if let Some(at) = record.expires_at {
-            self.expiries.push(Reverse((at, record.id)));
+        if let Some(at) = entry.expires_at {
+            self.expiries.push(Reverse((at, entry.id)));
             earliest = Some(earliest.map_or(at, |e: Millis| e.min(at)));
         }
         let earlier = earliest.is_some_and(|e| next.is_none_or(|n| e < n));
         self.pending.insert(
-            record.id,
+            entry.id,
             Waiting {
-                state: record.state,
-                run_at: record.run_at,
-                expires_at: record.expires_at,
+                state: entry.state,
+                run_at: entry.run_at,
+                expires_at: entry.expires_at,
             },
         );
         earlier

@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use self::index::{Index, Running};
-use super::{Backend, Cancelled, Claim, Completed, Enqueued, LeaseState, Tick, only_answer};
+use self::index::{Entry, Index, Running};
+use super::{
+    Backend, Cancelled, Claim, Completed, Enqueued, EnqueuedNow, LeaseState, Tick, only_answer,
+};
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
     Completion, INLINE_PAYLOAD, Lease, Millis, ModuleHash, Payload, Slot, TaskId, TaskRecord,
@@ -814,6 +816,27 @@ impl Backend for EmbeddedBackend {
         }
     }
 
+    /// On a store in memory, with the input in the record: the store keeps
+    /// the record given ([`Store::insert_owned`]), indexed by what the
+    /// index needs of it, read before.
+    fn enqueue_one_now(&self, mut task: Box<TaskRecord>) -> EnqueuedNow {
+        if !self.traits.in_memory || input_goes_to_file(&task) {
+            return EnqueuedNow::Later(task);
+        }
+        EnqueuedNow::Done((|| {
+            task.seq = self.store.next_seq()?;
+            let entry = Entry::of(&task);
+            let indexed = !task.state.is_final();
+            let _writing = self.unindexed_writes.lock();
+            let inserted = self.store.insert_owned(*task)?;
+            self.wrote();
+            if inserted == Inserted::New && indexed {
+                self.lock().insert_entry(entry);
+            }
+            Ok(inserted)
+        })())
+    }
+
     async fn claim(&self, max: usize, ttl: Duration) -> Result<Claim> {
         self.claim_ahead(max, 0, ttl).await
     }
@@ -1107,6 +1130,19 @@ impl Backend for EmbeddedBackend {
             Some(record) => self.settled_read(Ok(Some(Box::new(record)))).await,
             None => Ok(None),
         }
+    }
+
+    /// On a store in memory, whose writes are seen as they are made: what
+    /// it reads is shown at once (there is no flush to wait for).
+    fn read_final_now(
+        &self,
+        id: &TaskId,
+        read: &mut dyn FnMut(&TaskRecord),
+    ) -> Option<Result<bool>> {
+        if !self.traits.in_memory {
+            return None;
+        }
+        Some(self.store.read_final(id, read))
     }
 
     /// From the index: its waiting and running tasks.
