@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wpool::backend::{
-    Backend, Cancelled, Completed, EmbeddedBackend, Enqueued, EnqueuedNow, LeaseState,
+    Backend, Cancelled, Claim, Completed, CompletedNow, EmbeddedBackend, Enqueued, EnqueuedNow,
+    LeaseState,
 };
 use wpool::store::{Inserted, MemoryStore, SledOptions, SledStore, TaskFilter};
 use wpool::{Error, ModuleHash, Outcome, TaskRecord, TaskState, now_millis};
@@ -807,8 +808,9 @@ async fn concurrent_claimers_never_share_a_task(h: &dyn Harness) {
 
 /// `complete_and_claim_now`: the backends that make the call at once (a
 /// store in memory, whose writes need no flush) answer as
-/// `complete_and_claim` does; the others leave everything as it was,
-/// for the async call.
+/// `complete_and_claim` does, the claim in the one lent; the others
+/// leave everything as it was, and give the run's end back for the async
+/// call.
 async fn an_end_made_at_once_answers_as_the_async_call(h: &dyn Harness) {
     let backend = h.open();
     let m = module(&backend).await;
@@ -819,30 +821,37 @@ async fn an_end_made_at_once_answers_as_the_async_call(h: &dyn Harness) {
         token: lease.token.wrapping_add(1),
         ..lease
     };
-    let refused = backend.complete_and_claim_now(&stale, &ran(Outcome::Success), 1, TTL);
     let at_once = !backend.is_durable();
-    assert_eq!(
-        refused.is_some(),
-        at_once,
-        "made at once on a store in memory only"
-    );
-    if let Some(refused) = refused {
-        let (refused, claim) = refused.unwrap();
-        assert_eq!(refused, Completed::LeaseLost);
-        assert!(claim.claimed.is_empty());
+    let mut claim = Claim::default();
+    match backend.complete_and_claim_now(&stale, ran(Outcome::Success), 1, TTL, &mut claim) {
+        CompletedNow::Done(refused) => {
+            assert!(at_once, "made at once on a store in memory only");
+            assert_eq!(refused.unwrap(), Completed::LeaseLost);
+        }
+        CompletedNow::Later(run, failed) => {
+            assert!(!at_once, "a store in memory makes it at once");
+            assert_eq!(run, ran(Outcome::Success), "the run's end given back");
+            assert!(failed.is_none(), "{failed:?}");
+        }
     }
+    assert!(claim.claimed.is_empty() && claim.expired.is_empty());
     assert_eq!(
         backend.get(&first.id).await.unwrap().unwrap().state,
         TaskState::Running,
         "a refused or unmade end writes nothing"
     );
-    let ended = backend.complete_and_claim_now(&lease, &ran(Outcome::Success), 1, TTL);
-    let (done, mut claim) = match ended {
-        Some(ended) => ended.unwrap(),
-        None => backend
-            .complete_and_claim(&lease, ran(Outcome::Success), 1, TTL)
-            .await
-            .unwrap(),
+    let run = ran(Outcome::Success);
+    let done = match backend.complete_and_claim_now(&lease, run.clone(), 1, TTL, &mut claim) {
+        CompletedNow::Done(done) => done.unwrap(),
+        CompletedNow::Later(given, _) => {
+            assert_eq!(given, run);
+            let done;
+            (done, claim) = backend
+                .complete_and_claim(&lease, given, 1, TTL)
+                .await
+                .unwrap();
+            done
+        }
     };
     let Completed::Recorded(done) = done else {
         panic!("the holder's completion was refused")
@@ -1219,3 +1228,37 @@ every_backend!(
     what_is_known_unfinished_without_a_read,
     an_end_written_without_its_flush_is_fenced_and_kept_once_flushed,
 );
+
+/// An end made at once that the store refuses before using it (its
+/// record was changed behind the queue's back) comes back with the error,
+/// for the async call and its tries; the store keeps its record.
+#[tokio::test]
+async fn an_end_the_store_refuses_at_once_comes_back_with_the_error() {
+    use wpool::store::Store;
+    let store = Arc::new(MemoryStore::new());
+    let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend::open(store.clone()).unwrap());
+    let m = module(&backend).await;
+    let tasks = enqueue(&backend, vec![task(m, |s| s), task(m, |s| s)]).await;
+    let (claimed, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
+    let mut changed = *claimed;
+    changed.lease = Some(wpool::Lease {
+        token: lease.token.wrapping_add(7),
+        ..lease
+    });
+    assert!(store.update(&changed, TaskState::Running).unwrap());
+    let mut claim = Claim::default();
+    let run = ran(Outcome::Success);
+    match backend.complete_and_claim_now(&lease, run.clone(), 1, TTL, &mut claim) {
+        CompletedNow::Later(given, Some(e)) => {
+            assert_eq!(given, run, "the run's end given back whole");
+            assert!(e.to_string().contains("behind the queue's back"), "{e}");
+        }
+        other => panic!("expected the end back with its error, got {other:?}"),
+    }
+    assert!(claim.claimed.is_empty(), "nothing claimed");
+    assert_eq!(store.get(&changed.id).unwrap(), Some(changed));
+    assert_eq!(
+        backend.get(&tasks[1].id).await.unwrap().unwrap().state,
+        TaskState::Queued
+    );
+}

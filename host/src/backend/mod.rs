@@ -104,6 +104,21 @@ pub enum EnqueuedNow {
     Later(Box<TaskRecord>),
 }
 
+/// What [`Backend::complete_and_claim_now`] did with a run's end.
+#[derive(Debug)]
+pub enum CompletedNow {
+    /// Made: the answer as [`Backend::complete`] gives it (the claim is in
+    /// the one lent); or the error of a write that failed once it had
+    /// used the run's end (the run is lost: its lease runs out, and the
+    /// task runs again).
+    Done(Result<Completed>),
+    /// Not made: the run's end given back, for
+    /// [`Backend::complete_and_claim`], with the error of a try that
+    /// failed before it used it (`None`: the backend does not make it at
+    /// once).
+    Later(Completion, Option<Error>),
+}
+
 /// What [`Backend::claim`] gave.
 #[derive(Debug, Default)]
 pub struct Claim {
@@ -265,18 +280,21 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// [`Backend::complete_and_claim`] made at once, where the backend
     /// can make it without waiting for anything (a store in memory): a
     /// pool's worker then ends its run and takes its next task without an
-    /// async call. `None` where it cannot (the default): the caller makes
-    /// the async call instead, with the same `run`, which is why it is
-    /// lent here, not given.
+    /// async call. The tasks claimed go into `claim`, empty when given: a
+    /// caller that keeps it from one call to the next (emptied) reuses its
+    /// room rather than allocating a claim for every run.
+    /// [`CompletedNow::Later`] gives `run` back where the backend cannot
+    /// (the default): the caller makes the async call instead.
     fn complete_and_claim_now(
         &self,
         lease: &Lease,
-        run: &Completion,
+        run: Completion,
         max: usize,
         ttl: Duration,
-    ) -> Option<Result<(Completed, Claim)>> {
-        let _ = (lease, run, max, ttl);
-        None
+        claim: &mut Claim,
+    ) -> CompletedNow {
+        let _ = (lease, max, ttl, claim);
+        CompletedNow::Later(run, None)
     }
     /// [`Backend::complete`] without waiting for the end to be durable:
     /// the caller calls [`Backend::flush`] before it shows the end to

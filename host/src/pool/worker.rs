@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::events::EventKind;
 use super::outage::Outage;
 use super::{Ahead, BackgroundGuard, Inner, Phase, Running};
-use crate::backend::{Claim, Completed, LeaseState};
+use crate::backend::{Claim, Completed, CompletedNow, LeaseState};
 use crate::cancel::CancelFlag;
 use crate::executor::SharedCancel;
 use crate::task::{Completion, Lease, Payload, Slot, TaskRecord, TaskState, now_millis};
@@ -138,6 +138,18 @@ struct Chain {
     /// reports there ([`ProgressTarget`]).
     progress: Arc<ProgressTarget>,
     on_progress: crate::ProgressFn,
+    /// The claim a run's end fills ([`Backend::complete_and_claim_now`]),
+    /// emptied after each: its room serves every run of the chain.
+    claim: Claim,
+}
+
+/// What [`Inner::record_run_now`] did with a run's end.
+enum RecordedNow {
+    /// Recorded (the task as recorded), or not recorded for good (`None`:
+    /// the lease was lost, or the write failed once it had used the end).
+    Done(Option<Box<TaskRecord>>),
+    /// Not made at once: the end given back, for [`Inner::record_run`].
+    Later(Completion),
 }
 
 /// Where the runs of a chain report their progress: the task that runs
@@ -396,6 +408,7 @@ impl Inner {
             published_us: mean_us,
             progress,
             on_progress,
+            claim: Claim::default(),
         };
         while let Some(task) = next.take() {
             next = self.run_one(task, &mut chain).await;
@@ -493,7 +506,8 @@ impl Inner {
         }
         let mut released = false;
         let mut recorded = None;
-        let mut claim = Claim::default();
+        // The chain's claim, empty: its room is used again.
+        let mut claim = std::mem::take(&mut chain.claim);
         if put_back {
             match self.backend.release(&lease).await {
                 Ok(done) => released = done,
@@ -505,11 +519,14 @@ impl Inner {
         } else {
             let claim_next = keep_worker.then_some(self.config.lease_ttl);
             let run = completion(&record, report);
-            (recorded, claim) = match self.record_run_now(&lease, &run, claim_next) {
-                Some(ended) => ended,
-                None => {
-                    self.record_run(&record, lease, run, claim_next, false)
-                        .await
+            recorded = match self.record_run_now(&lease, run, claim_next, &mut claim) {
+                RecordedNow::Done(recorded) => recorded,
+                RecordedNow::Later(run) => {
+                    let ended;
+                    (ended, claim) = self
+                        .record_run(&record, lease, run, claim_next, false)
+                        .await;
+                    ended
                 }
             };
         }
@@ -518,7 +535,7 @@ impl Inner {
         let mut next = None;
         if keep_worker {
             let unstarted;
-            (next, unstarted) = self.take_claimed(claim);
+            (next, unstarted) = self.take_claimed(&mut claim);
             for lease in unstarted {
                 self.put_back_unstarted(&lease).await;
             }
@@ -527,6 +544,8 @@ impl Inner {
                 self.start_ahead();
             }
         }
+        debug_assert!(claim.claimed.is_empty() && claim.expired.is_empty());
+        chain.claim = claim;
         self.end_shown(id, recorded, released, next.is_some(), short);
         match &mut next {
             Some(task) => self.begin(&mut task.record),
@@ -656,14 +675,14 @@ impl Inner {
     /// Not `async`: the usual end (one task, started) has nothing to
     /// wait for, and an `async fn` here put a future of a few hundred
     /// bytes into every run's.
-    fn take_claimed(&self, claim: Claim) -> (Option<Ahead>, Vec<Lease>) {
+    fn take_claimed(&self, claim: &mut Claim) -> (Option<Ahead>, Vec<Lease>) {
         self.left_queue(claim.claimed.len() + claim.expired.len());
-        for record in &claim.expired {
-            self.finished(record);
+        for record in claim.expired.drain(..) {
+            self.finished(&record);
         }
         let mut next = None;
         let mut unstarted = Vec::new();
-        for (record, lease) in claim.claimed {
+        for (record, lease) in claim.claimed.drain(..) {
             if next.is_none() && self.may_start() {
                 next = Some(self.claimed(record, lease));
             } else {
@@ -804,25 +823,40 @@ impl Inner {
     }
 
     /// [`Inner::record_run`] made at once, where the backend can
-    /// ([`Backend::complete_and_claim_now`]); `None` where it cannot, or
-    /// where that write failed: the async call then makes it (and tries
-    /// it again as it does any other).
+    /// ([`Backend::complete_and_claim_now`]), the claim made in `claim`;
+    /// [`RecordedNow::Later`] where it cannot, or where that write failed
+    /// before it used the end: the async call then makes it (and tries it
+    /// again as it does any other).
     fn record_run_now(
         &self,
         lease: &Lease,
-        run: &Completion,
+        run: Completion,
         claim_next: Option<Duration>,
-    ) -> Option<(Option<Box<TaskRecord>>, Claim)> {
+        claim: &mut Claim,
+    ) -> RecordedNow {
         let (max, ttl) = claim_limits(claim_next);
-        match self.backend.complete_and_claim_now(lease, run, max, ttl)? {
-            Ok((Completed::Recorded(record), claim)) => Some((Some(record), claim)),
-            Ok((Completed::LeaseLost, _)) => {
+        match self
+            .backend
+            .complete_and_claim_now(lease, run, max, ttl, claim)
+        {
+            CompletedNow::Done(Ok(Completed::Recorded(record))) => RecordedNow::Done(Some(record)),
+            CompletedNow::Done(Ok(Completed::LeaseLost)) => {
                 lease_lost(lease.task);
-                Some((None, Claim::default()))
+                RecordedNow::Done(None)
             }
-            Err(e) => {
-                tracing::warn!(task = %lease.task, error = %e, "cannot record the task's result at once; trying again");
-                None
+            CompletedNow::Done(Err(e)) => {
+                tracing::error!(
+                    task = %lease.task,
+                    error = %e,
+                    "cannot record the task's result; it runs again when its lease expires"
+                );
+                RecordedNow::Done(None)
+            }
+            CompletedNow::Later(run, failed) => {
+                if let Some(e) = failed {
+                    tracing::warn!(task = %lease.task, error = %e, "cannot record the task's result at once; trying again");
+                }
+                RecordedNow::Later(run)
             }
         }
     }

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use self::index::{Entry, Index, Running};
 use super::{
-    Backend, Cancelled, Claim, Completed, Enqueued, EnqueuedNow, LeaseState, Tick, only_answer,
+    Backend, Cancelled, Claim, Completed, CompletedNow, Enqueued, EnqueuedNow, LeaseState, Tick,
+    only_answer,
 };
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
@@ -488,12 +489,13 @@ impl EmbeddedBackend {
     fn claim_locked(
         &self,
         index: &mut Index,
+        claim: &mut Claim,
         max: usize,
         ahead: usize,
         ttl: Duration,
         now: Millis,
-    ) -> Result<Claim> {
-        let mut claim = Claim::default();
+    ) -> Result<()> {
+        debug_assert!(claim.claimed.is_empty() && claim.expired.is_empty());
         let all = max.saturating_add(ahead);
         while claim.claimed.len() < all {
             let Some(id) = index.peek_ready() else {
@@ -567,7 +569,7 @@ impl EmbeddedBackend {
                 }
             }
         }
-        Ok(claim)
+        Ok(())
     }
 
     /// Takes a task out of the running ones in the index.
@@ -638,18 +640,26 @@ impl EmbeddedBackend {
             .await
             .map_err(|e| Error::Store(format!("keeping an output panicked: {e}")))??;
         }
-        self.end_and_claim_kept(lease, run, max, ttl)
+        let mut claim = Claim::default();
+        let completed = self
+            .end_and_claim_kept(lease, run, max, ttl, &mut claim)
+            .map_err(|(e, _)| e)?;
+        Ok((completed, claim))
     }
 
     /// [`EmbeddedBackend::end_and_claim`] once a large output is in the
-    /// store's files (`run` holds it inline only if it is small).
+    /// store's files (`run` holds it inline only if it is small), the
+    /// claim made in `claim` (empty when given). A failure gives `run`
+    /// back if it was not used (the store refused the change before
+    /// making it), with a file it named removed.
     fn end_and_claim_kept(
         &self,
         lease: &Lease,
         run: Completion,
         max: usize,
         ttl: Duration,
-    ) -> Result<(Completed, Claim)> {
+        claim: &mut Claim,
+    ) -> std::result::Result<Completed, (Error, Option<Box<Completion>>)> {
         let discard = |output: &Payload| {
             if let Err(e) = self
                 .store
@@ -658,7 +668,7 @@ impl EmbeddedBackend {
                 tracing::warn!(task = %lease.task, error = %e, "cannot remove an output no record names");
             }
         };
-        let (record, claim) = {
+        let record = {
             let mut index = self.lock();
             let held = index
                 .running
@@ -667,7 +677,7 @@ impl EmbeddedBackend {
             let Some(running) = held else {
                 drop(index);
                 discard(&run.output);
-                return Ok((Completed::LeaseLost, Claim::default()));
+                return Ok(Completed::LeaseLost);
             };
             // What to remove if the end is not recorded after all: a file
             // of the store's (an inline output goes with the record, and
@@ -681,20 +691,20 @@ impl EmbeddedBackend {
             let written = self.change_running(&lease.task, running, &mut |record| {
                 record.complete(run.take().expect("a run ends once"));
             });
-            let record = match written {
-                Ok(Some(record)) => record,
-                Ok(None) => {
-                    drop(index);
-                    discard(&output);
-                    return Err(Error::Store(format!(
-                        "task {} changed in the store behind the queue's back",
-                        lease.task
-                    )));
-                }
+            let failed = match written {
+                Ok(Some(record)) => Ok(record),
+                Ok(None) => Err(Error::Store(format!(
+                    "task {} changed in the store behind the queue's back",
+                    lease.task
+                ))),
+                Err(e) => Err(e),
+            };
+            let record = match failed {
+                Ok(record) => record,
                 Err(e) => {
                     drop(index);
                     discard(&output);
-                    return Err(e);
+                    return Err((e, run.map(Box::new)));
                 }
             };
             self.wrote();
@@ -704,18 +714,14 @@ impl EmbeddedBackend {
             }
             // The end is written: a failed claim leaves the tasks queued,
             // for the dispatcher.
-            let claim = match max {
-                0 => Claim::default(),
-                _ => self
-                    .claim_locked(&mut index, max, 0, ttl, at)
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot claim the next task after a run; the dispatcher will");
-                        Claim::default()
-                    }),
-            };
-            (record, claim)
+            if max > 0
+                && let Err(e) = self.claim_locked(&mut index, claim, max, 0, ttl, at)
+            {
+                tracing::warn!(error = %e, "cannot claim the next task after a run; the dispatcher will");
+            }
+            record
         };
-        Ok((Completed::Recorded(record), claim))
+        Ok(Completed::Recorded(record))
     }
 
     fn lease(&self, task: TaskId, now: Millis, ttl: Duration) -> Lease {
@@ -842,7 +848,8 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn claim_ahead(&self, max: usize, ahead: usize, ttl: Duration) -> Result<Claim> {
-        let claim = self.claim_locked(&mut self.lock(), max, ahead, ttl, now_millis())?;
+        let mut claim = Claim::default();
+        self.claim_locked(&mut self.lock(), &mut claim, max, ahead, ttl, now_millis())?;
         if !claim.claimed.is_empty() || !claim.expired.is_empty() {
             self.flush_writes().await?;
         }
@@ -900,14 +907,19 @@ impl Backend for EmbeddedBackend {
     fn complete_and_claim_now(
         &self,
         lease: &Lease,
-        run: &Completion,
+        run: Completion,
         max: usize,
         ttl: Duration,
-    ) -> Option<Result<(Completed, Claim)>> {
-        if !self.traits.in_memory || output_goes_to_file(run) {
-            return None;
+        claim: &mut Claim,
+    ) -> CompletedNow {
+        if !self.traits.in_memory || output_goes_to_file(&run) {
+            return CompletedNow::Later(run, None);
         }
-        Some(self.end_and_claim_kept(lease, run.clone(), max, ttl))
+        match self.end_and_claim_kept(lease, run, max, ttl, claim) {
+            Ok(completed) => CompletedNow::Done(Ok(completed)),
+            Err((e, Some(run))) => CompletedNow::Later(*run, Some(e)),
+            Err((e, None)) => CompletedNow::Done(Err(e)),
+        }
     }
 
     async fn complete_unflushed(&self, lease: &Lease, run: Completion) -> Result<Completed> {
