@@ -125,7 +125,7 @@ async fn complete(
     outcome: Outcome,
 ) -> TaskRecord {
     match backend.complete(lease, ran(outcome)).await.unwrap() {
-        Completed::Recorded(record) => *record,
+        Completed::Recorded(record) => Arc::unwrap_or_clone(record),
         Completed::LeaseLost => panic!("the holder's completion was refused"),
     }
 }
@@ -452,12 +452,12 @@ async fn claims_ahead_store_no_attempt_and_their_loss_never_ends_a_task(h: &dyn 
         .remove(0);
     assert_eq!(record.id, ids[2]);
     assert!(record.attempts.is_empty());
-    record.begin(12_345);
+    Arc::make_mut(&mut record).begin(12_345);
     assert_eq!(record.attempts.len(), 1);
     let mut run = ran(Outcome::Success);
     run.started_at = record.attempts[0].started_at;
     let done = match backend.complete(&lease, run).await.unwrap() {
-        Completed::Recorded(record) => *record,
+        Completed::Recorded(record) => Arc::unwrap_or_clone(record),
         Completed::LeaseLost => panic!("the lease was held"),
     };
     assert_eq!(done.state, TaskState::Succeeded);
@@ -1152,7 +1152,7 @@ async fn an_end_written_without_its_flush_is_fenced_and_kept_once_flushed(h: &dy
         .await
         .unwrap()
     {
-        Completed::Recorded(record) => *record,
+        Completed::Recorded(record) => Arc::unwrap_or_clone(record),
         Completed::LeaseLost => panic!("the holder's end was refused"),
     };
     assert_eq!(done.state, TaskState::Succeeded);
@@ -1240,7 +1240,7 @@ async fn an_end_the_store_refuses_at_once_comes_back_with_the_error() {
     let m = module(&backend).await;
     let tasks = enqueue(&backend, vec![task(m, |s| s), task(m, |s| s)]).await;
     let (claimed, lease) = backend.claim(1, TTL).await.unwrap().claimed.remove(0);
-    let mut changed = *claimed;
+    let mut changed = Arc::unwrap_or_clone(claimed);
     changed.lease = Some(wpool::Lease {
         token: lease.token.wrapping_add(7),
         ..lease

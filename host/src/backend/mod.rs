@@ -61,6 +61,7 @@ mod postgres;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use embedded::{EmbeddedBackend, Recovered};
@@ -123,10 +124,13 @@ pub enum CompletedNow {
 #[derive(Debug, Default)]
 pub struct Claim {
     /// Tasks now running under a lease: the records as stored (state
-    /// `running`, the new attempt last). Boxed: a record is some hundreds
-    /// of bytes, and goes from the claim to the worker's run, to its end
-    /// and to its waiters by moves that then copy a pointer.
-    pub claimed: Vec<(Box<TaskRecord>, Lease)>,
+    /// `running`, the new attempt last). Shared (`Arc`): a record is some
+    /// hundreds of bytes, and goes from the claim to the worker's run by
+    /// moves that then copy a pointer; and a store that keeps its records
+    /// in memory gives its own rather than a copy. A holder that lets it
+    /// go before the run's end is written saves the store a copy at that
+    /// write.
+    pub claimed: Vec<(Arc<TaskRecord>, Lease)>,
     /// Tasks found past their expiry on the way, now `expired` (durably).
     pub expired: Vec<TaskRecord>,
 }
@@ -149,8 +153,10 @@ pub enum LeaseState {
 pub enum Completed {
     /// The run's end is recorded (durably, but from
     /// [`Backend::complete_unflushed`] only once flushed); this is the
-    /// task now.
-    Recorded(Box<TaskRecord>),
+    /// task now. Shared: a store that keeps its records in memory gives
+    /// its own, not a copy (a change made later writes a copy of its own
+    /// while this one is held).
+    Recorded(Arc<TaskRecord>),
     /// The lease was lost: nothing was written.
     LeaseLost,
 }

@@ -99,7 +99,9 @@ enum Phase {
 
 /// A task claimed ahead, waiting for a worker.
 struct Ahead {
-    record: Box<TaskRecord>,
+    /// Shared with the store that claimed it, where that keeps its
+    /// records in memory.
+    record: Arc<TaskRecord>,
     lease: Lease,
     cancel: SharedCancel,
 }
@@ -121,7 +123,7 @@ struct Running {
 #[derive(Default)]
 struct Unflushed {
     /// The run's task, its record as written, whether the run was short.
-    ends: Vec<(TaskId, Box<TaskRecord>, bool)>,
+    ends: Vec<(TaskId, Arc<TaskRecord>, bool)>,
     /// Whether an async task shows them (it looks again before it ends).
     showing: bool,
 }
@@ -146,7 +148,7 @@ pub(crate) struct Inner {
     /// Results of short runs not yet handed to their waiters, with those
     /// waiters: a worker that goes on to another task hands them over in
     /// batches (see [`Inner::hand_over`]).
-    deliveries: Mutex<Vec<(Box<TaskRecord>, Waiters)>>,
+    deliveries: Mutex<Vec<(Arc<TaskRecord>, Waiters)>>,
     /// Ends of runs written and not yet durable, to be shown once a flush
     /// covers them (see [`Inner::show_after_flush`]).
     unflushed: Mutex<Unflushed>,
@@ -252,21 +254,17 @@ impl Background {
 /// The most results [`Inner::hand_over`] holds before handing them over.
 const DELIVERY_BATCH: usize = 8;
 
-/// Those who wait for one task's result. A record goes to each boxed:
-/// the channel then holds a pointer, not a record.
-type Waiters = Vec<oneshot::Sender<Box<TaskRecord>>>;
+/// Those who wait for one task's result. A record goes to each shared:
+/// the channel then holds a pointer, not a record, and the worker that
+/// hands it over copies nothing (each waiter copies what its result
+/// holds, on its own thread).
+type Waiters = Vec<oneshot::Sender<Arc<TaskRecord>>>;
 
-/// Gives `record` to each of `waiters`: the last one gets `record` itself
-/// and the others a copy, so that the usual single waiter costs the
-/// worker no copy of the record.
-fn send_result(mut waiters: Waiters, record: Box<TaskRecord>) {
-    let Some(last) = waiters.pop() else {
-        return;
-    };
+/// Gives `record` to each of `waiters`.
+fn send_result(waiters: Waiters, record: Arc<TaskRecord>) {
     for waiter in waiters {
-        let _ = waiter.send(record.clone());
+        let _ = waiter.send(Arc::clone(&record));
     }
-    let _ = last.send(record);
 }
 
 /// A background task's hold on the pool; marks the task's end, however it
@@ -743,7 +741,7 @@ impl Pool {
         if !record.state.is_final() {
             return Ok(None);
         }
-        self.inner().result_of(Box::new(record)).await.map(Some)
+        self.inner().result_of(Arc::new(record)).await.map(Some)
     }
 
     /// Waits for a task's result.
@@ -771,7 +769,7 @@ impl Pool {
         &self,
         id: TaskId,
         timeout: Duration,
-    ) -> Result<Option<Box<TaskRecord>>> {
+    ) -> Result<Option<Arc<TaskRecord>>> {
         match tokio::time::timeout(timeout, self.inner().wait(id)).await {
             Ok(record) => record.map(Some),
             Err(_) => Ok(None),
@@ -1104,7 +1102,16 @@ impl Inner {
 
     /// A final task's result, its output read from the backend when the
     /// record does not hold it.
-    async fn result_of(&self, mut record: Box<TaskRecord>) -> Result<TaskResult> {
+    async fn result_of(&self, record: Arc<TaskRecord>) -> Result<TaskResult> {
+        // The record is the store's own where the store keeps them in
+        // memory: what the result holds is copied, not the whole record.
+        let mut record = match Arc::try_unwrap(record) {
+            Ok(own) => own,
+            Err(shared) => match shared.result_copy() {
+                Some(result) => return Ok(result),
+                None => TaskRecord::clone(&shared),
+            },
+        };
         let output = match &mut record.output {
             crate::task::Payload::Inline(bytes) => std::mem::take(bytes),
             stored => {
@@ -1127,7 +1134,7 @@ impl Inner {
     /// value. A caller that keeps a wait per task (a task spawned for
     /// each [`TaskHandle::wait`], or `join_all`) copies the whole future
     /// into place, and a record is some 400 bytes.
-    async fn wait(&self, id: TaskId) -> Result<Box<TaskRecord>> {
+    async fn wait(&self, id: TaskId) -> Result<Arc<TaskRecord>> {
         // A task already final, whose end this pool has announced (its run
         // left `running`): its record, with no waiter registered and no
         // look at the queue. Most waits of a caller that submitted many
@@ -1137,7 +1144,7 @@ impl Inner {
             && let Some(record) = self.backend.get_final(&id).await?
             && !self.lock_running().contains_key(&id)
         {
-            return Ok(record);
+            return Ok(Arc::from(record));
         }
         let (sender, receiver) = oneshot::channel();
         self.waiters
@@ -1154,7 +1161,7 @@ impl Inner {
             return receiver.await.map_err(|_| Error::ShutDown);
         }
         let record = match self.backend.get(&id).await {
-            Ok(Some(record)) => Box::new(record),
+            Ok(Some(record)) => Arc::new(record),
             Ok(None) => {
                 self.forget_waiter(id);
                 return Err(Error::NotFound(id));
@@ -1180,9 +1187,9 @@ impl Inner {
     async fn wait_for_delivery(
         &self,
         id: TaskId,
-        record: Box<TaskRecord>,
-        mut receiver: oneshot::Receiver<Box<TaskRecord>>,
-    ) -> Result<Box<TaskRecord>> {
+        record: Arc<TaskRecord>,
+        mut receiver: oneshot::Receiver<Arc<TaskRecord>>,
+    ) -> Result<Arc<TaskRecord>> {
         while self.lock_running().contains_key(&id) {
             tokio::select! {
                 delivered = &mut receiver => {
@@ -1201,8 +1208,8 @@ impl Inner {
     async fn wait_polling(
         &self,
         id: TaskId,
-        mut receiver: oneshot::Receiver<Box<TaskRecord>>,
-    ) -> Result<Box<TaskRecord>> {
+        mut receiver: oneshot::Receiver<Arc<TaskRecord>>,
+    ) -> Result<Arc<TaskRecord>> {
         let found = loop {
             tokio::select! {
                 result = &mut receiver => break result.map_err(|_| Error::ShutDown),
@@ -1210,7 +1217,7 @@ impl Inner {
                     match self.backend.get(&id).await {
                         Ok(Some(record)) => {
                             if record.state.is_final() {
-                                break Ok(Box::new(record));
+                                break Ok(Arc::new(record));
                             }
                         }
                         Ok(None) => break Err(Error::NotFound(id)),
@@ -1238,7 +1245,7 @@ impl Inner {
     /// Gives the final `record` to those who wait for it.
     fn wake_waiters(&self, record: &TaskRecord) {
         if let Some(waiters) = self.take_waiters(&record.id) {
-            send_result(waiters, Box::new(record.clone()));
+            send_result(waiters, Arc::new(record.clone()));
         }
     }
 
@@ -1277,7 +1284,7 @@ impl Inner {
     /// nothing else to do, goes at once. The event of each end is sent
     /// when the end is recorded, never held; a waiter that comes in
     /// meanwhile reads the stored result (`Inner::wait`).
-    fn hand_over(self: &Arc<Self>, record: Box<TaskRecord>, more: bool, short: bool) {
+    fn hand_over(self: &Arc<Self>, record: Arc<TaskRecord>, more: bool, short: bool) {
         // Taken now, with the result: a waiter that comes after reads it
         // from the store.
         let Some(waiters) = self.take_waiters(&record.id) else {

@@ -12,7 +12,7 @@ use super::{Ahead, BackgroundGuard, Inner, Phase, Running};
 use crate::backend::{Claim, Completed, CompletedNow, LeaseState};
 use crate::cancel::CancelFlag;
 use crate::executor::SharedCancel;
-use crate::task::{Completion, Lease, Payload, Slot, TaskRecord, TaskState, now_millis};
+use crate::task::{Attempt, Completion, Lease, Payload, Slot, TaskRecord, TaskState, now_millis};
 use crate::{Error, Outcome, Result, RunReport};
 
 /// How many times recording a run's end is tried, when the store fails
@@ -147,7 +147,7 @@ struct Chain {
 enum RecordedNow {
     /// Recorded (the task as recorded), or not recorded for good (`None`:
     /// the lease was lost, or the write failed once it had used the end).
-    Done(Option<Box<TaskRecord>>),
+    Done(Option<Arc<TaskRecord>>),
     /// Not made at once: the end given back, for [`Inner::record_run`].
     Later(Completion),
 }
@@ -257,7 +257,7 @@ impl Inner {
 
     /// A task just claimed: in `running` from now on, with its cancel
     /// token.
-    fn claimed(&self, record: Box<TaskRecord>, lease: Lease) -> Ahead {
+    fn claimed(&self, record: Arc<TaskRecord>, lease: Lease) -> Ahead {
         let cancel = SharedCancel::new(CancelFlag::new());
         // A cancel asked for before the claim: kill at once.
         if record.cancel_requested {
@@ -295,7 +295,7 @@ impl Inner {
 
     /// A task just claimed: run it if a worker is free, else hold it
     /// ahead.
-    fn hand_out(self: &Arc<Self>, record: Box<TaskRecord>, lease: Lease) {
+    fn hand_out(self: &Arc<Self>, record: Arc<TaskRecord>, lease: Lease) {
         let task = self.claimed(record, lease);
         if self.take_worker() {
             self.start_run(task);
@@ -352,9 +352,10 @@ impl Inner {
 
     /// A run of `record` starts now: opens its attempt if its claim did
     /// not (a claim ahead, [`TaskRecord::begin`]), and announces it.
-    fn begin(&self, record: &mut TaskRecord) {
+    fn begin(&self, record: &mut Arc<TaskRecord>) {
         if !record.has_open_attempt() {
-            record.begin(now_millis());
+            // In the worker's own copy: a claim ahead stored no attempt.
+            Arc::make_mut(record).begin(now_millis());
         }
         let attempt = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
         let at = record
@@ -385,7 +386,7 @@ impl Inner {
 
     /// Runs `record` on the worker taken for it, then each task the
     /// worker claims with a run's end (see [`Inner::run_one`]).
-    async fn run(self: &Arc<Self>, record: Box<TaskRecord>, lease: Lease, cancel: SharedCancel) {
+    async fn run(self: &Arc<Self>, record: Arc<TaskRecord>, lease: Lease, cancel: SharedCancel) {
         let first = record.id;
         let mut next = Some(Ahead {
             record,
@@ -443,10 +444,15 @@ impl Inner {
             cancel,
         } = task;
         let id = record.id;
-        // The run takes the input rather than a copy: nothing after it
-        // reads the worker's copy of the input (the end is written from
-        // the store's record, and a run again reads the store's).
-        let input = std::mem::replace(&mut record.input, Payload::Inline(Vec::new()));
+        // From a record of the worker's own, the run takes the input rather
+        // than a copy: nothing after it reads the worker's copy of the input
+        // (the end is written from the store's record, and a run again
+        // reads the store's). The record the store shares (a store in
+        // memory) is left whole, and its input copied.
+        let input = match Arc::get_mut(&mut record) {
+            Some(own) => std::mem::replace(&mut own.input, Payload::Inline(Vec::new())),
+            None => record.input.clone(),
+        };
         let report = self.execute(&record, input, &cancel, chain).await;
         let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
         let put_back = for_stop && report.outcome == Outcome::Cancelled;
@@ -487,7 +493,8 @@ impl Inner {
                 // it committed) or found lost, and shown when it is.
                 answer => {
                     let uncertain = matches!(&answer, Err(e) if e.is_unavailable());
-                    let (recorded, _) = self.record_run(&record, lease, run, None, uncertain).await;
+                    let ours = record.attempts.last();
+                    let (recorded, _) = self.record_run(ours, lease, run, None, uncertain).await;
                     self.end_shown(id, recorded, false, true, short);
                 }
             }
@@ -519,12 +526,19 @@ impl Inner {
         } else {
             let claim_next = keep_worker.then_some(self.config.lease_ttl);
             let run = completion(&record, report);
+            // The claim's record let go before the end is written: a store
+            // that keeps its records in memory then changes its own in
+            // place, rather than copying it because the worker still held
+            // it. Kept of it: its attempt, for the async call's check of
+            // an end whose answer was lost.
+            let ours = record.attempts.last().cloned();
+            drop(record);
             recorded = match self.record_run_now(&lease, run, claim_next, &mut claim) {
                 RecordedNow::Done(recorded) => recorded,
                 RecordedNow::Later(run) => {
                     let ended;
                     (ended, claim) = self
-                        .record_run(&record, lease, run, claim_next, false)
+                        .record_run(ours.as_ref(), lease, run, claim_next, false)
                         .await;
                     ended
                 }
@@ -567,7 +581,7 @@ impl Inner {
     fn end_shown(
         self: &Arc<Self>,
         id: crate::TaskId,
-        recorded: Option<Box<TaskRecord>>,
+        recorded: Option<Arc<TaskRecord>>,
         released: bool,
         more: bool,
         short: bool,
@@ -610,7 +624,7 @@ impl Inner {
     /// together: one async task takes them all, waits for one flush (woken
     /// once for all of them), and shows each ([`Inner::end_shown`]); then
     /// takes those that came during that flush, until none are left.
-    fn show_after_flush(self: &Arc<Self>, id: crate::TaskId, record: Box<TaskRecord>, short: bool) {
+    fn show_after_flush(self: &Arc<Self>, id: crate::TaskId, record: Arc<TaskRecord>, short: bool) {
         let start = {
             let mut unflushed = self.lock_unflushed();
             unflushed.ends.push((id, record, short));
@@ -744,12 +758,13 @@ impl Inner {
             .await
     }
 
-    /// Records `run`, the end of a run of `record` ([`completion`]), under
-    /// its lease; the task as recorded, or `None` if the lease was lost or
-    /// the backend kept failing. With `claim_next` (a lease's time to
-    /// live), the same write claims a task for the worker
-    /// ([`Backend::complete_and_claim`]). `uncertain`: an earlier call to
-    /// record it was cut off, and may have committed.
+    /// Records `run`, the end of a run ([`completion`]) whose attempt was
+    /// `ours` (the claimed record's last), under its lease; the task as
+    /// recorded, or `None` if the lease was lost or the backend kept
+    /// failing. With `claim_next` (a lease's time to live), the same write
+    /// claims a task for the worker ([`Backend::complete_and_claim`]).
+    /// `uncertain`: an earlier call to record it was cut off, and may have
+    /// committed.
     ///
     /// While the store is out of reach the end is tried again, with
     /// growing pauses, until it is recorded or refused: a result is never
@@ -759,12 +774,12 @@ impl Inner {
     /// task then runs again elsewhere or at the next start.
     async fn record_run(
         &self,
-        record: &TaskRecord,
+        ours: Option<&Attempt>,
         lease: Lease,
         run: Completion,
         claim_next: Option<Duration>,
         mut uncertain: bool,
-    ) -> (Option<Box<TaskRecord>>, Claim) {
+    ) -> (Option<Arc<TaskRecord>>, Claim) {
         let id = lease.task;
         let mut outage = Outage::default();
         let mut failures = 0;
@@ -782,8 +797,11 @@ impl Inner {
                 }
                 Ok((Completed::LeaseLost, _)) => {
                     outage.ended("recording a task's result");
-                    if uncertain && let Some(ours) = self.recorded_before(record, &run).await {
-                        return (ours.map(Box::new), Claim::default());
+                    if uncertain
+                        && let Some(ours) = ours
+                        && let Some(ours) = self.recorded_before(id, ours, &run).await
+                    {
+                        return (ours.map(Arc::new), Claim::default());
                     }
                     lease_lost(id);
                     return (None, Claim::default());
@@ -871,14 +889,14 @@ impl Inner {
     /// indeed).
     async fn recorded_before(
         &self,
-        claimed: &TaskRecord,
+        id: crate::TaskId,
+        ours: &Attempt,
         run: &Completion,
     ) -> Option<Option<TaskRecord>> {
-        let ours = claimed.attempts.last()?;
-        let stored = match self.backend.get(&claimed.id).await {
+        let stored = match self.backend.get(&id).await {
             Ok(stored) => stored?,
             Err(e) => {
-                tracing::warn!(task = %claimed.id, error = %e, "cannot read the task back to see whether its result was recorded");
+                tracing::warn!(task = %id, error = %e, "cannot read the task back to see whether its result was recorded");
                 return None;
             }
         };
@@ -889,7 +907,7 @@ impl Inner {
                 && a.outcome.as_ref() == Some(&run.outcome)
         })?;
         tracing::info!(
-            task = %claimed.id,
+            task = %id,
             "the task's result was recorded before the store was cut off; its answer was lost"
         );
         let current = at + 1 == stored.attempts.len() && stored.state != TaskState::Running;

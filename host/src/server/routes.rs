@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -173,7 +174,7 @@ async fn wait_for(
 ) -> Result<Option<ResultView>, ApiError> {
     let record = tokio::select! {
         record = state.pool.wait_record_timeout(id, wait) => record?,
-        () = state.shutdown.cancelled() => Some(Box::new(state.pool.status(id).await?)),
+        () = state.shutdown.cancelled() => Some(Arc::new(state.pool.status(id).await?)),
     };
     Ok(record.as_deref().and_then(ResultView::of_record))
 }

@@ -242,6 +242,15 @@ impl Store for MemoryStore {
         Ok(changed.map(|record| TaskRecord::clone(&record)))
     }
 
+    /// Its own record, shared: no copy.
+    fn update_shared(
+        &self,
+        id: &TaskId,
+        change: &mut dyn FnMut(&mut TaskRecord) -> bool,
+    ) -> Result<Option<Arc<TaskRecord>>> {
+        Ok(self.lock().change(id, change).map(Arc::clone))
+    }
+
     fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
         let found = self.lock().tasks.get(id).map(Arc::clone);
         Ok(found.map(|record| TaskRecord::clone(&record)))

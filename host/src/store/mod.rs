@@ -16,6 +16,7 @@ mod sled;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use self::sled::{
     CheckReport, FlushStats, SCHEMA_VERSION, SizeClass, SledOptions, SledStore, SyncMode,
@@ -205,6 +206,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
             return Ok(None);
         }
         Ok(Some(record))
+    }
+    /// [`Store::update_with`], the record as written shared: a store that
+    /// keeps its records in memory gives its own, not a copy (a change
+    /// made while it is held writes a copy, and leaves the one held as it
+    /// was). The default shares what `update_with` gives.
+    fn update_shared(
+        &self,
+        id: &TaskId,
+        change: &mut dyn FnMut(&mut TaskRecord) -> bool,
+    ) -> Result<Option<Arc<TaskRecord>>> {
+        Ok(self.update_with(id, change)?.map(Arc::new))
     }
     /// Whether the store holds its records in memory, as they are, so that
     /// [`Store::update_with`] changes a record where it is kept and a read

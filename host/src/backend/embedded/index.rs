@@ -15,6 +15,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
 
 use crate::task::{IdMap, Lease, Millis, TaskId, TaskRecord, TaskState};
 
@@ -71,20 +72,19 @@ pub(super) struct Running {
     /// The record as stored, for a store that does not change records in
     /// place ([`Store::changes_in_place`](crate::store::Store::changes_in_place)):
     /// its end is written from this copy, without reading the record back.
-    /// `None` on a store that changes them in place. Boxed, so that the
-    /// running set's entries are a few words, not a record each, moved
-    /// in and out at every claim and end.
-    pub(super) record: Option<Box<TaskRecord>>,
+    /// `None` on a store that changes them in place. Shared with the
+    /// claim (it is only read), so that the running set's entries are a
+    /// few words, not a record each, and a claim makes no copy for it.
+    pub(super) record: Option<Arc<TaskRecord>>,
 }
 
 impl Running {
-    /// `record`, just claimed under its lease; keeps a copy of it if
-    /// `keep`.
-    pub(super) fn new(record: &TaskRecord, keep: bool) -> Self {
+    /// `record`, just claimed under its lease; keeps it if `keep`.
+    pub(super) fn new(record: &Arc<TaskRecord>, keep: bool) -> Self {
         Running {
             lease: record.lease.expect("a claimed task holds a lease"),
             cancel_requested: record.cancel_requested,
-            record: keep.then(|| Box::new(record.clone())),
+            record: keep.then(|| Arc::clone(record)),
         }
     }
 

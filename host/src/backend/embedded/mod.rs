@@ -510,7 +510,7 @@ impl EmbeddedBackend {
             let mut found = None;
             // Read, checked against the index and changed in one call:
             // the memory store changes its record in place.
-            let written = self.store.update_with(&id, &mut |record| {
+            let written = self.store.update_shared(&id, &mut |record| {
                 found = Some(record.state);
                 if !waiting.matches(record) {
                     return false;
@@ -532,9 +532,8 @@ impl EmbeddedBackend {
                 Ok(Some(record)) => {
                     index.remove_pending(&id);
                     if expired {
-                        claim.expired.push(record);
+                        claim.expired.push(Arc::unwrap_or_clone(record));
                     } else {
-                        let record = Box::new(record);
                         if record.cancel_requested {
                             self.running_cancels.fetch_add(1, Ordering::SeqCst);
                         }
@@ -588,30 +587,27 @@ impl EmbeddedBackend {
         id: &TaskId,
         running: &Running,
         change: &mut dyn FnMut(&mut TaskRecord),
-    ) -> Result<Option<Box<TaskRecord>>> {
+    ) -> Result<Option<Arc<TaskRecord>>> {
         let current = |record: &mut TaskRecord| {
             record.lease = Some(running.lease);
             record.cancel_requested = running.cancel_requested;
         };
         match &running.record {
             Some(kept) => {
-                let mut record = kept.clone();
+                let mut record = TaskRecord::clone(kept);
                 current(&mut record);
                 change(&mut record);
                 let written = self.store.update(&record, TaskState::Running)?;
-                Ok(written.then_some(record))
+                Ok(written.then(|| Arc::new(record)))
             }
-            None => {
-                let written = self.store.update_with(id, &mut |record| {
-                    if !record.is_held_by(&running.lease) {
-                        return false;
-                    }
-                    current(record);
-                    change(record);
-                    true
-                })?;
-                Ok(written.map(Box::new))
-            }
+            None => self.store.update_shared(id, &mut |record| {
+                if !record.is_held_by(&running.lease) {
+                    return false;
+                }
+                current(record);
+                change(record);
+                true
+            }),
         }
     }
 
@@ -988,7 +984,7 @@ impl Backend for EmbeddedBackend {
                 if !record.state.is_final() {
                     index.insert(&record);
                 }
-                changed.push(*record);
+                changed.push(Arc::unwrap_or_clone(record));
             }
             changed
         };

@@ -4,6 +4,7 @@
 //! ([`record::update`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::types::Json;
@@ -389,7 +390,7 @@ impl Shared {
                     record.start(lease, now);
                 }
                 record::update(&tx, &mut record).await?;
-                claim.claimed.push((Box::new(record), lease));
+                claim.claimed.push((Arc::new(record), lease));
             }
             if exhausted {
                 break;
@@ -464,7 +465,7 @@ impl Shared {
         record.complete(run);
         record::update(&tx, &mut record).await?;
         commit(tx, "a run's end").await?;
-        Ok(Completed::Recorded(Box::new(record)))
+        Ok(Completed::Recorded(Arc::new(record)))
     }
 
     pub(super) async fn release(&self, lease: Lease) -> Result<bool> {

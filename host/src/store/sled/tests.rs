@@ -878,6 +878,55 @@ fn update_with_and_get_final_on_the_sled_and_memory_stores() {
     update_with_changes_or_leaves_alone(&memory, module);
 }
 
+/// `update_shared`: the record as written, on both stores; a change made
+/// while one is held leaves the one held as it was; the memory store gives
+/// its own record, not a copy.
+#[test]
+fn update_shared_gives_the_record_as_written_and_a_held_one_stays_as_read() {
+    let change_priority = |store: &dyn Store, id: &TaskId, priority: i32| {
+        store
+            .update_shared(id, &mut |stored| {
+                stored.priority = priority;
+                true
+            })
+            .unwrap()
+            .expect("the change was made")
+    };
+    let (_dir, sled, module) = store_with_module();
+    let memory = crate::store::MemoryStore::new();
+    memory.put_module(&module, b"m").unwrap();
+    for store in [&sled as &dyn Store, &memory] {
+        let task = record(module, TaskState::Queued, store.next_seq().unwrap());
+        store.insert(std::slice::from_ref(&task)).unwrap();
+        let refused = store.update_shared(&task.id, &mut |_| false).unwrap();
+        assert!(refused.is_none());
+        let held = change_priority(store, &task.id, 7);
+        assert_eq!(held.priority, 7);
+        assert_eq!(store.get(&task.id).unwrap().as_ref(), Some(&*held));
+        let later = change_priority(store, &task.id, 9);
+        assert_eq!(held.priority, 7, "the record held is as it was read");
+        assert_eq!(later.priority, 9);
+        assert_eq!(store.get(&task.id).unwrap().unwrap().priority, 9);
+    }
+    let task = record(module, TaskState::Queued, memory.next_seq().unwrap());
+    memory.insert(std::slice::from_ref(&task)).unwrap();
+    let first = Arc::as_ptr(
+        &memory
+            .update_shared(&task.id, &mut |_| true)
+            .unwrap()
+            .unwrap(),
+    );
+    let second = memory
+        .update_shared(&task.id, &mut |_| true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first,
+        Arc::as_ptr(&second),
+        "the memory store gives its own record, and changes it in place once let go"
+    );
+}
+
 #[test]
 fn a_store_of_this_process_closing_is_waited_for_and_one_kept_open_is_named() {
     let dir = tempfile::tempdir().unwrap();
