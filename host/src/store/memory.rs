@@ -127,6 +127,17 @@ impl Inner {
     }
 }
 
+/// A new task as the store keeps it: shared, and with room for the
+/// attempt its first claim opens. That claim writes the record in place,
+/// on a worker's thread, under the lock every worker and submitter takes;
+/// the room is made here, by the submitter, before the lock.
+fn kept(mut task: TaskRecord) -> Arc<TaskRecord> {
+    if task.attempts.capacity() == 0 && !task.state.is_final() {
+        task.attempts.reserve_exact(1);
+    }
+    Arc::new(task)
+}
+
 fn finished_key(task: &TaskRecord) -> Option<(Millis, TaskId)> {
     task.state
         .is_final()
@@ -196,7 +207,7 @@ impl Store for MemoryStore {
     fn insert(&self, tasks: &[TaskRecord]) -> Result<Vec<Inserted>> {
         // Copied before the lock, which the queue's workers wait for (a
         // copy made for a task whose key is taken is dropped).
-        let copies: Vec<Arc<TaskRecord>> = tasks.iter().map(|t| Arc::new(t.clone())).collect();
+        let copies: Vec<Arc<TaskRecord>> = tasks.iter().map(|t| kept(t.clone())).collect();
         if tasks.len() > 1 {
             let mut named: IdMap<()> =
                 IdMap::with_capacity_and_hasher(tasks.len(), Default::default());
@@ -215,7 +226,7 @@ impl Store for MemoryStore {
     /// Keeps the record given: no copy, and its allocation made before the
     /// lock.
     fn insert_owned(&self, task: TaskRecord) -> Result<Inserted> {
-        let task = Arc::new(task);
+        let task = kept(task);
         let mut inner = self.lock();
         inner.may_insert(&task)?;
         Ok(inner.insert(task))

@@ -26,15 +26,23 @@ impl TaskId {
     /// A new id, unique and later than every id made before it in this
     /// process.
     pub fn new() -> Self {
+        Self::at(crate::now_millis())
+    }
+
+    /// [`TaskId::new`] for a task made at `now` (milliseconds since the
+    /// epoch, as [`now_millis`](crate::now_millis) reads them). Within the
+    /// millisecond of the last id made (or before it: a clock set back),
+    /// that id plus one, as ULIDs are made monotonic: no clock read and no
+    /// random number, which a busy submitter would otherwise pay for each
+    /// task. Else the clock's time with random bits, as
+    /// [`ulid::Ulid::new`] makes them.
+    pub(crate) fn at(now: u64) -> Self {
         use std::sync::Mutex;
         static LAST: Mutex<Option<ulid::Ulid>> = Mutex::new(None);
         let mut last = LAST
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let next = match *last {
-            Some(prev) => ulid::Ulid::new().max(prev.increment().unwrap_or_else(ulid::Ulid::new)),
-            None => ulid::Ulid::new(),
-        };
+        let next = next_after(*last, now);
         *last = Some(next);
         TaskId(next)
     }
@@ -47,6 +55,17 @@ impl TaskId {
     /// The id from its 16 bytes.
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         TaskId(ulid::Ulid::from_bytes(bytes))
+    }
+}
+
+/// The id after `last` for a task made at `now` ([`TaskId::at`]).
+fn next_after(last: Option<ulid::Ulid>, now: u64) -> ulid::Ulid {
+    match last {
+        Some(prev) if prev.timestamp_ms() >= now => {
+            prev.increment().unwrap_or_else(ulid::Ulid::new)
+        }
+        Some(prev) => ulid::Ulid::new().max(prev.increment().unwrap_or_else(ulid::Ulid::new)),
+        None => ulid::Ulid::new(),
     }
 }
 
@@ -139,6 +158,26 @@ mod tests {
         assert_eq!(middles.len(), 1_000);
         // 1,000 blocks thrown at random into 1,024 places take about 640.
         assert!(regions.len() >= 560, "{} places of 1,024", regions.len());
+    }
+
+    /// Within a millisecond, or at one already past (a clock set back),
+    /// an id is the last one plus one; at a later one, that time with
+    /// random bits. Always later than the last.
+    #[test]
+    fn ids_made_at_a_time_follow_the_last() {
+        let now = crate::now_millis();
+        let first = next_after(None, now);
+        assert!(first.timestamp_ms() >= now);
+        let same = next_after(Some(first), first.timestamp_ms());
+        assert_eq!(same.0, first.0 + 1, "the last one plus one");
+        let back = next_after(Some(same), now - 5_000);
+        assert_eq!(back.0, same.0 + 1, "a clock set back still goes forward");
+        let old = ulid::Ulid::from_parts(now - 5_000, 7);
+        let later = next_after(Some(old), now);
+        assert!(later.timestamp_ms() >= now, "the clock's time: {later}");
+        // Made in turn (from any thread), ids only grow.
+        let ids: Vec<TaskId> = (0..100).map(|_| TaskId::at(now)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

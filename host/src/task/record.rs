@@ -154,7 +154,7 @@ impl TaskRecord {
     pub fn new(spec: TaskSpec, module: ModuleHash, limits: Limits, now: Millis) -> Self {
         let run_at = resolve_time(spec.start, now);
         TaskRecord {
-            id: TaskId::new(),
+            id: TaskId::at(now),
             module,
             input: Payload::Inline(spec.input),
             priority: spec.priority,
