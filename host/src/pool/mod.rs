@@ -1127,13 +1127,13 @@ impl Inner {
 
     /// Waits until the task is final; its record then.
     ///
-    /// Boxed, and the waits that take long (a result stored but not yet
-    /// delivered, a task that another host may run) in futures of their
-    /// own: the usual wait, on a task that is final already or whose end
-    /// this pool delivers, is a small future that moves no record by
-    /// value. A caller that keeps a wait per task (a task spawned for
-    /// each [`TaskHandle::wait`], or `join_all`) copies the whole future
-    /// into place, and a record is some 400 bytes.
+    /// The record shared (`Arc`), and the waits that take long (a result
+    /// stored but not yet delivered, a task that another host may run) in
+    /// futures of their own: the usual wait, on a task that is final
+    /// already or whose end this pool delivers, is a small future that
+    /// moves no record by value. A caller that keeps a wait per task (a
+    /// task spawned for each [`TaskHandle::wait`], or `join_all`) copies
+    /// the whole future into place, and a record is some 400 bytes.
     async fn wait(&self, id: TaskId) -> Result<Arc<TaskRecord>> {
         // A task already final, whose end this pool has announced (its run
         // left `running`): its record, with no waiter registered and no
