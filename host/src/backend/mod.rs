@@ -217,9 +217,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn enqueue(&self, tasks: Vec<TaskRecord>) -> Result<Vec<Enqueued>>;
     /// [`Backend::enqueue`] of a single task: the answer for it. A single
     /// submission is the common case, and a backend may store one task
-    /// without the batch's vectors (the embedded backend on a store in
-    /// memory does, giving the record back in the box it came in). The
-    /// default enqueues a batch of one.
+    /// without the batch's vectors; one that can store it at once does so
+    /// in [`Backend::enqueue_one_now`] (the embedded backend on a store in
+    /// memory). The default enqueues a batch of one.
     async fn enqueue_one(&self, task: Box<TaskRecord>) -> Result<Enqueued> {
         only_answer(self.enqueue(vec![*task]).await?)
     }

@@ -24,7 +24,6 @@ use std::time::Duration;
 use self::index::{Entry, Index, Running};
 use super::{
     Backend, Cancelled, Claim, Completed, CompletedNow, Enqueued, EnqueuedNow, LeaseState, Tick,
-    only_answer,
 };
 use crate::store::{Inserted, StateCounts, Store, StoredModule, TaskFilter};
 use crate::task::{
@@ -687,15 +686,15 @@ impl EmbeddedBackend {
             let written = self.change_running(&lease.task, running, &mut |record| {
                 record.complete(run.take().expect("a run ends once"));
             });
-            let failed = match written {
-                Ok(Some(record)) => Ok(record),
-                Ok(None) => Err(Error::Store(format!(
-                    "task {} changed in the store behind the queue's back",
-                    lease.task
-                ))),
-                Err(e) => Err(e),
-            };
-            let record = match failed {
+            let written = written.and_then(|record| {
+                record.ok_or_else(|| {
+                    Error::Store(format!(
+                        "task {} changed in the store behind the queue's back",
+                        lease.task
+                    ))
+                })
+            });
+            let record = match written {
                 Ok(record) => record,
                 Err(e) => {
                     drop(index);
@@ -798,24 +797,6 @@ impl Backend for EmbeddedBackend {
             .map_err(|_| Error::Store("the write of a submission was lost".into()))??;
         self.flush_writes().await?;
         Ok(answers)
-    }
-
-    async fn enqueue_one(&self, mut task: Box<TaskRecord>) -> Result<Enqueued> {
-        // Only a store in memory with an inline input skips the batch: a
-        // durable store shares its write with concurrent submissions, and
-        // a large input goes to a file first (`enqueue` does both).
-        if !self.traits.in_memory || input_goes_to_file(&task) {
-            return only_answer(self.enqueue(vec![*task]).await?);
-        }
-        task.seq = self.store.next_seq()?;
-        let inserted = self.insert_indexed(std::slice::from_ref(&*task))?;
-        match inserted.first() {
-            Some(Inserted::New) => Ok(Enqueued::New(task)),
-            Some(Inserted::Existing(id)) => Ok(Enqueued::Existing(*id)),
-            None => Err(Error::Store(
-                "the store gave no answer for the task inserted".into(),
-            )),
-        }
     }
 
     /// On a store in memory, with the input in the record: the store keeps
