@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::abi::environ::RunEnv;
 use crate::abi::{RunContext, command, component};
 use crate::cancel::CancelFlag;
 use crate::engine::{EngineConfig, WasmEngine};
@@ -216,7 +217,7 @@ impl Executor {
             &job.limits,
             cancel,
             job.on_progress,
-            &env,
+            RunEnv::Pairs(&env),
         )
         .await
     }
@@ -395,8 +396,15 @@ impl Executor {
         env: &[(&str, &str)],
     ) -> RunReport {
         let cancel = Arc::new(CancelFlag::linked(cancel.clone()));
-        self.run_shared(module, input, limits, &cancel, on_progress, env)
-            .await
+        self.run_shared(
+            module,
+            input,
+            limits,
+            &cancel,
+            on_progress,
+            RunEnv::Pairs(env),
+        )
+        .await
     }
 
     /// [`Executor::run`] with the token shared already, as the executor's
@@ -408,7 +416,7 @@ impl Executor {
         limits: &Limits,
         cancel: &SharedCancel,
         on_progress: Option<ProgressFn>,
-        env: &[(&str, &str)],
+        env: RunEnv<'_>,
     ) -> RunReport {
         if cancel.is_cancelled() {
             return RunReport::without_run(Outcome::Cancelled);
@@ -432,6 +440,7 @@ impl Executor {
             fuel_metering: self.inner.engine.fuel_metering,
             env,
             settings,
+            own_settings: own.as_ref(),
             read_only_dirs: &read_only_dirs,
             scratch_root: self.inner.scratch_root.as_deref(),
             epoch_tick: config.epoch_tick,

@@ -107,20 +107,7 @@ fn pooled_tasks_see_their_settings_and_wpool_variables() {
         Some("tool")
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let result = runtime.block_on(async {
-        let task = pool
-            .submit(TaskSpec::new(hash, b"x".to_vec()))
-            .await
-            .unwrap();
-        task.wait().await.unwrap()
-    });
-    assert_eq!(
-        result.outcome,
-        Some(Outcome::Success),
-        "log: {}",
-        result.log
-    );
-    let out = json(&result.output);
+    let (result, out) = succeeded(&runtime, &pool, TaskSpec::new(hash, b"x".to_vec()));
     assert_eq!(
         out["argv"],
         serde_json::json!(["tool", "/config/tool.conf"])
@@ -143,15 +130,143 @@ fn pooled_tasks_see_their_settings_and_wpool_variables() {
         ),
     )
     .unwrap();
-    let result = runtime.block_on(async {
-        let task = pool.submit(TaskSpec::new(other, Vec::new())).await.unwrap();
-        task.wait().await.unwrap()
-    });
+    let result = submit_and_wait(&runtime, &pool, TaskSpec::new(other, Vec::new()));
     assert_eq!(result.outcome, Some(Outcome::Exit(1)));
     assert!(
         result.log.contains("cannot read /config/tool.conf"),
         "log: {}",
         result.log
+    );
+}
+
+/// Runs `module` with `env` from the executor's caller until its runs
+/// are direct calls, and a few more: 20 runs at most. Each report is
+/// checked with `check`; returns how many runs were direct calls.
+fn runs_on_a_fiber_then_direct(
+    ex: &Executor,
+    module: &wpool::CompiledModule,
+    env: &[(&str, &str)],
+    check: impl Fn(&RunReport),
+) -> u64 {
+    let limits = ex.limits(&LimitOverrides::default()).unwrap();
+    let before = ex.direct_calls();
+    for _ in 0..20 {
+        let report = ex
+            .spawn(wpool::Job {
+                module: module.clone(),
+                input: Vec::new(),
+                limits: limits.clone(),
+                on_progress: None,
+                env: env
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            })
+            .wait_blocking();
+        check(&report);
+    }
+    ex.direct_calls() - before
+}
+
+/// An executor whose runs of a module become direct calls after its
+/// first few: a tick long enough that every run here is shorter.
+fn executor_with_long_tick() -> Executor {
+    executor_with(|c| {
+        c.epoch_tick(std::time::Duration::from_millis(200));
+    })
+}
+
+/// wpool gives a command its `argv` and environment by calls of its own
+/// (a run builds neither unless its guest asks): the same on a fiber (a
+/// module's first runs) and by a direct call (once they are short), in
+/// the documented order: the module's variables, then the host's.
+#[test]
+fn argv_and_environment_are_the_same_on_a_fiber_and_by_a_direct_call() {
+    let ex = executor_with_long_tick();
+    let settings = ModuleSettings::new()
+        .name("env-tool")
+        .arg("--one")
+        .arg("two words")
+        .env("LANG", "C")
+        .env("A", "1");
+    let module = ex
+        .register_with(&read(programs::P1_ENVIRON), settings)
+        .unwrap();
+    let direct = runs_on_a_fiber_then_direct(&ex, &module, &[("HOST", "h=1")], |report| {
+        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+        let out = json(&report.output);
+        assert_eq!(
+            out["argv"],
+            serde_json::json!(["env-tool", "--one", "two words"])
+        );
+        assert_eq!(out["env"], serde_json::json!(["A=1", "LANG=C", "HOST=h=1"]));
+    });
+    assert!(direct > 0, "no run was a direct call");
+
+    // The defaults: `argv[0]` is `task`, and no variable at all.
+    let plain = ex
+        .register_with(&read(programs::P1_ENVIRON), ModuleSettings::new())
+        .unwrap();
+    let direct = runs_on_a_fiber_then_direct(&ex, &plain, &[], |report| {
+        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+        let out = json(&report.output);
+        assert_eq!(out["argv"], serde_json::json!(["task"]));
+        assert_eq!(out["env"], serde_json::json!([]));
+    });
+    assert!(direct > 0, "no run was a direct call");
+}
+
+/// A guest that passes wpool's `environ_get` a buffer out of its memory
+/// traps as it would in wasmtime-wasi's, on a fiber and by a direct call.
+#[test]
+fn a_bad_pointer_to_the_environment_calls_is_a_trap() {
+    let ex = executor_with_long_tick();
+    let module = ex
+        .register_with(
+            &fixture("environ_oob.wat"),
+            ModuleSettings::new().env("LANG", "C"),
+        )
+        .unwrap();
+    let direct = runs_on_a_fiber_then_direct(&ex, &module, &[], |report| match &report.outcome {
+        Outcome::Trap(message) => assert!(message.contains("bad pointer"), "{message}"),
+        other => panic!("expected a trap, got {other:?}; log: {}", report.log),
+    });
+    assert!(direct > 0, "no run was a direct call");
+}
+
+/// A pool's task sees `WPOOL_TASK_ID` and `WPOOL_ATTEMPT` by a direct
+/// call as on a fiber.
+#[test]
+fn pooled_tasks_see_wpool_variables_by_a_direct_call() {
+    let mut config = PoolConfig::new();
+    config.workers(1);
+    config
+        .engine_mut()
+        .epoch_tick(std::time::Duration::from_millis(200));
+    let pool = Pool::new(config).unwrap();
+    let hash = block(
+        &pool,
+        pool.register_with(
+            &read(programs::P1_ENVIRON),
+            ModuleSettings::new().env("LANG", "C"),
+        ),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for _ in 0..20 {
+        let (result, out) = succeeded(&runtime, &pool, TaskSpec::new(hash, Vec::new()));
+        assert_eq!(
+            out["env"],
+            serde_json::json!([
+                "LANG=C",
+                format!("WPOOL_TASK_ID={}", result.id),
+                "WPOOL_ATTEMPT=1"
+            ])
+        );
+    }
+    assert!(
+        pool.executor().direct_calls() > 0,
+        "no run was a direct call"
     );
 }
 
@@ -883,6 +998,33 @@ modules = { name = "python" }
 }
 
 /// Runs a pool call from a test outside async code.
+/// Submits `spec` to `pool` from `runtime` and waits for its result.
+fn submit_and_wait(
+    runtime: &tokio::runtime::Runtime,
+    pool: &Pool,
+    spec: TaskSpec,
+) -> wpool::TaskResult {
+    runtime.block_on(async { pool.submit(spec).await.unwrap().wait().await.unwrap() })
+}
+
+/// [`submit_and_wait`] for a task that must succeed: its result and
+/// its output as JSON.
+fn succeeded(
+    runtime: &tokio::runtime::Runtime,
+    pool: &Pool,
+    spec: TaskSpec,
+) -> (wpool::TaskResult, serde_json::Value) {
+    let result = submit_and_wait(runtime, pool, spec);
+    assert_eq!(
+        result.outcome,
+        Some(Outcome::Success),
+        "log: {}",
+        result.log
+    );
+    let out = json(&result.output);
+    (result, out)
+}
+
 fn block<F: std::future::Future>(pool: &Pool, call: F) -> F::Output {
     pool.executor().handle().block_on(call)
 }

@@ -15,7 +15,9 @@
 //! wasmtime-wasi's: `proc_exit` (any exit code, see
 //! [`GuestExit`](super::GuestExit)), and the calls that make a directory
 //! grow (the bound of the scratch directory, see [`super::scratch`]). They
-//! call wasmtime-wasi's implementation for the work itself.
+//! call wasmtime-wasi's implementation for the work itself. The calls that
+//! give `argv` and the environment are wpool's alone ([`environ`]): a run
+//! builds neither unless its guest asks.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -25,6 +27,7 @@ use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::p1::{WasiP1Ctx, wasi_snapshot_preview1 as p1};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
+use super::environ::{self, GuestEnv};
 use super::io::{CappedOutput, LogSink};
 use super::scratch::{self, ENTRY_COST, ScratchDir, ScratchFull};
 use super::{GuestExit, MemoryLimiter, RunContext, classify, deadline_after, race};
@@ -35,6 +38,8 @@ pub(crate) struct CommandState {
     wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
     scratch: Option<ScratchDir>,
+    /// Its `argv` and environment, for wpool's own calls that give them.
+    env: GuestEnv,
 }
 
 const WASI: &str = "wasi_snapshot_preview1";
@@ -55,6 +60,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<CommandState>> 
         .map_err(link_error)?;
     linker.allow_shadowing(true);
     own_calls(&mut linker).map_err(link_error)?;
+    environ::link(&mut linker, |s: &CommandState| &s.env).map_err(link_error)?;
     linker.allow_shadowing(false);
     Ok(linker)
 }
@@ -76,6 +82,7 @@ pub(crate) fn direct_linker(engine: &wasmtime::Engine) -> Result<Linker<CommandS
         .map_err(link_error)?;
     linker.allow_shadowing(true);
     sync_wasi_calls(&mut linker).map_err(link_error)?;
+    environ::link(&mut linker, |s: &CommandState| &s.env).map_err(link_error)?;
     linker.allow_shadowing(false);
     Ok(linker)
 }
@@ -648,12 +655,16 @@ impl Run {
         );
         let (wasi, scratch) = wasi_ctx(cx, input, &output, &log)
             .map_err(|e| Box::new(RunReport::without_run(Outcome::HostError(e))))?;
+        // The scratch directory is `TMPDIR`, unless the module sets it.
+        let tmpdir = (scratch.is_some() && !cx.settings.env.contains_key("TMPDIR"))
+            .then_some(scratch::GUEST_PATH);
         let mut store = Store::new(
             engine,
             CommandState {
                 wasi,
                 limiter: MemoryLimiter::new(cx.limits.memory),
                 scratch,
+                env: GuestEnv::new(cx.own_settings, cx.env, tmpdir),
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -703,15 +714,16 @@ fn entry(
 }
 
 /// The task's WASI context: deny by default (no host environment, no
-/// network); the module's arguments and environment, the directories the
-/// operator granted it (read-only), and its scratch directory.
+/// network); the directories the operator granted it (read-only), and
+/// its scratch directory. Its arguments and environment are not in it:
+/// wpool's own calls give them ([`environ`]).
 fn wasi_ctx(
     cx: &RunContext<'_>,
     input: bytes::Bytes,
     output: &CappedOutput,
     log: &LogSink,
 ) -> Result<(WasiP1Ctx, Option<ScratchDir>), String> {
-    let mut builder = cx.wasi_builder();
+    let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
     builder.stdout(output.clone()).stderr(log.clone());
     for (host, guest) in cx.read_only_dirs {
         builder
@@ -738,9 +750,6 @@ fn wasi_ctx(
                 std::fs::write(dir.path().join(scratch::INPUT_FILE), &input).map_err(|e| {
                     format!("cannot write the input into the scratch directory: {e}")
                 })?;
-            }
-            if !cx.settings.env.contains_key("TMPDIR") {
-                builder.env("TMPDIR", scratch::GUEST_PATH);
             }
             Some(dir)
         }

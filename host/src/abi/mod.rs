@@ -25,6 +25,7 @@
 
 pub(crate) mod command;
 pub(crate) mod component;
+pub(crate) mod environ;
 pub(crate) mod io;
 pub(crate) mod scratch;
 
@@ -163,9 +164,12 @@ pub(crate) struct RunContext<'a> {
     /// The guest's environment variables from wpool (`WPOOL_TASK_ID`,
     /// `WPOOL_ATTEMPT`), never the host's; the module's own come from
     /// `settings`.
-    pub(crate) env: &'a [(&'a str, &'a str)],
+    pub(crate) env: environ::RunEnv<'a>,
     /// The module's run settings.
     pub(crate) settings: &'a ModuleSettings,
+    /// `settings` shared, if they are the module's own (not the
+    /// defaults): what a command's store keeps of them.
+    pub(crate) own_settings: Option<&'a std::sync::Arc<ModuleSettings>>,
     /// The host directories granted to this module, read-only: (host path,
     /// guest path).
     pub(crate) read_only_dirs: &'a [(std::path::PathBuf, String)],
@@ -183,9 +187,9 @@ pub(crate) struct RunContext<'a> {
 impl RunContext<'_> {
     /// A WASI context builder with the guest's `argv` (the module's name,
     /// then its arguments: [`ModuleSettings::argv`], without building it)
-    /// and environment (the module's variables, then wpool's), the same
-    /// for commands and components; stdio and directories are the
-    /// caller's.
+    /// and environment (the module's variables, then wpool's), for a
+    /// component (a command's are its store's: [`environ`]); stdio and
+    /// directories are the caller's.
     pub(crate) fn wasi_builder(&self) -> wasmtime_wasi::WasiCtxBuilder {
         let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
         builder
@@ -194,7 +198,9 @@ impl RunContext<'_> {
         for (key, value) in &self.settings.env {
             builder.env(key, value);
         }
-        builder.envs(self.env);
+        self.env.for_each(|key, value| {
+            builder.env(key, value);
+        });
         builder
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::events::EventKind;
 use super::outage::Outage;
 use super::{Ahead, BackgroundGuard, Inner, Phase, Running};
+use crate::abi::environ::RunEnv;
 use crate::backend::{Claim, Completed, CompletedNow, LeaseState};
 use crate::cancel::CancelFlag;
 use crate::executor::SharedCancel;
@@ -725,16 +726,11 @@ impl Inner {
             },
         };
         *chain.progress.task.lock() = id;
-        // Written on the stack: a run allocates nothing for them.
-        let mut id_text = [0; crate::TaskId::TEXT_LEN];
-        let mut attempt_text = [0; 20];
-        let env = [
-            ("WPOOL_TASK_ID", id.write_text(&mut id_text)),
-            (
-                "WPOOL_ATTEMPT",
-                decimal(record.attempts.len() as u64, &mut attempt_text),
-            ),
-        ];
+        // Written as text only if the guest reads them.
+        let env = RunEnv::Task {
+            id,
+            attempt: record.attempts.len() as u64,
+        };
         let input = match input {
             Payload::Inline(bytes) => bytes,
             kept => match self.backend.read_payload(&id, Slot::Input, &kept).await {
@@ -753,7 +749,7 @@ impl Inner {
                 &record.limits,
                 cancel,
                 Some(Arc::clone(&chain.on_progress)),
-                &env,
+                env,
             )
             .await
     }
@@ -1167,33 +1163,6 @@ async fn sweeper(inner: std::sync::Weak<Inner>) {
                 outage.failed("removing old results", &e);
             }
             Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
-        }
-    }
-}
-
-/// `n` in decimal, written at the end of `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[at..]).expect("ASCII digits")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decimal;
-
-    #[test]
-    fn decimal_writes_every_u64() {
-        let mut buf = [0; 20];
-        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
-            assert_eq!(decimal(n, &mut buf), n.to_string());
         }
     }
 }
