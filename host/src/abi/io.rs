@@ -288,18 +288,19 @@ impl LogSink {
         self.lock().report(done, total);
     }
 
-    /// The kept tail, lossily decoded, and the last progress reported.
+    /// The kept tail, lossily decoded, and the last progress reported;
+    /// the tail is taken (the run has ended: nothing writes any more).
+    /// Valid UTF-8 (as most logs are, and an empty one) is not copied.
     pub(crate) fn finish(&self) -> (String, Option<(u64, u64)>) {
         let mut state = self.lock();
         if !state.pending.is_empty() {
             let pending = std::mem::take(&mut state.pending);
             state.keep(&pending);
         }
-        let (front, back) = state.tail.as_slices();
-        let mut bytes = Vec::with_capacity(front.len() + back.len());
-        bytes.extend_from_slice(front);
-        bytes.extend_from_slice(back);
-        (String::from_utf8_lossy(&bytes).into_owned(), state.progress)
+        let bytes = Vec::from(std::mem::take(&mut state.tail));
+        let log = String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        (log, state.progress)
     }
 }
 
@@ -390,6 +391,14 @@ mod tests {
         let (tail, progress) = log.finish();
         assert_eq!(progress, None);
         assert_eq!(tail, "wpool:progress one 2\nwpool:progress 1 2 3\n");
+    }
+
+    #[test]
+    fn a_log_that_is_not_utf8_is_decoded_lossily() {
+        let log = LogSink::new(8, None);
+        log.write(b"abcdef\xffgh");
+        let (tail, _) = log.finish();
+        assert_eq!(tail, "bcdef\u{fffd}gh");
     }
 
     #[test]
