@@ -1113,8 +1113,8 @@ fn batching_pool() -> Pool {
 
 /// A pool hands the results of short runs over in batches while its
 /// workers go from one run to the next: every waiter still gets its own
-/// result, the held ones included (a batch is full at 8, and the pool then
-/// idles with some held).
+/// result, the held ones included (a batch is full at 32, or after a
+/// tenth of a tick of runs, and the pool then idles with some held).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_held_for_a_batch_all_reach_their_waiters() {
     let pool = batching_pool();

@@ -122,8 +122,8 @@ struct Running {
 /// Ends of runs written and not yet durable ([`Inner::show_after_flush`]).
 #[derive(Default)]
 struct Unflushed {
-    /// The run's task, its record as written, whether the run was short.
-    ends: Vec<(TaskId, Arc<TaskRecord>, bool)>,
+    /// The run's task, its record as written, how long the run took.
+    ends: Vec<(TaskId, Arc<TaskRecord>, Duration)>,
     /// Whether an async task shows them (it looks again before it ends).
     showing: bool,
 }
@@ -148,7 +148,9 @@ pub(crate) struct Inner {
     /// Results of short runs not yet handed to their waiters, with those
     /// waiters: a worker that goes on to another task hands them over in
     /// batches (see [`Inner::hand_over`]).
-    deliveries: Mutex<Vec<(Arc<TaskRecord>, Waiters)>>,
+    deliveries: Mutex<Held>,
+    /// The epoch tick over [`DELIVERY_HOLD_TICKS`].
+    delivery_hold: Duration,
     /// Ends of runs written and not yet durable, to be shown once a flush
     /// covers them (see [`Inner::show_after_flush`]).
     unflushed: Mutex<Unflushed>,
@@ -252,7 +254,22 @@ impl Background {
 }
 
 /// The most results [`Inner::hand_over`] holds before handing them over.
-const DELIVERY_BATCH: usize = 8;
+const DELIVERY_BATCH: usize = 32;
+
+/// The most run time [`Inner::hand_over`] holds results for, in epoch
+/// ticks (the pool's measure of a short run): a tenth, 100 µs at the
+/// default tick. That is the runs that ended with the results held,
+/// summed; a run this long or longer has its result handed over at once.
+const DELIVERY_HOLD_TICKS: u32 = 10;
+
+/// Results held by [`Inner::hand_over`].
+#[derive(Default)]
+struct Held {
+    /// Each result with its waiters.
+    results: Vec<(Arc<TaskRecord>, Waiters)>,
+    /// The runs that ended with them, summed.
+    runs: Duration,
+}
 
 /// Those who wait for one task's result. A record goes to each shared:
 /// the channel then holds a pointer, not a record, and the worker that
@@ -349,7 +366,8 @@ impl Pool {
             events: broadcast::channel(16_384).0,
             subscribed: AtomicBool::new(false),
             waiters: Mutex::new(IdMap::default()),
-            deliveries: Mutex::new(Vec::new()),
+            deliveries: Mutex::new(Held::default()),
+            delivery_hold: config.engine.epoch_tick / DELIVERY_HOLD_TICKS,
             unflushed: Mutex::default(),
             phase: AtomicU8::new(Phase::Open as u8),
             waiting: AtomicUsize::new(waiting.unwrap_or(0)),
@@ -1259,16 +1277,21 @@ impl Inner {
 
     /// Gives the final `record` of a run that just ended to those who wait
     /// for it; `more`: its worker goes on to another task at once;
-    /// `short`: the run took less than an epoch tick.
+    /// `took`: how long the run took.
     ///
     /// Handing a result to a waiter on another thread wakes that thread
     /// (on a tokio runtime with I/O, an `eventfd` write), and the wake
     /// costs the worker more than a trivial task's whole run on a small
-    /// virtual machine (about 7 µs here). So while a worker goes from one
-    /// short run (under one epoch tick) to the next, results for which
-    /// somebody waits are held and handed over together, which a waiter
-    /// woken once finds all there:
-    /// - at the [`DELIVERY_BATCH`]th result held;
+    /// virtual machine (about 7 µs here), and the waiter's thread as much
+    /// again. So while a worker goes from one short run to the next,
+    /// results for which somebody waits are held and handed over together,
+    /// which a waiter woken once finds all there. What a result waits is
+    /// bounded by time, not only by count: a batch of short runs costs one
+    /// wake, and no result waits long for it. Handed over:
+    /// - at the [`DELIVERY_BATCH`]th result held, or once the runs that
+    ///   ended with the results held took a tenth of an epoch tick
+    ///   together ([`DELIVERY_HOLD_TICKS`]; a run that long has its result
+    ///   handed over at once);
     /// - when a run ends and its worker has no next task: its async task
     ///   ends there, so nothing would hand them over sooner, and a task
     ///   spawned to do it (which, with a durable store's claims ahead,
@@ -1284,7 +1307,7 @@ impl Inner {
     /// nothing else to do, goes at once. The event of each end is sent
     /// when the end is recorded, never held; a waiter that comes in
     /// meanwhile reads the stored result (`Inner::wait`).
-    fn hand_over(self: &Arc<Self>, record: Arc<TaskRecord>, more: bool, short: bool) {
+    fn hand_over(self: &Arc<Self>, record: Arc<TaskRecord>, more: bool, took: Duration) {
         // Taken now, with the result: a waiter that comes after reads it
         // from the store.
         let Some(waiters) = self.take_waiters(&record.id) else {
@@ -1293,20 +1316,21 @@ impl Inner {
             }
             return;
         };
-        if !more || !short {
+        if !more || took >= self.delivery_hold {
             self.deliver_held();
             send_result(waiters, record);
             return;
         }
-        let held = {
+        let (held, runs) = {
             let mut held = self
                 .deliveries
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            held.push((record, waiters));
-            held.len()
+            held.results.push((record, waiters));
+            held.runs += took;
+            (held.results.len(), held.runs)
         };
-        if held >= DELIVERY_BATCH {
+        if held >= DELIVERY_BATCH || runs >= self.delivery_hold {
             self.deliver_held();
         } else if held == 1 {
             let guard = BackgroundGuard::new(self);
@@ -1324,7 +1348,7 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for (record, waiters) in held {
+        for (record, waiters) in held.results {
             send_result(waiters, record);
         }
     }

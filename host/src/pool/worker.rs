@@ -464,7 +464,7 @@ impl Inner {
         let keep_worker = may_go_on && self.backend.completes_with_claim() && self.ahead_len() == 0;
         // A short run's result may be held for a moment with others
         // (`Inner::hand_over`).
-        let short = report.duration < self.executor.config().epoch_tick;
+        let took = report.duration;
         if !report.duration.is_zero() {
             let us = u64::try_from(report.duration.as_micros())
                 .unwrap_or(u64::MAX)
@@ -488,7 +488,7 @@ impl Inner {
             self.work.notify_one();
             let run = completion(&record, report);
             match self.backend.complete_unflushed(&lease, run.clone()).await {
-                Ok(Completed::Recorded(ended)) => self.show_after_flush(id, ended, short),
+                Ok(Completed::Recorded(ended)) => self.show_after_flush(id, ended, took),
                 // Not recorded at once: as any other end, tried again (and
                 // found in the task's history if the call was cut off after
                 // it committed) or found lost, and shown when it is.
@@ -496,7 +496,7 @@ impl Inner {
                     let uncertain = matches!(&answer, Err(e) if e.is_unavailable());
                     let ours = record.attempts.last();
                     let (recorded, _) = self.record_run(ours, lease, run, None, uncertain).await;
-                    self.end_shown(id, recorded, false, true, short);
+                    self.end_shown(id, recorded, false, true, took);
                 }
             }
             self.begin(&mut next.record);
@@ -561,7 +561,7 @@ impl Inner {
         }
         debug_assert!(claim.claimed.is_empty() && claim.expired.is_empty());
         chain.claim = claim;
-        self.end_shown(id, recorded, released, next.is_some(), short);
+        self.end_shown(id, recorded, released, next.is_some(), took);
         match &mut next {
             Some(task) => self.begin(&mut task.record),
             None => self.work.notify_one(),
@@ -571,8 +571,8 @@ impl Inner {
 
     /// Shows the end of the run of `id`, durable by now: `recorded` (the
     /// task as recorded, or `None` if it was not), `released` (put back in
-    /// the queue); `more`: its worker goes on to another task; `short`:
-    /// the run took less than an epoch tick ([`Inner::hand_over`]).
+    /// the queue); `more`: its worker goes on to another task; `took`:
+    /// how long the run took ([`Inner::hand_over`]).
     ///
     /// A final end is announced (event, counters) while the run is still
     /// in `running`, and delivered to waiters after it left: a waiter
@@ -585,7 +585,7 @@ impl Inner {
         recorded: Option<Arc<TaskRecord>>,
         released: bool,
         more: bool,
-        short: bool,
+        took: Duration,
     ) {
         let (done, recorded) = match recorded {
             Some(record) if record.state.is_final() => (Some(record), None),
@@ -604,7 +604,7 @@ impl Inner {
             self.emit(id, EventKind::Requeued);
         }
         if let Some(record) = done {
-            self.hand_over(record, more, short);
+            self.hand_over(record, more, took);
         } else if let Some(record) = &recorded {
             self.recorded(record);
         }
@@ -625,10 +625,15 @@ impl Inner {
     /// together: one async task takes them all, waits for one flush (woken
     /// once for all of them), and shows each ([`Inner::end_shown`]); then
     /// takes those that came during that flush, until none are left.
-    fn show_after_flush(self: &Arc<Self>, id: crate::TaskId, record: Arc<TaskRecord>, short: bool) {
+    fn show_after_flush(
+        self: &Arc<Self>,
+        id: crate::TaskId,
+        record: Arc<TaskRecord>,
+        took: Duration,
+    ) {
         let start = {
             let mut unflushed = self.lock_unflushed();
-            unflushed.ends.push((id, record, short));
+            unflushed.ends.push((id, record, took));
             !std::mem::replace(&mut unflushed.showing, true)
         };
         if start {
@@ -673,8 +678,8 @@ impl Inner {
                     false
                 }
             };
-            for (id, record, short) in ends.drain(..) {
-                self.end_shown(id, durable.then_some(record), false, false, short);
+            for (id, record, took) in ends.drain(..) {
+                self.end_shown(id, durable.then_some(record), false, false, took);
             }
         }
     }
