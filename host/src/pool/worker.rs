@@ -455,8 +455,10 @@ impl Inner {
             None => record.input.clone(),
         };
         let report = self.execute(&record, input, &cancel, chain).await;
-        let for_stop = self.lock_running().get(&id).is_some_and(|r| r.for_stop);
-        let put_back = for_stop && report.outcome == Outcome::Cancelled;
+        // Put back if a graceful stop killed it (a cancelled run only: the
+        // running set's lock is not taken for the others).
+        let put_back = report.outcome == Outcome::Cancelled
+            && self.lock_running().get(&id).is_some_and(|r| r.for_stop);
         let may_go_on = !put_back
             && self.may_start()
             && self.executing.load(Ordering::Relaxed)

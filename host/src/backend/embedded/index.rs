@@ -160,18 +160,15 @@ impl Index {
         self.pending.remove(id)
     }
 
-    /// The next ready task, highest priority first, left in the index
-    /// (take it with [`Index::remove_pending`]).
-    pub(super) fn peek_ready(&mut self) -> Option<TaskId> {
+    /// The next ready task, highest priority first, and what the index
+    /// keeps of it, left in the index (take it with
+    /// [`Index::remove_pending`]).
+    pub(super) fn peek_ready(&mut self) -> Option<(TaskId, Waiting)> {
         while let Some(id) = self.ready.peek() {
-            if self
-                .pending
-                .get(&id)
-                .is_some_and(|w| w.state == TaskState::Queued)
-            {
-                return Some(id);
+            match self.pending.get(&id) {
+                Some(waiting) if waiting.state == TaskState::Queued => return Some((id, *waiting)),
+                _ => self.ready.pop(),
             }
-            self.ready.pop();
         }
         None
     }
@@ -365,16 +362,16 @@ mod tests {
         }
         // The first leaves the queue (cancelled): the next is the second.
         index.remove_pending(&records[0].id);
-        assert_eq!(index.peek_ready(), Some(records[1].id));
+        assert_eq!(index.peek_ready().map(|(id, _)| id), Some(records[1].id));
         index.remove_pending(&records[1].id);
         // One that comes out of order (an earlier sequence) goes first.
         let early = record(1);
         index.insert(&early);
-        assert_eq!(index.peek_ready(), Some(early.id));
+        assert_eq!(index.peek_ready().map(|(id, _)| id), Some(early.id));
         index.remove_pending(&early.id);
-        assert_eq!(index.peek_ready(), Some(records[2].id));
+        assert_eq!(index.peek_ready().map(|(id, _)| id), Some(records[2].id));
         index.remove_pending(&records[2].id);
-        assert_eq!(index.peek_ready(), None);
+        assert!(index.peek_ready().is_none());
         assert!(index.ready.lanes.is_empty() && index.ready.heap.is_empty());
     }
 }

@@ -41,14 +41,18 @@ struct StoreTraits {
     /// [`Store::changes_in_place`] true): a store in memory, whose writes
     /// have no fixed cost that several could share.
     in_memory: bool,
+    /// [`Store::is_durable`].
+    durable: bool,
 }
 
 impl StoreTraits {
     fn of(store: &dyn Store) -> Self {
         let changes_in_place = store.changes_in_place();
+        let durable = store.is_durable();
         StoreTraits {
             changes_in_place,
-            in_memory: changes_in_place && !store.is_durable(),
+            in_memory: changes_in_place && !durable,
+            durable,
         }
     }
 }
@@ -406,8 +410,13 @@ impl EmbeddedBackend {
 
     /// Counts a write of a task, made with the index locked (and counted
     /// before it is unlocked: [`EmbeddedBackend::settled`] relies on it).
+    /// Only on a durable store, the only one whose count is read: on
+    /// another it would be a shared counter written by every submitter
+    /// and worker for nothing.
     fn wrote(&self) {
-        self.written.fetch_add(1, Ordering::SeqCst);
+        if self.traits.durable {
+            self.written.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// Makes every write so far durable (group commit in the store).
@@ -497,11 +506,8 @@ impl EmbeddedBackend {
         debug_assert!(claim.claimed.is_empty() && claim.expired.is_empty());
         let all = max.saturating_add(ahead);
         while claim.claimed.len() < all {
-            let Some(id) = index.peek_ready() else {
+            let Some((id, waiting)) = index.peek_ready() else {
                 break;
-            };
-            let Some(waiting) = index.pending(&id) else {
-                continue;
             };
             let lease = self.lease(id, now, ttl);
             let for_later = claim.claimed.len() >= max;
@@ -811,7 +817,7 @@ impl Backend for EmbeddedBackend {
             let entry = Entry::of(&task);
             let indexed = !task.state.is_final();
             let _writing = self.unindexed_writes.lock();
-            let inserted = self.store.insert_owned(*task)?;
+            let inserted = self.store.insert_owned(task)?;
             self.wrote();
             if inserted == Inserted::New && indexed {
                 self.lock().insert_entry(entry);
