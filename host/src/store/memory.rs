@@ -127,15 +127,14 @@ impl Inner {
     }
 }
 
-/// A new task as the store keeps it: shared, and with room for the
+/// Makes a new task's record as the store keeps it: with room for the
 /// attempt its first claim opens. That claim writes the record in place,
 /// on a worker's thread, under the lock every worker and submitter takes;
 /// the room is made here, by the submitter, before the lock.
-fn kept(mut task: TaskRecord) -> Arc<TaskRecord> {
+fn with_room(task: &mut TaskRecord) {
     if task.attempts.capacity() == 0 && !task.state.is_final() {
         task.attempts.reserve_exact(1);
     }
-    Arc::new(task)
 }
 
 fn finished_key(task: &TaskRecord) -> Option<(Millis, TaskId)> {
@@ -207,7 +206,14 @@ impl Store for MemoryStore {
     fn insert(&self, tasks: &[TaskRecord]) -> Result<Vec<Inserted>> {
         // Copied before the lock, which the queue's workers wait for (a
         // copy made for a task whose key is taken is dropped).
-        let copies: Vec<Arc<TaskRecord>> = tasks.iter().map(|t| kept(t.clone())).collect();
+        let copies: Vec<Arc<TaskRecord>> = tasks
+            .iter()
+            .map(|task| {
+                let mut copy = task.clone();
+                with_room(&mut copy);
+                Arc::new(copy)
+            })
+            .collect();
         if tasks.len() > 1 {
             let mut named: IdMap<()> =
                 IdMap::with_capacity_and_hasher(tasks.len(), Default::default());
@@ -223,10 +229,12 @@ impl Store for MemoryStore {
         Ok(copies.into_iter().map(|copy| inner.insert(copy)).collect())
     }
 
-    /// Keeps the record given: no copy, and its allocation made before the
-    /// lock.
-    fn insert_owned(&self, task: TaskRecord) -> Result<Inserted> {
-        let task = kept(task);
+    /// Keeps the record given (moved once, into the `Arc` it is kept in),
+    /// its allocation made before the lock.
+    fn insert_owned(&self, mut task: Box<TaskRecord>) -> Result<Inserted> {
+        with_room(&mut task);
+        // From the box to the `Arc`'s allocation: one copy of the record.
+        let task = Arc::<TaskRecord>::from(task);
         let mut inner = self.lock();
         inner.may_insert(&task)?;
         Ok(inner.insert(task))

@@ -173,10 +173,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// that is not stored ([`Error::UnknownModule`](crate::Error::UnknownModule)).
     fn insert(&self, tasks: &[TaskRecord]) -> Result<Vec<Inserted>>;
     /// [`Store::insert`] of one task, given rather than lent: a store that
-    /// keeps its records in memory keeps this one, without a copy. The
-    /// default inserts a batch of one.
-    fn insert_owned(&self, task: TaskRecord) -> Result<Inserted> {
-        self.insert(std::slice::from_ref(&task))?
+    /// keeps its records in memory keeps this one, moved once into its
+    /// own allocation. The default inserts a batch of one.
+    fn insert_owned(&self, task: Box<TaskRecord>) -> Result<Inserted> {
+        self.insert(std::slice::from_ref(&*task))?
             .into_iter()
             .next()
             .ok_or_else(|| {
