@@ -153,8 +153,9 @@ impl GuestEnv {
         }
     }
 
-    /// The arguments as WASI lists them: one string of `parts` each,
-    /// `\0`-terminated, in order.
+    /// Calls `each` with every string of `which`, in order, as the parts
+    /// WASI joins into it (`KEY`, `=`, `VALUE` for a variable); each
+    /// string is then ended with a `\0`.
     fn strings(&self, which: List, mut each: impl FnMut(&[&[u8]])) {
         match which {
             List::Args => self.for_each_arg(|arg| each(&[arg.as_bytes()])),
