@@ -139,12 +139,14 @@ fn pooled_tasks_see_their_settings_and_wpool_variables() {
     );
 }
 
-/// Runs `module` with `env` from the executor's caller until its runs
-/// are direct calls, and a few more: 20 runs at most. Each report is
-/// checked with `check`; returns how many runs were direct calls.
+/// Runs `module` on `input` with `env` from the executor's caller until
+/// its runs are direct calls, and a few more: 20 runs at most. Each
+/// report is checked with `check`; returns how many runs were direct
+/// calls.
 fn runs_on_a_fiber_then_direct(
     ex: &Executor,
     module: &wpool::CompiledModule,
+    input: &[u8],
     env: &[(&str, &str)],
     check: impl Fn(&RunReport),
 ) -> u64 {
@@ -154,7 +156,7 @@ fn runs_on_a_fiber_then_direct(
         let report = ex
             .spawn(wpool::Job {
                 module: module.clone(),
-                input: Vec::new(),
+                input: input.to_vec(),
                 limits: limits.clone(),
                 on_progress: None,
                 env: env
@@ -192,7 +194,7 @@ fn argv_and_environment_are_the_same_on_a_fiber_and_by_a_direct_call() {
     let module = ex
         .register_with(&read(programs::P1_ENVIRON), settings)
         .unwrap();
-    let direct = runs_on_a_fiber_then_direct(&ex, &module, &[("HOST", "h=1")], |report| {
+    let direct = runs_on_a_fiber_then_direct(&ex, &module, b"", &[("HOST", "h=1")], |report| {
         assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
         let out = json(&report.output);
         assert_eq!(
@@ -207,7 +209,7 @@ fn argv_and_environment_are_the_same_on_a_fiber_and_by_a_direct_call() {
     let plain = ex
         .register_with(&read(programs::P1_ENVIRON), ModuleSettings::new())
         .unwrap();
-    let direct = runs_on_a_fiber_then_direct(&ex, &plain, &[], |report| {
+    let direct = runs_on_a_fiber_then_direct(&ex, &plain, b"", &[], |report| {
         assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
         let out = json(&report.output);
         assert_eq!(out["argv"], serde_json::json!(["task"]));
@@ -227,11 +229,82 @@ fn a_bad_pointer_to_the_environment_calls_is_a_trap() {
             ModuleSettings::new().env("LANG", "C"),
         )
         .unwrap();
-    let direct = runs_on_a_fiber_then_direct(&ex, &module, &[], |report| match &report.outcome {
-        Outcome::Trap(message) => assert!(message.contains("bad pointer"), "{message}"),
-        other => panic!("expected a trap, got {other:?}; log: {}", report.log),
+    let direct =
+        runs_on_a_fiber_then_direct(&ex, &module, b"", &[], |report| match &report.outcome {
+            Outcome::Trap(message) => assert!(message.contains("bad pointer"), "{message}"),
+            other => panic!("expected a trap, got {other:?}; log: {}", report.log),
+        });
+    assert!(direct > 0, "no run was a direct call");
+}
+
+/// A run without directories has no WASI context until a call wpool does
+/// not answer itself builds it: stdin, stdout and stderr go on from
+/// where wpool's own reads and writes left them, on a fiber and by a
+/// direct call.
+#[test]
+fn stdio_goes_on_where_it_was_when_the_wasi_context_is_built() {
+    let ex = executor_with_long_tick();
+    let module = ex.register(&fixture("stdio_handover.wat")).unwrap();
+    let input = "hello, a longer input: ünïcode and more".repeat(300);
+    let direct = runs_on_a_fiber_then_direct(&ex, &module, input.as_bytes(), &[], |report| {
+        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+        let expected = format!("{}|{}", &input[..3], &input[3..]);
+        assert!(
+            report.output == expected.as_bytes(),
+            "{} bytes of output, {} expected; it starts {:?}",
+            report.output.len(),
+            expected.len(),
+            String::from_utf8_lossy(&report.output[..report.output.len().min(60)])
+        );
+        assert_eq!(report.log, "one\ntwo\n");
     });
     assert!(direct > 0, "no run was a direct call");
+    // Shorter inputs than the first read.
+    for input in ["", "hi"] {
+        let report =
+            spawn(&ex, &module, input.as_bytes(), LimitOverrides::default()).wait_blocking();
+        assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+        assert_eq!(report.output, format!("{input}|").as_bytes());
+    }
+}
+
+/// wpool's own stdio calls answer a guest's faults as wasmtime-wasi's do
+/// once the context is built (the same case in upper case): a trap for a
+/// pointer out of the memory or misaligned, `ENOMEM` for an array of
+/// buffers larger than a call may copy; and `random_get` gives random
+/// bytes either way. On a fiber and by a direct call.
+#[test]
+fn stdio_faults_are_answered_as_wasmtime_wasi_answers_them() {
+    let ex = executor_with_long_tick();
+    let module = ex.register(&fixture("stdio_faults.wat")).unwrap();
+    let trap = |report: &RunReport| match &report.outcome {
+        Outcome::Trap(message) => assert!(message.contains("bad pointer"), "{message}"),
+        other => panic!("expected a trap, got {other:?}; log: {}", report.log),
+    };
+    for case in ["rXYZ", "RXYZ", "a", "A", "g", "G"] {
+        let direct = runs_on_a_fiber_then_direct(&ex, &module, case.as_bytes(), &[], trap);
+        assert!(direct > 0, "case {case}: no run was a direct call");
+    }
+    for case in ["n", "N"] {
+        let direct = runs_on_a_fiber_then_direct(&ex, &module, case.as_bytes(), &[], |report| {
+            assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+            assert_eq!(report.output, [48], "ENOMEM");
+        });
+        assert!(direct > 0, "case {case}: no run was a direct call");
+    }
+    for case in ["x", "X"] {
+        let outputs = std::sync::Mutex::new(std::collections::HashSet::new());
+        runs_on_a_fiber_then_direct(&ex, &module, case.as_bytes(), &[], |report| {
+            assert_eq!(report.outcome, Outcome::Success, "log: {}", report.log);
+            assert_eq!(report.output.len(), 32);
+            outputs.lock().unwrap().insert(report.output.clone());
+        });
+        assert_eq!(
+            outputs.into_inner().unwrap().len(),
+            20,
+            "case {case}: random bytes repeated"
+        );
+    }
 }
 
 /// A pool's task sees `WPOOL_TASK_ID` and `WPOOL_ATTEMPT` by a direct

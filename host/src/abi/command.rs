@@ -17,7 +17,10 @@
 //! grow (the bound of the scratch directory, see [`super::scratch`]). They
 //! call wasmtime-wasi's implementation for the work itself. The calls that
 //! give `argv` and the environment are wpool's alone ([`environ`]): a run
-//! builds neither unless its guest asks.
+//! builds neither unless its guest asks. So is `random_get`, and so are
+//! reads of stdin and writes to stdout and stderr while the run's WASI
+//! context is not built: a run without directories builds it only at the
+//! first call wpool leaves to wasmtime-wasi ([`stdio`]).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -30,12 +33,15 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use super::environ::{self, GuestEnv};
 use super::io::{CappedOutput, LogSink};
 use super::scratch::{self, ENTRY_COST, ScratchDir, ScratchFull};
+use super::stdio::{self, LazyWasi, Stdio};
 use super::{GuestExit, MemoryLimiter, RunContext, classify, deadline_after, race};
 use crate::{Error, Outcome, Result, RunReport};
 
 /// The store data of a command module.
 pub(crate) struct CommandState {
-    wasi: WasiP1Ctx,
+    /// Built at the first WASI call wpool does not answer itself
+    /// ([`stdio`]).
+    wasi: LazyWasi,
     limiter: MemoryLimiter,
     scratch: Option<ScratchDir>,
     /// Its `argv` and environment, for wpool's own calls that give them.
@@ -56,7 +62,7 @@ const MAX_IOVS: u32 = 1024;
 pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<CommandState>> {
     let mut linker = Linker::new(engine);
     let link_error = |e: wasmtime::Error| Error::Host(format!("cannot link WASI preview 1: {e}"));
-    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut CommandState| &mut s.wasi)
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut CommandState| s.wasi.ctx())
         .map_err(link_error)?;
     linker.allow_shadowing(true);
     own_calls(&mut linker).map_err(link_error)?;
@@ -78,7 +84,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<CommandState>> 
 pub(crate) fn direct_linker(engine: &wasmtime::Engine) -> Result<Linker<CommandState>> {
     let mut linker = Linker::new(engine);
     let link_error = |e: wasmtime::Error| Error::Host(format!("cannot link WASI preview 1: {e}"));
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut CommandState| &mut s.wasi)
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut CommandState| s.wasi.ctx())
         .map_err(link_error)?;
     linker.allow_shadowing(true);
     sync_wasi_calls(&mut linker).map_err(link_error)?;
@@ -119,9 +125,36 @@ fn finish<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
+/// Evaluates `$body` with the caller's WASI context (built now if it was
+/// not: [`stdio`]) and memory, as wasmtime-wasi's own linker entries
+/// call its implementation: the call's host-call fuel given to the
+/// context first.
+macro_rules! with_wasi {
+    ($caller:ident, |$wasi:ident, $memory:ident| $body:expr) => {{
+        let fuel = $caller.as_context_mut().hostcall_fuel();
+        let Some(Extern::Memory(memory)) = $caller.get_export("memory") else {
+            return Err(wasmtime::Error::msg("missing required memory export"));
+        };
+        let (bytes, state) = memory.data_and_store_mut(&mut $caller);
+        let mut guest = wiggle::GuestMemory::Unshared(bytes);
+        let $memory = &mut guest;
+        use p1::WasiSnapshotPreview1 as _;
+        let $wasi = state.wasi.ctx();
+        $wasi.set_hostcall_fuel(fuel);
+        $body
+    }};
+}
+
+/// Where a command's store keeps its WASI context, for [`stdio`]'s calls.
+fn wasi_of(state: &mut CommandState) -> &mut LazyWasi {
+    &mut state.wasi
+}
+
 /// Links, as synchronous host functions, the WASI preview 1 calls whose
 /// wasmtime-wasi implementation is async (all but `poll_oneoff`, which
-/// keeps a module off the direct call), and wpool's `proc_exit`.
+/// keeps a module off the direct call), and wpool's `proc_exit` and
+/// `random_get`. wpool answers reads of stdin and writes to stdout and
+/// stderr itself while the context is not built ([`stdio`]).
 fn sync_wasi_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
     macro_rules! direct {
         ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
@@ -129,15 +162,24 @@ fn sync_wasi_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
                 WASI,
                 stringify!($name),
                 |mut caller: Caller<'_, CommandState>, $($arg: $ty),*| -> wasmtime::Result<i32> {
-                    let fuel = caller.as_context_mut().hostcall_fuel();
-                    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-                        return Err(wasmtime::Error::msg("missing required memory export"));
-                    };
-                    let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                    let mut memory = wiggle::GuestMemory::Unshared(bytes);
-                    use p1::WasiSnapshotPreview1 as _;
-                    state.wasi.set_hostcall_fuel(fuel);
-                    finish(p1::$name(&mut state.wasi, &mut memory, $($arg),*))
+                    with_wasi!(caller, |wasi, memory| finish(p1::$name(wasi, memory, $($arg),*)))
+                },
+            )?;
+        )*};
+    }
+    // Reads of stdin and writes to stdout and stderr: wpool's own while
+    // the context is not built.
+    macro_rules! stdio_first {
+        ($($name:ident: $own:path;)*) => {$(
+            linker.func_wrap(
+                WASI,
+                stringify!($name),
+                |mut caller: Caller<'_, CommandState>, fd: i32, iovs: i32, count: i32, done: i32|
+                 -> wasmtime::Result<i32> {
+                    if let Some(answer) = $own(&mut caller, wasi_of, fd, iovs, count, done) {
+                        return answer;
+                    }
+                    with_wasi!(caller, |wasi, memory| finish(p1::$name(wasi, memory, fd, iovs, count, done)))
                 },
             )?;
         )*};
@@ -150,12 +192,10 @@ fn sync_wasi_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
         fd_filestat_get(fd: i32, buf: i32);
         fd_filestat_set_size(fd: i32, size: i64);
         fd_filestat_set_times(fd: i32, atim: i64, mtim: i64, flags: i32);
-        fd_read(fd: i32, iovs: i32, count: i32, read: i32);
         fd_pread(fd: i32, iovs: i32, count: i32, offset: i64, read: i32);
         fd_seek(fd: i32, offset: i64, whence: i32, at: i32);
         fd_sync(fd: i32);
         fd_readdir(fd: i32, buf: i32, len: i32, cookie: i64, used: i32);
-        fd_write(fd: i32, iovs: i32, count: i32, written: i32);
         fd_pwrite(fd: i32, iovs: i32, count: i32, offset: i64, written: i32);
         path_create_directory(fd: i32, path: i32, path_len: i32);
         path_filestat_get(fd: i32, flags: i32, path: i32, path_len: i32, buf: i32);
@@ -176,7 +216,12 @@ fn sync_wasi_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
         path_unlink_file(fd: i32, path: i32, path_len: i32);
         fd_renumber(fd: i32, to: i32);
     }
-    proc_exit(linker)
+    stdio_first! {
+        fd_read: stdio::read;
+        fd_write: stdio::write;
+    }
+    proc_exit(linker)?;
+    random_get(linker)
 }
 
 /// Links wpool's `proc_exit` (see [`GuestExit`]).
@@ -191,20 +236,24 @@ fn proc_exit(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// Links wpool's `random_get` ([`stdio::random`]).
+fn random_get(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        WASI,
+        "random_get",
+        |mut caller: Caller<'_, CommandState>, buf: i32, len: i32| {
+            stdio::random(&mut caller, buf, len)
+        },
+    )?;
+    Ok(())
+}
+
 /// Calls wasmtime-wasi's implementation of a WASI preview 1 function with
-/// the caller's memory, as its own linker entry would.
+/// the caller's memory, as its own linker entry would, and awaits it.
 macro_rules! delegate {
-    ($caller:ident, $func:ident($($arg:expr),*)) => {{
-        let fuel = $caller.as_context_mut().hostcall_fuel();
-        let Some(Extern::Memory(memory)) = $caller.get_export("memory") else {
-            return Err(wasmtime::Error::msg("missing required memory export"));
-        };
-        let (bytes, state) = memory.data_and_store_mut(&mut $caller);
-        let mut memory = wiggle::GuestMemory::Unshared(bytes);
-        use p1::WasiSnapshotPreview1 as _;
-        state.wasi.set_hostcall_fuel(fuel);
-        p1::$func(&mut state.wasi, &mut memory, $($arg),*).await
-    }};
+    ($caller:ident, $func:ident($($arg:expr),*)) => {
+        with_wasi!($caller, |wasi, memory| p1::$func(wasi, memory, $($arg),*).await)
+    };
 }
 
 /// Whether the caller's scratch directory (if it has one) can take `more`
@@ -242,11 +291,27 @@ fn iovecs_len(caller: &mut Caller<'_, CommandState>, iovs: i32, count: i32) -> O
 /// wpool's own WASI preview 1 calls (see the module docs).
 fn own_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
     proc_exit(linker)?;
+    random_get(linker)?;
+    linker.func_wrap_async(
+        WASI,
+        "fd_read",
+        |mut caller: Caller<'_, CommandState>, (fd, iovs, count, read): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                if let Some(answer) = stdio::read(&mut caller, wasi_of, fd, iovs, count, read) {
+                    return answer;
+                }
+                delegate!(caller, fd_read(fd, iovs, count, read))
+            })
+        },
+    )?;
     linker.func_wrap_async(
         WASI,
         "fd_write",
         |mut caller: Caller<'_, CommandState>, (fd, iovs, count, written): (i32, i32, i32, i32)| {
             Box::new(async move {
+                if let Some(answer) = stdio::write(&mut caller, wasi_of, fd, iovs, count, written) {
+                    return answer;
+                }
                 if fd > 2 && caller.data().scratch.is_some() {
                     if count.cast_unsigned() > MAX_IOVS {
                         return Ok(ERRNO_INVAL);
@@ -544,9 +609,7 @@ const DIRECT_AFTER: u32 = 8;
 impl CommandPre {
     /// The prepared module for a direct call of this run, if it may be one.
     fn direct(&self, cx: &RunContext<'_>) -> Option<&InstancePre<CommandState>> {
-        let files = !cx.read_only_dirs.is_empty()
-            || (cx.settings.scratch.is_some() && cx.scratch_root.is_some());
-        if files
+        if has_files(cx)
             || self.short_runs.load(Ordering::Relaxed) < DIRECT_AFTER
             || !super::WORKER_THREAD.get()
         {
@@ -565,6 +628,12 @@ impl CommandPre {
             self.short_runs.store(0, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether a run has directories: those granted to its module, or a
+/// scratch directory.
+fn has_files(cx: &RunContext<'_>) -> bool {
+    !cx.read_only_dirs.is_empty() || (cx.settings.scratch.is_some() && cx.scratch_root.is_some())
 }
 
 /// Runs one task on a prepared command module.
@@ -653,8 +722,19 @@ impl Run {
             usize::try_from(cx.limits.max_log).unwrap_or(usize::MAX),
             cx.on_progress.clone(),
         );
-        let (wasi, scratch) = wasi_ctx(cx, input, &output, &log)
-            .map_err(|e| Box::new(RunReport::without_run(Outcome::HostError(e))))?;
+        let (wasi, scratch) = if has_files(cx) {
+            let (ctx, scratch) = wasi_ctx(cx, input, &output, &log)
+                .map_err(|e| Box::new(RunReport::without_run(Outcome::HostError(e))))?;
+            (LazyWasi::Built(ctx), scratch)
+        } else {
+            let stdio = Stdio {
+                input,
+                read: 0,
+                output: output.clone(),
+                log: log.clone(),
+            };
+            (LazyWasi::Pending(stdio), None)
+        };
         // The scratch directory is `TMPDIR`, unless the module sets it.
         let tmpdir = (scratch.is_some() && !cx.settings.env.contains_key("TMPDIR"))
             .then_some(scratch::GUEST_PATH);
@@ -713,9 +793,9 @@ fn entry(
         .typed::<(), ()>(&*store)
 }
 
-/// The task's WASI context: deny by default (no host environment, no
-/// network); the directories the operator granted it (read-only), and
-/// its scratch directory. Its arguments and environment are not in it:
+/// The WASI context of a task with directories ([`has_files`]): deny by
+/// default (no host environment, no network); the directories the
+/// operator granted it (read-only), and its scratch directory. Its arguments and environment are not in it:
 /// wpool's own calls give them ([`environ`]).
 fn wasi_ctx(
     cx: &RunContext<'_>,

@@ -247,7 +247,7 @@ pub(crate) fn link<T: 'static>(
 
 /// The caller's exported memory (every command exports it: checked when
 /// it was prepared).
-fn guest_memory<T>(caller: &mut Caller<'_, T>) -> wasmtime::Result<wasmtime::Memory> {
+pub(super) fn guest_memory<T>(caller: &mut Caller<'_, T>) -> wasmtime::Result<wasmtime::Memory> {
     match caller.get_export("memory") {
         Some(Extern::Memory(memory)) => Ok(memory),
         _ => Err(wasmtime::Error::msg("missing required memory export")),
@@ -255,7 +255,7 @@ fn guest_memory<T>(caller: &mut Caller<'_, T>) -> wasmtime::Result<wasmtime::Mem
 }
 
 /// Writes `value` at the guest's address `at`, 4-byte aligned.
-fn put_u32(data: &mut [u8], at: i32, value: u32) -> Result<(), wiggle::GuestError> {
+pub(super) fn put_u32(data: &mut [u8], at: i32, value: u32) -> Result<(), wiggle::GuestError> {
     let start = at.cast_unsigned();
     let region = wiggle::Region::new(start, 4);
     if !start.is_multiple_of(4) {

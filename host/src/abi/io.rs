@@ -63,7 +63,7 @@ impl CappedOutput {
         std::mem::take(&mut self.lock().buf)
     }
 
-    fn write_bytes(&self, bytes: &[u8]) -> Result<(), OutputLimitExceeded> {
+    pub(crate) fn write_bytes(&self, bytes: &[u8]) -> Result<(), OutputLimitExceeded> {
         let mut state = self.lock();
         if bytes.len() > state.cap - state.buf.len() {
             state.overflowed = true;

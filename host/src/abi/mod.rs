@@ -28,6 +28,7 @@ pub(crate) mod component;
 pub(crate) mod environ;
 pub(crate) mod io;
 pub(crate) mod scratch;
+pub(crate) mod stdio;
 
 use std::time::{Duration, Instant};
 
