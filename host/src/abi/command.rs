@@ -179,7 +179,9 @@ fn sync_wasi_calls(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
                     if let Some(answer) = $own(&mut caller, wasi_of, fd, iovs, count, done) {
                         return answer;
                     }
-                    with_wasi!(caller, |wasi, memory| finish(p1::$name(wasi, memory, fd, iovs, count, done)))
+                    with_wasi!(caller, |wasi, memory| {
+                        finish(p1::$name(wasi, memory, fd, iovs, count, done))
+                    })
                 },
             )?;
         )*};
@@ -795,8 +797,9 @@ fn entry(
 
 /// The WASI context of a task with directories ([`has_files`]): deny by
 /// default (no host environment, no network); the directories the
-/// operator granted it (read-only), and its scratch directory. Its arguments and environment are not in it:
-/// wpool's own calls give them ([`environ`]).
+/// operator granted it (read-only), and its scratch directory. Its
+/// arguments and environment are not in it: wpool's own calls give them
+/// ([`environ`]).
 fn wasi_ctx(
     cx: &RunContext<'_>,
     input: bytes::Bytes,

@@ -3,10 +3,10 @@
 //! wasmtime-wasi's WASI preview 1 context is built whole: seeding its
 //! two random number generators (a ChaCha block of the thread's generator
 //! at every run), a table of resources, a descriptor for each of stdin,
-//! stdout and stderr, boxed streams behind them. A run spends some 3,000
-//! instructions building and dropping it, more than wpool's own work for
-//! a task. Yet most tasks use WASI for their stdio alone: a Rust program
-//! that reads its input and prints its result imports `fd_read`,
+//! stdout and stderr, boxed streams behind them. Building and dropping it
+//! takes some 3,000 instructions a run, more than the executor's own work
+//! for a task. Yet most tasks use WASI for their stdio alone: a Rust
+//! program that reads its input and prints its result imports `fd_read`,
 //! `fd_write`, `environ_*` and `proc_exit`, and `random_get` if it builds
 //! a `HashMap`.
 //!
@@ -16,7 +16,8 @@
 //! itself while it is so ([`read`], [`write`], [`random`]); the first call
 //! wpool leaves to wasmtime-wasi (`fd_fdstat_get`, `clock_time_get`, any
 //! other) builds the context ([`LazyWasi::ctx`]), with stdin at the point
-//! where the guest's reads left it, and every later call is wasmtime-wasi's.
+//! where the guest's reads left it, and every later read and write is
+//! wasmtime-wasi's.
 //! A run with files builds its context before the guest starts, as before.
 //!
 //! wpool's calls do what wasmtime-wasi's do, so that a guest cannot tell
