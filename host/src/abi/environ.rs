@@ -273,15 +273,23 @@ pub(super) fn put_u32(data: &mut [u8], at: i32, value: u32) -> Result<(), wiggle
 fn put_bytes(data: &mut [u8], at: u32, bytes: &[u8]) -> Result<u32, wiggle::GuestError> {
     let len = u32::try_from(bytes.len()).map_err(|_| wiggle::GuestError::PtrOverflow)?;
     let end = at.checked_add(len).ok_or(wiggle::GuestError::PtrOverflow)?;
-    let slot = usize::try_from(at)
-        .ok()
-        .zip(usize::try_from(end).ok())
-        .and_then(|(start, end)| data.get_mut(start..end))
-        .ok_or(wiggle::GuestError::PtrOutOfBounds(wiggle::Region::new(
-            at, len,
-        )))?;
-    slot.copy_from_slice(bytes);
+    region(data, at, len)?.copy_from_slice(bytes);
     Ok(end)
+}
+
+/// The guest's bytes `start..start + len`, or the error wasmtime-wasi
+/// traps with.
+pub(super) fn region(
+    data: &mut [u8],
+    start: u32,
+    len: u32,
+) -> Result<&mut [u8], wiggle::GuestError> {
+    let out_of_bounds = || wiggle::GuestError::PtrOutOfBounds(wiggle::Region::new(start, len));
+    let end = start.checked_add(len).ok_or_else(out_of_bounds)?;
+    let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
+        return Err(out_of_bounds());
+    };
+    data.get_mut(start..end).ok_or_else(out_of_bounds)
 }
 
 #[cfg(test)]

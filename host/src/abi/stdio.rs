@@ -38,7 +38,7 @@ use wasmtime::{AsContextMut, Caller};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
-use super::environ::{guest_memory, put_u32};
+use super::environ::{guest_memory, put_u32, region};
 use super::io::{CappedOutput, LogSink};
 
 /// WASI preview 1's `nomem` errno.
@@ -111,10 +111,10 @@ pub(crate) fn read<T>(
     count: i32,
     nread: i32,
 ) -> Option<wasmtime::Result<i32>> {
-    if fd != 0 || wasi(caller.data_mut()).is_built() {
+    if fd != 0 {
         return None;
     }
-    Some(transfer(
+    transfer(
         caller,
         wasi,
         iovs,
@@ -129,7 +129,7 @@ pub(crate) fn read<T>(
             stdio.read += n;
             Ok(n)
         },
-    ))
+    )
 }
 
 /// wpool's `fd_write` to stdout or stderr (descriptors 1 and 2) while the
@@ -143,10 +143,10 @@ pub(crate) fn write<T>(
     count: i32,
     written: i32,
 ) -> Option<wasmtime::Result<i32>> {
-    if !(fd == 1 || fd == 2) || wasi(caller.data_mut()).is_built() {
+    if !(fd == 1 || fd == 2) {
         return None;
     }
-    Some(transfer(
+    transfer(
         caller,
         wasi,
         iovs,
@@ -164,7 +164,7 @@ pub(crate) fn write<T>(
             }
             Ok(buf.len())
         },
-    ))
+    )
 }
 
 /// wpool's `random_get`, built context or not (see the module docs).
@@ -175,17 +175,6 @@ pub(crate) fn random<T>(caller: &mut Caller<'_, T>, buf: i32, len: i32) -> wasmt
     let target = region(data, start, len)?;
     rand::rng().fill_bytes(target);
     Ok(0)
-}
-
-/// The guest's bytes `start..start + len`, or the error wasmtime-wasi
-/// traps with.
-fn region(data: &mut [u8], start: u32, len: u32) -> Result<&mut [u8], wiggle::GuestError> {
-    let out_of_bounds = || wiggle::GuestError::PtrOutOfBounds(wiggle::Region::new(start, len));
-    let end = start.checked_add(len).ok_or_else(out_of_bounds)?;
-    let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
-        return Err(out_of_bounds());
-    };
-    data.get_mut(start..end).ok_or_else(out_of_bounds)
 }
 
 /// The first non-empty buffer of the guest's array of `count` buffers at
@@ -219,7 +208,7 @@ fn first_non_empty(data: &[u8], iovs: u32, count: u32) -> Result<(u32, u32), wig
 /// A read or a write of the first non-empty buffer of the guest's `iovs`
 /// (its `start` and `len` in the guest's memory `data`) by `transfer`,
 /// which answers how many bytes it took or gave; that count is written at
-/// `done`.
+/// `done`. `None` once the context is built: the call is wasmtime-wasi's.
 fn transfer<T>(
     caller: &mut Caller<'_, T>,
     wasi: WasiOf<T>,
@@ -227,25 +216,31 @@ fn transfer<T>(
     count: i32,
     done: i32,
     transfer: impl FnOnce(&mut Stdio, &mut [u8], u32, u32) -> wasmtime::Result<usize>,
-) -> wasmtime::Result<i32> {
-    let fuel = caller.as_context_mut().hostcall_fuel();
-    let memory = guest_memory(caller)?;
-    let (data, state) = memory.data_and_store_mut(caller);
-    let (iovs, count) = (iovs.cast_unsigned(), count.cast_unsigned());
-    // wasmtime-wasi's bound: the array, then the buffer, within the fuel.
-    let Some(fuel) = fuel.checked_sub(usize::try_from(count)?.saturating_mul(8)) else {
-        return Ok(ERRNO_NOMEM);
-    };
-    let (start, len) = first_non_empty(data, iovs, count)?;
-    if usize::try_from(len)? > fuel {
-        return Ok(ERRNO_NOMEM);
+) -> Option<wasmtime::Result<i32>> {
+    if wasi(caller.data_mut()).is_built() {
+        return None;
     }
-    let stdio = wasi(state)
-        .pending()
-        .expect("wpool answers only while the context is not built");
-    let n = transfer(stdio, data, start, len)?;
-    put_u32(data, done, u32::try_from(n)?)?;
-    Ok(0)
+    let pending = move || -> wasmtime::Result<i32> {
+        let fuel = caller.as_context_mut().hostcall_fuel();
+        let memory = guest_memory(caller)?;
+        let (data, state) = memory.data_and_store_mut(caller);
+        let (iovs, count) = (iovs.cast_unsigned(), count.cast_unsigned());
+        // wasmtime-wasi's bound: the array, then the buffer, within the fuel.
+        let Some(fuel) = fuel.checked_sub(usize::try_from(count)?.saturating_mul(8)) else {
+            return Ok(ERRNO_NOMEM);
+        };
+        let (start, len) = first_non_empty(data, iovs, count)?;
+        if usize::try_from(len)? > fuel {
+            return Ok(ERRNO_NOMEM);
+        }
+        let stdio = wasi(state)
+            .pending()
+            .expect("the context was not built: checked above");
+        let n = transfer(stdio, data, start, len)?;
+        put_u32(data, done, u32::try_from(n)?)?;
+        Ok(0)
+    };
+    Some(pending())
 }
 
 #[cfg(test)]
