@@ -9,9 +9,11 @@
 //!     valgrind --tool=callgrind target/release/wpool-bench --only overhead
 //! ```
 //!
-//! (`raw`, `executor`, `pool`, `pool-close` or `pool-each` (each task
+//! (`raw`, `executor`, `pool`, `pool-close`, `pool-each` (each task
 //! submitted once the one before it has ended, so that its result always
-//! goes to a waiter), then workers, then tasks, and optionally
+//! goes to a waiter) or `pool-paused` (all submitted with the pool paused,
+//! timed from its resume: the workers with no submitter beside them),
+//! then workers, then tasks, and optionally
 //! the epoch tick in milliseconds: under callgrind a task takes some 50
 //! times longer, and a 1 ms tick would interrupt most of them, which it
 //! does not outside); the difference of two such runs with different task
@@ -185,6 +187,10 @@ enum Finish {
     /// Each task submitted once the one before it has ended and its
     /// result was awaited: a waiter is always there at a task's end.
     EachInTurn,
+    /// All submitted with the pool paused, then each result awaited in
+    /// turn, timed from the pool's resume: the workers' rate with no
+    /// submitter writing the queue beside them, which `AwaitEach` has.
+    Paused,
 }
 
 /// Submits `count` tasks from a caller on a runtime of its own, then
@@ -196,7 +202,7 @@ fn submit_and_finish(pool: &Pool, wasm: &[u8], count: usize, input: &[u8], finis
         .build()
         .unwrap();
     runtime.block_on(async {
-        let started = Instant::now();
+        let mut started = Instant::now();
         if finish == Finish::EachInTurn {
             for _ in 0..count {
                 let handle = pool
@@ -208,6 +214,9 @@ fn submit_and_finish(pool: &Pool, wasm: &[u8], count: usize, input: &[u8], finis
             }
             return count as f64 / started.elapsed().as_secs_f64();
         }
+        if finish == Finish::Paused {
+            pool.pause();
+        }
         let mut handles = Vec::with_capacity(count);
         for _ in 0..count {
             handles.push(
@@ -216,7 +225,11 @@ fn submit_and_finish(pool: &Pool, wasm: &[u8], count: usize, input: &[u8], finis
                     .unwrap(),
             );
         }
-        if finish == Finish::AwaitEach {
+        if finish == Finish::Paused {
+            started = Instant::now();
+            pool.resume();
+        }
+        if finish == Finish::AwaitEach || finish == Finish::Paused {
             for handle in handles {
                 let result = handle.wait().await.unwrap();
                 assert!(result.is_success(), "{:?}", result.outcome);
@@ -280,6 +293,9 @@ fn alone(spec: &str, wasm: &[u8]) -> Result<Vec<Row>, Box<dyn std::error::Error>
         "executor" => executor_rate(wasm, workers, tasks, tick),
         "pool" => pool_rate(&new_pool(workers, tick)?, wasm, tasks, b""),
         "pool-close" => pool_close_rate(&new_pool(workers, tick)?, wasm, tasks),
+        "pool-paused" => {
+            submit_and_finish(&new_pool(workers, tick)?, wasm, tasks, b"", Finish::Paused)
+        }
         "pool-each" => submit_and_finish(
             &new_pool(workers, tick)?,
             wasm,
@@ -289,7 +305,7 @@ fn alone(spec: &str, wasm: &[u8]) -> Result<Vec<Row>, Box<dyn std::error::Error>
         ),
         other => {
             return Err(format!(
-                "{ALONE}: raw, executor, pool, pool-close or pool-each, not `{other}`"
+                "{ALONE}: raw, executor, pool, pool-close, pool-each or pool-paused, not `{other}`"
             )
             .into());
         }
