@@ -539,14 +539,18 @@ async fn retention_bounds_the_directory_under_a_steady_stream() {
     assert!(pool.status(TaskId::new()).await.is_err());
     // The directory stops growing. sled appends every write to its log and
     // reclaims a segment once the pages in it were rewritten or removed, so
-    // the size moves in steps of segments around the volume of about one
-    // round of writes, instead of adding up; the store's own write-ahead
+    // the size moves in steps of segments around the volume of a few
+    // rounds of writes, instead of adding up; the store's own write-ahead
     // log holds at most the writes since its last checkpoint (a quarter of
     // a second), in a segment extended with zeros ahead of its records (up
     // to 1 MiB). Without retention every round would stay: at least its
-    // inputs and outputs, 2 x 2 KiB x 300 = 1.2 MiB a round, 24 MiB in all;
-    // measured here, the directory stays at 4-8 MiB, up to 1 MiB of it the
-    // log's.
+    // inputs and outputs, 2 x 2 KiB x 300 = 1.2 MiB a round, 24 MiB in all
+    // (measured: 47 MiB after the 20 rounds, and still growing). With it,
+    // measured here: 2-3 MiB after the first round, then between 4 and 13
+    // MiB, going up and down with sled's reclaiming (over 60 rounds too,
+    // so it is a plateau); the last round of a run ended at 7-13 MiB. So
+    // the bound is three quarters of what was written: far below what no
+    // retention leaves, and clear of where the plateau reaches.
     let written = (rounds * per_round * 2 * input.len()) as u64;
     let half = rounds / 2;
     let first = *sizes[..half].iter().max().unwrap();
@@ -554,7 +558,7 @@ async fn retention_bounds_the_directory_under_a_steady_stream() {
     let kib = sizes.iter().map(|s| s / 1024).collect::<Vec<_>>();
     assert!(last <= 2 * first, "the directory kept growing: {kib:?} KiB");
     assert!(
-        *sizes.last().unwrap() < written / 2,
+        *sizes.last().unwrap() < written / 4 * 3,
         "the directory holds most of what was written ({} KiB): {kib:?} KiB",
         written / 1024
     );
